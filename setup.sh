@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything kpeek needs on a fresh Debian machine: system packages
+# (clang and libbpf for the BPF programs, Graphviz for diagrams, FUSE and
+# Chromium for the tests) and a virtualenv in .venv with kpeek itself.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+apt_packages=(clang llvm libbpf-dev bpftool graphviz fuse3 lsof chromium psmisc procps)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "setup.sh: missing system packages (${missing[*]}); run as root or install them" >&2
+    exit 3
+  fi
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'

@@ -1,0 +1,3 @@
+from kpeek.cli import main
+
+raise SystemExit(main())

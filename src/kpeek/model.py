@@ -1,0 +1,152 @@
+"""Plain model of kernel state: what every source produces and every view reads.
+
+Sources (live /proc, live BPF, later crash dumps) fill these frozen
+dataclasses; diagnoses and renderers read only them. Names that come from the
+kernel (comm, paths) are ``str`` decoded with surrogateescape (see textsafe).
+Kernel addresses, where a source knows them, are kept raw here and are hashed
+by the views (see ids.show_pointer).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+# One-letter task states as /proc shows them, with their long names for JSON.
+STATE_NAMES: Mapping[str, str] = {
+    "R": "running",
+    "S": "sleeping",
+    "D": "disk-sleep",
+    "T": "stopped",
+    "t": "tracing-stop",
+    "X": "dead",
+    "Z": "zombie",
+    "P": "parked",
+    "I": "idle",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """A namespace, identified by the inode number of /proc/PID/ns/<kind>."""
+
+    kind: str
+    inode: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}:[{self.inode}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A kernel task: a process (pid == tgid) or one of its threads.
+
+    Global ids are as seen from the initial PID namespace; the ``ns_*`` ids
+    are as seen from inside the task's own PID namespace (0 when the parent
+    or group leader lives outside it, as the kernel reports it).
+    """
+
+    pid: int
+    tgid: int
+    ppid: int
+    pgid: int
+    sid: int
+    comm: str
+    state: str
+    pidns: int
+    ns_pid: int
+    ns_tgid: int
+    ns_ppid: int
+    ns_pgid: int
+    ns_sid: int
+    uid: int = 0
+    wchan: str | None = None
+    start_time: int = 0  # clock ticks since boot, from /proc/PID/stat
+    namespaces: tuple[Namespace, ...] = ()
+    kernel_stack: tuple[str, ...] | None = None  # "symbol+0xoff/0xsize" lines
+    blocker: int | None = None  # task_struct.blocker, when a source can read it
+    address: int | None = None  # task_struct address, when a source knows it
+
+    @property
+    def is_thread(self) -> bool:
+        return self.pid != self.tgid
+
+    @property
+    def state_name(self) -> str:
+        return STATE_NAMES.get(self.state, "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class Inode:
+    """An inode (the 'vnode table' entry), keyed by device and inode number."""
+
+    id: str  # "major:minor:ino", stable for the life of the inode
+    dev: int
+    ino: int
+    type: str  # regular, dir, pipe, socket, anon_inode, memfd, chardev, blockdev, fifo, symlink
+    nlink: int | None = None
+    size: int | None = None
+    address: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenFile:
+    """An open file description: the offset and flags that descriptors share."""
+
+    id: str  # keyed hash; equal ids <=> one struct file
+    inode: str  # Inode.id
+    path: str  # as /proc/PID/fd shows it, " (deleted)" included
+    pos: int
+    flags: int  # f_flags as fdinfo shows them (O_ACCMODE included, O_CLOEXEC excluded)
+    mnt_id: int | None = None
+    refcount: int | None = None  # f_count, when a source can read it
+    f_mode: int | None = None
+    address: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileDescriptor:
+    """One slot of a process's descriptor table."""
+
+    tgid: int
+    fd: int
+    cloexec: bool
+    open_file: str  # OpenFile.id
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one source saw at one moment.
+
+    ``vanished`` counts tasks and descriptors that went away while the
+    snapshot was taken (normal on a busy system, not an error). ``notes``
+    says what this source could not see.
+    """
+
+    source: str
+    tasks: tuple[Task, ...]
+    fds: tuple[FileDescriptor, ...] = ()
+    open_files: Mapping[str, OpenFile] = field(default_factory=dict)
+    inodes: Mapping[str, Inode] = field(default_factory=dict)
+    vanished: int = 0
+    notes: tuple[str, ...] = ()
+    taken_at: float = field(default_factory=time.time)
+
+    def processes(self) -> Iterator[Task]:
+        """Thread-group leaders only."""
+        return (t for t in self.tasks if not t.is_thread)
+
+    def task(self, pid: int) -> Task | None:
+        for t in self.tasks:
+            if t.pid == pid:
+                return t
+        return None
+
+    def fds_of(self, tgid: int) -> list[FileDescriptor]:
+        return sorted((d for d in self.fds if d.tgid == tgid), key=lambda d: d.fd)
+
+    def holders(self, open_file: str) -> list[FileDescriptor]:
+        """Every descriptor, in any process, that refers to ``open_file``."""
+        return [d for d in self.fds if d.open_file == open_file]
