@@ -1,45 +1,8 @@
-"""Shared test fixtures.
-
-Capability checks: a test that needs root, BPF or FUSE calls
-``require(...)``. On a machine without the capability the test skips; under
-CI (CI=true) a skip of a capability the machine *should* have is a failure,
-so .ci/run cannot go green by skipping the tests that matter.
-"""
+"""Shared pytest configuration: tests import helpers from this directory."""
 
 from __future__ import annotations
 
-import os
-import shutil
+import sys
+from pathlib import Path
 
-import pytest
-
-
-def _strict() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def have_root() -> bool:
-    return os.geteuid() == 0
-
-
-def have_bpf() -> bool:
-    return have_root() and os.path.exists("/sys/kernel/btf/vmlinux") and bool(
-        shutil.which("clang")
-    )
-
-
-def have_fuse() -> bool:
-    return have_root() and os.path.exists("/dev/fuse")
-
-
-CAPABILITIES = {"root": have_root, "bpf": have_bpf, "fuse": have_fuse}
-
-
-def require(*names: str) -> None:
-    """Skip (or, under CI, fail) unless every named capability is present."""
-    for name in names:
-        if not CAPABILITIES[name]():
-            message = f"needs {name}, which this machine lacks"
-            if _strict():
-                pytest.fail(f"{message}; CI machines must have it (CI=true)")
-            pytest.skip(message)
+sys.path.insert(0, str(Path(__file__).parent))

@@ -1,0 +1,60 @@
+"""Capability checks for tests that need root, BPF or FUSE.
+
+A test calls ``require(...)``. On a machine without the capability the test
+skips; under CI (CI=true) such a skip is a failure instead, so .ci/run cannot
+go green by skipping the tests that matter on a machine that supports them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def _strict() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def have_root() -> bool:
+    return os.geteuid() == 0
+
+
+def have_bpf() -> bool:
+    return (
+        have_root()
+        and os.path.exists("/sys/kernel/btf/vmlinux")
+        and shutil.which("clang") is not None
+    )
+
+
+def have_fuse() -> bool:
+    return have_root() and os.path.exists("/dev/fuse")
+
+
+def have_graphviz() -> bool:
+    return shutil.which("dot") is not None
+
+
+def have_chromium() -> bool:
+    return shutil.which("chromium") is not None
+
+
+CAPABILITIES = {
+    "root": have_root,
+    "bpf": have_bpf,
+    "fuse": have_fuse,
+    "graphviz": have_graphviz,
+    "chromium": have_chromium,
+}
+
+
+def require(*names: str) -> None:
+    """Skip (or, under CI, fail) unless every named capability is present."""
+    for name in names:
+        if not CAPABILITIES[name]():
+            message = f"needs {name}, which this machine lacks"
+            if _strict():
+                pytest.fail(f"{message}; CI machines must have it (CI=true)")
+            pytest.skip(message)
