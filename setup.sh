@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-apt_packages=(clang llvm libbpf-dev bpftool graphviz fuse3 lsof chromium psmisc procps)
+apt_packages=(clang llvm libbpf-dev bpftool graphviz fuse3 libfuse2 lsof chromium psmisc procps)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
