@@ -16,6 +16,9 @@ from kpeek.errors import EXIT_USAGE, KpeekError
 
 # One line per verb module; keep sorted.
 COMMAND_MODULES: tuple[str, ...] = (
+    "kpeek.commands.bt",
+    "kpeek.commands.files",
+    "kpeek.commands.ps",
 )
 
 

@@ -10,8 +10,10 @@ by the views (see ids.show_pointer).
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 # One-letter task states as /proc shows them, with their long names for JSON.
 STATE_NAMES: Mapping[str, str] = {
@@ -139,14 +141,32 @@ class Snapshot:
         return (t for t in self.tasks if not t.is_thread)
 
     def task(self, pid: int) -> Task | None:
-        for t in self.tasks:
-            if t.pid == pid:
-                return t
-        return None
+        return self._tasks_by_pid.get(pid)
 
     def fds_of(self, tgid: int) -> list[FileDescriptor]:
-        return sorted((d for d in self.fds if d.tgid == tgid), key=lambda d: d.fd)
+        """The descriptor table of one process, by fd number."""
+        return self._fds_by_tgid.get(tgid, [])
 
     def holders(self, open_file: str) -> list[FileDescriptor]:
         """Every descriptor, in any process, that refers to ``open_file``."""
-        return [d for d in self.fds if d.open_file == open_file]
+        return self._fds_by_file.get(open_file, [])
+
+    # Indexes built on first use (cached_property writes the instance dict
+    # directly, so it works on a frozen dataclass).
+    @cached_property
+    def _tasks_by_pid(self) -> dict[int, Task]:
+        return {t.pid: t for t in self.tasks}
+
+    @cached_property
+    def _fds_by_tgid(self) -> dict[int, list[FileDescriptor]]:
+        index: dict[int, list[FileDescriptor]] = defaultdict(list)
+        for d in sorted(self.fds, key=lambda d: (d.tgid, d.fd)):
+            index[d.tgid].append(d)
+        return dict(index)
+
+    @cached_property
+    def _fds_by_file(self) -> dict[str, list[FileDescriptor]]:
+        index: dict[str, list[FileDescriptor]] = defaultdict(list)
+        for d in self.fds:
+            index[d.open_file].append(d)
+        return dict(index)

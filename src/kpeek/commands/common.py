@@ -1,0 +1,40 @@
+"""Options shared by several verbs, so they read the same everywhere."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from kpeek.errors import NotPermitted
+from kpeek.sources import SOURCES
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="auto",
+        help="where the data comes from: bpf (more facts, needs root) or procfs; "
+        "auto picks bpf where it loads",
+    )
+
+
+def add_raw_pointers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--raw-pointers",
+        action="store_true",
+        help="show kernel addresses unhashed (root only)",
+    )
+
+
+def raw_pointers_allowed(args: argparse.Namespace) -> bool:
+    """Kernel pointers are secrets: raw only for root, and only when asked."""
+    if not getattr(args, "raw_pointers", False):
+        return False
+    if os.geteuid() != 0:
+        raise NotPermitted("--raw-pointers needs root: kernel addresses defeat KASLR")
+    return True

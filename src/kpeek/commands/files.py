@@ -1,0 +1,160 @@
+"""kpeek files [PID...]: descriptor tables, open files and inodes of processes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from kpeek import jsonout
+from kpeek.commands.common import add_json, add_raw_pointers, add_source, raw_pointers_allowed
+from kpeek.errors import NotSupported, UsageError
+from kpeek.model import Snapshot, Task
+from kpeek.render import cplayground, text
+from kpeek.render.fileflags import access_mode, flag_names
+from kpeek.render.tables import fd_dict, namespace_id, snapshot_meta, task_dict
+from kpeek.sources import take_snapshot
+
+DIAGRAM_FORMATS = ("dot", "svg", "html")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("files", help="descriptor, open-file and inode tables", description=__doc__)
+    p.add_argument("pid", type=int, nargs="*", help="processes to show (default: all)")
+    p.add_argument("--container", action="store_true", help="group processes by PID namespace")
+    p.add_argument(
+        "--format",
+        choices=("table", "cplayground"),
+        default="table",
+        help="cplayground: the teaching tool's /proc/cplayground line format",
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="with --format cplayground: include the initial PID namespace",
+    )
+    for fmt in DIAGRAM_FORMATS:
+        p.add_argument(f"--{fmt}", metavar="FILE", help=f"write a {fmt.upper()} diagram to FILE")
+    add_source(p)
+    add_json(p)
+    add_raw_pointers(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    raw = raw_pointers_allowed(args)
+    snap = take_snapshot(args.source, pids=args.pid or None, threads=False)
+    processes = sorted(snap.processes(), key=lambda t: t.pid)
+
+    diagrams = [(fmt, getattr(args, fmt)) for fmt in DIAGRAM_FORMATS if getattr(args, fmt)]
+    if diagrams:
+        _write_diagrams(snap, [t.tgid for t in processes], diagrams)
+        return 0
+    if args.json:
+        jsonout.emit("files", {**snapshot_meta(snap), "processes": _json(snap, processes, raw)})
+    elif args.format == "cplayground":
+        initial = _own_pid_namespace()
+        shown = processes if args.all else [t for t in processes if t.pidns != initial]
+        text.console().file.write(cplayground.render(snap, shown))
+    elif args.container:
+        _print_containers(snap, processes)
+    else:
+        _print_tables(snap, processes)
+    return 0
+
+
+def _own_pid_namespace() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
+def _json(snap: Snapshot, processes: list[Task], raw: bool) -> list[dict]:
+    return [
+        {**task_dict(t, raw), "fds": [fd_dict(snap, d, raw) for d in snap.fds_of(t.tgid)]}
+        for t in processes
+    ]
+
+
+def _print_tables(snap: Snapshot, processes: list[Task]) -> None:
+    out = text.console()
+    columns = (
+        "FD",
+        "CLOEXEC",
+        "FILE",
+        "SHARED",
+        "OFFSET",
+        "ACCESS",
+        "FLAGS",
+        "TYPE",
+        "INODE",
+        "PATH",
+    )
+    for t in processes:
+        rows = []
+        for d in snap.fds_of(t.tgid):
+            f = snap.open_files[d.open_file]
+            inode = snap.inodes.get(f.inode)
+            sharers = len(snap.holders(d.open_file))
+            rows.append(
+                (
+                    d.fd,
+                    "cloexec" if d.cloexec else "",
+                    d.open_file,
+                    f"x{sharers}" if sharers > 1 else "",
+                    f.pos,
+                    access_mode(f.flags).removeprefix("O_"),
+                    ",".join(n.removeprefix("O_") for n in flag_names(f.flags)),
+                    inode.type if inode else "?",
+                    f.inode,
+                    text.name(f.path),
+                )
+            )
+        title = text.name(
+            f"PID {t.pid} {t.comm}  (pid {t.ns_pid} in pidns {namespace_id(t.pidns)})"
+        )
+        out.print(title, style="bold")
+        out.print(text.table(columns, rows) if rows else "  (no descriptors)")
+        out.print()
+    _print_notes(snap)
+
+
+def _print_containers(snap: Snapshot, processes: list[Task]) -> None:
+    out = text.console()
+    by_ns: dict[int, list[Task]] = defaultdict(list)
+    for t in processes:
+        by_ns[t.pidns].append(t)
+    for ns, members in sorted(by_ns.items(), key=lambda kv: min(t.pid for t in kv[1])):
+        rows = (
+            (t.pid, t.ns_pid, t.ns_ppid, t.ns_pgid, len(snap.fds_of(t.tgid)), text.name(t.comm))
+            for t in members
+        )
+        out.print(
+            text.table(
+                ("PID", "NSPID", "NSPPID", "NSPGID", "FDS", "COMM"),
+                rows,
+                title=f"PID namespace {namespace_id(ns)}: {len(members)} processes",
+            )
+        )
+        out.print()
+    _print_notes(snap)
+
+
+def _print_notes(snap: Snapshot) -> None:
+    out = text.console()
+    if snap.vanished:
+        out.print(f"note: {snap.vanished} tasks or descriptors vanished while reading", style="dim")
+    for note in snap.notes:
+        out.print(text.name(f"note: {note}"), style="dim")
+
+
+def _write_diagrams(snap: Snapshot, tgids: list[int], targets: list[tuple[str, str]]) -> None:
+    try:
+        from kpeek.render.diagram import render_diagram
+    except ImportError as e:
+        raise NotSupported("diagrams are not available in this build") from e
+    for fmt, path in targets:
+        data = render_diagram(snap, tgids, fmt)
+        try:
+            Path(path).write_bytes(data)
+        except OSError as e:
+            raise UsageError(f"cannot write {path}: {e.strerror}") from e

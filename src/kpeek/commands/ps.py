@@ -1,0 +1,73 @@
+"""kpeek ps: every task with its ids, namespace, state and wait channel."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+
+from kpeek import jsonout
+from kpeek.commands.common import add_json, add_raw_pointers, add_source, raw_pointers_allowed
+from kpeek.model import STATE_NAMES, Task
+from kpeek.render import text
+from kpeek.render.tables import namespace_id, snapshot_meta, task_dict
+from kpeek.sources import take_snapshot
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ps", help="processes and threads", description=__doc__)
+    p.add_argument("-t", "--threads", action="store_true", help="list threads too")
+    p.add_argument("-p", "--pid", type=int, action="append", help="only this process (repeatable)")
+    p.add_argument("-c", "--comm", help="only commands matching this glob, e.g. 'sort*'")
+    p.add_argument("-s", "--state", help="only these states, e.g. 'D' or 'DR'")
+    p.add_argument("--ns", help="only tasks in this PID namespace (its inode number, as shown)")
+    add_source(p)
+    add_json(p)
+    add_raw_pointers(p)
+    p.set_defaults(func=run)
+
+
+def select(tasks: list[Task], args: argparse.Namespace) -> list[Task]:
+    if args.comm:
+        tasks = [t for t in tasks if fnmatch.fnmatchcase(t.comm, args.comm)]
+    if args.state:
+        tasks = [t for t in tasks if t.state in args.state]
+    if args.ns:
+        tasks = [t for t in tasks if args.ns == namespace_id(t.pidns)]
+    return tasks
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.state and (bad := set(args.state) - set(STATE_NAMES)):
+        from kpeek.errors import UsageError
+
+        raise UsageError(f"unknown state letter(s) {''.join(sorted(bad))!r}; use R S D T t Z I X P")
+    raw = raw_pointers_allowed(args)
+    snap = take_snapshot(args.source, pids=args.pid, threads=args.threads, files=False)
+    tasks = select(list(snap.tasks), args)
+    if args.json:
+        jsonout.emit("ps", {**snapshot_meta(snap), "tasks": [task_dict(t, raw) for t in tasks]})
+        return 0
+    rows = (
+        (
+            t.pid,
+            t.tgid,
+            t.ppid,
+            t.pgid,
+            t.sid,
+            t.ns_pid,
+            namespace_id(t.pidns),
+            t.state,
+            text.name(t.wchan or "-"),
+            text.name(t.comm),
+        )
+        for t in tasks
+    )
+    out = text.console()
+    out.print(
+        text.table(
+            ("PID", "TGID", "PPID", "PGID", "SID", "NSPID", "PIDNS", "ST", "WCHAN", "COMM"), rows
+        )
+    )
+    for note in snap.notes:
+        out.print(text.name(f"note: {note}"), style="dim")
+    return 0

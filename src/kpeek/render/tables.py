@@ -1,0 +1,81 @@
+"""The three tables as plain dicts: what --json prints and text views format.
+
+A descriptor row joins the three tables: the fd slot, its open file
+(offset, flags, shared by every fd with the same ``open_file`` id) and the
+inode behind it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kpeek.ids import show_pointer
+from kpeek.model import FileDescriptor, Snapshot, Task
+from kpeek.render.fileflags import access_mode, flag_names
+
+
+def namespace_id(inode: int) -> str:
+    """A PID namespace as shown to users: its inode number, as lsns(8) shows it.
+
+    Not a kernel pointer, so not hashed; stable for the namespace's life, so
+    ``ps --ns`` can take it back. 0 means the kernel refused the ns link.
+    """
+    return str(inode) if inode else "?"
+
+
+def task_dict(t: Task, raw_pointers: bool = False) -> dict[str, Any]:
+    return {
+        "pid": t.pid,
+        "tgid": t.tgid,
+        "ppid": t.ppid,
+        "pgid": t.pgid,
+        "sid": t.sid,
+        "comm": t.comm,
+        "state": t.state,
+        "state_name": t.state_name,
+        "wchan": t.wchan,
+        "uid": t.uid,
+        "pidns": t.pidns,
+        "ns": {
+            "pid": t.ns_pid,
+            "tgid": t.ns_tgid,
+            "ppid": t.ns_ppid,
+            "pgid": t.ns_pgid,
+            "sid": t.ns_sid,
+        },
+        "is_thread": t.is_thread,
+        "kernel_stack": list(t.kernel_stack) if t.kernel_stack is not None else None,
+        "blocker": show_pointer(t.blocker or None, raw_pointers),
+        "address": show_pointer(t.address, raw_pointers),
+    }
+
+
+def fd_dict(snap: Snapshot, d: FileDescriptor, raw_pointers: bool = False) -> dict[str, Any]:
+    f = snap.open_files[d.open_file]
+    inode = snap.inodes.get(f.inode)
+    return {
+        "fd": d.fd,
+        "cloexec": d.cloexec,
+        "open_file": d.open_file,
+        "pos": f.pos,
+        "flags": f.flags,
+        "access": access_mode(f.flags),
+        "flag_names": flag_names(f.flags),
+        "type": inode.type if inode else "unknown",
+        "path": f.path,
+        "inode": f.inode,
+        "shared_with": [
+            [o.tgid, o.fd] for o in snap.holders(d.open_file) if (o.tgid, o.fd) != (d.tgid, d.fd)
+        ],
+        "refcount": f.refcount,
+        "file_address": show_pointer(f.address, raw_pointers),
+    }
+
+
+def snapshot_meta(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "source": snap.source,
+        "taken_at": snap.taken_at,
+        "vanished": snap.vanished,
+        "notes": list(snap.notes),
+    }

@@ -1,0 +1,106 @@
+"""Descriptors from /proc/PID/fd and /proc/PID/fdinfo.
+
+One RawDescriptor per fd: what /proc says about it before open files are
+identified (see sharing.py). A descriptor closed mid-read is skipped and
+counted by the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from kpeek.sources.proc_tasks import Vanished, read_bytes
+from kpeek.textsafe import decode
+
+O_CLOEXEC = 0o2000000
+
+
+@dataclass(frozen=True, slots=True)
+class RawDescriptor:
+    tgid: int
+    fd: int
+    path: str
+    dev: int
+    ino: int
+    mode: int
+    nlink: int
+    size: int
+    pos: int
+    flags: int  # f_flags without O_CLOEXEC
+    cloexec: bool
+    mnt_id: int | None
+
+    @property
+    def inode_id(self) -> str:
+        return f"{os.major(self.dev)}:{os.minor(self.dev)}:{self.ino}"
+
+
+def file_type(mode: int, path: str) -> str:
+    """What a descriptor refers to, in the words of the three-tables diagrams."""
+    if path.startswith("anon_inode:"):
+        return "anon_inode"
+    if stat.S_ISREG(mode):
+        return "memfd" if path.startswith("/memfd:") else "regular"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISFIFO(mode):
+        return "pipe" if path.startswith("pipe:[") else "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "chardev"
+    if stat.S_ISBLK(mode):
+        return "blockdev"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "anon_inode" if mode & stat.S_IFMT == 0 else "unknown"
+
+
+def parse_fdinfo(raw: bytes) -> tuple[int, int, int | None]:
+    """(pos, f_flags, mnt_id) from /proc/PID/fdinfo/FD; flags are octal there."""
+    pos = flags = 0
+    mnt_id = None
+    for line in raw.split(b"\n", 3)[:3]:
+        key, _, value = line.partition(b":")
+        if key == b"pos":
+            pos = int(value)
+        elif key == b"flags":
+            flags = int(value, 8)
+        elif key == b"mnt_id":
+            mnt_id = int(value)
+    return pos, flags, mnt_id
+
+
+def list_fds(tgid: int) -> list[int]:
+    """Open descriptor numbers of a process. Raises Vanished or PermissionError."""
+    try:
+        return sorted(int(n) for n in os.listdir(f"/proc/{tgid}/fd"))
+    except (FileNotFoundError, ProcessLookupError) as e:
+        raise Vanished(tgid) from e
+
+
+def read_descriptor(tgid: int, fd: int) -> RawDescriptor:
+    """One descriptor. Raises Vanished when it (or its process) is gone."""
+    link = f"/proc/{tgid}/fd/{fd}"
+    try:
+        path = decode(os.readlink(link.encode()))
+        st = os.stat(link)
+    except (FileNotFoundError, ProcessLookupError) as e:
+        raise Vanished(link) from e
+    pos, flags, mnt_id = parse_fdinfo(read_bytes(f"/proc/{tgid}/fdinfo/{fd}"))
+    return RawDescriptor(
+        tgid=tgid,
+        fd=fd,
+        path=path,
+        dev=st.st_dev,
+        ino=st.st_ino,
+        mode=st.st_mode,
+        nlink=st.st_nlink,
+        size=st.st_size,
+        pos=pos,
+        flags=flags & ~O_CLOEXEC,
+        cloexec=bool(flags & O_CLOEXEC),
+        mnt_id=mnt_id,
+    )

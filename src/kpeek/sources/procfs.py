@@ -1,0 +1,154 @@
+"""Snapshot of the live system from /proc, /sys and kcmp(2).
+
+Needs no privilege beyond what /proc grants: as a normal user it sees its
+own processes' files and says what it could not see (Snapshot.notes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+
+from kpeek.errors import NotPermitted, UsageError
+from kpeek.ids import keyed_id
+from kpeek.model import FileDescriptor, Inode, OpenFile, Snapshot, Task
+from kpeek.sources.kcmp import KcmpUnavailable
+from kpeek.sources.proc_files import RawDescriptor, file_type, list_fds, read_descriptor
+from kpeek.sources.proc_tasks import Vanished, iter_tasks, list_pids, ns_ppid, nspids_of
+from kpeek.sources.sharing import group_open_files
+
+SOURCE = "procfs"
+
+
+def take_snapshot(
+    pids: Iterable[int] | None = None,
+    *,
+    threads: bool = True,
+    files: bool = True,
+    stacks: bool = False,
+    all_namespaces: bool = False,
+) -> Snapshot:
+    """Tasks (and, with ``files``, their descriptor tables) of ``pids`` or of all.
+
+    ``pids`` are thread-group ids. A pid that names no process raises
+    UsageError; asking for another user's files as non-root raises
+    NotPermitted. Tasks and fds that vanish while being read are skipped and
+    counted in ``Snapshot.vanished``.
+    """
+    explicit = pids is not None
+    tgids = sorted(set(pids)) if pids is not None else list_pids()
+    if explicit:
+        missing = [p for p in tgids if not os.path.exists(f"/proc/{p}")]
+        if missing:
+            raise UsageError(f"no such process: {', '.join(map(str, missing))}")
+
+    vanished = 0
+    notes: list[str] = []
+    read: list[tuple[Task, tuple[int, ...]]] = []
+    for item in iter_tasks(tgids, threads=threads, stacks=stacks, all_namespaces=all_namespaces):
+        if item is None:
+            vanished += 1
+        else:
+            read.append(item)
+    tasks = _with_ns_ppids(read)
+    if stacks and any(t.kernel_stack is None for t in tasks):
+        notes.append("kernel stacks need root (CAP_SYS_ADMIN); not shown")
+
+    fds: tuple[FileDescriptor, ...] = ()
+    open_files: dict[str, OpenFile] = {}
+    inodes: dict[str, Inode] = {}
+    if files:
+        leaders = [t.tgid for t in tasks if not t.is_thread]
+        raw, lost, denied = _read_descriptors(leaders)
+        vanished += lost
+        if denied:
+            if explicit:
+                raise NotPermitted(
+                    f"cannot read the descriptors of pid {denied[0]}: "
+                    "it belongs to another user (run kpeek as root)"
+                )
+            notes.append(f"descriptors of {len(denied)} processes not readable (permission denied)")
+        fds, open_files, inodes = _identify(raw, notes)
+
+    return Snapshot(
+        source=SOURCE,
+        tasks=tuple(tasks),
+        fds=fds,
+        open_files=open_files,
+        inodes=inodes,
+        vanished=vanished,
+        notes=tuple(notes),
+    )
+
+
+def _with_ns_ppids(read: list[tuple[Task, tuple[int, ...]]]) -> list[Task]:
+    known = {t.pid: nspids for t, nspids in read}
+    result = []
+    for task, nspids in read:
+        parent = known.get(task.ppid) if task.ppid in known else nspids_of(task.ppid)
+        result.append(dataclasses.replace(task, ns_ppid=ns_ppid(nspids, parent)))
+    return result
+
+
+def _read_descriptors(tgids: list[int]) -> tuple[list[RawDescriptor], int, list[int]]:
+    """(descriptors, how many vanished, pids whose fds we may not read)."""
+    raw: list[RawDescriptor] = []
+    vanished = 0
+    denied: list[int] = []
+    for tgid in tgids:
+        try:
+            numbers = list_fds(tgid)
+        except Vanished:
+            continue  # the task itself was counted when it vanished
+        except PermissionError:
+            denied.append(tgid)
+            continue
+        for fd in numbers:
+            try:
+                raw.append(read_descriptor(tgid, fd))
+            except Vanished:
+                vanished += 1
+            except PermissionError:
+                denied.append(tgid)
+                break
+    return raw, vanished, denied
+
+
+def _identify(
+    raw: list[RawDescriptor], notes: list[str]
+) -> tuple[tuple[FileDescriptor, ...], dict[str, OpenFile], dict[str, Inode]]:
+    try:
+        groups = group_open_files(raw)
+    except KcmpUnavailable as e:
+        notes.append(f"open-file sharing unknown ({e.strerror}); each fd shown as its own file")
+        groups = [[d] for d in raw]
+
+    fds: list[FileDescriptor] = []
+    open_files: dict[str, OpenFile] = {}
+    inodes: dict[str, Inode] = {}
+    for group in groups:
+        first = min(group, key=lambda d: (d.tgid, d.fd))
+        file_id = keyed_id("file", first.tgid, first.fd, first.inode_id)
+        open_files[file_id] = OpenFile(
+            id=file_id,
+            inode=first.inode_id,
+            path=first.path,
+            pos=first.pos,
+            flags=first.flags,
+            mnt_id=first.mnt_id,
+        )
+        inodes.setdefault(
+            first.inode_id,
+            Inode(
+                id=first.inode_id,
+                dev=first.dev,
+                ino=first.ino,
+                type=file_type(first.mode, first.path),
+                nlink=first.nlink,
+                size=first.size,
+            ),
+        )
+        fds.extend(FileDescriptor(d.tgid, d.fd, d.cloexec, file_id) for d in group)
+    fds.sort(key=lambda d: (d.tgid, d.fd))
+    return tuple(fds), open_files, inodes
