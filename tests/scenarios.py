@@ -1,0 +1,117 @@
+"""Real process families for tests: each runs a Python script that builds a
+kernel state (pipes, forks, dup2, namespaces...), prints one JSON line
+describing it, then sleeps until killed.
+
+Every family runs in its own session, so teardown kills the whole process
+group (and reaps it) even when the test failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Prepended to every scenario script: report() prints the description and
+# blocks; children that call report() too would garble stdout, so only the
+# top process reports (children pause).
+_PRELUDE = """
+import json, os, signal, socket, sys, time
+def report(**info):
+    sys.stdout.write(json.dumps(info) + "\\n")
+    sys.stdout.flush()
+    while True:
+        signal.pause()
+def hold():
+    while True:
+        signal.pause()
+"""
+
+
+@dataclass
+class Family:
+    proc: subprocess.Popen
+    info: dict[str, Any]
+    extra: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise TimeoutError("scenario did not report within the timeout")
+    line = proc.stdout.readline()
+    if not line:
+        err = proc.stderr.read() if proc.stderr else ""
+        raise RuntimeError(f"scenario exited before reporting: {err[-2000:]}")
+    return line
+
+
+def kill_family(proc: subprocess.Popen) -> None:
+    """Kill the scenario's whole session and reap the leader."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+    for stream in (proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of a process, as the kernel lists them."""
+    return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@contextmanager
+def family(script: str, *, prefix: tuple[str, ...] = (), timeout: float = 15) -> Iterator[Family]:
+    """Run ``script`` (Python source using report()/hold()) and yield its Family."""
+    source = _PRELUDE + textwrap.dedent(script)
+    proc = subprocess.Popen(
+        [*prefix, sys.executable, "-c", source],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        pass_fds=(),
+    )
+    try:
+        yield Family(proc, json.loads(_read_line(proc, timeout)))
+    finally:
+        kill_family(proc)
+
+
+# The classic family: a pipe, a fork, and the child's stdout dup2'd onto the
+# write end; the parent also opens one file twice and once more before fork.
+PIPE_FORK_DUP2 = """
+import tempfile
+path = tempfile.mktemp(prefix="kpeek-shared-")
+shared = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)   # opened before fork: shared offset
+os.write(shared, b"hello")
+r, w = os.pipe()
+a = os.open(path, os.O_RDONLY)
+b = os.open(path, os.O_RDONLY)                            # second open(): own offset
+child = os.fork()
+if child == 0:
+    os.dup2(w, 1)
+    hold()
+dup = os.dup(r)
+report(parent=os.getpid(), child=child, path=path, r=r, w=w, dup=dup, shared=shared, a=a, b=b)
+"""

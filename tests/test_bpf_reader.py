@@ -1,0 +1,156 @@
+"""BpfKernelMemory and task_addresses on the real kernel.
+
+Without trusting any offset table, a task_struct is recognised by what we
+put in it: a unique comm set with prctl(PR_SET_NAME), and the pid/tgid pair
+that sits next to each other in every kernel's task_struct.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import threading
+
+import pytest
+from capabilities import require
+
+from kpeek.kernel.memory import MemoryReadError
+
+PR_SET_NAME = 15
+TASK_STRUCT_SPAN = 16384  # task_struct is ~10 KiB: read generously
+
+
+@pytest.fixture(autouse=True)
+def _bpf() -> None:
+    require("bpf")
+
+
+def _set_comm(name: bytes) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0) == 0
+
+
+def _pid_tgid_offsets(blob: bytes, pid: int, tgid: int) -> set[int]:
+    pattern = pid.to_bytes(4, "little") + tgid.to_bytes(4, "little")
+    found, start = set(), 0
+    while (i := blob.find(pattern, start)) >= 0:
+        found.add(i)
+        start = i + 1
+    return found
+
+
+def test_task_addresses_cover_our_threads() -> None:
+    from kpeek.sources.bpf.tasks import task_addresses
+
+    ready, done = threading.Event(), threading.Event()
+    tids: list[int] = []
+
+    def worker() -> None:
+        tids.append(threading.get_native_id())
+        ready.set()
+        done.wait(10)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        ready.wait(10)
+        addrs = task_addresses()
+    finally:
+        done.set()
+        t.join()
+    assert os.getpid() in addrs and tids[0] in addrs
+    assert addrs[os.getpid()] != addrs[tids[0]]
+    assert all(a >= 1 << 63 for a in addrs.values())  # kernel half of the address space
+    # Every thread of ours that /proc lists, BPF lists.
+    assert {int(x) for x in os.listdir("/proc/self/task")} <= set(addrs) | set(tids)
+
+
+def test_reads_our_own_task_struct() -> None:
+    from kpeek.sources.bpf.reader import BpfKernelMemory
+    from kpeek.sources.bpf.tasks import task_addresses
+
+    old = open("/proc/self/comm", "rb").read().strip()
+    first, second = (b"kp" + secrets.token_hex(6).encode() for _ in range(2))
+    try:
+        _set_comm(first)
+        address = task_addresses()[threading.get_native_id()]
+        blob = BpfKernelMemory().read(address, TASK_STRUCT_SPAN)
+        assert len(blob) == TASK_STRUCT_SPAN
+        comm_at = blob.find(first + b"\0")
+        assert comm_at > 0
+        # The main thread's pid == tgid pair is in it, exactly once, before comm.
+        offsets = _pid_tgid_offsets(blob[:comm_at], os.getpid(), os.getpid())
+        assert len(offsets) == 1
+
+        # A new comm is seen by a new reader (the old one caches pages).
+        _set_comm(second)
+        fresh = BpfKernelMemory().read(address + comm_at, 16)
+        assert fresh.startswith(second + b"\0")
+        uncached = BpfKernelMemory(cache=False).read(address + comm_at, len(second))
+        assert uncached == second
+    finally:
+        _set_comm(old[:15])
+
+
+def test_thread_task_struct_has_its_tid_and_our_tgid() -> None:
+    from kpeek.sources.bpf.reader import BpfKernelMemory
+    from kpeek.sources.bpf.tasks import task_addresses
+
+    mem = BpfKernelMemory()
+    main_addr = task_addresses()[os.getpid()]
+    main_blob = mem.read(main_addr, TASK_STRUCT_SPAN)
+    (pid_off,) = _pid_tgid_offsets(main_blob[:4096], os.getpid(), os.getpid()) or {None}
+    assert pid_off is not None
+
+    ready, done = threading.Event(), threading.Event()
+    tids: list[int] = []
+
+    def worker() -> None:
+        tids.append(threading.get_native_id())
+        ready.set()
+        done.wait(10)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        ready.wait(10)
+        addr = task_addresses()[tids[0]]
+        pair = mem.read(addr + pid_off, 8)
+    finally:
+        done.set()
+        t.join()
+    assert int.from_bytes(pair[:4], "little") == tids[0]
+    assert int.from_bytes(pair[4:], "little") == os.getpid()
+
+
+@pytest.mark.parametrize(
+    "address",
+    [0, 0x1000, 0x7FFF_0000_0000, 0xDEAD_0000_0000_0000, 0xFFFF_FFFF_FFFF_F000],
+)
+def test_bad_address_is_a_clean_error(address: int) -> None:
+    from kpeek.sources.bpf.reader import BpfKernelMemory
+
+    with pytest.raises(MemoryReadError) as e:
+        BpfKernelMemory().read(address, 8)
+    assert e.value.address == address
+    assert f"0x{address:x}" in str(e.value)
+
+
+def test_read_spanning_pages_and_read_many() -> None:
+    from kpeek.sources.bpf.reader import BpfKernelMemory
+    from kpeek.sources.bpf.tasks import task_addresses
+
+    address = task_addresses()[os.getpid()]
+    cached, exact = BpfKernelMemory(), BpfKernelMemory(cache=False)
+    # A range that straddles a page boundary reads the same both ways.
+    start = (address // 4096 + 1) * 4096 - 5
+    assert cached.read(start, 10) == exact.read(start, 10)
+    results = cached.read_many([(address, 8), (0x10, 8), (address + 8, 0), (address, 64)])
+    assert isinstance(results[1], MemoryReadError)
+    assert results[0] == exact.read(address, 8) and results[2] == b""
+    assert results[3][:8] == results[0]
+    with pytest.raises(MemoryReadError):
+        cached.read(-1, 8)
+    with pytest.raises(MemoryReadError):
+        cached.read((1 << 64) - 4, 8)
