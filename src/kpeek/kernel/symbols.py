@@ -1,0 +1,198 @@
+"""Kernel symbols from /proc/kallsyms: address <-> name, read once.
+
+Symbols are kept in arrays sorted by address and searched with bisect.
+kallsyms gives no sizes; a symbol's size is the distance to the next
+higher symbol address, as the kernel's own kallsyms_lookup computes it.
+On these machines kallsyms lists functions (and a few section markers),
+not data symbols.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass
+
+from kpeek.errors import NotPermitted, NotSupported
+
+KALLSYMS = "/proc/kallsyms"
+# "ffffffff81000000 T _text" or "... t name\t[module]"
+_LINE = re.compile(r"^([0-9a-fA-F]+) (\S) (\S+)(?:\s+\[(\S+)\])?[ \t]*$", re.M)
+
+
+@dataclass(frozen=True, slots=True)
+class Symbol:
+    """One kernel symbol. ``size`` is 0 when unknown (the last symbol)."""
+
+    name: str
+    address: int
+    size: int
+    module: str | None = None
+    kind: str = "t"  # the nm-style type letter from kallsyms (t, T, d, ...)
+
+    @property
+    def is_function(self) -> bool:
+        return self.kind in "tTwW"
+
+
+def _preference(kind: str, name: str) -> tuple[int, int, int]:
+    """Which of several symbols at one address to name it by (lower wins)."""
+    return (
+        name.startswith("__pfx_") or name.startswith("__cfi_"),
+        kind.islower(),
+        name.startswith("_"),
+    )
+
+
+class Kallsyms:
+    """All kernel symbols, searchable by address and by name.
+
+    Build with :meth:`load` (reads /proc/kallsyms) or :meth:`from_text`.
+    """
+
+    def __init__(
+        self,
+        addresses: list[int],
+        kinds: list[str],
+        names: list[str],
+        modules: list[str | None] | None = None,
+    ) -> None:
+        # Parallel lists in any order; several names may share one address.
+        n = len(addresses)
+        mods = modules if modules is not None else [None] * n
+        order = range(n)
+        if any(addresses[i] > addresses[i + 1] for i in range(n - 1)):
+            order = sorted(order, key=addresses.__getitem__)
+        self._names_raw = (addresses, kinds, names, mods)
+        self._by_name_cache: dict[str, int] | None = None
+        addrs: list[int] = []
+        picks: list[int] = []  # index into the raw lists of each address's chosen name
+        last = -1
+        for i in order:
+            a = addresses[i]
+            if a == last:
+                j = picks[-1]
+                if _preference(kinds[i], names[i]) < _preference(kinds[j], names[j]):
+                    picks[-1] = i
+                continue
+            last = a
+            addrs.append(a)
+            picks.append(i)
+        self._addrs = addrs
+        self._picks = picks
+
+    @property
+    def _by_name(self) -> dict[str, int]:
+        """name -> raw index; a global name wins over a static one of that name."""
+        if self._by_name_cache is None:
+            _, kinds, names, _ = self._names_raw
+            index: dict[str, int] = {}
+            for i, name in enumerate(names):
+                old = index.get(name)
+                if old is None or (kinds[old].islower() and kinds[i].isupper()):
+                    index[name] = i
+            self._by_name_cache = index
+        return self._by_name_cache
+
+    @classmethod
+    def load(cls, path: str = KALLSYMS) -> Kallsyms:
+        """Read /proc/kallsyms once.
+
+        Raises NotPermitted when the kernel hides addresses (they read as
+        zero for unprivileged users) and NotSupported when the file is missing.
+        """
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("ascii", "replace")
+        except FileNotFoundError:
+            raise NotSupported(f"{path} is missing: the kernel lacks CONFIG_KALLSYMS") from None
+        except PermissionError:
+            raise NotPermitted(f"cannot read {path}: run kpeek as root") from None
+        return cls.from_text(text, source=path)
+
+    @classmethod
+    def from_text(cls, text: str, source: str = KALLSYMS) -> Kallsyms:
+        if "[" in text:  # module symbols carry a fourth column
+            rows = _LINE.findall(text)
+            addrs = [int(r[0], 16) for r in rows]
+            kinds = [r[1] for r in rows]
+            names = [r[2] for r in rows]
+            modules: list[str | None] | None = [r[3] or None for r in rows]
+        else:  # the fast path: three words per line
+            words = text.split()
+            if len(words) % 3:
+                raise NotSupported(f"{source}: unexpected format")
+            addrs = [int(a, 16) for a in words[0::3]]
+            kinds = words[1::3]
+            names = words[2::3]
+            modules = None
+        if addrs and not any(addrs):
+            raise NotPermitted(
+                f"kernel symbol addresses are hidden ({source} shows zeros): run kpeek as "
+                "root, or lower the kernel.kptr_restrict sysctl"
+            )
+        return cls(addrs, kinds, names, modules)
+
+    def __len__(self) -> int:
+        return len(self._names_raw[0])
+
+    def _symbol(self, raw: int, index: int) -> Symbol:
+        addresses, kinds, names, modules = self._names_raw
+        addr = addresses[raw]
+        size = self._addrs[index + 1] - addr if index + 1 < len(self._addrs) else 0
+        return Symbol(names[raw], addr, size, modules[raw], kinds[raw])
+
+    def lookup(self, address: int) -> Symbol | None:
+        """The symbol containing ``address`` (start <= address < start+size), or None."""
+        i = bisect.bisect_right(self._addrs, address) - 1
+        if i < 0:
+            return None
+        sym = self._symbol(self._picks[i], i)
+        if address == sym.address or address < sym.address + sym.size:
+            return sym
+        return None
+
+    def address_of(self, name: str) -> int | None:
+        """Address of the symbol called ``name``, or None."""
+        raw = self._by_name.get(name)
+        return None if raw is None else self._names_raw[0][raw]
+
+    def symbol(self, name: str) -> Symbol | None:
+        """The full :class:`Symbol` for ``name`` (size included), or None."""
+        raw = self._by_name.get(name)
+        if raw is None:
+            return None
+        i = bisect.bisect_left(self._addrs, self._names_raw[0][raw])
+        return self._symbol(raw, i)
+
+    def format(self, address: int) -> str:
+        """``"name+0xoff/0xsize"`` as the kernel prints it, or hex when unknown."""
+        sym = self.lookup(address)
+        if sym is None:
+            return f"0x{address:x}"
+        text = f"{sym.name}+0x{address - sym.address:x}/0x{sym.size:x}"
+        if sym.module:
+            text += f" [{sym.module}]"
+        return text
+
+    def symbolize(self, address: int) -> str | None:
+        """``format(address)`` when it falls in a symbol, else None."""
+        return self.format(address) if self.lookup(address) else None
+
+    @property
+    def text_range(self) -> tuple[int, int]:
+        """(lowest, highest) symbol address."""
+        if not self._addrs:
+            return (0, 0)
+        return self._addrs[0], self._addrs[-1]
+
+
+_loaded: Kallsyms | None = None
+
+
+def load_kallsyms() -> Kallsyms:
+    """/proc/kallsyms parsed once per process (see :meth:`Kallsyms.load`)."""
+    global _loaded
+    if _loaded is None:
+        _loaded = Kallsyms.load()
+    return _loaded
