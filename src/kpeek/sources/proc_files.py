@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from kpeek.sources.proc_tasks import Vanished, read_bytes
+from kpeek.sources.proc_tasks import GONE, Vanished, read_bytes
 from kpeek.textsafe import decode
 
 O_CLOEXEC = 0o2000000
@@ -77,7 +77,7 @@ def list_fds(tgid: int) -> list[int]:
     """Open descriptor numbers of a process. Raises Vanished or PermissionError."""
     try:
         return sorted(int(n) for n in os.listdir(f"/proc/{tgid}/fd"))
-    except (FileNotFoundError, ProcessLookupError) as e:
+    except GONE as e:
         raise Vanished(tgid) from e
 
 
@@ -87,7 +87,7 @@ def read_descriptor(tgid: int, fd: int) -> RawDescriptor:
     try:
         path = decode(os.readlink(link.encode()))
         st = os.stat(link)
-    except (FileNotFoundError, ProcessLookupError) as e:
+    except GONE as e:
         raise Vanished(link) from e
     pos, flags, mnt_id = parse_fdinfo(read_bytes(f"/proc/{tgid}/fdinfo/{fd}"))
     return RawDescriptor(

@@ -19,18 +19,22 @@ class Vanished(Exception):
     """The task (or descriptor) went away while it was being read."""
 
 
+# What /proc raises when a task exits between two reads of it.
+GONE = (FileNotFoundError, ProcessLookupError)
+
+
 def read_bytes(path: str) -> bytes:
     """Whole file in one or a few reads; Vanished when the task is gone."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, ProcessLookupError) as e:
+    except GONE as e:
         raise Vanished(path) from e
     try:
         chunks = []
         while True:
             try:
                 chunk = os.read(fd, 65536)
-            except ProcessLookupError as e:
+            except GONE as e:
                 raise Vanished(path) from e
             if not chunk:
                 break
@@ -43,7 +47,7 @@ def read_bytes(path: str) -> bytes:
 def list_pids(directory: str = "/proc") -> list[int]:
     try:
         return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
-    except FileNotFoundError:  # /proc/PID/task of a process that exited
+    except GONE:  # /proc/PID/task of a process that exited
         return []
 
 
@@ -72,7 +76,7 @@ def _ns_ids(status: dict[bytes, bytes], key: bytes, fallback: int) -> list[int]:
 def pid_namespace(base: str) -> int:
     try:
         return os.stat(f"{base}/ns/pid").st_ino
-    except (FileNotFoundError, ProcessLookupError) as e:
+    except GONE as e:
         raise Vanished(base) from e
     except PermissionError:
         return 0
