@@ -13,8 +13,8 @@ import secrets
 import threading
 
 import pytest
-from capabilities import require
 
+from capabilities import require
 from kpeek.kernel.memory import MemoryReadError
 
 PR_SET_NAME = 15
@@ -70,7 +70,8 @@ def test_reads_our_own_task_struct() -> None:
     from kpeek.sources.bpf.reader import BpfKernelMemory
     from kpeek.sources.bpf.tasks import task_addresses
 
-    old = open("/proc/self/comm", "rb").read().strip()
+    with open("/proc/self/comm", "rb") as f:
+        old = f.read().strip()
     first, second = (b"kp" + secrets.token_hex(6).encode() for _ in range(2))
     try:
         _set_comm(first)
@@ -154,3 +155,28 @@ def test_read_spanning_pages_and_read_many() -> None:
         cached.read(-1, 8)
     with pytest.raises(MemoryReadError):
         cached.read((1 << 64) - 4, 8)
+
+
+def test_without_capabilities_is_not_permitted(tmp_path) -> None:
+    """Root with every capability dropped: one clean line, exit code 3."""
+    import shutil
+    import subprocess
+    import sys
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) not installed")
+    code = (
+        "from kpeek.errors import KpeekError\n"
+        "from kpeek.sources.bpf.reader import BpfKernelMemory\n"
+        "try:\n    BpfKernelMemory()\n"
+        "except KpeekError as e:\n    print(type(e).__name__, e.exit_code, e)\n"
+    )
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+    out = subprocess.run(
+        [setpriv, "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-c", code],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("NotPermitted 3 "), out.stdout
+    assert "root" in out.stdout and out.stdout.count("\n") == 1

@@ -1,0 +1,229 @@
+"""libbpf (libbpf.so.1) through ctypes: open and load an object, attach an
+iterator program, run it, and set its global variables.
+
+Only the handful of calls kpeek needs are bound. libbpf's log lines are
+captured (not printed) so that a failed load turns into one clean line that
+names the verifier's complaint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections.abc import Iterator
+from functools import cache
+
+from kpeek.errors import NotPermitted, NotSupported
+
+# enum bpf_map_update flags
+BPF_ANY = 0
+
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_log: list[str] = []
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+
+
+@_PRINT_FN
+def _capture_print(level: int, fmt: bytes, args: int) -> int:
+    buf = ctypes.create_string_buffer(1024)
+    _libc.vsnprintf(buf, len(buf), fmt, args)
+    _log.append(buf.value.decode(errors="replace").rstrip("\n"))
+    del _log[:-200]  # keep the tail: the verifier's last words say what failed
+    return 0
+
+
+class _TaskLinkInfo(ctypes.Structure):
+    _fields_ = (("tid", ctypes.c_uint32), ("pid", ctypes.c_uint32), ("pid_fd", ctypes.c_uint32))
+
+
+class _IterLinkInfo(ctypes.Union):
+    # union bpf_iter_link_info: its largest member (cgroup) is 16 bytes
+    _fields_ = (("task", _TaskLinkInfo), ("_size", ctypes.c_uint8 * 16))
+
+
+class _IterAttachOpts(ctypes.Structure):
+    _fields_ = (
+        ("sz", ctypes.c_size_t),
+        ("link_info", ctypes.POINTER(_IterLinkInfo)),
+        ("link_info_len", ctypes.c_uint32),
+    )
+
+
+@cache
+def _lib() -> ctypes.CDLL:
+    name = "libbpf.so.1"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        found = ctypes.util.find_library("bpf")
+        if not found:
+            raise NotSupported(
+                "libbpf.so.1 not found; the BPF source needs libbpf "
+                "(apt-get install libbpf1 libbpf-dev, or use --source procfs)"
+            ) from None
+        lib = ctypes.CDLL(found, use_errno=True)
+    vp, ci, cu, cs = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_size_t
+    sigs = {
+        "libbpf_set_print": (vp, [_PRINT_FN]),
+        "bpf_object__open_mem": (vp, [vp, cs, vp]),
+        "bpf_object__load": (ci, [vp]),
+        "bpf_object__close": (None, [vp]),
+        "bpf_object__find_program_by_name": (vp, [vp, ctypes.c_char_p]),
+        "bpf_object__next_map": (vp, [vp, vp]),
+        "bpf_map__name": (ctypes.c_char_p, [vp]),
+        "bpf_map__fd": (ci, [vp]),
+        "bpf_map__value_size": (cu, [vp]),
+        "bpf_map_update_elem": (ci, [ci, vp, vp, ctypes.c_uint64]),
+        "bpf_program__attach_iter": (vp, [vp, ctypes.POINTER(_IterAttachOpts)]),
+        "bpf_link__fd": (ci, [vp]),
+        "bpf_link__destroy": (ci, [vp]),
+        "bpf_iter_create": (ci, [ci]),
+    }
+    for fn, (res, args) in sigs.items():
+        f = getattr(lib, fn)
+        f.restype, f.argtypes = res, args
+    lib.libbpf_set_print(_capture_print)
+    return lib
+
+
+def _errno_of(ret: int) -> int:
+    # libbpf 1.x returns -errno and also sets errno; NULL pointers set errno only.
+    return -ret if ret < 0 else (ctypes.get_errno() or errno.EINVAL)
+
+
+def _fail(what: str, err: int) -> NotSupported | NotPermitted:
+    if err in (errno.EPERM, errno.EACCES):
+        return NotPermitted(
+            f"{what}: {os.strerror(err)}; run as root (BPF iterators need CAP_BPF "
+            "and CAP_PERFMON) or use --source procfs"
+        )
+    detail = ""
+    for line in reversed(_log):
+        text = line.strip()
+        if text and not text.startswith(("libbpf: prog", "-- END", "processed ")):
+            detail = f" ({text[:160]})"
+            break
+    return NotSupported(f"{what}: {os.strerror(err)}{detail}; use --source procfs")
+
+
+class BpfObject:
+    """A loaded BPF object: its programs can be attached as iterators.
+
+    Raises NotPermitted when the kernel refuses BPF to this user and
+    NotSupported when the object does not open or load (the verifier's last
+    complaint is in the message).
+    """
+
+    def __init__(self, data: bytes, name: str) -> None:
+        lib = _lib()
+        self.name = name
+        self._data = ctypes.create_string_buffer(data, len(data))  # libbpf keeps pointers
+        _log.clear()
+        ctypes.set_errno(0)
+        obj = lib.bpf_object__open_mem(self._data, len(data), None)
+        if not obj:
+            raise _fail(f"cannot open BPF object {name}", _errno_of(0))
+        self._obj: int | None = obj
+        ret = lib.bpf_object__load(obj)
+        if ret != 0:
+            self.close()
+            raise _fail(f"cannot load BPF program {name}", _errno_of(ret))
+        self._links: list[int] = []
+
+    def close(self) -> None:
+        lib = _lib()
+        for link in getattr(self, "_links", ()):
+            lib.bpf_link__destroy(link)
+        self._links = []
+        if self._obj:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _map(self, suffix: str) -> int:
+        lib = _lib()
+        m = lib.bpf_object__next_map(self._obj, None)
+        while m:
+            if (lib.bpf_map__name(m) or b"").decode().endswith(suffix):
+                return m
+            m = lib.bpf_object__next_map(self._obj, m)
+        raise NotSupported(f"BPF object {self.name} has no map {suffix}")
+
+    def map_fd(self, suffix: str) -> int:
+        """The fd of the map whose name ends with ``suffix`` (".bss", "want")."""
+        return _lib().bpf_map__fd(self._map(suffix))
+
+    def map_value_size(self, suffix: str) -> int:
+        return _lib().bpf_map__value_size(self._map(suffix))
+
+    def update(self, suffix: str, key: bytes, value: bytes) -> None:
+        """bpf_map_update_elem on the map named ``*suffix``; raises OSError."""
+        k = ctypes.create_string_buffer(key, len(key))
+        v = ctypes.create_string_buffer(value, len(value))
+        ret = _lib().bpf_map_update_elem(self.map_fd(suffix), k, v, BPF_ANY)
+        if ret != 0:
+            raise OSError(
+                _errno_of(ret), f"bpf_map_update_elem({suffix}): {os.strerror(_errno_of(ret))}"
+            )
+
+    def set_globals(self, value: bytes) -> None:
+        """Replace the whole .bss section (all zero-initialised globals)."""
+        self.update(".bss", b"\0\0\0\0", value)
+
+    def attach_iter(self, program: str, *, tid: int = 0, tgid: int = 0) -> BpfIterator:
+        """Attach ``program`` (SEC("iter/...")) as an iterator link.
+
+        ``tid``/``tgid`` limit an iter/task* program to one task or one
+        thread group (kernel 6.1+). Raises NotSupported if it cannot attach.
+        """
+        lib = _lib()
+        prog = lib.bpf_object__find_program_by_name(self._obj, program.encode())
+        if not prog:
+            raise NotSupported(f"BPF object {self.name} has no program {program}")
+        opts_p = None
+        if tid or tgid:
+            info = _IterLinkInfo()
+            info.task.tid, info.task.pid = tid, tgid
+            opts = _IterAttachOpts(
+                ctypes.sizeof(_IterAttachOpts), ctypes.pointer(info), ctypes.sizeof(info)
+            )
+            opts_p = ctypes.pointer(opts)
+        ctypes.set_errno(0)
+        link = lib.bpf_program__attach_iter(prog, opts_p)
+        if not link:
+            raise _fail(f"cannot attach BPF iterator {program}", _errno_of(0))
+        self._links.append(link)
+        return BpfIterator(lib.bpf_link__fd(link), program)
+
+
+class BpfIterator:
+    """An attached iterator link; each :meth:`run` walks the kernel objects anew."""
+
+    def __init__(self, link_fd: int, name: str) -> None:
+        self.link_fd = link_fd
+        self.name = name
+
+    def chunks(self, bufsize: int = 1 << 20) -> Iterator[bytes]:
+        """The iterator's output, as the kernel hands it over (≤ 32 KiB a read)."""
+        fd = _lib().bpf_iter_create(self.link_fd)
+        if fd < 0:
+            raise _fail(f"cannot create BPF iterator {self.name}", _errno_of(fd))
+        try:
+            while True:
+                chunk = os.read(fd, bufsize)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            os.close(fd)
+
+    def run(self) -> bytes:
+        """Run the iterator to the end and return all it wrote."""
+        return b"".join(self.chunks())
