@@ -78,6 +78,7 @@ def _lib() -> ctypes.CDLL:
         "bpf_map__fd": (ci, [vp]),
         "bpf_map__value_size": (cu, [vp]),
         "bpf_map_update_elem": (ci, [ci, vp, vp, ctypes.c_uint64]),
+        "bpf_map_delete_elem": (ci, [ci, vp]),
         "bpf_program__attach_iter": (vp, [vp, ctypes.POINTER(_IterAttachOpts)]),
         "bpf_link__fd": (ci, [vp]),
         "bpf_link__destroy": (ci, [vp]),
@@ -172,6 +173,11 @@ class BpfObject:
             raise OSError(
                 _errno_of(ret), f"bpf_map_update_elem({suffix}): {os.strerror(_errno_of(ret))}"
             )
+
+    def delete(self, suffix: str, key: bytes) -> None:
+        """bpf_map_delete_elem on the map named ``*suffix``; a missing key is fine."""
+        k = ctypes.create_string_buffer(key, len(key))
+        _lib().bpf_map_delete_elem(self.map_fd(suffix), k)
 
     def set_globals(self, value: bytes) -> None:
         """Replace the whole .bss section (all zero-initialised globals)."""

@@ -1,0 +1,268 @@
+// SPDX-License-Identifier: GPL-2.0
+/* kpeek's snapshot: one record per task (iter/task) and one per open
+ * descriptor (iter/task_file), in fixed binary layouts that snapshot.py
+ * unpacks. All field access is CO-RE; fields that only some kernels have
+ * (task_struct.blocker, file.f_count vs f_ref) are probed with
+ * bpf_core_field_exists so the program loads on either.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define MAX_STACK_DEPTH 64
+#define PATH_BUF 4096
+#define MAX_PID_LEVEL 32
+
+/* Set by userspace before each run (the .bss map). */
+struct kpeek_snapshot_args {
+	__u32 filter_tgids; /* only tasks whose tgid is in `wanted` */
+	__u32 leaders_only; /* skip threads (pid != tgid) */
+	__u32 stacks;       /* collect kernel stacks */
+	__u32 paths;        /* resolve paths with bpf_d_path */
+};
+
+struct kpeek_snapshot_args snap_args = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} wanted SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[PATH_BUF]);
+} scratch SEC(".maps");
+
+/* Older kernels, and newer ones, seen through CO-RE "flavors". */
+struct task_struct___blocker {
+	unsigned long blocker;
+} __attribute__((preserve_access_index));
+
+struct file___f_count {
+	atomic_long_t f_count;
+} __attribute__((preserve_access_index));
+
+struct file___f_ref {
+	file_ref_t f_ref;
+} __attribute__((preserve_access_index));
+
+struct kpeek_task_rec {
+	__u64 address;
+	__u64 blocker;
+	__u64 start_boottime;
+	__u32 pid, tgid, ppid, pgid, sid;
+	__u32 ns_pid, ns_tgid, ns_ppid, ns_pgid, ns_sid;
+	__u32 pidns;
+	__u32 state, exit_state;
+	__u32 uid, euid;
+	__u32 flags;
+	__u32 ns_mnt, ns_net, ns_ipc, ns_uts, ns_user, ns_cgroup, ns_time;
+	__u32 has_blocker;
+	char comm[16];
+	__s32 stack_bytes;
+	__u32 pad;
+};
+
+struct kpeek_file_rec {
+	__u32 tgid, fd;
+	__u64 file, inode;
+	__u64 pos, size, refcount, ino;
+	__u32 f_mode, f_flags;
+	__u32 dev, rdev;
+	__u32 nlink, i_mode;
+	__u32 mnt_id, cloexec;
+	__s32 path_len;
+	__u32 pid;
+};
+
+static __always_inline int wanted_tgid(__u32 tgid)
+{
+	if (!snap_args.filter_tgids)
+		return 1;
+	return bpf_map_lookup_elem(&wanted, &tgid) != NULL;
+}
+
+/* The number of `pid` in the namespace at `level` whose identity is `ns`
+ * (pid_nr_ns): 0 when pid is not visible there. */
+static __always_inline __u32 nr_in_ns(struct pid *pid, __u32 level, struct pid_namespace *ns)
+{
+	struct upid upid = {};
+
+	if (!pid || BPF_CORE_READ(pid, level) < level)
+		return 0;
+	if (bpf_probe_read_kernel(&upid, sizeof(upid), &pid->numbers[level & (MAX_PID_LEVEL - 1)]))
+		return 0;
+	return upid.ns == ns ? upid.nr : 0;
+}
+
+static __always_inline __u32 global_nr(struct pid *pid)
+{
+	return pid ? BPF_CORE_READ(pid, numbers[0].nr) : 0;
+}
+
+SEC("iter/task")
+int snapshot_tasks(struct bpf_iter__task *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	struct kpeek_task_rec rec = {};
+	struct pid *pid, *tgid_pid, *pgrp, *session, *parent_tgid;
+	struct pid_namespace *ns;
+	struct nsproxy *nsp;
+	__u32 level, zero = 0;
+	char *buf;
+
+	if (!task)
+		return 0;
+	rec.pid = BPF_CORE_READ(task, pid);
+	rec.tgid = BPF_CORE_READ(task, tgid);
+	if (snap_args.leaders_only && rec.pid != rec.tgid)
+		return 0;
+	if (!wanted_tgid(rec.tgid))
+		return 0;
+
+	rec.address = (__u64)task;
+	rec.start_boottime = BPF_CORE_READ(task, start_boottime);
+	rec.state = BPF_CORE_READ(task, __state);
+	rec.exit_state = BPF_CORE_READ(task, exit_state);
+	rec.flags = BPF_CORE_READ(task, flags);
+	rec.uid = BPF_CORE_READ(task, real_cred, uid.val);
+	rec.euid = BPF_CORE_READ(task, real_cred, euid.val);
+	rec.ppid = BPF_CORE_READ(task, real_parent, tgid);
+	BPF_CORE_READ_INTO(&rec.comm, task, comm);
+
+	struct task_struct___blocker *tb = (void *)task;
+	if (bpf_core_field_exists(tb->blocker)) {
+		rec.has_blocker = 1;
+		rec.blocker = BPF_CORE_READ(tb, blocker);
+	}
+
+	pid = BPF_CORE_READ(task, thread_pid);
+	tgid_pid = BPF_CORE_READ(task, signal, pids[PIDTYPE_TGID]);
+	pgrp = BPF_CORE_READ(task, signal, pids[PIDTYPE_PGID]);
+	session = BPF_CORE_READ(task, signal, pids[PIDTYPE_SID]);
+	parent_tgid = BPF_CORE_READ(task, real_parent, signal, pids[PIDTYPE_TGID]);
+	rec.pgid = global_nr(pgrp);
+	rec.sid = global_nr(session);
+
+	if (pid) {
+		struct upid own = {};
+
+		level = BPF_CORE_READ(pid, level) & (MAX_PID_LEVEL - 1);
+		bpf_probe_read_kernel(&own, sizeof(own), &pid->numbers[level]);
+		ns = own.ns;
+		rec.ns_pid = own.nr;
+		rec.pidns = BPF_CORE_READ(ns, ns.inum);
+		rec.ns_tgid = nr_in_ns(tgid_pid, level, ns);
+		rec.ns_pgid = nr_in_ns(pgrp, level, ns);
+		rec.ns_sid = nr_in_ns(session, level, ns);
+		rec.ns_ppid = nr_in_ns(parent_tgid, level, ns);
+	}
+
+	nsp = BPF_CORE_READ(task, nsproxy);
+	if (nsp) {
+		rec.ns_mnt = BPF_CORE_READ(nsp, mnt_ns, ns.inum);
+		rec.ns_net = BPF_CORE_READ(nsp, net_ns, ns.inum);
+		rec.ns_ipc = BPF_CORE_READ(nsp, ipc_ns, ns.inum);
+		rec.ns_uts = BPF_CORE_READ(nsp, uts_ns, ns.inum);
+		rec.ns_cgroup = BPF_CORE_READ(nsp, cgroup_ns, ns.inum);
+		rec.ns_time = BPF_CORE_READ(nsp, time_ns, ns.inum);
+	}
+	rec.ns_user = BPF_CORE_READ(task, real_cred, user_ns, ns.inum);
+
+	if (!snap_args.stacks) {
+		bpf_seq_write(seq, &rec, sizeof(rec));
+		return 0;
+	}
+	buf = bpf_map_lookup_elem(&scratch, &zero);
+	if (!buf) {
+		bpf_seq_write(seq, &rec, sizeof(rec));
+		return 0;
+	}
+	long n = bpf_get_task_stack(task, buf, MAX_STACK_DEPTH * 8, 0);
+	if (n < 0 || n > MAX_STACK_DEPTH * 8)
+		n = 0;
+	rec.stack_bytes = n;
+	bpf_seq_write(seq, &rec, sizeof(rec));
+	if (n > 0)
+		bpf_seq_write(seq, buf, n & (MAX_STACK_DEPTH * 8 * 2 - 1));
+	return 0;
+}
+
+SEC("iter/task_file")
+int snapshot_files(struct bpf_iter__task_file *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct kpeek_file_rec rec = {};
+	struct inode *inode;
+	struct vfsmount *vfsmnt;
+	struct fdtable *fdt;
+	unsigned long *cloexec_bits, word = 0;
+	__u32 zero = 0;
+	char *buf;
+
+	if (!task || !file)
+		return 0;
+	rec.tgid = BPF_CORE_READ(task, tgid);
+	rec.pid = BPF_CORE_READ(task, pid);
+	/* /proc/PID/fd shows the leader's table; a thread with a table of its
+	 * own (unshare(CLONE_FILES)) is not part of it. */
+	if (rec.pid != rec.tgid || !wanted_tgid(rec.tgid))
+		return 0;
+	rec.fd = ctx->fd;
+	rec.file = (__u64)file;
+	rec.f_mode = BPF_CORE_READ(file, f_mode);
+	rec.f_flags = BPF_CORE_READ(file, f_flags);
+	rec.pos = BPF_CORE_READ(file, f_pos);
+
+	struct file___f_ref *fr = (void *)file;
+	struct file___f_count *fc = (void *)file;
+	if (bpf_core_field_exists(fr->f_ref))
+		rec.refcount = BPF_CORE_READ(fr, f_ref.refcnt.counter) + 1; /* file_ref_t: 0 is one ref */
+	else if (bpf_core_field_exists(fc->f_count))
+		rec.refcount = BPF_CORE_READ(fc, f_count.counter);
+
+	inode = BPF_CORE_READ(file, f_inode);
+	rec.inode = (__u64)inode;
+	if (inode) {
+		rec.ino = BPF_CORE_READ(inode, i_ino);
+		rec.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+		rec.rdev = BPF_CORE_READ(inode, i_rdev);
+		rec.nlink = BPF_CORE_READ(inode, i_nlink);
+		rec.i_mode = BPF_CORE_READ(inode, i_mode);
+		rec.size = BPF_CORE_READ(inode, i_size);
+	}
+
+	vfsmnt = BPF_CORE_READ(file, f_path.mnt);
+	if (vfsmnt) {
+		struct mount *mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+		rec.mnt_id = BPF_CORE_READ(mnt, mnt_id);
+	}
+
+	fdt = BPF_CORE_READ(task, files, fdt);
+	cloexec_bits = BPF_CORE_READ(fdt, close_on_exec);
+	if (cloexec_bits) {
+		bpf_probe_read_kernel(&word, sizeof(word), cloexec_bits + rec.fd / (8 * sizeof(long)));
+		rec.cloexec = (word >> (rec.fd % (8 * sizeof(long)))) & 1;
+	}
+
+	rec.path_len = -1;
+	buf = snap_args.paths ? bpf_map_lookup_elem(&scratch, &zero) : NULL;
+	if (buf) {
+		long n = bpf_d_path(&file->f_path, buf, PATH_BUF);
+		if (n > 0 && n <= PATH_BUF)
+			rec.path_len = n - 1; /* without the NUL */
+	}
+	bpf_seq_write(seq, &rec, sizeof(rec));
+	if (buf && rec.path_len > 0)
+		bpf_seq_write(seq, buf, rec.path_len & (PATH_BUF - 1));
+	return 0;
+}

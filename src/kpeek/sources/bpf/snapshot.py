@@ -1,0 +1,280 @@
+"""A Snapshot taken by BPF iterators: every task, descriptor and open file in
+two iterator runs (iter/task, iter/task_file) instead of several /proc reads
+per task and per descriptor.
+
+Besides what /proc shows, it knows what /proc cannot: the struct file and
+inode addresses (so open-file identity is exact, not inferred), f_count,
+f_mode, the task_struct address and ``task_struct.blocker``. Ids have the
+same formats as the procfs source (Inode.id "major:minor:ino", OpenFile.id a
+keyed hash), so the two can be compared.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable
+
+from kpeek.errors import NotSupported, UsageError
+from kpeek.ids import keyed_id
+from kpeek.model import FileDescriptor, Inode, Namespace, OpenFile, Snapshot, Task
+from kpeek.sources.bpf.loaded import bpf_iterator, bpf_object
+from kpeek.sources.proc_files import O_CLOEXEC, file_type
+from kpeek.textsafe import decode
+
+SOURCE = "bpf"
+
+# struct kpeek_task_rec and struct kpeek_file_rec in snapshot.bpf.c
+TASK_REC = struct.Struct("<QQQ24I16siI")
+FILE_REC = struct.Struct("<II6Q8IiI")
+_ARGS = struct.Struct("<4I")
+
+# Task state bits (include/linux/sched.h), stable since 5.14 / 6.1.
+_TASK_REPORT = 0x7F
+_TASK_IDLE = 0x0402  # TASK_UNINTERRUPTIBLE | TASK_NOLOAD
+_TASK_RTLOCK_WAIT = 0x1000
+_TASK_FROZEN = 0x8000
+_STATE_LETTERS = "RSDTtXZPI"
+_NS_KINDS = ("mnt", "net", "ipc", "uts", "user", "cgroup", "time")  # after pid, as in /proc
+_NSEC_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def state_letter(state: int, exit_state: int) -> str:
+    """The one-letter state /proc shows for ``__state`` and ``exit_state``
+    (the kernel's task_state_index)."""
+    bits = (state | exit_state) & _TASK_REPORT
+    if state & _TASK_IDLE == _TASK_IDLE:
+        bits = 0x80
+    if state & (_TASK_RTLOCK_WAIT | _TASK_FROZEN):
+        bits = 0x2
+    return _STATE_LETTERS[bits.bit_length()]
+
+
+class _Stacks:
+    """Symbolizes stack addresses as /proc/PID/stack does (%pB), loaded lazily."""
+
+    def __init__(self) -> None:
+        from kpeek.kernel.symbols import load_kallsyms
+
+        self.kallsyms = load_kallsyms()
+        sched = [self.kallsyms.address_of(n) for n in ("__sched_text_start", "__sched_text_end")]
+        lock = [self.kallsyms.address_of(n) for n in ("__lock_text_start", "__lock_text_end")]
+        self.skip = [(a, b) for a, b in (sched, lock) if a is not None and b is not None]
+        self._cache: dict[int, str] = {}
+
+    def frame(self, address: int) -> str:
+        text = self._cache.get(address)
+        if text is None:
+            # A return address may sit just past its function's end: name the
+            # call site (address - 1), print the offset of the address itself.
+            sym = self.kallsyms.lookup(address - 1)
+            if sym is None:
+                text = f"0x{address:x}"
+            else:
+                text = f"{sym.name}+0x{address - sym.address:x}/0x{sym.size:x}"
+                if sym.module:
+                    text += f" [{sym.module}]"
+            self._cache[address] = text
+        return text
+
+    def wchan(self, addresses: tuple[int, ...]) -> str | None:
+        """The first frame outside the scheduler and lock code (get_wchan)."""
+        for a in addresses:
+            if not any(lo <= a < hi for lo, hi in self.skip):
+                sym = self.kallsyms.lookup(a)
+                return sym.name if sym else None
+        return None
+
+
+def _run_tasks(stacks: bool) -> tuple[list[tuple], dict[int, tuple[int, ...]]]:
+    out = bpf_iterator("snapshot", "snapshot_tasks").run()
+    records: list[tuple] = []
+    stack_of: dict[int, tuple[int, ...]] = {}
+    off, size, end = 0, TASK_REC.size, len(out)
+    while off + size <= end:
+        rec = TASK_REC.unpack_from(out, off)
+        off += size
+        nbytes = rec[-2]
+        if nbytes > 0:
+            stack_of[rec[3]] = struct.unpack_from(f"<{nbytes // 8}Q", out, off)
+            off += nbytes
+        records.append(rec)
+    return records, stack_of
+
+
+def _task(rec: tuple, stack: tuple[int, ...] | None, sym: _Stacks | None, all_ns: bool) -> Task:
+    address, blocker, start_boottime, pid, tgid, ppid, pgid, sid = rec[:8]
+    ns_pid, ns_tgid, ns_ppid, ns_pgid, ns_sid, pidns, state, exit_state, uid = rec[8:17]
+    ns_inums = rec[19:26]
+    has_blocker, comm = rec[26], rec[27]
+    letter = state_letter(state, exit_state)
+    kernel_stack = wchan = None
+    if sym is not None and stack is not None:
+        kernel_stack = tuple(sym.frame(a) for a in stack)
+        wchan = sym.wchan(stack) if letter != "R" else None
+    namespaces: tuple[Namespace, ...] = ()
+    if all_ns:
+        kinds = (("pid", pidns), *zip(_NS_KINDS, ns_inums, strict=True))
+        namespaces = tuple(Namespace(kind, inum) for kind, inum in kinds if inum)
+    return Task(
+        pid=pid,
+        tgid=tgid,
+        ppid=ppid,
+        pgid=pgid,
+        sid=sid,
+        comm=decode(comm.split(b"\0", 1)[0]),
+        state=letter,
+        pidns=pidns,
+        ns_pid=ns_pid,
+        ns_tgid=ns_tgid,
+        ns_ppid=ns_ppid,
+        ns_pgid=ns_pgid,
+        ns_sid=ns_sid,
+        uid=uid,
+        wchan=wchan,
+        start_time=start_boottime // _NSEC_PER_TICK,
+        namespaces=namespaces,
+        kernel_stack=kernel_stack,
+        blocker=blocker if has_blocker else None,
+        address=address,
+    )
+
+
+def _inode_id(dev: int, ino: int) -> str:
+    return f"{dev >> 20}:{dev & 0xFFFFF}:{ino}"  # the kernel's MAJOR/MINOR of dev_t
+
+
+def _run_files(
+    notes: list[str],
+) -> tuple[list[FileDescriptor], dict[str, OpenFile], dict[str, Inode], int]:
+    out = bpf_iterator("snapshot", "snapshot_files").run()
+    fds: list[FileDescriptor] = []
+    open_files: dict[str, OpenFile] = {}
+    inodes: dict[str, Inode] = {}
+    file_ids: dict[int, str] = {}
+    vanished = readlinks = 0
+    off, size, end = 0, FILE_REC.size, len(out)
+    while off + size <= end:
+        rec = FILE_REC.unpack_from(out, off)
+        tgid, fd, file_addr, inode_addr, pos, isize, refcount, ino, f_mode, f_flags = rec[:10]
+        dev, nlink, i_mode, mnt_id, cloexec, path_len = rec[10], *rec[12:17]
+        off += size
+        file_id = file_ids.get(file_addr)
+        if file_id is None:
+            if path_len >= 0:
+                path = decode(out[off : off + path_len])
+            else:  # bpf_d_path refused (path too long?): ask /proc, as the procfs source does
+                readlinks += 1
+                try:
+                    path = decode(os.readlink(f"/proc/{tgid}/fd/{fd}".encode()))
+                except OSError:
+                    vanished += 1
+                    off += max(path_len, 0)
+                    continue
+            inode_id = _inode_id(dev, ino)
+            file_id = keyed_id("file", file_addr)
+            file_ids[file_addr] = file_id
+            open_files[file_id] = OpenFile(
+                id=file_id,
+                inode=inode_id,
+                path=path,
+                pos=pos,
+                flags=f_flags & ~O_CLOEXEC,
+                mnt_id=mnt_id,
+                refcount=refcount,
+                f_mode=f_mode,
+                address=file_addr,
+            )
+            if inode_id not in inodes:
+                inodes[inode_id] = Inode(
+                    id=inode_id,
+                    dev=os.makedev(dev >> 20, dev & 0xFFFFF),
+                    ino=ino,
+                    type=file_type(i_mode, path),
+                    nlink=nlink,
+                    size=isize,
+                    address=inode_addr,
+                )
+        off += max(path_len, 0)
+        fds.append(FileDescriptor(tgid, fd, bool(cloexec), file_id))
+    if readlinks:
+        notes.append(f"{readlinks} paths read from /proc (bpf_d_path could not resolve them)")
+    return fds, open_files, inodes, vanished
+
+
+def _set_filter(tgids: list[int] | None, threads: bool, stacks: bool) -> None:
+    obj = bpf_object("snapshot")
+    for tgid in tgids or ():
+        obj.update("wanted", tgid.to_bytes(4, "little"), b"\1")
+    obj.set_globals(_ARGS.pack(tgids is not None, not threads, stacks, True))
+
+
+def _clear_filter(tgids: list[int] | None) -> None:
+    obj = bpf_object("snapshot")
+    for tgid in tgids or ():
+        obj.delete("wanted", tgid.to_bytes(4, "little"))
+
+
+def take_snapshot(
+    pids: Iterable[int] | None = None,
+    *,
+    threads: bool = True,
+    files: bool = True,
+    stacks: bool = False,
+    all_namespaces: bool = False,
+) -> Snapshot:
+    """Tasks (and, with ``files``, descriptor tables) of ``pids`` or of all, via BPF.
+
+    ``pids`` are thread-group ids; one that names no process raises
+    UsageError. Raises NotPermitted (not root) or NotSupported (no BTF, no
+    clang, the verifier refused, or a pid /proc lists is hidden from the BPF
+    task iterator) so that the "auto" source can fall back to procfs. Tasks
+    that exit during the walk are simply absent. ``wchan`` is filled only with
+    ``stacks`` (it is read from the stack).
+    """
+    tgids = sorted(set(pids)) if pids is not None else None
+    if tgids is not None:
+        missing = [p for p in tgids if not os.path.exists(f"/proc/{p}")]
+        if missing:
+            raise UsageError(f"no such process: {', '.join(map(str, missing))}")
+        if len(tgids) > 65536:
+            tgids = None  # more than the filter map holds: take all, filter below
+    notes: list[str] = []
+    sym = _Stacks() if stacks else None
+    _set_filter(tgids, threads, stacks)
+    try:
+        records, stack_of = _run_tasks(stacks)
+        fds: list[FileDescriptor] = []
+        open_files: dict[str, OpenFile] = {}
+        inodes: dict[str, Inode] = {}
+        vanished = 0
+        if files:
+            fds, open_files, inodes, vanished = _run_files(notes)
+    finally:
+        _clear_filter(tgids)
+    wanted = set(pids) if pids is not None else None
+    tasks = [
+        _task(rec, stack_of.get(rec[3]), sym, all_namespaces)
+        for rec in records
+        if wanted is None or rec[4] in wanted
+    ]
+    if wanted is not None:
+        seen = {t.tgid for t in tasks}
+        hidden = [p for p in sorted(wanted - seen) if os.path.exists(f"/proc/{p}")]
+        if hidden:
+            raise NotSupported(
+                f"pid {hidden[0]} is in /proc but not visible to the BPF task iterator "
+                "(use --source procfs)"
+            )
+        fds = [d for d in fds if d.tgid in wanted]
+    tasks.sort(key=lambda t: (t.tgid, t.pid != t.tgid, t.pid))
+    fds.sort(key=lambda d: (d.tgid, d.fd))
+    return Snapshot(
+        source=SOURCE,
+        tasks=tuple(tasks),
+        fds=tuple(fds),
+        open_files=open_files,
+        inodes=inodes,
+        vanished=vanished,
+        notes=tuple(notes),
+    )
