@@ -181,7 +181,8 @@ def _run_files(
                 pos=pos,
                 flags=f_flags & ~O_CLOEXEC,
                 mnt_id=mnt_id,
-                refcount=refcount,
+                # iter/task_file holds a reference of its own while visiting
+                refcount=refcount - 1 if refcount else refcount,
                 f_mode=f_mode,
                 address=file_addr,
             )
