@@ -101,7 +101,7 @@ class BlockingFS(Operations):
 def main() -> None:
     mountpoint, mode, gate_fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
     FUSE(BlockingFS(mountpoint, mode, gate_fd), mountpoint, foreground=True,
-         nothreads=False, fsname="kpeektest", direct_io=False)
+         nothreads=False, fsname="kpeektest", direct_io=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""kpeek doctor: who waits on whom; deadlocks, hung tasks, pipes that never
+reach end-of-file, and recent kernel reports. Exit 1 when it finds any."""
+
+from __future__ import annotations
+
+import argparse
+
+from kpeek import jsonout
+from kpeek.commands.common import add_json
+from kpeek.errors import EXIT_FINDINGS, EXIT_OK, UsageError
+from kpeek.render import text
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="explain every stuck task: deadlocks, hung tasks, pipes",
+                       description=__doc__)
+    add_json(p)
+    p.add_argument("--dot", metavar="FILE", help="write the wait-for graph for Graphviz to FILE")
+    p.add_argument("--min-sleep", type=float, default=1.0, metavar="SECONDS",
+                   help="a D-state task counts as hung after this long asleep (default 1)")
+    p.add_argument("--no-kernel-memory", action="store_true",
+                   help="do not read kernel memory with BPF (kernel locks stay unseen)")
+    p.add_argument("--no-kernel-log", action="store_true", help="skip the kernel log")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kpeek.diagnose.findings import diagnose
+    from kpeek.diagnose.story import all_text, to_dot, to_json
+    from kpeek.sources.procfs import take_snapshot
+
+    if args.min_sleep < 0:
+        raise UsageError("--min-sleep must be 0 or more seconds")
+    snapshot = take_snapshot(stacks=True)
+    diag = diagnose(snapshot, min_sleep=args.min_sleep,
+                    kernel_memory=not args.no_kernel_memory,
+                    kernel_log=not args.no_kernel_log)
+    if args.dot:
+        try:
+            with open(args.dot, "w", encoding="utf-8") as f:
+                f.write(to_dot(diag))
+        except OSError as e:
+            raise UsageError(f"cannot write {args.dot}: {e.strerror}") from e
+    if args.json:
+        jsonout.emit("doctor", to_json(diag))
+    else:
+        _print(diag, all_text(diag))
+    return EXIT_FINDINGS if diag.found_problems else EXIT_OK
+
+
+def _print(diag, blocks: list[list[str]]) -> None:
+    out = text.console()
+    if not blocks:
+        out.print("[green]No problems found[/green]: no deadlock, no hung task, "
+                  "no pipe that never ends, no kernel report.")
+    for block in blocks:
+        head, *rest = block
+        out.print(text.name(head), style="bold red")
+        for line in rest:
+            out.print(text.name(line))
+        out.print()
+    edges = len(diag.graph.edges)
+    out.print(f"[dim]{len(diag.graph.snapshot.tasks)} tasks examined, {edges} waits in the "
+              "wait-for graph[/dim]")
+    for note in dict.fromkeys(diag.notes):
+        out.print(text.name(f"note: {note}"), style="dim")

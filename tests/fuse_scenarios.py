@@ -1,0 +1,120 @@
+"""Real stuck states for doctor's tests, each undone on exit even on failure.
+
+``fuse_mount(mode)`` runs tests/fuse_test_server.py on a fresh mount point;
+on exit it aborts the connection (/sys/fs/fuse/connections/N/abort, which
+fails every pending request and so wakes every waiter), unmounts lazily,
+opens the gate, kills and reaps the server and every client it spawned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVER = Path(__file__).with_name("fuse_test_server.py")
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``condition`` until true; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if condition():
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def wchan(pid: int) -> str:
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read()
+
+
+def state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def is_mounted(mountpoint: str) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == mountpoint for line in f)
+
+
+def ensure_fusectl() -> None:
+    with open("/proc/self/mounts") as f:
+        if " fusectl " in f.read():
+            return
+    subprocess.run(["mount", "-t", "fusectl", "none", FUSECTL], check=True, timeout=10)
+
+
+def reap(procs: list[subprocess.Popen]) -> None:
+    """Kill and wait for every process; never raises, never hangs for long."""
+    for p in procs:
+        with contextlib.suppress(OSError):
+            p.send_signal(signal.SIGKILL)
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=10)
+
+
+@dataclass
+class FuseMount:
+    mountpoint: str
+    server: subprocess.Popen
+    gate: int  # write end of the pipe the server's write handler blocks on
+    connection: int = 0
+    clients: list[subprocess.Popen] = field(default_factory=list)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.mountpoint, name)
+
+    def spawn(self, code: str) -> subprocess.Popen:
+        """A Python client running ``code``; reaped on teardown."""
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        self.clients.append(p)
+        return p
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError), open(f"{FUSECTL}/{self.connection}/abort", "w") as f:
+            f.write("1")
+
+
+@contextlib.contextmanager
+def fuse_mount(mode: str) -> Iterator[FuseMount]:
+    """A mounted BlockingFS (see fuse_test_server.py) in ``mode``."""
+    ensure_fusectl()
+    tmp = tempfile.mkdtemp(prefix="kpeek-fuse-")
+    mountpoint = os.path.join(tmp, "mnt")
+    os.mkdir(mountpoint)
+    gate_r, gate_w = os.pipe()
+    server = subprocess.Popen([sys.executable, str(SERVER), mountpoint, mode, str(gate_r)],
+                              pass_fds=[gate_r], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    os.close(gate_r)
+    m = FuseMount(mountpoint, server, gate_w)
+    try:
+        wait_for(lambda: is_mounted(mountpoint) or server.poll() is not None, 15, "the mount")
+        assert server.poll() is None, "the FUSE test server exited"
+        st = os.stat(mountpoint)
+        m.connection = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
+        yield m
+    finally:
+        if m.connection:
+            m.abort()
+        subprocess.run(["umount", "-l", mountpoint], capture_output=True, timeout=30, check=False)
+        with contextlib.suppress(OSError):
+            os.close(gate_w)
+        reap([server, *m.clients])
+        with contextlib.suppress(OSError):
+            os.rmdir(mountpoint)
+            os.rmdir(tmp)
