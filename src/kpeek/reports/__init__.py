@@ -1,0 +1,11 @@
+"""Kernel log reports (oops, BUG, WARNING, KASAN, lockdep, hangs ...): find, title, explain.
+
+``parse_reports(text)`` finds every report in a log; ``read_kmsg()`` reads
+the live kernel log.
+"""
+
+from kpeek.reports.details import CodeBytes, Details, Frame
+from kpeek.reports.kmsg import read_kmsg
+from kpeek.reports.parse import Report, parse_reports
+
+__all__ = ["CodeBytes", "Details", "Frame", "Report", "parse_reports", "read_kmsg"]

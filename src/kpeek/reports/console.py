@@ -1,0 +1,89 @@
+"""Console lines: strip timestamps, caller ids and log-system prefixes.
+
+A kernel log reaches us as a serial console capture (``[  12.345678] msg``,
+maybe with ``[T123]``/``[C1]`` caller ids from CONFIG_PRINTK_CALLER), as
+``dmesg`` output (also ``dmesg -T`` with wall-clock stamps), as a journal
+export (``Nov 23 16:00:00 host kernel: msg``) or as raw /dev/kmsg records.
+Each line is reduced to its message text plus a *context*: the caller id
+when there is one, ``"console"`` for a kernel timestamp without caller id,
+``""`` for a line without any kernel prefix (user-space noise on a serial
+console, or a log without timestamps at all). A report keeps to the context
+of its first line, which is how interleaved output is separated.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Longer lines are cut: nothing in a report needs more, and it bounds the
+# work every pattern does on hostile input.
+MAX_LINE = 2048
+
+CONSOLE_CONTEXT = "console"
+
+_KERNEL_PREFIX = re.compile(
+    r"^(?:\*\* [0-9]+ printk messages dropped \*\* )?(?:.{0,200}? login: )?(?:<[0-9]+>)?"
+    r"\[ *[0-9]+\.[0-9]+\](\[ *(?:C|T)[0-9]+\])? "
+)
+# "dmesg -T": [Mon Nov 23 16:00:00 2026] msg
+_WALLCLOCK_PREFIX = re.compile(
+    r"^(?:<[0-9]+>)?\[(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ 0-9]\d "
+    r"\d\d:\d\d:\d\d \d{4}\] "
+)
+# syslog/journal: "Nov 23 16:00:00 host kernel: msg" or ISO "2026-11-23T16:00:00+0000 host kernel: "
+_SYSLOG_PREFIX = re.compile(
+    r"^(?:[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT[0-9:.,+\-]{8,32}) "
+    r"[^ ]{1,64} kernel: "
+)
+# An unreliable stack frame: "[<ffff...>] ? func+0x1/0x2" or " ? func+0x1/0x2".
+_QUESTIONABLE = re.compile(r"(\[<[0-9a-f]+>\])? \? ")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleLine:
+    """One log line reduced to its message.
+
+    ``text`` has the prefixes removed (and, for an unreliable ``?`` frame,
+    the ``?`` marker too), ``context`` says whose output it is (see the
+    module docstring), ``questionable`` marks unreliable stack frames,
+    ``number`` is the 0-based line number in the input.
+    """
+
+    number: int
+    text: str
+    context: str
+    questionable: bool
+
+
+def split_line(raw: str, number: int) -> ConsoleLine:
+    """Parse one raw log line (without its newline)."""
+    if len(raw) > MAX_LINE:
+        raw = raw[:MAX_LINE]
+    if raw.endswith("\r"):
+        raw = raw[:-1]
+    m = _SYSLOG_PREFIX.match(raw)
+    if m:
+        raw = raw[m.end():]
+        km = _KERNEL_PREFIX.match(raw)
+        if not km:
+            return _with_context(raw, CONSOLE_CONTEXT, number)
+    m = _KERNEL_PREFIX.match(raw)
+    if m:
+        context = CONSOLE_CONTEXT if m.group(1) is None else re.sub(r"\s", "", m.group(1))
+        # The message starts after the first "] " (the timestamp or caller id).
+        return _with_context(raw[raw.index("] ") + 2:], context, number)
+    m = _WALLCLOCK_PREFIX.match(raw)
+    if m:
+        return _with_context(raw[m.end():], CONSOLE_CONTEXT, number)
+    return ConsoleLine(number, raw, "", False)
+
+
+def _with_context(text: str, context: str, number: int) -> ConsoleLine:
+    if "<EOI>" not in text:
+        if _QUESTIONABLE.search(text):
+            pos = text.find(" ? ")
+            return ConsoleLine(number, text[pos + 2:], context, True)
+        elif text.endswith(" (unreliable)"):  # powerpc marks unreliable frames this way
+            return ConsoleLine(number, text[:-13], context, True)
+    return ConsoleLine(number, text, context, False)

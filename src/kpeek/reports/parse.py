@@ -1,0 +1,260 @@
+"""Find every report in a kernel log and describe it.
+
+The walk: find the next line holding a report start marker (see
+:data:`kpeek.reports.table.REPORT_KINDS`), collect the lines that belong to
+it (same console context, unreliable frames aside, up to the start of the
+next report), describe them with the table, then continue from the next
+report's start. Every loop is bounded (lines per report, reports per log,
+characters per line), so any input finishes in time linear in its size.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from kpeek.reports.console import CONSOLE_CONTEXT, ConsoleLine, split_line
+from kpeek.reports.describe import corruption, describe, normalize_title
+from kpeek.reports.details import Details, extract_details
+from kpeek.reports.kinds import classify
+from kpeek.reports.patterns import ReportKind
+from kpeek.reports.scan import MarkerScanner
+from kpeek.reports.table import CONTINUATION_MARKERS, INFO_WITH_STACK, REPORT_KINDS
+
+MAX_REPORTS = 200  # per log; more are counted, not parsed
+MAX_SCAN_LINES = 3000  # raw lines looked at after a report's first line
+MAX_REPORT_LINES = 1500  # lines kept in one report
+# Lines from before the start that are kept with a report (more when the
+# log has caller ids, which tell us reliably which lines are ours).
+_PREFIX_LINES = 5
+_PREFIX_LINES_CALLER = 50
+
+# A GCE serial console drops the connection right after a panic; what we
+# have of the report is then likely cut short.
+_CONSOLE_HANGUP = "serialport: VM disconnected."
+_GUILTY_FRAME = re.compile(r".* in ((?:<[a-zA-Z0-9_: ]+>)?[a-zA-Z0-9_:]+)")
+
+
+@dataclass
+class Report:
+    """One kernel report found in a log.
+
+    ``title`` groups identical crashes (syzbot's conventions), ``kind`` is a
+    word from :data:`kpeek.reports.kinds.KINDS`, ``guilty_frame`` the
+    function to blame (None when it could not be found: then the title says
+    ``corrupted``), ``corrupted`` is True when the report is cut off or
+    mixed with other output (``corrupted_reason`` says how).
+    ``start_line``/``end_line`` are 0-based line numbers in the input;
+    ``lines`` are the report's message lines as used for the analysis.
+    """
+
+    title: str
+    kind: str
+    guilty_frame: str | None
+    corrupted: bool
+    corrupted_reason: str
+    start_line: int
+    end_line: int
+    context: str
+    alt_titles: list[str] = field(default_factory=list)
+    detector: str | None = None
+    access: str | None = None
+    lines: list[str] = field(default_factory=list)
+    prefix: list[str] = field(default_factory=list)
+    details: Details = field(default_factory=Details)
+
+
+class _Log:
+    """Line access into a big text without splitting all of it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._counted_to = 0
+        self._line_no = 0
+
+    def line_start(self, offset: int) -> int:
+        return self.text.rfind("\n", 0, offset) + 1
+
+    def line_end(self, start: int) -> int:
+        end = self.text.find("\n", start)
+        return len(self.text) if end < 0 else end
+
+    def line_number(self, offset: int) -> int:
+        # Queries come in increasing order most of the time; count incrementally.
+        if offset < self._counted_to:
+            self._counted_to, self._line_no = 0, 0
+        self._line_no += self.text.count("\n", self._counted_to, offset)
+        self._counted_to = offset
+        return self._line_no
+
+
+def _kind_of(line: str) -> ReportKind | None:
+    line = line[:4096]
+    for kind in REPORT_KINDS:
+        if kind.starts(line):
+            return kind
+    return None
+
+
+_MARKERS = tuple(dict.fromkeys((*(k.header for k in REPORT_KINDS), *INFO_WITH_STACK)))
+
+
+def parse_reports(text: str, *, max_reports: int = MAX_REPORTS) -> list[Report]:
+    """All kernel reports in ``text`` (a console log, dmesg or journal output).
+
+    Returns them in log order; an empty list when the log holds none. Never
+    raises on bad input: binary junk is just lines without reports.
+    """
+    log = _Log(text)
+    scanner = MarkerScanner(text, _MARKERS)
+    reports: list[Report] = []
+    pos = 0
+    while len(reports) < max_reports:
+        found = _next_start(log, scanner, pos)
+        if found is None:
+            break
+        start, kind = found
+        report, next_pos = _collect(log, scanner, start, kind)
+        reports.append(report)
+        if next_pos is None or next_pos <= start:
+            break
+        pos = next_pos
+    if reports and _CONSOLE_HANGUP in text:
+        last = reports[-1]
+        if not last.corrupted:
+            last.corrupted, last.corrupted_reason = True, "the console disconnected"
+    return reports
+
+
+def _next_start(log: _Log, scanner: MarkerScanner, pos: int) -> tuple[int, ReportKind] | None:
+    """Offset of the next line (at or after ``pos``) that starts a report, and its kind."""
+    text = log.text
+    while True:
+        hit = scanner.next_at(pos)
+        if hit < 0:
+            return None
+        start = log.line_start(hit)
+        if start < pos:
+            start = pos
+        end = log.line_end(start)
+        kind = _kind_of(text[start:end])
+        if kind is not None:
+            return start, kind
+        pos = end + 1
+        if pos > len(text):
+            return None
+
+
+def _collect(log: _Log, scanner: MarkerScanner, start: int,
+             kind: ReportKind) -> tuple[Report, int | None]:
+    text = log.text
+    first_no = log.line_number(start)
+    end = log.line_end(start)
+    first = split_line(text[start:end], first_no)
+    context = first.context
+    has_caller = context not in ("", CONSOLE_CONTEXT)
+    prefix = _prefix_lines(log, start, first_no, context,
+                           _PREFIX_LINES_CALLER if context.startswith("[T") else _PREFIX_LINES)
+
+    lines: list[ConsoleLine] = [first]
+    with_unreliable: list[ConsoleLine] = [first]  # for the displayed call trace
+    report_end = 1
+    next_report: int | None = None
+    last_marker_line = first_no
+    min_lines = 16 if "BUG: KMSAN:" in first.text else 22
+    text_lines = 1
+    skip_rest = cpu_traceback = False
+    pos, number = end + 1, first_no + 1
+    next_hit = scanner.next_at(pos) if pos <= len(text) else -1
+    for _ in range(MAX_SCAN_LINES):
+        if pos > len(text) or len(lines) >= MAX_REPORT_LINES:
+            break
+        end = log.line_end(pos)
+        raw = text[pos:end]
+        if 0 <= next_hit < end:
+            starts = _kind_of(raw) is not None
+            if starts:
+                last_marker_line = number
+            if next_report is None and (
+                (starts and not any(c.search(raw) for c in CONTINUATION_MARKERS))
+                or (not starts and any(s in raw for s in INFO_WITH_STACK))
+            ):
+                next_report = pos
+                if not has_caller:
+                    # Without caller ids nothing after here is reliably ours.
+                    break
+            next_hit = scanner.next_at(end + 1) if end + 1 <= len(text) else -1
+        line = split_line(raw, number)
+        pos, number = end + 1, number + 1
+        if line.context != context and not (cpu_traceback and line.context.startswith("[C")):
+            continue
+        if line.questionable:
+            if next_report is None and len(with_unreliable) < MAX_REPORT_LINES:
+                with_unreliable.append(line)
+            continue
+        text_lines += 1
+        if "Disabling lock debugging due to kernel taint" in raw or skip_rest:
+            continue
+        if "Sending NMI from CPU" in raw:
+            cpu_traceback = True
+        elif text_lines > min_lines and (
+                "Kernel panic - not syncing" in raw
+                or "WARNING: possible circular locking dependency detected" in raw):
+            # The panic_on_warn panic (or a lockdep report the oops itself
+            # provoked) repeats what we already have: drop the rest.
+            skip_rest = True
+            continue
+        lines.append(line)
+        if next_report is None:
+            with_unreliable.append(line)
+        if next_report is None or has_caller:
+            report_end = len(lines)
+
+    texts = [ln.text for ln in lines[:report_end]]
+    desc = describe(texts, kind)
+    if not desc.title:
+        # Nothing matched the cleaned lines: fall back to the raw ones.
+        raw_lines = text[start:log.line_end(start)].split("\n")
+        desc = describe(raw_lines, kind)
+    title = normalize_title(desc.title)
+    reason = desc.corrupted_reason or corruption(title, [ln.text for ln in lines], desc.format)
+    guilty = None
+    m = _GUILTY_FRAME.match(title)
+    if m and m.group(1) != "corrupted":
+        guilty = m.group(1)
+    cls = classify(title)
+    report = Report(
+        title=title,
+        kind=cls.kind,
+        guilty_frame=guilty,
+        corrupted=bool(reason),
+        corrupted_reason=reason,
+        start_line=first_no,
+        end_line=max(lines[report_end - 1].number, last_marker_line),
+        context=context,
+        alt_titles=[normalize_title(a) for a in desc.alt_titles],
+        detector=cls.detector,
+        access=cls.access,
+        lines=texts,
+        prefix=prefix,
+    )
+    report.details = extract_details(with_unreliable)
+    return report, next_report
+
+
+def _prefix_lines(log: _Log, start: int, first_no: int, context: str, limit: int) -> list[str]:
+    """Up to ``limit`` lines of the same context just before the report."""
+    text = log.text
+    out: list[str] = []
+    end = start - 1
+    number = first_no - 1
+    for _ in range(limit * 4):
+        if end < 0 or len(out) >= limit:
+            break
+        begin = text.rfind("\n", 0, end) + 1
+        line = split_line(text[begin:end], number)
+        if line.context == context and line.text and not line.questionable:
+            out.append(line.text)
+        end, number = begin - 1, number - 1
+    out.reverse()
+    return out

@@ -1,0 +1,86 @@
+"""kpeek oops: parsing synthetic-but-realistic logs, the verb, JSON, disassembly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kpeek.reports import parse_reports
+
+GPF_LOG = """\
+[  101.000001] some unrelated boot noise
+[  101.100000] general protection fault, probably for non-canonical address \
+0xdffffc0000000002: 0000 [#1] PREEMPT SMP KASAN
+[  101.100001] KASAN: null-ptr-deref in range [0x0000000000000010-0x0000000000000017]
+[  101.100002] CPU: 1 PID: 4242 Comm: repro Tainted: G        W          6.1.0 #1
+[  101.100003] Hardware name: QEMU Standard PC (i440FX + PIIX, 1996)
+[  101.100004] RIP: 0010:pipe_read+0x1a2/0x9f0
+[  101.100005] Code: 48 89 df e8 00 00 00 00 48 8b 45 00 48 89 c2 48 c1 ea 03 \
+<80> 3c 1a 00 0f 85 55 06 00 00 48 8b 00
+[  101.100006] RSP: 0018:ffffc90001b7fb70 EFLAGS: 00010202
+[  101.100007] RAX: 0000000000000010 RBX: dffffc0000000000 RCX: 0000000000000000
+[  101.100008] Call Trace:
+[  101.100009]  <TASK>
+[  101.100010]  ? die_addr+0x3c/0xa0
+[  101.100011]  vfs_read+0x1e3/0x8a0
+[  101.100012]  ksys_read+0x12f/0x250
+[  101.100013]  do_syscall_64+0x35/0x80
+[  101.100014]  entry_SYSCALL_64_after_hwframe+0x63/0xcd
+[  101.100015]  </TASK>
+[  101.100016] Modules linked in:
+"""
+
+
+def test_gpf_title_kind_frame_address_and_taint():
+    reports = parse_reports(GPF_LOG)
+    assert len(reports) == 1
+    r = reports[0]
+    assert r.title == "general protection fault in pipe_read"
+    assert r.kind == "crash"
+    assert r.guilty_frame == "pipe_read"
+    assert not r.corrupted
+    assert r.start_line == 1
+    d = r.details
+    assert d.fault_address == 0xDFFFFC0000000002
+    assert any("non-canonical" in n for n in d.address_notes)
+    assert any("KASAN shadow of 0x10" in n for n in d.address_notes)
+    assert d.pid == 4242 and d.comm == "repro" and d.cpu == 1
+    assert d.taint_flags == [("W", "a WARNING was issued earlier")]
+    unreliable = [f.function for f in d.call_trace if not f.reliable]
+    assert unreliable == ["die_addr"]
+    assert d.code is not None and d.code.data[d.code.fault_offset] == 0x80
+
+
+def test_no_report_in_plain_noise():
+    assert parse_reports("hello\nworld\n[ 1.0] usb 1-1: new device\n") == []
+
+
+def test_cli_text_and_json(tmp_path):
+    log = tmp_path / "console.log"
+    log.write_text(GPF_LOG)
+    run = [sys.executable, "-m", "kpeek", "oops", str(log)]
+    text = subprocess.run(run, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "general protection fault in pipe_read" in text
+    assert "<-- fault" in text
+    doc = json.loads(subprocess.run([*run, "--json"], capture_output=True, text=True,
+                                    timeout=60, check=True).stdout)
+    assert doc["schema"].startswith("kpeek.oops/")
+    (rep,) = doc["reports"]
+    assert rep["title"] == "general protection fault in pipe_read"
+    fault = [i for i in rep["code"]["instructions"] if i["fault"]]
+    assert len(fault) == 1 and fault[0]["text"].startswith("cmp byte ptr")
+
+
+def test_cli_missing_file_is_usage_error(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "kpeek", "oops", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.startswith("kpeek: no such file")
+    assert "Traceback" not in res.stderr
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))
