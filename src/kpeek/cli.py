@@ -17,13 +17,16 @@ from kpeek.errors import EXIT_USAGE, KpeekError
 # One line per verb module; keep sorted.
 COMMAND_MODULES: tuple[str, ...] = (
     "kpeek.commands.bt",
+    "kpeek.commands.dis",
     "kpeek.commands.doctor",
     "kpeek.commands.files",
     "kpeek.commands.oops",
     "kpeek.commands.listwalk",
     "kpeek.commands.ps",
+    "kpeek.commands.rd",
     "kpeek.commands.struct",
     "kpeek.commands.sym",
+    "kpeek.commands.task",
 )
 
 

@@ -79,7 +79,8 @@ def require_root(what: str) -> None:
     """Raise NotPermitted unless running as root (raw kernel addresses are root-only)."""
     if os.geteuid() != 0:
         raise NotPermitted(
-            f"{what} reads kernel memory and shows kernel addresses: run kpeek as root"
+            f"{what} needs root: it shows kernel addresses (which defeat KASLR) "
+            "and reads kernel memory through BPF; run kpeek as root"
         )
 
 

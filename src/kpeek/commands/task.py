@@ -1,0 +1,187 @@
+"""kpeek task: the task_struct of a pid, read live, with its key fields.
+
+  kpeek task 1
+  kpeek task 4242 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from kpeek import jsonout
+from kpeek.errors import UsageError
+from kpeek.kernel.btf import Kind, UnknownMember
+from kpeek.kernel.live import Kernel, require_root
+from kpeek.kernel.objects import Object
+from kpeek.textsafe import for_terminal
+
+# Shown in this order when the running kernel's task_struct has them.
+SCALAR_FIELDS = (
+    "pid", "tgid", "comm", "__state", "exit_state", "flags", "ptrace", "on_cpu",
+    "thread_info.cpu", "prio", "static_prio", "normal_prio", "rt_priority", "policy",
+    "nvcsw", "nivcsw", "utime", "stime", "start_time",
+)
+TASK_POINTERS = ("parent", "real_parent", "group_leader")
+OTHER_POINTERS = (
+    "mm", "active_mm", "files", "fs", "nsproxy", "signal", "sighand", "cred", "stack",
+    "blocked_on", "pi_blocked_on",
+)
+HEX_FIELDS = ("flags", "__state", "exit_state", "ptrace")
+# include/linux/hung_task.h: the low bits of task_struct.blocker say what it is.
+BLOCKER_TYPES = {0: "mutex", 1: "semaphore", 2: "rw_semaphore (reader)",
+                 3: "rw_semaphore (writer)"}
+TASK_IDLE = 0x402
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "task",
+        help="a task's task_struct and its key fields",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pid", type=int, help="a pid (thread id) as /proc shows it")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def state_letter(state: int, exit_state: int) -> str:
+    """The one-letter state /proc prints, from __state and exit_state (task_state_index)."""
+    if state == TASK_IDLE:
+        return "I"
+    report = (state | exit_state) & 0x7F
+    return "RSDTtXZP"[report.bit_length()] if report.bit_length() < 8 else "?"
+
+
+def find_task(kernel: Kernel, pid: int) -> Object:
+    """The task_struct of thread ``pid``.
+
+    Uses the BPF task iterator; a task it does not list (seen for pid 1 of
+    some sandboxes) is found through a sibling thread's or a child's
+    task_struct instead. Raises UsageError when there is no such task.
+    """
+    from kpeek.sources.bpf.tasks import task_addresses
+
+    addresses = task_addresses()
+    if pid in addresses:
+        return kernel.object("struct task_struct", addresses[pid])
+    if not os.path.exists(f"/proc/{pid}"):
+        raise UsageError(f"no task with pid {pid}")
+    for via in _relatives(pid):
+        if via not in addresses:
+            continue
+        other = kernel.object("struct task_struct", addresses[via])
+        for path in ("group_leader", "real_parent"):
+            leader = other.member(path).deref().member("group_leader").deref()
+            found = _thread_of(kernel, leader, pid)
+            if found is not None:
+                return found
+    raise UsageError(f"task {pid} exists in /proc but its task_struct was not found")
+
+
+def _relatives(pid: int) -> list[int]:
+    """Threads of pid's process, then tasks whose parent is pid (from /proc)."""
+    out: list[int] = []
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            tgid = next(int(line.split()[1]) for line in f if line.startswith("Tgid:"))
+        out += [int(t) for t in os.listdir(f"/proc/{tgid}/task")]
+    except (OSError, StopIteration, ValueError):
+        tgid = pid
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+                if int(stat[stat.rindex(b")") + 2 :].split()[1]) == tgid:
+                    out.append(int(entry))
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def _thread_of(kernel: Kernel, leader: Object, pid: int) -> Object | None:
+    if leader.member("pid").value() == pid:
+        return leader
+    walk = kernel.list_entries(leader.member("signal").deref().member("thread_head"),
+                               "struct task_struct", "thread_node", max_entries=100_000)
+    for address in walk.entries:
+        task = kernel.object("struct task_struct", address)
+        if task.member("pid").value() == pid:
+            return task
+    return None
+
+
+def _has(task: Object, path: str) -> bool:
+    try:
+        task.type.resolve().member(path)
+        return True
+    except UnknownMember:
+        return False
+
+
+def describe(kernel: Kernel, task: Object) -> dict[str, Any]:
+    """Key fields of a task_struct as plain data (pointers as "0x..." strings)."""
+    task.prefetch()
+    doc: dict[str, Any] = {"address": f"0x{task.address:x}"}
+    for path in SCALAR_FIELDS:
+        if _has(task, path):
+            doc[path] = task.member(path).value()
+    doc["state"] = state_letter(int(doc.get("__state", 0)), int(doc.get("exit_state", 0)))
+    for path in TASK_POINTERS:
+        if not _has(task, path):
+            continue
+        ptr = task.member(path).value_int()
+        entry: dict[str, Any] = {"address": f"0x{ptr:x}"}
+        if ptr:
+            other = kernel.object("struct task_struct", ptr)
+            entry["pid"] = other.member("pid").value()
+            entry["comm"] = other.member("comm").value()
+        doc[path] = entry
+    for path in OTHER_POINTERS:
+        if _has(task, path):
+            doc[path] = f"0x{task.member(path).value_int():x}"
+    if _has(task, "blocker"):
+        raw = task.member("blocker").value_int()
+        doc["blocker"] = None if raw == 0 else {
+            "address": f"0x{raw & ~3:x}", "type": BLOCKER_TYPES[raw & 3]}
+    if _has(task, "children"):
+        kids = kernel.list_entries(task.member("children"), "struct task_struct", "sibling",
+                                   max_entries=100_000)
+        doc["children"] = len(kids)
+    return doc
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.pid < 0:
+        raise UsageError("pid must be >= 0")
+    require_root("kpeek task")
+    from kpeek.kernel import open_live
+
+    kernel = open_live()
+    task = find_task(kernel, args.pid)
+    if task.type.resolve().kind != Kind.STRUCT:
+        raise UsageError("struct task_struct missing from BTF")
+    doc = describe(kernel, task)
+    if args.json:
+        jsonout.emit("task", doc)
+        return 0
+    out = sys.stdout
+    for key, value in doc.items():
+        if isinstance(value, dict) and "pid" in value:
+            text = f"{value['address']} (pid {value['pid']}, {for_terminal(value['comm'])})"
+        elif isinstance(value, dict):
+            text = f"{value['address']} ({value['type']})"
+        elif key == "comm":
+            text = f'"{for_terminal(value)}"'
+        elif key in HEX_FIELDS and isinstance(value, int):
+            text = f"0x{value:x}"
+        elif value is None:
+            text = "-"
+        else:
+            text = for_terminal(str(value))
+        out.write(f"{key:>16}: {text}\n")
+    return 0
