@@ -21,6 +21,8 @@ struct kpeek_snapshot_args {
 	__u32 leaders_only; /* skip threads (pid != tgid) */
 	__u32 stacks;       /* collect kernel stacks */
 	__u32 paths;        /* resolve paths with bpf_d_path */
+	__u32 generation;   /* differs for every run: marks files already seen */
+	__u32 pad;
 };
 
 struct kpeek_snapshot_args snap_args = {};
@@ -38,6 +40,17 @@ struct {
 	__type(key, __u32);
 	__type(value, char[PATH_BUF]);
 } scratch SEC(".maps");
+
+/* struct file address -> generation of the run that last emitted its path:
+ * a file shared by many descriptors has its path resolved once per run. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, __u64);
+	__type(value, __u32);
+} seen_files SEC(".maps");
+
+#define PATH_SEEN (-2) /* path_len: same file as an earlier record of this run */
 
 /* Older kernels, and newer ones, seen through CO-RE "flavors". */
 struct task_struct___blocker {
@@ -257,6 +270,14 @@ int snapshot_files(struct bpf_iter__task_file *ctx)
 	rec.path_len = -1;
 	buf = snap_args.paths ? bpf_map_lookup_elem(&scratch, &zero) : NULL;
 	if (buf) {
+		__u32 gen = snap_args.generation, *last = bpf_map_lookup_elem(&seen_files, &rec.file);
+
+		if (last && *last == gen) {
+			rec.path_len = PATH_SEEN;
+			bpf_seq_write(seq, &rec, sizeof(rec));
+			return 0;
+		}
+		bpf_map_update_elem(&seen_files, &rec.file, &gen, BPF_ANY);
 		long n = bpf_d_path(&file->f_path, buf, PATH_BUF);
 		if (n > 0 && n <= PATH_BUF)
 			rec.path_len = n - 1; /* without the NUL */

@@ -11,6 +11,7 @@ keyed hash), so the two can be compared.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from collections.abc import Iterable
@@ -27,7 +28,8 @@ SOURCE = "bpf"
 # struct kpeek_task_rec and struct kpeek_file_rec in snapshot.bpf.c
 TASK_REC = struct.Struct("<QQQ24I16siI")
 FILE_REC = struct.Struct("<II6Q8IiI")
-_ARGS = struct.Struct("<4I")
+_ARGS = struct.Struct("<6I")
+_generation = itertools.count(1)
 
 # Task state bits (include/linux/sched.h), stable since 5.14 / 6.1.
 _TASK_REPORT = 0x7F
@@ -146,13 +148,16 @@ def _inode_id(dev: int, ino: int) -> str:
 
 def _run_files(
     notes: list[str],
-) -> tuple[list[FileDescriptor], dict[str, OpenFile], dict[str, Inode], int]:
+) -> tuple[list[FileDescriptor], dict[str, OpenFile], dict[str, Inode], int, bool]:
+    """(descriptors, open files, inodes, vanished, whether in (tgid, fd) order)."""
     out = bpf_iterator("snapshot", "snapshot_files").run()
     fds: list[FileDescriptor] = []
     open_files: dict[str, OpenFile] = {}
     inodes: dict[str, Inode] = {}
     file_ids: dict[int, str] = {}
     vanished = readlinks = 0
+    # The iterator walks tasks by pid and each table by fd: normally in order.
+    in_order, last = True, (-1, -1)
     off, size, end = 0, FILE_REC.size, len(out)
     while off + size <= end:
         rec = FILE_REC.unpack_from(out, off)
@@ -198,16 +203,21 @@ def _run_files(
                 )
         off += max(path_len, 0)
         fds.append(FileDescriptor(tgid, fd, bool(cloexec), file_id))
+        if in_order:
+            in_order = last < (tgid, fd)
+            last = (tgid, fd)
     if readlinks:
         notes.append(f"{readlinks} paths read from /proc (bpf_d_path could not resolve them)")
-    return fds, open_files, inodes, vanished
+    return fds, open_files, inodes, vanished, in_order
 
 
 def _set_filter(tgids: list[int] | None, threads: bool, stacks: bool) -> None:
     obj = bpf_object("snapshot")
     for tgid in tgids or ():
         obj.update("wanted", tgid.to_bytes(4, "little"), b"\1")
-    obj.set_globals(_ARGS.pack(tgids is not None, not threads, stacks, True))
+    obj.set_globals(
+        _ARGS.pack(tgids is not None, not threads, stacks, True, next(_generation) & 0xFFFFFFFF, 0)
+    )
 
 
 def _clear_filter(tgids: list[int] | None) -> None:
@@ -248,9 +258,9 @@ def take_snapshot(
         fds: list[FileDescriptor] = []
         open_files: dict[str, OpenFile] = {}
         inodes: dict[str, Inode] = {}
-        vanished = 0
+        vanished, in_order = 0, True
         if files:
-            fds, open_files, inodes, vanished = _run_files(notes)
+            fds, open_files, inodes, vanished, in_order = _run_files(notes)
     finally:
         _clear_filter(tgids)
     wanted = set(pids) if pids is not None else None
@@ -269,7 +279,8 @@ def take_snapshot(
             )
         fds = [d for d in fds if d.tgid in wanted]
     tasks.sort(key=lambda t: (t.tgid, t.pid != t.tgid, t.pid))
-    fds.sort(key=lambda d: (d.tgid, d.fd))
+    if not in_order:
+        fds.sort(key=lambda d: (d.tgid, d.fd))
     return Snapshot(
         source=SOURCE,
         tasks=tuple(tasks),
