@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kpeek.commands.struct",
     "kpeek.commands.sym",
     "kpeek.commands.task",
+    "kpeek.commands.trace",
 )
 
 

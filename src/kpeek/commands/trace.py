@@ -1,0 +1,81 @@
+"""kpeek trace -- COMMAND [ARGS]: run a program and record its descriptor
+tables after every syscall that changes them (open, close, dup, pipe,
+socket, fork, execve, fcntl, exit...)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kpeek import jsonout
+from kpeek.errors import UsageError
+from kpeek.render import text
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "trace",
+        help="run a program under ptrace and record its file tables step by step",
+        description=__doc__,
+    )
+    p.add_argument("--html", metavar="FILE", help="write a page to step through the trace")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--io",
+        action="store_true",
+        help="also record read/write and friends (they move file offsets)",
+    )
+    p.add_argument(
+        "--all-opens",
+        action="store_true",
+        help="keep the loader's and libc's open-and-close-at-once steps (hidden by default)",
+    )
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="kill the program after SECONDS (it may wait forever on a pipe)")
+    p.add_argument("--max-steps", type=int, default=2000, metavar="N",
+                   help="stop recording after N steps (default 2000)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS]")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kpeek.trace.changes import describe, drop_transient
+    from kpeek.trace.report import text_lines, to_html, to_json
+    from kpeek.trace.tracer import run_trace
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("trace: no command given (kpeek trace -- COMMAND [ARGS])")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError("trace: --timeout must be positive")
+    if args.max_steps < 1:
+        raise UsageError("trace: --max-steps must be at least 1")
+    if args.html:
+        # Fail before running the program, not after.
+        try:
+            Path(args.html).touch()
+        except OSError as e:
+            raise UsageError(f"cannot write {args.html}: {e.strerror}") from e
+
+    trace = run_trace(command, io=args.io, timeout=args.timeout, max_steps=args.max_steps)
+    steps = trace.steps
+    if not args.all_opens:
+        steps, hidden = drop_transient(steps)
+        if hidden:
+            trace.notes.append(
+                f"{hidden} steps of transient close-on-exec opens hidden (--all-opens shows them)"
+            )
+    views = describe(steps)
+    if args.html:
+        Path(args.html).write_text(to_html(trace, views), encoding="utf-8")
+    if args.json:
+        jsonout.emit("trace", to_json(trace, views))
+    elif not args.html:
+        out = text.console()
+        for line in text_lines(trace, views):
+            out.print(line)
+    else:
+        text.console().print(f"{len(views)} steps written to {args.html}", highlight=False)
+    return 0

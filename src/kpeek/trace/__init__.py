@@ -1,0 +1,1 @@
+"""Run a program under ptrace and record its descriptor tables step by step."""
