@@ -9,6 +9,7 @@ directory, and always killed on close().
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -168,16 +169,12 @@ class Browser:
                     pass
         finally:
             if self.proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, 9)
-                except ProcessLookupError:
-                    pass
                 self.proc.wait(timeout=10)
             for fd in (self._to_chrome, self._from_chrome):
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
             shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self) -> Browser:
