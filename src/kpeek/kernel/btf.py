@@ -60,6 +60,8 @@ class Kind(IntEnum):
     ENUM64 = 19
 
 
+_KINDS = tuple(Kind)  # Kind by number, without the cost of Kind(n)
+
 # Bytes that follow the 12-byte common header: (fixed extra, per-vlen item).
 _EXTRA: dict[int, tuple[int, int]] = {
     Kind.INT: (4, 0),
@@ -166,7 +168,7 @@ class Type:
         off = btf._offsets[type_id]
         name_off, info, word3 = btf._hdr.unpack_from(btf._types, off)
         self._off = off + 12
-        self.kind = Kind((info >> 24) & 0x1F)
+        self.kind = _KINDS[(info >> 24) & 0x1F]
         self.kind_flag = bool(info >> 31)
         self.vlen = info & 0xFFFF
         self.name = btf.string(name_off)
