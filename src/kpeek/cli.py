@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kpeek.commands.listwalk",
     "kpeek.commands.ps",
     "kpeek.commands.rd",
+    "kpeek.commands.serve",
     "kpeek.commands.struct",
     "kpeek.commands.sym",
     "kpeek.commands.task",

@@ -13,11 +13,14 @@ Precisely, for one pipe (or FIFO) inode P in a snapshot:
   sleeps in pipe_read and holds a read end of P (and of no other pipe);
 - a *writer* of P is a process, not a reader, whose fd 1 or fd 2 is a write
   end of P, or which sleeps in pipe_write holding a write end of P;
-- when P has a reader, every descriptor of a write end of P held by a
-  process that is not a writer keeps the readers from end-of-file: it is
-  held by a reader itself (which will never write while it waits) or by a
-  bystander (a parent that kept its copy). Writers' own descriptors don't
-  count: they go away when the writer finishes.
+- when P has a reader, a descriptor of P's write end keeps the readers from
+  end-of-file if it is held by a reader itself (it cannot write while it
+  waits to read, so its own write end never goes away), or by a process
+  that is not a writer and sleeps waiting for a child (wait4/waitid): the
+  parent that kept its copy and now waits for the reader, which waits for
+  it. A non-writer that is busy doing something else is not flagged: it may
+  still be about to write (the classic parent writes through the raw fd
+  before closing it).
 """
 
 from __future__ import annotations
@@ -93,6 +96,9 @@ def blocking_write_ends(snap: Snapshot, tgids: set[int] | None = None) -> list[B
             and (d.fd in (1, 2) or "pipe_write" in wchan.get(d.tgid, ""))
         }
         for d in writers_fds:
-            if d.tgid not in writers:
+            if d.tgid in writers:
+                continue
+            waiting_for_child = "do_wait" in wchan.get(d.tgid, "")
+            if d.tgid in readers or waiting_for_child:
                 found.append(BlockingEnd(d, inode, tuple(sorted(readers)), d.tgid in readers))
     return found

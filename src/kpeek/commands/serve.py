@@ -1,0 +1,51 @@
+"""kpeek serve [PID...]: a local web page with the live diagram of the
+descriptor, open-file and inode tables of chosen processes, refreshed every
+few seconds. Listens on 127.0.0.1 only; the printed URL carries a random
+token without which every request is refused."""
+
+from __future__ import annotations
+
+import argparse
+
+from kpeek.errors import NotPermitted, NotSupported, UsageError
+from kpeek.render import text
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="live diagram of file tables in a local web page",
+                       description=__doc__)
+    p.add_argument("pid", type=int, nargs="*", help="processes to show first")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free)")
+    p.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+                   help="how often the page refreshes (default 2)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kpeek.render.dot import have_dot
+    from kpeek.web.server import LiveServer
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port must be 0..65535")
+    if args.interval < 0.5:
+        raise UsageError("--interval must be at least 0.5 seconds")
+    if not have_dot():
+        raise NotSupported("Graphviz is not installed: install the graphviz package")
+    try:
+        server = LiveServer(args.port, args.pid, args.interval)
+    except PermissionError as e:
+        raise NotPermitted(f"cannot listen on port {args.port}: {e.strerror}") from e
+    except OSError as e:
+        raise UsageError(f"cannot listen on 127.0.0.1:{args.port}: {e.strerror}") from e
+    out = text.console()
+    out.print(f"kpeek serve: open {server.url}", highlight=False, soft_wrap=True)
+    out.print("(127.0.0.1 only; the token in the URL is required; Ctrl-C stops)",
+              style="dim", highlight=False)
+    out.file.flush()
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

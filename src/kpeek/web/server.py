@@ -1,0 +1,149 @@
+"""A local HTTP server for the live diagram: 127.0.0.1 only, token required.
+
+Every request must carry the random token printed with the URL (compared in
+constant time) and a Host header naming the loopback address it listens on
+(a page on another site cannot reach it through DNS rebinding); anything
+else gets 403. Responses are never cached and send no Referer, so the token
+stays in the address bar.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from kpeek.errors import KpeekError
+from kpeek.model import Snapshot
+from kpeek.render import dot, html
+from kpeek.render.diagram import build_dot
+
+LOOPBACK = "127.0.0.1"
+MAX_PIDS = 64
+
+SnapshotFn = Callable[[Sequence[int]], Snapshot]
+
+
+def _default_snapshot(pids: Sequence[int]) -> Snapshot:
+    from kpeek.sources import procfs
+
+    return procfs.take_snapshot(pids, threads=False)
+
+
+class LiveServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer bound to 127.0.0.1 with the page's state."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int = 0, pids: Sequence[int] = (), interval: float = 2.0,
+                 snapshot: SnapshotFn = _default_snapshot) -> None:
+        super().__init__((LOOPBACK, port), _Handler)
+        self.token = secrets.token_urlsafe(24)
+        self.pids = list(pids)
+        self.interval = interval
+        self.snapshot = snapshot
+        self.lock = threading.Lock()  # one snapshot and layout at a time: 2 cores
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}/?token={self.token}"
+
+    def allowed_hosts(self) -> set[str]:
+        return {f"{LOOPBACK}:{self.port}", f"localhost:{self.port}"}
+
+
+def parse_pids(text: str) -> list[int]:
+    """"1, 2 3" -> [1, 2, 3]; raises ValueError on anything else."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    pids = [int(p) for p in parts]
+    if any(p <= 0 for p in pids) or len(pids) > MAX_PIDS:
+        raise ValueError("bad pid list")
+    return pids
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: LiveServer
+    server_version = "kpeek"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # quiet: the URL with the token must not end up in logs
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+            "connect-src 'self'; img-src data:; frame-ancestors 'none'",
+        )
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _text(self, status: HTTPStatus, message: str) -> None:
+        self._send(status, (message + "\n").encode(), "text/plain; charset=utf-8")
+
+    def _authorised(self, query: dict[str, list[str]]) -> bool:
+        host = self.headers.get("Host", "")
+        token = (query.get("token") or [""])[0]
+        return host in self.server.allowed_hosts() and secrets.compare_digest(
+            token.encode(), self.server.token.encode()
+        )
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        if not self._authorised(query):
+            self._text(HTTPStatus.FORBIDDEN, "forbidden: open the URL kpeek serve printed")
+            return
+        if url.path == "/":
+            config = {
+                "token": self.server.token,
+                "pids": self.server.pids,
+                "interval": self.server.interval,
+            }
+            page = html.live_page("kpeek serve: live file tables", config)
+            self._send(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
+        elif url.path == "/diagram.svg":
+            self._diagram(query)
+        else:
+            self._text(HTTPStatus.NOT_FOUND, "not found")
+
+    def _diagram(self, query: dict[str, list[str]]) -> None:
+        raw = (query.get("pids") or [""])[0]
+        try:
+            pids = parse_pids(raw) if raw else self.server.pids
+        except ValueError:
+            self._text(HTTPStatus.BAD_REQUEST, "pids: give up to 64 process ids")
+            return
+        if not pids:
+            self._text(HTTPStatus.BAD_REQUEST, "choose processes: give their PIDs")
+            return
+        try:
+            with self.server.lock:
+                snap = self.server.snapshot(pids)
+                tgids = [t.tgid for t in snap.processes()]
+                svg = dot.run_dot(build_dot(snap, tgids), "svg")
+        except KpeekError as e:
+            self._text(HTTPStatus.BAD_REQUEST, str(e))
+            return
+        self._send(HTTPStatus.OK, svg, "image/svg+xml")
+
+    def do_POST(self) -> None:
+        self._text(HTTPStatus.METHOD_NOT_ALLOWED, "read only")
