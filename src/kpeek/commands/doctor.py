@@ -14,6 +14,8 @@ from kpeek.render import text
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="explain every stuck task: deadlocks, hung tasks, pipes",
                        description=__doc__)
+    p.add_argument("pid", type=int, nargs="*",
+                   help="only findings that involve these processes (default: all)")
     add_json(p)
     p.add_argument("--dot", metavar="FILE", help="write the wait-for graph for Graphviz to FILE")
     p.add_argument("--min-sleep", type=float, default=1.0, metavar="SECONDS",
@@ -34,7 +36,12 @@ def run(args: argparse.Namespace) -> int:
     snapshot = take_snapshot(stacks=True)
     diag = diagnose(snapshot, min_sleep=args.min_sleep,
                     kernel_memory=not args.no_kernel_memory,
-                    kernel_log=not args.no_kernel_log)
+                    kernel_log=not args.no_kernel_log and not args.pid)
+    if args.pid:
+        missing = [p for p in args.pid if not any(t.tgid == p for t in snapshot.tasks)]
+        if missing:
+            raise UsageError(f"no such process: {', '.join(map(str, missing))}")
+        diag = diag.restricted_to(set(args.pid))
     if args.dot:
         try:
             with open(args.dot, "w", encoding="utf-8") as f:

@@ -24,6 +24,7 @@ from kpeek.diagnose.procinfo import SchedClock
 from kpeek.model import Snapshot, Task
 
 MAX_CYCLES = 200
+PIPE_LIKE = ("pipe", "child", "thread")
 IO_WAITS = ("io_schedule", "folio_wait", "wait_on_page", "__folio_lock", "bit_wait_io",
             "blk_", "submit_bio_wait", "wait_for_completion_io", "jbd2", "nfs_")
 
@@ -82,10 +83,35 @@ class Diagnosis:
     pipes: list[NeverEof] = field(default_factory=list)
     reports: list[KernelReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    asleep: dict[int, float] = field(default_factory=dict)  # tid -> seconds, D-state tasks
 
     @property
     def found_problems(self) -> bool:
         return bool(self.deadlocks or self.hung or self.pipes or self.reports)
+
+    def tgid_of(self, node: str) -> int:
+        t = self.graph.task(node_pid(node))
+        return t.tgid if t else node_pid(node)
+
+    def restricted_to(self, tgids: set[int]) -> Diagnosis:
+        """Only the findings that involve one of these processes (kernel
+        reports are dropped: they name no process we could match)."""
+        def touches(nodes: list[str]) -> bool:
+            return any(self.tgid_of(n) in tgids for n in nodes)
+
+        def chain_nodes(edges) -> list[str]:
+            return [n for e in edges for n in (e.waiter, e.holder) if n]
+
+        hung = [h for h in self.hung if h.task.tgid in tgids or touches(chain_nodes(h.chain))]
+        # Whatever those chains run into is part of the answer too.
+        tgids = tgids | {self.tgid_of(n) for h in hung for n in chain_nodes(h.chain)}
+        return Diagnosis(
+            self.graph, self.stuck,
+            deadlocks=[d for d in self.deadlocks if touches(list(d.nodes))],
+            hung=hung,
+            pipes=[p for p in self.pipes
+                   if p.wait.reader.tgid in tgids or any(c.tgid in tgids for c in p.culprits)],
+            reports=[], notes=self.notes, asleep=self.asleep)
 
 
 def build_graph(snapshot: Snapshot, *, kernel_memory: bool = True) -> tuple[WaitGraph, dict]:
@@ -122,7 +148,7 @@ def diagnose(
     in_cycle = {n for d in diag.deadlocks for n in d.nodes}
     diag.pipes = _never_eof(graph, stuck)
     never_eof_readers = {task_node(p.wait.reader.pid) for p in diag.pipes}
-    diag.hung = _hung(graph, stuck, in_cycle, never_eof_readers, min_sleep)
+    diag.hung = _hung(graph, stuck, in_cycle, never_eof_readers, min_sleep, diag.asleep)
     if kernel_log:
         diag.reports, note = recent_reports()
         if note:
@@ -132,6 +158,9 @@ def diagnose(
 
 def _deadlocks(graph: WaitGraph, stuck: set[str]) -> list[Deadlock]:
     cycles = elementary_cycles(graph, within=stuck, limit=MAX_CYCLES)
+    # A circle of only pipe and child waits is a pipe that never ends (the
+    # missing close()): told as such, not as a lock deadlock.
+    cycles = [c for c in cycles if any(e.kind not in PIPE_LIKE for e in c)]
     if len(cycles) >= MAX_CYCLES:
         graph.notes.append(f"more than {MAX_CYCLES} wait cycles: only the first are told")
     succ: dict[str, list[str]] = {}
@@ -157,10 +186,8 @@ def _rotate(cycle: list[WaitEdge]) -> list[WaitEdge]:
 
 def _never_eof(graph: WaitGraph, stuck: set[str]) -> list[NeverEof]:
     snapshot = graph.snapshot
-    from kpeek.diagnose.pipes import pipe_waits
-
     found = []
-    for w in pipe_waits(snapshot):
+    for w in graph.pipe_waits:
         if task_node(w.reader.pid) not in stuck or not w.writers:
             continue
         by_process: dict[int, list[int]] = {}
@@ -176,29 +203,37 @@ def _never_eof(graph: WaitGraph, stuck: set[str]) -> list[NeverEof]:
 
 
 def _hung(graph: WaitGraph, stuck: set[str], in_cycle: set[str], eof_readers: set[str],
-          min_sleep: float) -> list[HungTask]:
+          min_sleep: float, asleep_of: dict[int, float]) -> list[HungTask]:
     clock = SchedClock()
     found = []
+    explained = {n: "part of a deadlock (see above)" for n in in_cycle}
+    explained |= {n: "reads a pipe that never reaches end-of-file (see above)"
+                  for n in eof_readers}
     for t in graph.snapshot.tasks:
         node = task_node(t.pid)
         is_d = t.state == "D"
-        is_stuck = node in stuck and node not in in_cycle and node not in eof_readers
+        is_stuck = node in stuck and node not in eof_readers
         if not (is_d or is_stuck):
             continue
         asleep = clock.asleep_seconds(t)
+        if asleep is not None and is_d:
+            asleep_of[t.pid] = asleep
+        if node in in_cycle:
+            continue  # told with its deadlock
         too_short = asleep is None or asleep < min_sleep
-        if is_d and not is_stuck and node not in in_cycle and too_short:
+        if is_d and not is_stuck and too_short:
             continue
-        chain, root = holder_chain(graph, node, in_cycle)
+        chain, root = holder_chain(graph, node, explained)
         found.append(HungTask(t, asleep, tuple(chain), root, node in stuck))
     found.sort(key=lambda h: -(h.asleep or 0))
     return found
 
 
-def holder_chain(graph: WaitGraph, start: str, in_cycle: set[str],
+def holder_chain(graph: WaitGraph, start: str, explained: dict[str, str],
                  limit: int = 32) -> tuple[list[WaitEdge], str]:
     """The waits from ``start`` to the node that everything behind it waits
-    for, and that root described in words."""
+    for, and that root in words. ``explained`` maps nodes already told as
+    findings (deadlocks, never-ending pipes) to a pointer to that finding."""
     out = graph.out_edges()
     chain: list[WaitEdge] = []
     seen = {start}
@@ -207,14 +242,16 @@ def holder_chain(graph: WaitGraph, start: str, in_cycle: set[str],
         edges = out.get(node, [])
         if not edges:
             break
-        # Prefer an edge with a holder; among any-of edges, one that is stuck.
-        edge = next((e for e in edges if e.holder and e.holder in in_cycle), None) or next(
+        # Prefer an edge with a holder, and among those one already explained.
+        edge = next((e for e in edges if e.holder and e.holder in explained), None) or next(
             (e for e in edges if e.holder), edges[0])
         chain.append(edge)
         if edge.holder is None:
             return chain, edge.note or "no single holder"
-        if edge.holder in seen or (edge.holder in in_cycle and node != start):
-            return chain, "a deadlock (see above)"
+        if edge.holder in explained:
+            return chain, f"{who(graph, edge.holder)}: {explained[edge.holder]}"
+        if edge.holder in seen:
+            return chain, "a circle of waits that can never end"
         seen.add(edge.holder)
         node = edge.holder
     return chain, describe_root(graph, node)
@@ -269,7 +306,7 @@ def who(graph: WaitGraph, node: str) -> str:
 def recent_reports() -> tuple[list[KernelReport], str | None]:
     """Kernel reports (oops, BUG, WARNING, hung task...) in the kernel log."""
     try:
-        from kpeek.reports import parse_reports, read_kmsg  # type: ignore[attr-defined]
+        from kpeek.reports import parse_reports, read_kmsg
     except ImportError:
         return [], "the kernel log was not read (kpeek.reports.read_kmsg is not available)"
     try:

@@ -70,9 +70,10 @@ class WaitGraph:
     snapshot: Snapshot
     edges: list[WaitEdge] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    roots: dict[str, str] = field(default_factory=dict)  # node -> why it is an outside root
+    pipe_waits: list = field(default_factory=list)  # pipes.PipeWait, filled by pipe_edges
 
     def __post_init__(self) -> None:
+        self._seen: set[WaitEdge] = set(self.edges)
         self._tasks = {t.pid: t for t in self.snapshot.tasks}
         self._threads: dict[int, list[Task]] = defaultdict(list)
         for t in self.snapshot.tasks:
@@ -80,7 +81,8 @@ class WaitGraph:
 
     # -- building --------------------------------------------------------
     def add(self, edge: WaitEdge) -> None:
-        if edge not in self.edges:
+        if edge not in self._seen:
+            self._seen.add(edge)
             self.edges.append(edge)
 
     def extend(self, edges: Iterable[WaitEdge]) -> None:

@@ -85,7 +85,7 @@ def pipe_waits(snapshot: Snapshot) -> list[PipeWait]:
 
 def pipe_edges(graph: WaitGraph) -> list[PipeWait]:
     """Add any-of edges reader -> each process holding the write end."""
-    waits = pipe_waits(graph.snapshot)
+    waits = graph.pipe_waits = pipe_waits(graph.snapshot)
     for w in waits:
         by_process: dict[int, list[int]] = {}
         for d in w.writers:

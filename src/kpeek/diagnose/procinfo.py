@@ -11,6 +11,7 @@ import contextlib
 import os
 import platform
 import time
+import weakref
 from dataclasses import dataclass
 
 from kpeek.model import Snapshot, Task
@@ -121,12 +122,15 @@ def syscall_target(task: Task) -> SyscallTarget | None:
     return SyscallTarget(str(nr))
 
 
+_fd_index: tuple[weakref.ref, dict[tuple[int, int], str]] | None = None
+
+
 def open_file_of(snapshot: Snapshot, tgid: int, fd: int) -> str | None:
     """The OpenFile id behind descriptor ``fd`` of ``tgid`` in the snapshot."""
-    for d in snapshot.fds:
-        if d.tgid == tgid and d.fd == fd:
-            return d.open_file
-    return None
+    global _fd_index
+    if _fd_index is None or _fd_index[0]() is not snapshot:  # one snapshot indexed at a time
+        _fd_index = (weakref.ref(snapshot), {(d.tgid, d.fd): d.open_file for d in snapshot.fds})
+    return _fd_index[1].get((tgid, fd))
 
 
 def inode_of_target(snapshot: Snapshot, task: Task, target: SyscallTarget) -> str | None:

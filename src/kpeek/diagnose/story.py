@@ -45,19 +45,31 @@ def _same_task(e: WaitEdge) -> bool:
     return e.kind == "thread" and e.holder is not None and node_pid(e.holder) == node_pid(e.waiter)
 
 
-def chain_lines(graph: WaitGraph, edges: tuple[WaitEdge, ...] | list[WaitEdge]) -> list[str]:
-    """One line per wait; a process's hop to its own main thread is skipped."""
-    return [f"{who(graph, e.waiter)} {edge_words(graph, e)}" for e in edges if not _same_task(e)]
+def chain_lines(graph: WaitGraph, edges: tuple[WaitEdge, ...] | list[WaitEdge],
+                asleep: dict[int, float] | None = None) -> list[str]:
+    """One line per wait; a process's hop to its own main thread is skipped.
+    D-state waiters get their time asleep when ``asleep`` knows it."""
+    lines = []
+    for e in edges:
+        if _same_task(e):
+            continue
+        pid = node_pid(e.waiter)
+        slept = ""
+        if asleep and e.waiter.startswith("task:") and pid in asleep:
+            slept = f" (D state, asleep {asleep[pid]:.1f} s)"
+        lines.append(f"{who(graph, e.waiter)}{slept} {edge_words(graph, e)}")
+    return lines
 
 
-def deadlock_text(graph: WaitGraph, d: Deadlock, limit: int = 5) -> list[str]:
+def deadlock_text(graph: WaitGraph, d: Deadlock, limit: int = 5,
+                  asleep: dict[int, float] | None = None) -> list[str]:
     count = len({node_pid(n) for n in d.nodes})
     many = "s" if len(d.cycles) > 1 else ""
     out = [f"DEADLOCK: {count} tasks wait on each other in a circle ({len(d.cycles)} cycle{many})"]
     for i, cycle in enumerate(d.cycles[:limit], 1):
         if len(d.cycles) > 1:
             out.append(f"  cycle {i}:")
-        out.extend(f"    {line}" for line in chain_lines(graph, cycle))
+        out.extend(f"    {line}" for line in chain_lines(graph, cycle, asleep))
         out.append(f"    ... and so back to {who(graph, cycle[0].waiter)}: none can go on.")
     if len(d.cycles) > limit:
         out.append(f"  ({len(d.cycles) - limit} more cycles through the same tasks)")
@@ -65,8 +77,8 @@ def deadlock_text(graph: WaitGraph, d: Deadlock, limit: int = 5) -> list[str]:
 
 
 def hung_text(graph: WaitGraph, h: HungTask) -> list[str]:
-    state = "in D state" if h.task.state == "D" else f"in state {h.task.state}, blocked for good"
-    since = f" for {h.asleep:.1f} s" if h.asleep is not None else ""
+    state = "in D state" if h.task.state == "D" else f"blocked for good (state {h.task.state})"
+    since = f", asleep {h.asleep:.1f} s" if h.asleep is not None else ""
     wchan = f" (in {h.task.wchan})" if h.task.wchan else ""
     out = [f"HUNG: {who(graph, f'task:{h.task.pid}')} {state}{since}{wchan}"]
     out.extend(f"    {line}" for line in chain_lines(graph, h.chain))
@@ -90,7 +102,7 @@ def pipe_text(graph: WaitGraph, p: NeverEof) -> list[str]:
 def all_text(diag: Diagnosis) -> list[list[str]]:
     """Every finding as a block of lines."""
     g = diag.graph
-    blocks = [deadlock_text(g, d) for d in diag.deadlocks]
+    blocks = [deadlock_text(g, d, asleep=diag.asleep) for d in diag.deadlocks]
     blocks += [hung_text(g, h) for h in diag.hung]
     blocks += [pipe_text(g, p) for p in diag.pipes]
     blocks += [[f"KERNEL REPORT: {r.title} ({r.kind}, log line {r.line + 1}): "
@@ -120,7 +132,8 @@ def to_json(diag: Diagnosis) -> dict[str, Any]:
                   "edges": [_edge_json(e) for e in g.edges]},
         "deadlocks": [{"nodes": list(d.nodes),
                        "cycles": [[_edge_json(e) for e in c] for c in d.cycles],
-                       "story": deadlock_text(g, d)} for d in diag.deadlocks],
+                       "story": deadlock_text(g, d, asleep=diag.asleep)}
+                      for d in diag.deadlocks],
         "hung": [{"pid": h.task.pid, "tgid": h.task.tgid, "comm": h.task.comm,
                   "state": h.task.state, "wchan": h.task.wchan, "asleep_seconds": h.asleep,
                   "asleep_source": SLEEP_SOURCE, "stuck": h.stuck, "root": h.root,
