@@ -22,9 +22,10 @@ from kpeek.errors import UsageError
 from kpeek.ids import show_pointer
 from kpeek.kernel.disasm import Listing, disassemble_around
 from kpeek.render import text as render
-from kpeek.reports import Report, parse_reports, read_kmsg
+from kpeek.reports import Report, read_kmsg
 from kpeek.reports.details import Details
 from kpeek.reports.kinds import KINDS
+from kpeek.reports.parse import parse_log
 
 _MAX_INPUT = 1 << 30  # refuse logs over 1 GiB rather than exhaust memory
 _DEFAULT_FRAMES = 40
@@ -89,7 +90,8 @@ def _symbolize_live(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     raw = raw_pointers_allowed(args)
     log, source, live = read_log(args.file)
-    reports = parse_reports(log)
+    parsed = parse_log(log)
+    reports = parsed.reports
     if args.report is not None:
         if not 1 <= args.report <= len(reports):
             raise UsageError(f"--report {args.report}: the log has {len(reports)} report(s)")
@@ -102,10 +104,14 @@ def run(args: argparse.Namespace) -> int:
         jsonout.emit("oops", {
             "source": source,
             "count": len(reports),
+            "truncated": parsed.truncated,
             "reports": [report_json(r, n, show_raw) for n, r in chosen],
         })
         return 0
     out = render.console()
+    if parsed.truncated:
+        out.print(Text(f"note: {source} holds more than kpeek parses in one go; only the"
+                       f" first {len(reports)} report(s) are shown", style="yellow"))
     if not reports:
         out.print(f"no kernel reports in {source}")
         return 0

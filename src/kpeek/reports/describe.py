@@ -20,6 +20,7 @@ from kpeek.reports.table import (
     CORRUPTED_TITLES,
     FRAME_LINES,
     RISCV_STACK_START,
+    STACK_START_ANY,
     STACK_STARTS,
     STRIP_FRAME_PREFIXES,
 )
@@ -142,9 +143,16 @@ def _match_steps(fmt: Format, lines: list[str]) -> tuple[list[str], int, int] | 
     return groups, start[0], start[1]
 
 
+_COMMON_SKIP = re.compile("|".join(COMMON_SKIP))
+
+
 @lru_cache(maxsize=256)
-def _skip_regex(extra: tuple[str, ...]) -> re.Pattern[str]:
-    return re.compile("|".join((*COMMON_SKIP, *extra)))
+def _extra_skip(extra: tuple[str, ...]) -> re.Pattern[str] | None:
+    return re.compile("|".join(extra)) if extra else None
+
+
+def _skipped(name: str, extra: re.Pattern[str] | None) -> bool:
+    return bool(_COMMON_SKIP.search(name) or (extra is not None and extra.search(name)))
 
 
 def strip_frame(name: str) -> str:
@@ -179,7 +187,7 @@ def _choose(spec: StackSpec, raw: list[str]) -> tuple[str, str]:
 
 
 def _walk_parts(spec: StackSpec, parts, lines: list[str]) -> tuple[list[tuple[str, str]], bool]:
-    skip = _skip_regex(spec.skip)
+    extra = _extra_skip(spec.skip)
     results: list[tuple[str, str]] = []
     candidates: list[str] = []
     ok = True
@@ -191,7 +199,7 @@ def _walk_parts(spec: StackSpec, parts, lines: list[str]) -> tuple[list[tuple[st
         if m is None:
             return
         for g in m.groups():
-            if g is not None and not skip.search(g):
+            if g is not None and not _skipped(g, extra):
                 candidates.append(g)
 
     while True:
@@ -213,7 +221,7 @@ def _walk_parts(spec: StackSpec, parts, lines: list[str]) -> tuple[list[tuple[st
                 if _matches_any(line, CORRUPTED_LINES):
                     ok = False
                     break
-                if _matches_any(line, STACK_STARTS):
+                if STACK_START_ANY.search(line):
                     break
                 if nxt is not None and nxt is not PARSE_STACK:
                     m = nxt.search(line)
@@ -259,24 +267,27 @@ def corruption(title: str, lines: list[str], fmt: Format | None) -> str:
         return "title has a console timestamp in it (interleaved lines)"
     if fmt is None or fmt.no_stack_trace:
         return ""
-    starts = (*STACK_STARTS, RISCV_STACK_START)
+    # First line of each kind of stack start, found in one pass.
+    first: dict[int, int] = {}
+    for i, line in enumerate(lines):
+        if STACK_START_ANY.search(line) or RISCV_STACK_START.search(line):
+            for k, start in enumerate((*STACK_STARTS, RISCV_STACK_START)):
+                if k not in first and start.search(line):
+                    first[k] = i
     has_stack = False
-    for start in starts:
-        found = _first_line(start, lines)
-        if found is None:
-            continue
-        i = found[0]
-        following = lines[i + 1:]
+    for k in sorted(first):
+        i = first[k]
+        following = lines[i + 1:i + 17]
         if len(following) < 2:
             return "the call trace is cut off"
         found = False
         for line in following[:15]:
-            if _matches_any(line, STACK_STARTS) or RISCV_STACK_START.search(line):
+            if STACK_START_ANY.search(line) or RISCV_STACK_START.search(line):
                 break
             if "(stack is not available)" in line or _matches_any(line, FRAME_LINES):
                 has_stack = found = True
                 break
-        if start is not RISCV_STACK_START and not found:
+        if k != len(STACK_STARTS) and not found:
             return "a call trace has no frames"
     if not has_stack:
         return "no stack trace in the report"

@@ -54,6 +54,8 @@ _ADDRESS_PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"^CR2: ([0-9a-f]{16})"),
     re.compile(r"^FAR: ?(?:0x)?([0-9a-f]{16})"),
 )
+_MAY_HAVE_ADDRESS = re.compile(r"ddr|ddress|request|CR2|FAR|kfence|range \[")
+_NOT_FRAMES = ("RIP:", "IP:", "pc :", "lr :", "PC is at", "LR is at")
 
 _REGISTERS = re.compile(r"\b(R[A-Z0-9]{1,2}|x\d{1,2}|lr|sp)\s?: ?(?:0x)?([0-9a-f]{16})\b")
 
@@ -190,30 +192,19 @@ def extract_details(lines: list[ConsoleLine]) -> Details:
     prev_text = ""
     for line in lines:
         text = line.text
-        if d.fault_address is None:
+        stripped = text.strip()
+        if d.fault_address is None and _MAY_HAVE_ADDRESS.search(text):
             for pattern in _ADDRESS_PATTERNS:
-                m = pattern.search(text)
+                m = pattern.search(stripped)
                 if m:
                     d.fault_address = int(m.group(1), 16)
                     break
-        if d.pid is None:
+        if d.pid is None and "PID:" in text:
             m = _TASK.search(text)
             if m:
                 d.cpu, d.pid, d.comm = int(m.group(1)), int(m.group(2)), m.group(3)
-        if d.tainted is None:
-            m = _TAINTED.search(text)
-            if m:
-                d.kernel_release = m.group(3)
-                d.tainted = m.group(1) != "Not tainted"
-                if m.group(2):
-                    d.taint_flags = [(c, TAINT_FLAGS.get(c, "unknown taint flag"))
-                                     for c in m.group(2) if c.strip() and c != "G"]
-        m = _TAINT_LIST.match(text.strip())
-        if m and not d.taint_flags:
-            letters = re.findall(r"\[([A-Z])\]", m.group(1))
-            d.taint_flags = [(c, TAINT_FLAGS.get(c, "unknown taint flag")) for c in letters]
-            d.tainted = True
-        stripped = text.strip()
+        if "ainted" in text:
+            _read_taint(d, stripped)
         if d.ip is None and stripped.startswith(("RIP:", "IP:", "pc :", "PC is at", "NIP")):
             d.arch = d.arch or ("arm64" if stripped.startswith("pc :") else
                                 "x86_64" if "IP:" in stripped[:4] else None)
@@ -221,41 +212,60 @@ def extract_details(lines: list[ConsoleLine]) -> Details:
             fm = re.search(r"([A-Za-z0-9_.]+\+0x[0-9a-f]+/0x[0-9a-f]+)", stripped)
             if fm:
                 d.ip = fm.group(1)
-        sm = _SECTION.match(stripped)
-        if sm:
-            section = sm.group(1)
-        mm = _MARKER.match(text)
-        if mm and mm.group(1) in ("<IRQ>", "<NMI>", "<SOFTIRQ>"):
-            section = f"Call Trace {mm.group(1)}"
-        elif mm and mm.group(1) in ("</IRQ>", "<TASK>", "</NMI>", "</SOFTIRQ>"):
-            section = "Call Trace"
-        fm = _FRAME.match(text)
-        if fm and not stripped.startswith(("RIP:", "IP:", "pc :", "lr :", "PC is at", "LR is at")):
-            d.call_trace.append(Frame(
-                function=fm.group(3),
-                offset=int(fm.group(4), 16),
-                size=int(fm.group(5), 16),
-                module=fm.group(6),
-                reliable=not (line.questionable or fm.group(2)),
-                address=int(fm.group(1), 16) if fm.group(1) else None,
-                source=fm.group(7),
-                section=section,
-            ))
+        if stripped.endswith(":") or stripped.startswith("Exception stack"):
+            sm = _SECTION.match(stripped)
+            if sm:
+                section = sm.group(1)
+        if "<" in text:
+            mm = _MARKER.match(text)
+            if mm and mm.group(1) in ("<IRQ>", "<NMI>", "<SOFTIRQ>"):
+                section = f"Call Trace {mm.group(1)}"
+            elif mm and mm.group(1) in ("</IRQ>", "<TASK>", "</NMI>", "</SOFTIRQ>"):
+                section = "Call Trace"
+        if "+0x" in text and not stripped.startswith(_NOT_FRAMES):
+            fm = _FRAME.match(text)
+            if fm:
+                d.call_trace.append(Frame(
+                    function=fm.group(3),
+                    offset=int(fm.group(4), 16),
+                    size=int(fm.group(5), 16),
+                    module=fm.group(6),
+                    reliable=not (line.questionable or fm.group(2)),
+                    address=int(fm.group(1), 16) if fm.group(1) else None,
+                    source=fm.group(7),
+                    section=section,
+                ))
         if d.code is None and stripped.startswith("Code:") and not prev_text.startswith(
                 "RIP: 0033:"):
             d.code = parse_code_line(stripped)
         prev_text = stripped
-        rm = _REGISTERS.findall(text) if ":" in text else ()
-        for name, value in rm:
-            notes = _register_hint(int(value, 16))
-            if notes:
-                d.register_notes.append(f"{name} = {value}: {notes}")
+        if stripped[:1] in "RxlsC" and ":" in stripped:
+            for name, value in _REGISTERS.findall(stripped):
+                notes = _register_hint(int(value, 16))
+                if notes:
+                    d.register_notes.append(f"{name} = {value}: {notes}")
     if d.fault_address is not None:
         d.address_notes = interpret_address(d.fault_address, x86=d.arch != "arm64")
     if d.arch is None and d.code is not None:
         d.arch = d.code.arch
     d.register_notes = list(dict.fromkeys(d.register_notes))[:8]
     return d
+
+
+def _read_taint(d: Details, text: str) -> None:
+    if d.tainted is None:
+        m = _TAINTED.search(text)
+        if m:
+            d.kernel_release = m.group(3)
+            d.tainted = m.group(1) != "Not tainted"
+            if m.group(2):
+                d.taint_flags = [(c, TAINT_FLAGS.get(c, "unknown taint flag"))
+                                 for c in m.group(2) if c.strip() and c != "G"]
+    m = _TAINT_LIST.match(text)
+    if m and not d.taint_flags:
+        letters = re.findall(r"\[([A-Z])\]", m.group(1))
+        d.taint_flags = [(c, TAINT_FLAGS.get(c, "unknown taint flag")) for c in letters]
+        d.tainted = True
 
 
 def _register_hint(value: int) -> str:

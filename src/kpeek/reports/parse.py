@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from kpeek.reports.console import CONSOLE_CONTEXT, ConsoleLine, split_line
+from kpeek.reports.console import CONSOLE_CONTEXT, MAX_LINE, ConsoleLine, split_line
 from kpeek.reports.describe import corruption, describe, normalize_title
 from kpeek.reports.details import Details, extract_details
 from kpeek.reports.kinds import classify
@@ -21,9 +21,12 @@ from kpeek.reports.patterns import ReportKind
 from kpeek.reports.scan import MarkerScanner
 from kpeek.reports.table import CONTINUATION_MARKERS, INFO_WITH_STACK, REPORT_KINDS
 
-MAX_REPORTS = 200  # per log; more are counted, not parsed
+MAX_REPORTS = 200  # per log
 MAX_SCAN_LINES = 3000  # raw lines looked at after a report's first line
 MAX_REPORT_LINES = 1500  # lines kept in one report
+# Lines examined in one log (report lines plus candidate start lines): a
+# log dense with start markers stops here instead of taking minutes.
+WORK_BUDGET = 400_000
 # Lines from before the start that are kept with a report (more when the
 # log has caller ids, which tell us reliably which lines are ours).
 _PREFIX_LINES = 5
@@ -64,6 +67,14 @@ class Report:
     details: Details = field(default_factory=Details)
 
 
+@dataclass
+class ParseResult:
+    """Reports of a log, and whether parsing stopped early (``truncated``)."""
+
+    reports: list[Report]
+    truncated: bool = False
+
+
 class _Log:
     """Line access into a big text without splitting all of it."""
 
@@ -71,6 +82,11 @@ class _Log:
         self.text = text
         self._counted_to = 0
         self._line_no = 0
+        self.budget = WORK_BUDGET
+
+    def line(self, start: int, end: int) -> str:
+        """The line text, cut at MAX_LINE so a 100 MB line is not copied."""
+        return self.text[start:min(end, start + MAX_LINE)]
 
     def line_start(self, offset: int) -> int:
         return self.text.rfind("\n", 0, offset) + 1
@@ -88,10 +104,13 @@ class _Log:
         return self._line_no
 
 
+_HEADERS = tuple((k.header, k) for k in REPORT_KINDS)
+
+
 def _kind_of(line: str) -> ReportKind | None:
-    line = line[:4096]
-    for kind in REPORT_KINDS:
-        if kind.starts(line):
+    """The kind of report ``line`` starts, or None."""
+    for header, kind in _HEADERS:
+        if header in line and kind.starts(line):
             return kind
     return None
 
@@ -105,31 +124,42 @@ def parse_reports(text: str, *, max_reports: int = MAX_REPORTS) -> list[Report]:
     Returns them in log order; an empty list when the log holds none. Never
     raises on bad input: binary junk is just lines without reports.
     """
+    return parse_log(text, max_reports=max_reports).reports
+
+
+def parse_log(text: str, *, max_reports: int = MAX_REPORTS) -> ParseResult:
+    """Like :func:`parse_reports`, also saying whether the work bounds cut parsing short."""
     log = _Log(text)
     scanner = MarkerScanner(text, _MARKERS)
     reports: list[Report] = []
     pos = 0
-    while len(reports) < max_reports:
+    truncated = False
+    while True:
         found = _next_start(log, scanner, pos)
         if found is None:
+            truncated = log.budget <= 0
+            break
+        if len(reports) >= max_reports:
+            truncated = True
             break
         start, kind = found
         report, next_pos = _collect(log, scanner, start, kind)
         reports.append(report)
-        if next_pos is None or next_pos <= start:
+        if next_pos <= start or next_pos > len(text):
             break
         pos = next_pos
     if reports and _CONSOLE_HANGUP in text:
         last = reports[-1]
         if not last.corrupted:
             last.corrupted, last.corrupted_reason = True, "the console disconnected"
-    return reports
+    return ParseResult(reports, truncated)
 
 
 def _next_start(log: _Log, scanner: MarkerScanner, pos: int) -> tuple[int, ReportKind] | None:
     """Offset of the next line (at or after ``pos``) that starts a report, and its kind."""
     text = log.text
-    while True:
+    while log.budget > 0:
+        log.budget -= 1
         hit = scanner.next_at(pos)
         if hit < 0:
             return None
@@ -137,20 +167,22 @@ def _next_start(log: _Log, scanner: MarkerScanner, pos: int) -> tuple[int, Repor
         if start < pos:
             start = pos
         end = log.line_end(start)
-        kind = _kind_of(text[start:end])
+        log.budget -= (end - start) // MAX_LINE
+        kind = _kind_of(log.line(start, end))
         if kind is not None:
             return start, kind
         pos = end + 1
         if pos > len(text):
             return None
+    return None
 
 
 def _collect(log: _Log, scanner: MarkerScanner, start: int,
-             kind: ReportKind) -> tuple[Report, int | None]:
+             kind: ReportKind) -> tuple[Report, int]:
     text = log.text
     first_no = log.line_number(start)
     end = log.line_end(start)
-    first = split_line(text[start:end], first_no)
+    first = split_line(log.line(start, end), first_no)
     context = first.context
     has_caller = context not in ("", CONSOLE_CONTEXT)
     prefix = _prefix_lines(log, start, first_no, context,
@@ -167,10 +199,11 @@ def _collect(log: _Log, scanner: MarkerScanner, start: int,
     pos, number = end + 1, first_no + 1
     next_hit = scanner.next_at(pos) if pos <= len(text) else -1
     for _ in range(MAX_SCAN_LINES):
-        if pos > len(text) or len(lines) >= MAX_REPORT_LINES:
+        if pos > len(text) or len(lines) >= MAX_REPORT_LINES or log.budget <= 0:
             break
         end = log.line_end(pos)
-        raw = text[pos:end]
+        log.budget -= 1 + (end - pos) // MAX_LINE  # long lines cost what finding their end costs
+        raw = log.line(pos, end)
         if 0 <= next_hit < end:
             starts = _kind_of(raw) is not None
             if starts:
@@ -214,7 +247,7 @@ def _collect(log: _Log, scanner: MarkerScanner, start: int,
     desc = describe(texts, kind)
     if not desc.title:
         # Nothing matched the cleaned lines: fall back to the raw ones.
-        raw_lines = text[start:log.line_end(start)].split("\n")
+        raw_lines = [log.line(start, log.line_end(start))]
         desc = describe(raw_lines, kind)
     title = normalize_title(desc.title)
     reason = desc.corrupted_reason or corruption(title, [ln.text for ln in lines], desc.format)
@@ -239,7 +272,8 @@ def _collect(log: _Log, scanner: MarkerScanner, start: int,
         prefix=prefix,
     )
     report.details = extract_details(with_unreliable)
-    return report, next_report
+    # Continue at the next report, or where this scan stopped.
+    return report, (next_report if next_report is not None else pos)
 
 
 def _prefix_lines(log: _Log, start: int, first_no: int, context: str, limit: int) -> list[str]:
@@ -251,8 +285,10 @@ def _prefix_lines(log: _Log, start: int, first_no: int, context: str, limit: int
     for _ in range(limit * 4):
         if end < 0 or len(out) >= limit:
             break
-        begin = text.rfind("\n", 0, end) + 1
-        line = split_line(text[begin:end], number)
+        low = max(0, end - 64 * MAX_LINE)
+        newline = text.rfind("\n", low, end)
+        begin = newline + 1 if newline >= 0 else low
+        line = split_line(log.line(begin, end), number)
         if line.context == context and line.text and not line.questionable:
             out.append(line.text)
         end, number = begin - 1, number - 1

@@ -101,8 +101,12 @@ class ReportKind:
     formats: tuple[Format, ...]
     suppressions: tuple[re.Pattern[str], ...] = field(default=())
 
+    def __post_init__(self) -> None:
+        joined = "|".join(f"(?:{s.pattern})" for s in self.suppressions)
+        object.__setattr__(self, "_suppressed", re.compile(joined) if joined else None)
+
     def starts(self, line: str) -> bool:
         """True when ``line`` starts a report of this kind."""
         if self.header not in line:
             return False
-        return not any(s.search(line) for s in self.suppressions)
+        return self._suppressed is None or not self._suppressed.search(line)

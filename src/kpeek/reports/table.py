@@ -45,6 +45,7 @@ STACK_STARTS: tuple[re.Pattern[str], ...] = (
     re.compile(r"Backtrace:"),
     re.compile(r"Uninit was stored to memory at"),
 )
+STACK_START_ANY = re.compile("|".join(f"(?:{p.pattern})" for p in STACK_STARTS))
 # RISC-V prints registers and then the stack without a "Call Trace" line.
 RISCV_STACK_START = re.compile(
     r"status: [0-9a-f]{16} badaddr: [0-9a-f]{16} cause: [0-9a-f]{16}"
@@ -550,7 +551,7 @@ _WARNING = ReportKind(
             r"WARNING: See https.* for mitigation options.",
             r"WARNING: kernel not compiled with CPU_SRSO",
             r"EXT4-[Ff][Ss](?: \(.*\))?:",
-            r"(?i)warning: .* uses (deprecated v2 capabilities|wireless extensions)",
+            r"(?i:warning: .* uses (deprecated v2 capabilities|wireless extensions))",
             r"XFS \(\w+\): WARNING",
         )
     ),
