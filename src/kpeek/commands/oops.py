@@ -224,19 +224,31 @@ def code_listing(d: Details) -> Listing | None:
         return None
 
 
+def _location(d: Details, rel: int) -> str:
+    """An instruction's place: ``func+0xoff`` when the faulting ip is known, else ``+0xrel``."""
+    if d.ip and "+0x" in d.ip:
+        func, _, rest = d.ip.partition("+")
+        try:
+            off = int(rest.split("/")[0], 16) + rel
+        except ValueError:
+            return f"{rel:+#x}"
+        return f"{func}{'+' if off >= 0 else '-'}{abs(off):#x}"
+    return f"{rel:+#x}"
+
+
 def _print_code(out, d: Details) -> None:
     listing = code_listing(d)
-    if listing is None:
+    if listing is None or d.code is None:
         return
-    base = d.code.fault_offset if d.code else 0
-    label = d.ip.split("/")[0] if d.ip else "fault"
-    out.print(Text("code", style="bold") + Text(f"  (Code: bytes decoded; '<--' is the"
-                                                f" faulting instruction at {label})",
+    base = d.code.fault_offset
+    out.print(Text("code", style="bold") + Text(f"  (Code: bytes decoded, {d.code.arch};"
+                                                " '<--' marks the faulting instruction)",
                                                 style="dim"))
+    width = max(len(_location(d, ins.address - base)) for ins in listing.instructions)
     for i, ins in enumerate(listing.instructions):
         rel = ins.address - base
         mark = i == listing.fault_index
-        line = f"   {rel:+#6x}  {ins.raw.hex(' '):<24} {ins.text}"
+        line = f"   {_location(d, rel):>{width}}  {ins.raw.hex(' '):<24} {ins.text}"
         out.print(Text(line + ("   <-- fault" if mark else ""),
                        style="bold red" if mark else ("dim" if not ins.valid else "")))
 
@@ -252,7 +264,9 @@ def report_json(r: Report, number: int, show_raw: bool) -> dict[str, Any]:
             "bytes": d.code.data.hex(),
             "fault_offset": d.code.fault_offset,
             "instructions": [] if listing is None else [
-                {"offset": ins.address - d.code.fault_offset, "bytes": ins.raw.hex(),
+                {"offset": ins.address - d.code.fault_offset,
+                 "location": _location(d, ins.address - d.code.fault_offset),
+                 "bytes": ins.raw.hex(),
                  "text": ins.text, "valid": ins.valid, "fault": i == listing.fault_index}
                 for i, ins in enumerate(listing.instructions)
             ],

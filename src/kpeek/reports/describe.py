@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from kpeek.reports.demangle import demangle
 from kpeek.reports.patterns import PARSE_STACK, Format, ReportKind, StackSpec
 from kpeek.reports.table import (
     COMMON_SKIP,
@@ -199,7 +200,10 @@ def _walk_parts(spec: StackSpec, parts, lines: list[str]) -> tuple[list[tuple[st
         if m is None:
             return
         for g in m.groups():
-            if g is not None and not _skipped(g, extra):
+            if g is None:
+                continue
+            g = demangle(g)
+            if not _skipped(g, extra):
                 candidates.append(g)
 
     while True:

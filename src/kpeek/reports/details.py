@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from kpeek.reports.console import ConsoleLine
+from kpeek.reports.demangle import demangle
 from kpeek.reports.describe import strip_frame
 
 # ---------------------------------------------------------------- taint
@@ -51,10 +52,9 @@ _ADDRESS_PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"probably for non-canonical address (0x[0-9a-f]{1,16})"),
     re.compile(r"(?:read|write) at (0x[0-9a-f]{1,16}) \(in kfence"),
     re.compile(r"null-ptr-deref in range \[(0x[0-9a-f]{1,16})-"),
-    re.compile(r"^CR2: ([0-9a-f]{16})"),
-    re.compile(r"^FAR: ?(?:0x)?([0-9a-f]{16})"),
 )
-_MAY_HAVE_ADDRESS = re.compile(r"ddr|ddress|request|CR2|FAR|kfence|range \[")
+# CR2/FAR are not used: outside a page fault they hold some older fault's address.
+_MAY_HAVE_ADDRESS = re.compile(r"ddr|ddress|request|kfence|range \[")
 _NOT_FRAMES = ("RIP:", "IP:", "pc :", "lr :", "PC is at", "LR is at")
 
 _REGISTERS = re.compile(r"\b(R[A-Z0-9]{1,2}|x\d{1,2}|lr|sp)\s?: ?(?:0x)?([0-9a-f]{16})\b")
@@ -226,7 +226,7 @@ def extract_details(lines: list[ConsoleLine]) -> Details:
             fm = _FRAME.match(text)
             if fm:
                 d.call_trace.append(Frame(
-                    function=fm.group(3),
+                    function=demangle(fm.group(3)),
                     offset=int(fm.group(4), 16),
                     size=int(fm.group(5), 16),
                     module=fm.group(6),

@@ -126,16 +126,21 @@ _BY_PREFIX: tuple[tuple[str, str], ...] = (
 _DETECTORS = ("KASAN", "KFENCE", "KMSAN", "KCSAN", "UBSAN")
 
 
-def classify(title: str) -> Classification:
-    """The kind of report a title names (``unknown`` when no rule fits)."""
-    kind = "unknown"
+# Report start markers whose titles carry no fixed prefix.
+_BY_HEADER = {"rust_kernel: panicked": "crash"}
+
+
+def classify(title: str, header: str | None = None) -> Classification:
+    """The kind of report a title names (``unknown`` when no rule fits).
+
+    ``header`` is the start marker the report was found by, for reports
+    whose title is free text (a Rust panic message).
+    """
+    kind = _BY_HEADER.get(header or "", "unknown")
     for prefix, k in _BY_PREFIX:
         if title.startswith(prefix):
             kind = k
             break
-    else:
-        if " in " in title and title.split(" in ", 1)[0].endswith("panicked"):
-            kind = "crash"
     detector = None
     for name in _DETECTORS:
         if title.startswith(name + ":"):

@@ -222,7 +222,7 @@ def _collect(log: _Log, scanner: MarkerScanner, start: int,
         if line.context != context and not (cpu_traceback and line.context.startswith("[C")):
             continue
         if line.questionable:
-            if next_report is None and len(with_unreliable) < MAX_REPORT_LINES:
+            if (next_report is None or has_caller) and len(with_unreliable) < MAX_REPORT_LINES:
                 with_unreliable.append(line)
             continue
         text_lines += 1
@@ -238,9 +238,8 @@ def _collect(log: _Log, scanner: MarkerScanner, start: int,
             skip_rest = True
             continue
         lines.append(line)
-        if next_report is None:
-            with_unreliable.append(line)
         if next_report is None or has_caller:
+            with_unreliable.append(line)
             report_end = len(lines)
 
     texts = [ln.text for ln in lines[:report_end]]
@@ -255,7 +254,7 @@ def _collect(log: _Log, scanner: MarkerScanner, start: int,
     m = _GUILTY_FRAME.match(title)
     if m and m.group(1) != "corrupted":
         guilty = m.group(1)
-    cls = classify(title)
+    cls = classify(title, kind.header)
     report = Report(
         title=title,
         kind=cls.kind,
