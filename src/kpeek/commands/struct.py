@@ -113,7 +113,11 @@ def _size(t: Type) -> int | None:
         return None
 
 
-def _layout_members(r: Type, base_bit: int, totals: dict[str, int]) -> tuple[list[dict], int]:
+def _layout_members(
+    r: Type, base_bit: int, totals: dict[str, int], top: bool = True
+) -> tuple[list[dict], int]:
+    """Members of ``r`` with holes between them; ``totals`` (holes, member
+    bytes) count the outer level only, so members + holes + padding = size."""
     btf = r.btf
     out: list[dict] = []
     end = base_bit  # first bit after everything laid out so far (struct)
@@ -126,8 +130,9 @@ def _layout_members(r: Type, base_bit: int, totals: dict[str, int]) -> tuple[lis
             gap = bit - end
             if gap >= 8 and end % 8 == 0:
                 out.append({"hole": gap // 8, "bits": gap % 8, "offset": end // 8})
-                totals["holes"] += 1
-                totals["hole_bytes"] += gap // 8
+                if top:
+                    totals["holes"] += 1
+                    totals["hole_bytes"] += gap // 8
             elif gap:
                 out.append({"hole": 0, "bits": gap, "offset": end // 8})
         size = _size(mt) or 0
@@ -146,8 +151,8 @@ def _layout_members(r: Type, base_bit: int, totals: dict[str, int]) -> tuple[lis
             mend = bit + size * 8
         if not m.name and mr.kind in (Kind.STRUCT, Kind.UNION):
             entry["kind"] = mr.kind.name.lower()
-            entry["members"], _ = _layout_members(mr, bit, totals)
-        elif not m.bitfield_size:
+            entry["members"], _ = _layout_members(mr, bit, totals, top=False)
+        if top and not m.bitfield_size:
             totals["member_bytes"] += size
         out.append(entry)
         end = max(end, mend)
