@@ -78,12 +78,13 @@ def interpret_address(addr: int, x86: bool = True) -> list[str]:
         notes.append(f"in the NULL page: a NULL pointer dereference (field at offset {addr:#x}"
                      " of a NULL struct pointer)")
         return notes
-    for poison, name in ((LIST_POISON1, "LIST_POISON1"), (LIST_POISON2, "LIST_POISON2")):
-        if 0 <= addr - poison < 0x40 or 0 <= poison - addr < 0x40:
-            delta = addr - poison
-            where = "" if delta == 0 else f" {'+' if delta > 0 else '-'} {abs(delta):#x}"
-            notes.append(f"{name}{where}: a list entry used after list_del() removed it")
-            return notes
+    # The nearer LIST_POISON (a field of the entry may be accessed at an offset).
+    delta, name = min((addr - LIST_POISON1, "LIST_POISON1"), (addr - LIST_POISON2, "LIST_POISON2"),
+                      key=lambda pair: abs(pair[0]))
+    if abs(delta) < 0x40:
+        where = "" if delta == 0 else f" {'+' if delta > 0 else '-'} {abs(delta):#x}"
+        notes.append(f"{name}{where}: a list entry used after list_del() removed it")
+        return notes
     low = addr & 0xFFFFFFFF
     for byte, meaning in _POISON_BYTES.items():
         pattern = int.from_bytes(bytes([byte]) * 4, "little")
@@ -206,8 +207,7 @@ def extract_details(lines: list[ConsoleLine]) -> Details:
         if "ainted" in text:
             _read_taint(d, stripped)
         if d.ip is None and stripped.startswith(("RIP:", "IP:", "pc :", "PC is at", "NIP")):
-            d.arch = d.arch or ("arm64" if stripped.startswith("pc :") else
-                                "x86_64" if "IP:" in stripped[:4] else None)
+            d.arch = d.arch or _arch_of_ip_line(stripped)
             d.user_mode = stripped.startswith("RIP: 0033:")
             fm = re.search(r"([A-Za-z0-9_.]+\+0x[0-9a-f]+/0x[0-9a-f]+)", stripped)
             if fm:
@@ -246,10 +246,24 @@ def extract_details(lines: list[ConsoleLine]) -> Details:
                     d.register_notes.append(f"{name} = {value}: {notes}")
     if d.fault_address is not None:
         d.address_notes = interpret_address(d.fault_address, x86=d.arch != "arm64")
+    if d.code is not None and d.code.arch == "arm64" and d.arch == "arm":
+        # 4-byte words on a 32-bit ARM kernel are ARM instructions.
+        d.code = CodeBytes(d.code.data, d.code.fault_offset, "arm")
     if d.arch is None and d.code is not None:
         d.arch = d.code.arch
     d.register_notes = list(dict.fromkeys(d.register_notes))[:8]
     return d
+
+
+def _arch_of_ip_line(line: str) -> str | None:
+    """x86_64, arm64 or (32-bit) arm, from the line naming the faulting instruction."""
+    if line.startswith("PC is at") or re.match(r"pc : \[<[0-9a-f]{8}>\]", line):
+        return "arm"
+    if line.startswith("pc :"):
+        return "arm64"
+    if line.startswith(("RIP:", "IP:")):
+        return "x86_64"
+    return None
 
 
 def _read_taint(d: Details, text: str) -> None:

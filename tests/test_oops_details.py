@@ -1,0 +1,162 @@
+"""Report details: address hints, taint, contexts and prefixes, truncation, code, demangling."""
+
+from __future__ import annotations
+
+import pytest
+
+from kpeek.kernel.disasm import disassemble, disassemble_around
+from kpeek.reports import parse_reports
+from kpeek.reports.demangle import demangle
+from kpeek.reports.details import interpret_address, parse_code_line
+from kpeek.reports.symbolize import symbolize_log
+
+NULL_DEREF = """\
+BUG: kernel NULL pointer dereference, address: 0000000000000018
+#PF: supervisor read access in kernel mode
+Oops: 0000 [#1] PREEMPT SMP NOPTI
+CPU: 3 PID: 999 Comm: cat Tainted: G    B   W  O      6.5.0 #7
+RIP: 0010:seq_read_iter+0x5c/0x4a0
+Code: 00 00 48 89 fb 48 8b 47 08 48 89 45 c8 <48> 8b 40 18 48 85 c0 74 0a
+Call Trace:
+ <TASK>
+ ? __die+0x23/0x70
+ ? page_fault_oops+0x171/0x4e0
+ seq_read+0xa3/0xd0
+ vfs_read+0xb0/0x300
+ ksys_read+0x67/0xf0
+ do_syscall_64+0x5d/0x90
+ </TASK>
+"""
+
+
+@pytest.mark.parametrize(("address", "hint"), [
+    (0x18, "NULL pointer dereference"),
+    (0xDEAD000000000100, "LIST_POISON1"),
+    (0xDEAD000000000108, "LIST_POISON1 + 0x8"),
+    (0xDEAD000000000122, "LIST_POISON2"),
+    (0x6B6B6B6B6B6B6B6B, "POISON_FREE"),
+    (0x6B6B6B6B6B6B6B73, "POISON_FREE"),
+    (0xDFFFFC0000000003, "KASAN shadow of 0x18"),
+    (0x4142434445464748, "non-canonical"),
+    (0x00007FFD12345678, "user-space address"),
+    (0xFFFFFFFFC0123456, "module space"),
+    (0xFFFFC90000B2C000, "vmalloc space"),
+])
+def test_address_hints(address, hint):
+    notes = " | ".join(interpret_address(address))
+    assert hint in notes
+
+
+def test_plain_kernel_address_gets_no_scary_hint():
+    notes = " | ".join(interpret_address(0xFFFF888012345678))
+    assert "direct map" in notes
+    assert "poison" not in notes.lower() and "NULL" not in notes
+
+
+def test_null_deref_without_timestamps():
+    (r,) = parse_reports(NULL_DEREF)
+    assert r.title == "BUG: unable to handle kernel NULL pointer dereference in seq_read_iter"
+    assert r.kind == "null-deref"
+    assert r.context == ""
+    d = r.details
+    assert d.fault_address == 0x18
+    assert any("NULL" in n for n in d.address_notes)
+    assert [c for c, _ in d.taint_flags] == ["B", "W", "O"]
+    assert "memory was corrupted before" in dict(d.taint_flags)["B"]
+    assert d.kernel_release == "6.5.0"
+    names = [(f.function, f.reliable) for f in d.call_trace]
+    assert ("__die", False) in names and ("seq_read", True) in names
+    listing = disassemble_around(d.code.data, d.code.fault_offset, d.code.arch)
+    assert listing.instructions[listing.fault_index].text == "mov rax, qword ptr [rax + 0x18]"
+
+
+@pytest.mark.parametrize("prefix", [
+    "[  512.123456] ",
+    "[  512.123456][ T4242] ",
+    "<4>[  512.123456] ",
+    "[Mon Nov 23 16:00:00 2026] ",
+    "Nov 23 16:00:00 myhost kernel: ",
+    "2026-11-23T16:00:00+0000 myhost kernel: [  512.123456] ",
+])
+def test_same_title_whatever_the_log_prefix(prefix):
+    text = "".join(prefix + line + "\n" for line in NULL_DEREF.splitlines())
+    (r,) = parse_reports(text)
+    assert r.title == "BUG: unable to handle kernel NULL pointer dereference in seq_read_iter"
+    assert not r.corrupted
+
+
+def test_interleaved_tasks_are_kept_apart():
+    report = [f"[  9.{i:06d}][ T100] {line}" for i, line in enumerate(NULL_DEREF.splitlines())]
+    noise = [f"[  9.{i:06d}][ T200]  evil_frame+0x1/0x2" for i in range(len(report))]
+    mixed = [x for pair in zip(report, noise, strict=True) for x in pair]
+    (r,) = parse_reports("\n".join(mixed) + "\n")
+    assert r.context == "[T100]"
+    assert r.guilty_frame == "seq_read_iter"
+    assert all("evil_frame" not in line for line in r.lines)
+    assert "evil_frame" not in [f.function for f in r.details.call_trace]
+
+
+def test_truncated_report_is_flagged_not_invented():
+    # Cut right after the header: there is no frame to blame.
+    (r,) = parse_reports("[  1.000000] BUG: unable to handle kernel \n[  1.000001] usb 1-1: x\n")
+    assert r.corrupted
+    assert r.guilty_frame is None
+    # Cut before the call trace: the RIP frame names it, but it is marked corrupted.
+    cut = "\n".join(NULL_DEREF.splitlines()[:6]) + "\n"
+    (r,) = parse_reports(cut)
+    assert r.title.endswith("in seq_read_iter")
+    assert r.corrupted and "stack" in r.corrupted_reason
+
+
+def test_several_reports_in_one_log():
+    warning = ("WARNING: CPU: 0 PID: 1 at kernel/foo.c:10 foo_fn+0x10/0x20\nCall Trace:\n"
+               " bar_fn+0x1/0x2\n baz_fn+0x3/0x4\n")
+    text = NULL_DEREF + "random noise\n" + warning
+    titles = [r.title for r in parse_reports(text)]
+    assert titles == [
+        "BUG: unable to handle kernel NULL pointer dereference in seq_read_iter",
+        "WARNING in bar_fn",
+    ]
+
+
+def test_code_line_arm64():
+    code = parse_code_line("Code: 910003fd f9000bf3 aa0003f3 97932e41 (08dffe60)")
+    assert code is not None and code.arch == "arm64" and code.fault_offset == 16
+    listing = disassemble_around(code.data, code.fault_offset, code.arch)
+    assert listing.instructions[listing.fault_index].mnemonic == "ldarb"
+    assert listing.instructions[0].text == "mov x29, sp"
+
+
+def test_code_line_rejects_garbage():
+    assert parse_code_line("Code: Bad RIP value.") is None
+    assert parse_code_line("Code: 48 89 e5 5d c3") is None  # no faulting byte marked
+    assert parse_code_line("Code: <48> <89>") is None
+
+
+def test_disassemble_keeps_undecodable_bytes():
+    insns = disassemble(b"\x90\x06\x90", 0x1000)  # 0x06 is invalid in 64-bit mode
+    assert [i.valid for i in insns] == [True, False, True]
+    assert [i.address for i in insns] == [0x1000, 0x1001, 0x1002]
+    with pytest.raises(ValueError):
+        disassemble(b"\x90", 0, arch="pdp11")
+
+
+def test_rust_demangling():
+    assert demangle("_RNvMs3_NtCshgDM7dBCdno_11rust_binder7processNtB5_7Process10update_ref") \
+        == "<rust_binder::process::Process>::update_ref"
+    assert demangle("_RNvCscSpY9Juk0HT_7___rustc17rust_begin_unwind") \
+        == "__rustc::rust_begin_unwind"
+    assert demangle("__cfi__RNvNtCs9jEwPDbx20M_4core9panicking9panic_fmt") \
+        == "__cfi_core::panicking::panic_fmt"
+    assert demangle("pipe_read") == "pipe_read"
+    assert demangle("_RBBBBBBBB") == "_RBBBBBBBB"  # malformed: left alone
+
+
+def test_symbolize_bare_addresses():
+    names = {0xFFFFFFFF81234567: "pipe_read+0x17/0x200"}
+    text = ("[  1.0]  [<ffffffff81234567>]\n[  1.1]  [<ffffffff80000000>]\n"
+            "RIP: 0010:ffffffff81234567\n")
+    out = symbolize_log(text, names.get).splitlines()
+    assert out[0] == "[  1.0]  [<ffffffff81234567>] pipe_read+0x17/0x200"
+    assert out[1] == "[  1.1]  [<ffffffff80000000>]"
+    assert out[2] == "RIP: 0010:pipe_read+0x17/0x200"
