@@ -228,6 +228,13 @@ def test_fuse_writer_holds_i_rwsem_and_truncate_hangs(capsys):
         code, _ = run_cli(capsys, "--min-sleep", "0.2", str(b.pid))
         assert code == 1
 
+        # Without kernel memory the lock is unseen, and doctor says so.
+        blind = diagnose(take_snapshot(stacks=True), min_sleep=0.2, kernel_memory=False,
+                         kernel_log=False).restricted_to({b.pid})
+        [h] = [h for h in blind.hung if h.task.pid == b.pid]
+        assert h.chain == () and "not visible without kernel memory" in h.root
+        assert any("kernel memory" in n for n in blind.notes)
+
 
 @pytest.mark.timeout(90)
 def test_fuse_servers_writing_into_each_other_is_a_deadlock():

@@ -127,6 +127,9 @@ def build_graph(snapshot: Snapshot, *, kernel_memory: bool = True) -> tuple[Wait
         from kpeek.diagnose.kernlocks import kernel_lock_edges
 
         kernel_lock_edges(graph)
+    elif any(t.state == "D" for t in snapshot.tasks):
+        graph.notes.append("kernel memory not read (--no-kernel-memory): the kernel locks "
+                           "that D-state tasks sleep on are not seen")
     graph.link_processes()
     return graph, idle
 
@@ -177,7 +180,11 @@ def _deadlocks(graph: WaitGraph, stuck: set[str]) -> list[Deadlock]:
 
 
 def _rotate(cycle: list[WaitEdge]) -> list[WaitEdge]:
-    """Start a cycle's story at a task, not at a process node."""
+    """Start a cycle's story at a process's hop to its thread (told as one
+    line with the thread's wait), else at a task."""
+    for i, e in enumerate(cycle):
+        if e.kind == "thread":
+            return cycle[i:] + cycle[:i]
     for i, e in enumerate(cycle):
         if e.waiter.startswith("task:"):
             return cycle[i:] + cycle[:i]
@@ -284,7 +291,7 @@ def describe_root(graph: WaitGraph, node: str) -> str:
         if any(f.startswith(IO_WAITS) for f in frames):
             return f"{_who(t)}, waiting for I/O in {t.wchan} (the disk or a page lock)"
         return f"{_who(t)}, in uninterruptible sleep in {t.wchan or '?'} (what it waits for is " \
-               "not visible" + ("" if t.address else " without kernel memory") + ")"
+               "not visible" + ("" if graph.kernel_memory_read else " without kernel memory") + ")"
     return f"{_who(t)}, sleeping in {t.wchan or '?'}"
 
 

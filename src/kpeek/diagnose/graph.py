@@ -71,6 +71,7 @@ class WaitGraph:
     edges: list[WaitEdge] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     pipe_waits: list = field(default_factory=list)  # pipes.PipeWait, filled by pipe_edges
+    kernel_memory_read: bool = False  # set when kernel locks could be examined
 
     def __post_init__(self) -> None:
         self._seen: set[WaitEdge] = set(self.edges)

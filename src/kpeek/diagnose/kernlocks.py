@@ -257,6 +257,7 @@ def kernel_lock_edges(graph: WaitGraph) -> None:
             f"that {len(sleepers)} D-state task(s) sleep on are not seen; run as root "
             "on a kernel with BPF and BTF")
         return
+    graph.kernel_memory_read = True
     for t in sleepers:
         try:
             wait = reader.find_lock_wait(t)

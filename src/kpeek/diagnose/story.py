@@ -47,30 +47,42 @@ def _same_task(e: WaitEdge) -> bool:
 
 def chain_lines(graph: WaitGraph, edges: tuple[WaitEdge, ...] | list[WaitEdge],
                 asleep: dict[int, float] | None = None) -> list[str]:
-    """One line per wait; a process's hop to its own main thread is skipped.
-    D-state waiters get their time asleep when ``asleep`` knows it."""
+    """One line per wait. A process's hop to one of its threads becomes a
+    prefix of the thread's line ("X (pid 1), through its thread Y, waits
+    for ..."); a hop to its own main thread is dropped. D-state waiters get
+    their time asleep when ``asleep`` knows it."""
     lines = []
+    through = ""
     for e in edges:
-        if _same_task(e):
+        if e.kind == "thread":
+            if not _same_task(e):
+                through = f"{who(graph, e.waiter)}, through its thread "
             continue
         pid = node_pid(e.waiter)
         slept = ""
         if asleep and e.waiter.startswith("task:") and pid in asleep:
             slept = f" (D state, asleep {asleep[pid]:.1f} s)"
-        lines.append(f"{who(graph, e.waiter)}{slept} {edge_words(graph, e)}")
+        comma = "," if through else ""
+        lines.append(f"{through}{who(graph, e.waiter)}{slept}{comma} {edge_words(graph, e)}")
+        through = ""
     return lines
 
 
 def deadlock_text(graph: WaitGraph, d: Deadlock, limit: int = 5,
                   asleep: dict[int, float] | None = None) -> list[str]:
-    count = len({node_pid(n) for n in d.nodes})
+    tasks = {node_pid(n) for n in d.nodes if n.startswith("task:")}
+    processes = {node_pid(n) for n in d.nodes if n.startswith("proc:")} - tasks
     many = "s" if len(d.cycles) > 1 else ""
-    out = [f"DEADLOCK: {count} tasks wait on each other in a circle ({len(d.cycles)} cycle{many})"]
+    who_waits = f"{len(tasks)} tasks" + (f" and {len(processes)} process" if processes else "")
+    if len(processes) > 1:
+        who_waits += "es"
+    out = [f"DEADLOCK: {who_waits} wait on each other in a circle "
+           f"({len(d.cycles)} cycle{many})"]
     for i, cycle in enumerate(d.cycles[:limit], 1):
         if len(d.cycles) > 1:
             out.append(f"  cycle {i}:")
         out.extend(f"    {line}" for line in chain_lines(graph, cycle, asleep))
-        out.append(f"    ... and so back to {who(graph, cycle[0].waiter)}: none can go on.")
+        out.append(f"    ... and so back to {who(graph, cycle[0].waiter)}: none of them can go on.")
     if len(d.cycles) > limit:
         out.append(f"  ({len(d.cycles) - limit} more cycles through the same tasks)")
     return out
