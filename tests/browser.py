@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -33,6 +34,19 @@ FLAGS = (
 )
 
 
+# Chromium reads commands on fd 3 and answers on fd 4; put the pipes there
+# (dash cannot redirect fds above 9, so no shell line).
+_TRAMPOLINE = """
+import fcntl, os, sys
+r, w = (fcntl.fcntl(int(fd), fcntl.F_DUPFD, 10) for fd in sys.argv[1:3])
+os.dup2(r, 3)
+os.dup2(w, 4)
+os.set_inheritable(3, True)
+os.set_inheritable(4, True)
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
 class BrowserError(Exception):
     pass
 
@@ -46,9 +60,9 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="kpeek-chromium-")
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
-        script = f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}'
         self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", script, exe, *FLAGS, "--remote-debugging-pipe",
+            [sys.executable, "-c", _TRAMPOLINE, str(to_chrome_r), str(from_chrome_w),
+             exe, *FLAGS, "--remote-debugging-pipe",
              f"--user-data-dir={self.profile}", "about:blank"],
             pass_fds=(to_chrome_r, from_chrome_w),
             stdin=subprocess.DEVNULL,

@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="kill the program after SECONDS (it may wait forever on a pipe)")
-    p.add_argument("--max-steps", type=int, default=2000, metavar="N",
-                   help="stop recording after N steps (default 2000)")
+    p.add_argument("--max-steps", type=int, default=10000, metavar="N",
+                   help="stop recording after N steps (default 10000)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS]")
     p.set_defaults(func=run)
 

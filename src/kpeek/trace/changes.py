@@ -166,19 +166,47 @@ def _changes(step: Step, prev: Snapshot | None, prev_labels: dict[str, str],
 _OPENS = ("open", "openat", "openat2", "creat")
 
 
+def _on_fd(step: Step, fd: int) -> bool:
+    """A step that only looks at or marks close-on-exec descriptor ``fd``."""
+    if not step.args or step.args[0] != str(fd):
+        return False
+    if step.syscall == "lseek":
+        return True
+    if step.syscall == "ioctl":
+        return step.args[1:2] == ("FIOCLEX",)
+    return step.syscall == "fcntl" and step.args[1:2] == ("F_SETFD",)
+
+
 def drop_transient(steps: list[Step]) -> tuple[list[Step], int]:
     """Steps without transient close-on-exec opens, and how many were dropped.
 
-    The dynamic loader and libc open a file with O_CLOEXEC, read it and close
-    it at once (ld.so.cache, libraries, locales). Such an open and its close
-    are dropped when the process's very next recorded step is that close.
+    The dynamic loader, libc and language runtimes open a file close-on-exec
+    (O_CLOEXEC, or FIOCLEX/F_SETFD right after), read it and close it at once
+    (ld.so.cache, libraries, locales, modules). Such an open, its close and
+    any lseek or close-on-exec marking of that fd in between are dropped when
+    the process does nothing else recorded in between. Opens without
+    close-on-exec are kept: that is what a program under study usually does.
     """
+    by_tgid: dict[int, list[int]] = {}
+    for i, s in enumerate(steps):
+        by_tgid.setdefault(s.tgid, []).append(i)
+    position = {i: n for ids in by_tgid.values() for n, i in enumerate(ids)}
     drop: set[int] = set()
     for i, s in enumerate(steps):
-        if s.syscall not in _OPENS or s.result is None or "O_CLOEXEC" not in " ".join(s.args):
+        if s.syscall not in _OPENS or s.result is None or s.result < 0:
             continue
-        nxt = next((t for t in steps[i + 1 :] if t.tgid == s.tgid), None)
-        if nxt is not None and nxt.syscall == "close" and nxt.args == (str(s.result),):
-            drop.update((i, nxt.index))
+        fd = s.result
+        cloexec = "O_CLOEXEC" in " ".join(s.args)
+        run = [i]
+        for j in by_tgid[s.tgid][position[i] + 1 :]:
+            t = steps[j]
+            run.append(j)
+            if t.syscall == "close" and t.args == (str(fd),):
+                if cloexec:
+                    drop.update(run)
+                break
+            if not _on_fd(t, fd):
+                break
+            cloexec = cloexec or t.syscall in ("ioctl", "fcntl")
     kept = [s for i, s in enumerate(steps) if i not in drop]
     return kept, len(drop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rich.text import Text
@@ -121,8 +122,11 @@ def step_svg(view: StepView) -> str:
 
 def to_html(trace: Trace, views: list[StepView]) -> str:
     """One page to step through the trace; every diagram laid out by Graphviz."""
+    # Layout dominates: two dot processes at a time (machines have few cores).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        svgs = list(pool.map(step_svg, views))
     steps = []
-    for i, v in enumerate(views):
+    for i, (v, svg) in enumerate(zip(views, svgs, strict=True)):
         steps.append({
             "index": i,
             "pid": v.step.pid,
@@ -131,7 +135,7 @@ def to_html(trace: Trace, views: list[StepView]) -> str:
             "result": for_terminal(_result(v)) if _result(v) is not None else None,
             "failed": v.step.failed,
             "changes": v.changes,
-            "svg": step_svg(v),
+            "svg": svg,
         })
     title = "kpeek trace: " + " ".join(trace.command)
     return html.trace_page(title, steps)

@@ -82,8 +82,10 @@ def signed(value: int, bits: int = 64) -> int:
 
 def is_recorded(name: str, args: tuple[int, ...], io: bool = False) -> bool:
     """Whether a successful ``name(args)`` changes what the diagram shows."""
-    if name in TABLE_CHANGING or (name == "lseek") or (io and name in OFFSET_CHANGING):
+    if name in TABLE_CHANGING or (io and name in OFFSET_CHANGING):
         return True
+    if name == "lseek":  # lseek(fd, 0, SEEK_CUR) only asks where the offset is
+        return not (args[1] == 0 and args[2] == 1)
     if name == "fcntl":
         return signed(args[1], 32) in (F_DUPFD, F_SETFD, F_SETFL, F_DUPFD_CLOEXEC)
     if name == "ioctl":
@@ -175,6 +177,10 @@ _ENTRY: dict[str, _Formatter] = {
     "lseek": lambda p, a: [_fd(a[0]), str(signed(a[1])),
                            {0: "SEEK_SET", 1: "SEEK_CUR", 2: "SEEK_END"}.get(a[2], str(a[2]))],
     "memfd_create": lambda p, a: [_quote(read_string(p, a[0])), hex(a[1])],
+    "pipe": lambda p, a: ["fds"],
+    "pipe2": lambda p, a: ["fds", open_flags(a[1]).replace("O_RDONLY|", "").replace(
+        "O_RDONLY", "0")],
+    "socketpair": lambda p, a: [str(a[0]), str(a[1]), str(a[2]), "fds"],
 }
 for _name in ("read", "write", "readv", "writev"):
     _ENTRY[_name] = lambda p, a: [_fd(a[0]), "...", str(a[2])]

@@ -25,7 +25,7 @@ from kpeek.sources import procfs
 from kpeek.trace import ptrace, syscalls
 from kpeek.trace.ptrace import TraceeGone
 
-DEFAULT_MAX_STEPS = 2000
+DEFAULT_MAX_STEPS = 10000
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,9 @@ class Tracer:
             if entry.name in syscalls.FORKS:
                 return  # recorded at the fork event, or a thread
             extra = syscalls.describe_exit(tid, entry.name, entry.raw, info.rval)
-            result_text = str(info.rval) + (f" {extra}" if extra else "")
+            result_text = str(info.rval)
+            if extra and "fds" in entry.args:  # pipe(fds) -> pipe([3, 4])
+                entry.args[entry.args.index("fds")] = extra
             replaced: frozenset[tuple[int, int]] = frozenset()
             if entry.name in ("dup2", "dup3"):
                 replaced = frozenset({(self.tgid_of[tid], syscalls.signed(entry.raw[1], 32))})
@@ -334,6 +336,9 @@ class Tracer:
                 continue
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 self._gone(tid, status)
+            elif os.WIFSTOPPED(status):
+                # A killed tracee still stops at PTRACE_EVENT_EXIT: let it go on.
+                ptrace.resume(tid, 0, ptrace.PTRACE_CONT)
         self.tgid_of.clear()
         self.held.clear()
 
