@@ -169,6 +169,7 @@ def parent_with_three_children():
     """A python parent with three sleeping children (and one extra thread)."""
     code = (
         "import os, sys, time, threading\n"
+        "os.setpgid(0, 0)\n"
         "kids = [os.fork() or (time.sleep(120), os._exit(0)) for _ in range(3)]\n"
         "threading.Thread(target=time.sleep, args=(120,), daemon=True).start()\n"
         "print(' '.join(map(str, kids)), flush=True)\n"
@@ -206,6 +207,29 @@ def test_children_and_thread_lists_of_a_real_process(parent_with_three_children)
     assert threads.complete
     assert sorted(tids) == sorted(int(t) for t in os.listdir(f"/proc/{parent}/task"))
     assert len(tids) == 2
+    # an hlist: every task of the process group hangs off struct pid.tasks[PIDTYPE_PGID]
+    pgid = kernel.types.lookup("enum pid_type")
+    pgid_index = next(v.value for v in pgid.enumerators if v.name == "PIDTYPE_PGID")
+    group = kernel.list_entries(
+        task.member("thread_pid").deref().member(f"tasks[{pgid_index}]"),
+        "struct task_struct", f"pid_links[{pgid_index}]", hlist=True)
+    assert group.complete, group.finding
+    members = [kernel.object("struct task_struct", a).member("pid").value()
+               for a in group.entries]
+    assert sorted(members) == sorted(_pgid_members(parent))
+    assert len(members) == 4
+
+
+def _pgid_members(pgid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+                if int(stat[stat.rindex(b")") + 2 :].split()[2]) == pgid:
+                    out.append(int(entry))
+    return out
 
 
 def _task_address(pid: int) -> int:
