@@ -46,3 +46,21 @@ def test_cli_live_log():
     assert res.returncode == 0, res.stderr
     assert '"schema": "kpeek.oops/' in res.stdout
     assert '"source": "/dev/kmsg"' in res.stdout
+
+
+def test_live_symbolization_with_kallsyms():
+    require("root")
+    from kpeek.kernel.symbols import load_kallsyms
+    from kpeek.reports.symbolize import symbolize_log
+
+    syms = load_kallsyms()
+    addr = syms.address_of("vfs_read")
+    if not addr:
+        pytest.skip("kallsyms shows no addresses here")
+    out = symbolize_log(f"[  1.000000]  [<{addr + 5:016x}>]\n", syms.symbolize)
+    assert f"[<{addr + 5:016x}>] vfs_read+0x5/" in out
+    # and the parser then names the frame
+    log = ("[  1.0] WARNING: CPU: 0 PID: 1 at fs/read_write.c:1 x+0x1/0x2\n"
+           "[  1.1] Call Trace:\n" + out)
+    (report,) = parse_reports(log)
+    assert report.title == "WARNING in vfs_read"

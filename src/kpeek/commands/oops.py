@@ -148,7 +148,7 @@ def print_report(out, r: Report, number: int, show_raw: bool, full: bool) -> Non
     out.print(Text(f"[{number}] ", style="bold") + Text(render.name(r.title).plain,
                                                            style="bold red"))
     facts: list[tuple[str, Text | str]] = []
-    kind = r.kind + (f" ({KINDS.get(r.kind, '')})" if r.kind in KINDS else "")
+    kind = r.kind + (f": {KINDS[r.kind]}" if r.kind in KINDS else "")
     extra = ", ".join(x for x in (r.detector, r.access) if x)
     facts.append(("kind", kind + (f" [{extra}]" if extra else "")))
     facts.append(("guilty frame", r.guilty_frame or "not found (report corrupted)"))
@@ -218,29 +218,48 @@ def code_listing(d: Details) -> Listing | None:
     """The Code: bytes disassembled around the faulting instruction, if possible."""
     if d.code is None:
         return None
+    # With the faulting ip as func+off/size, place the bytes inside the
+    # function so branch targets within it can be named.
+    base, symbolize = 0, None
+    func, off, size = _ip_parts(d)
+    if func is not None and off >= d.code.fault_offset:
+        base = off - d.code.fault_offset
+
+        def symbolize(addr: int) -> str | None:
+            return f"{func}+{addr:#x}" if 0 <= addr < size else None
     try:
-        return disassemble_around(d.code.data, d.code.fault_offset, d.code.arch)
+        return disassemble_around(d.code.data, d.code.fault_offset, d.code.arch,
+                                  address=base, symbolize=symbolize)
     except ValueError:
         return None
 
 
+def _ip_parts(d: Details) -> tuple[str | None, int, int]:
+    """(function, offset, size) of the faulting ip ``func+0xoff/0xsize``."""
+    if not d.ip or "+0x" not in d.ip:
+        return None, 0, 0
+    func, _, rest = d.ip.partition("+")
+    off, _, size = rest.partition("/")
+    try:
+        return func, int(off, 16), int(size, 16) if size else 0
+    except ValueError:
+        return None, 0, 0
+
+
 def _location(d: Details, rel: int) -> str:
     """An instruction's place: ``func+0xoff`` when the faulting ip is known, else ``+0xrel``."""
-    if d.ip and "+0x" in d.ip:
-        func, _, rest = d.ip.partition("+")
-        try:
-            off = int(rest.split("/")[0], 16) + rel
-        except ValueError:
-            return f"{rel:+#x}"
-        return f"{func}{'+' if off >= 0 else '-'}{abs(off):#x}"
-    return f"{rel:+#x}"
+    func, off, _ = _ip_parts(d)
+    if func is None:
+        return f"{rel:+#x}"
+    off += rel
+    return f"{func}{'+' if off >= 0 else '-'}{abs(off):#x}"
 
 
 def _print_code(out, d: Details) -> None:
     listing = code_listing(d)
     if listing is None or d.code is None:
         return
-    base = d.code.fault_offset
+    base = listing.instructions[listing.fault_index].address
     out.print(Text("code", style="bold") + Text(f"  (Code: bytes decoded, {d.code.arch};"
                                                 " '<--' marks the faulting instruction)",
                                                 style="dim"))
@@ -248,7 +267,8 @@ def _print_code(out, d: Details) -> None:
     for i, ins in enumerate(listing.instructions):
         rel = ins.address - base
         mark = i == listing.fault_index
-        line = f"   {_location(d, rel):>{width}}  {ins.raw.hex(' '):<24} {ins.text}"
+        target = f"  <{ins.symbol}>" if ins.symbol else ""
+        line = f"   {_location(d, rel):>{width}}  {ins.raw.hex(' '):<24} {ins.text}{target}"
         out.print(Text(line + ("   <-- fault" if mark else ""),
                        style="bold red" if mark else ("dim" if not ins.valid else "")))
 
@@ -259,13 +279,16 @@ def report_json(r: Report, number: int, show_raw: bool) -> dict[str, Any]:
     listing = code_listing(d)
     code = None
     if d.code is not None:
+        fault_address = (listing.instructions[listing.fault_index].address
+                         if listing is not None else 0)
         code = {
             "arch": d.code.arch,
             "bytes": d.code.data.hex(),
             "fault_offset": d.code.fault_offset,
             "instructions": [] if listing is None else [
-                {"offset": ins.address - d.code.fault_offset,
-                 "location": _location(d, ins.address - d.code.fault_offset),
+                {"offset": ins.address - fault_address,
+                 "location": _location(d, ins.address - fault_address),
+                 "target": ins.symbol,
                  "bytes": ins.raw.hex(),
                  "text": ins.text, "valid": ins.valid, "fault": i == listing.fault_index}
                 for i, ins in enumerate(listing.instructions)
