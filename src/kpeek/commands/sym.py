@@ -64,5 +64,9 @@ def run(args: argparse.Namespace) -> int:
         module = f" [{sym.module}]" if sym.module else ""
         off = address - sym.address
         where = sym.name if off == 0 else f"{sym.name}+0x{off:x}"
-        sys.stdout.write(f"{address:016x} ({sym.kind}) {where}/0x{sym.size:x}{module}\n")
+        note = ""
+        if not sym.is_function and off:
+            # kallsyms lists no data symbols here: only section markers
+            note = "  (inside a section; kallsyms has no data symbols)"
+        sys.stdout.write(f"{address:016x} ({sym.kind}) {where}/0x{sym.size:x}{module}{note}\n")
     return 0
