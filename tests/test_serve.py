@@ -1,0 +1,148 @@
+"""kpeek serve: loopback only, token required, a page that refreshes itself."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psutil
+import pytest
+
+from browser import Browser
+from capabilities import require
+from kpeek.web.server import LiveServer
+from scenarios import PIPE_FORK_DUP2, family
+
+
+@contextmanager
+def running(pids: list[int], interval: float = 1.0) -> Iterator[LiveServer]:
+    server = LiveServer(0, pids, interval)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def get(server: LiveServer, path: str, host: str | None = None) -> tuple[int, bytes, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Host": host or f"127.0.0.1:{server.port}"})
+        resp = conn.getresponse()
+        return resp.status, resp.read(), dict(resp.getheaders())
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_token_is_required_for_every_path():
+    require("graphviz")
+    with family(PIPE_FORK_DUP2) as fam, running([fam.info["parent"]]) as server:
+        token = server.token
+        assert len(token) >= 32
+        for path in ("/", "/diagram.svg", "/?token=", f"/?token={token[:-1]}x",
+                     f"/diagram.svg?token={token.upper()}", "/nothing"):
+            status, body, _ = get(server, path)
+            assert status == 403, path
+            assert b"svg" not in body and token.encode() not in body
+        # right token, wrong Host (a DNS-rebinding page): refused too
+        assert get(server, f"/?token={token}", host=f"evil.example:{server.port}")[0] == 403
+        status, body, headers = get(server, f"/?token={token}")
+        assert status == 200 and b"<!DOCTYPE html>" in body
+        assert headers["Cache-Control"] == "no-store"
+        assert headers["Referrer-Policy"] == "no-referrer"
+        status, svg, headers = get(server, f"/diagram.svg?token={token}")
+        assert status == 200 and headers["Content-Type"] == "image/svg+xml"
+        texts = " ".join("".join(t.itertext()) for t in ET.fromstring(svg).iter(
+            "{http://www.w3.org/2000/svg}text"))
+        assert f"PID {fam.info['parent']}" in texts
+        # another process, chosen in the URL; junk pids are a 400, not a crash
+        status, svg, _ = get(server, f"/diagram.svg?token={token}&pids={fam.info['child']}")
+        assert status == 200 and f"PID {fam.info['child']}".encode() in svg
+        assert get(server, f"/diagram.svg?token={token}&pids=1;rm")[0] == 400
+        assert get(server, f"/diagram.svg?token={token}&pids=999999999")[0] == 400
+
+
+def _other_addresses() -> list[str]:
+    found = []
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                found.append(a.address)
+    return found
+
+
+@pytest.mark.timeout(60)
+def test_not_reachable_on_other_addresses():
+    with running([os.getpid()]) as server:
+        assert server.server_address[0] == "127.0.0.1"
+        targets = ["127.0.0.2", *_other_addresses()]
+        for address in targets:
+            with socket.socket() as s, pytest.raises(OSError):
+                s.settimeout(3)
+                s.connect((address, server.port))
+        # and the loopback address itself is served
+        with socket.create_connection(("127.0.0.1", server.port), timeout=3):
+            pass
+
+
+@pytest.mark.timeout(120)
+def test_live_page_in_chromium_shows_and_refreshes_the_diagram():
+    require("graphviz", "chromium")
+    with family(PIPE_FORK_DUP2) as fam, running([fam.info["parent"]], interval=0.5) as server, \
+            Browser() as browser:
+        browser.open(server.url)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            updates = browser.evaluate(
+                "Number(document.getElementById('diagram').dataset.updates || 0)")
+            if updates >= 2:
+                break
+            time.sleep(0.2)
+        assert updates >= 2  # it fetched the diagram again by itself
+        texts = browser.evaluate(
+            "Array.from(document.querySelectorAll('#diagram svg text')).map(t => t.textContent)"
+        )
+        assert f"PID {fam.info['parent']}" in " ".join(texts)
+        assert "open file table" in texts
+        assert browser.evaluate("document.getElementById('pids').value") == str(
+            fam.info["parent"])
+        # the same page without the token: refused
+        browser.open(f"http://127.0.0.1:{server.port}/")
+        assert "forbidden" in browser.evaluate("document.body.textContent")
+
+
+@pytest.mark.timeout(60)
+def test_serve_command_prints_a_tokened_loopback_url_and_stops_on_ctrl_c():
+    require("graphviz")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kpeek", "serve", "--port", "0", str(os.getpid())],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=([\w-]+)", line)
+        assert match, line
+        port, token = int(match[1]), match[2]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", f"/diagram.svg?token={token}")
+        assert conn.getresponse().status == 200
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
