@@ -115,8 +115,8 @@ def all_text(diag: Diagnosis) -> list[list[str]]:
     """Every finding as a block of lines."""
     g = diag.graph
     blocks = [deadlock_text(g, d, asleep=diag.asleep) for d in diag.deadlocks]
-    blocks += [hung_text(g, h) for h in diag.hung]
     blocks += [pipe_text(g, p) for p in diag.pipes]
+    blocks += [hung_text(g, h) for h in diag.hung]
     blocks += [[f"KERNEL REPORT: {r.title} ({r.kind}, log line {r.line + 1}): "
                 "`kpeek oops` decodes it"] for r in diag.reports]
     return blocks
