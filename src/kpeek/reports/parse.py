@@ -204,12 +204,16 @@ def _collect(log: _Log, scanner: MarkerScanner, start: int,
         end = log.line_end(pos)
         log.budget -= 1 + (end - pos) // MAX_LINE  # long lines cost what finding their end costs
         raw = log.line(pos, end)
+        line = split_line(raw, number)
         if 0 <= next_hit < end:
             starts = _kind_of(raw) is not None
             if starts:
                 last_marker_line = number
+            # A panic line continues our report, unless another task printed it.
+            continues = any(c.search(raw) for c in CONTINUATION_MARKERS) and not (
+                has_caller and line.context != context)
             if next_report is None and (
-                (starts and not any(c.search(raw) for c in CONTINUATION_MARKERS))
+                (starts and not continues)
                 or (not starts and any(s in raw for s in INFO_WITH_STACK))
             ):
                 next_report = pos
@@ -217,7 +221,6 @@ def _collect(log: _Log, scanner: MarkerScanner, start: int,
                     # Without caller ids nothing after here is reliably ours.
                     break
             next_hit = scanner.next_at(end + 1) if end + 1 <= len(text) else -1
-        line = split_line(raw, number)
         pos, number = end + 1, number + 1
         if line.context != context and not (cpu_traceback and line.context.startswith("[C")):
             continue
