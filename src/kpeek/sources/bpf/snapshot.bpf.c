@@ -13,7 +13,21 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define MAX_STACK_DEPTH 64
 #define PATH_BUF 4096
+#define SCRATCH 8192
+#define TEXT_AT 512   /* stack text after the MAX_STACK_DEPTH return addresses */
+#define TEXT_MAX 4096
+#define FRAME_MAX 192
+#define WCHAN_AT (TEXT_AT + TEXT_MAX)
+#define WCHAN_MAX 64
 #define MAX_PID_LEVEL 32
+#define TASK_WAKING 0x0200
+
+/* Scheduler and lock code, which get_wchan() looks past (in_sched_functions);
+ * libbpf resolves these from kallsyms at load time, 0 where missing. */
+extern const void __sched_text_start __ksym __weak;
+extern const void __sched_text_end __ksym __weak;
+extern const void __lock_text_start __ksym __weak;
+extern const void __lock_text_end __ksym __weak;
 
 /* Set by userspace before each run (the .bss map). */
 struct kpeek_snapshot_args {
@@ -38,7 +52,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, char[PATH_BUF]);
+	__type(value, char[SCRATCH]);
 } scratch SEC(".maps");
 
 /* struct file address -> generation of the run that last emitted its path:
@@ -55,6 +69,16 @@ struct {
 /* Older kernels, and newer ones, seen through CO-RE "flavors". */
 struct task_struct___blocker {
 	unsigned long blocker;
+} __attribute__((preserve_access_index));
+
+/* 6.12+: a task that blocked may stay on its runqueue a while ("delayed
+ * dequeue"); it is still blocked. */
+struct sched_entity___delayed {
+	unsigned char sched_delayed;
+} __attribute__((preserve_access_index));
+
+struct task_struct___delayed {
+	struct sched_entity___delayed se;
 } __attribute__((preserve_access_index));
 
 struct file___f_count {
@@ -78,7 +102,8 @@ struct kpeek_task_rec {
 	__u32 ns_mnt, ns_net, ns_ipc, ns_uts, ns_user, ns_cgroup, ns_time;
 	__u32 has_blocker;
 	char comm[16];
-	__s32 stack_bytes;
+	char wchan[WCHAN_MAX]; /* as /proc/PID/wchan shows it (%ps), "" for none */
+	__s32 stack_bytes; /* length of the stack text that follows, "%pB\n" a frame */
 	__u32 pad;
 };
 
@@ -119,6 +144,89 @@ static __always_inline __u32 global_nr(struct pid *pid)
 	return pid ? BPF_CORE_READ(pid, numbers[0].nr) : 0;
 }
 
+static __always_inline int in_sched_functions(__u64 ip)
+{
+	return (ip >= (__u64)&__sched_text_start && ip < (__u64)&__sched_text_end) ||
+	       (ip >= (__u64)&__lock_text_start && ip < (__u64)&__lock_text_end);
+}
+
+struct stack_walk {
+	long nbytes;        /* of return addresses at the start of scratch */
+	__u32 off;          /* of stack text written so far */
+	__u32 want_wchan;
+	__u32 got_wchan;
+	__u32 stacks;
+};
+
+/* One frame (bpf_loop callback: the verifier checks it once, not 64 times). */
+static long stack_frame(__u32 i, void *data)
+{
+	static const char frame_fmt[] = "%pB\n";
+	static const char wchan_fmt[] = "%ps";
+	struct stack_walk *walk = data;
+	__u32 zero = 0;
+	char *buf;
+	__u64 ip;
+	long w;
+
+	buf = bpf_map_lookup_elem(&scratch, &zero);
+	if (!buf || i >= MAX_STACK_DEPTH || (long)i * 8 >= walk->nbytes)
+		return 1;
+	ip = ((__u64 *)buf)[i];
+	if (walk->want_wchan && !in_sched_functions(ip)) {
+		bpf_snprintf(buf + WCHAN_AT, WCHAN_MAX, wchan_fmt, &ip, sizeof(ip));
+		walk->want_wchan = 0;
+		walk->got_wchan = 1;
+	}
+	if (!walk->stacks)
+		return walk->want_wchan ? 0 : 1;
+	if (walk->off > TEXT_MAX - FRAME_MAX)
+		return 1;
+	w = bpf_snprintf(buf + TEXT_AT + (walk->off & (TEXT_MAX - 1)), FRAME_MAX, frame_fmt, &ip,
+			 sizeof(ip));
+	if (w <= 1)
+		return 1;
+	walk->off += (w > FRAME_MAX ? FRAME_MAX : w) - 1; /* w counts the NUL */
+	return 0;
+}
+
+/* Fill rec->wchan as get_wchan() would (a blocked task's first return
+ * address outside scheduler and lock code) and, with `stacks`, write the
+ * stack as /proc/PID/stack prints it ("%pB" a frame) into the scratch
+ * buffer's text area. Returns the text length; *bufp is the scratch buffer
+ * (NULL when no text was written there). */
+static __always_inline int collect_stack(struct task_struct *task, struct kpeek_task_rec *rec,
+					 int stacks, char **bufp)
+{
+	struct stack_walk walk = {};
+	__u32 zero = 0;
+	char *buf;
+
+	*bufp = NULL;
+	walk.stacks = stacks;
+	walk.want_wchan = rec->state != 0 && rec->state != TASK_WAKING &&
+			  task != bpf_get_current_task_btf();
+	if (walk.want_wchan && BPF_CORE_READ(task, on_rq)) {
+		struct task_struct___delayed *td = (void *)task;
+
+		walk.want_wchan = bpf_core_field_exists(td->se.sched_delayed) &&
+				  BPF_CORE_READ(td, se.sched_delayed);
+	}
+	if (!stacks && !walk.want_wchan)
+		return 0;
+	buf = bpf_map_lookup_elem(&scratch, &zero);
+	if (!buf)
+		return 0;
+	walk.nbytes = bpf_get_task_stack(task, buf, MAX_STACK_DEPTH * 8, 0);
+	if (walk.nbytes <= 0)
+		return 0;
+	bpf_loop(MAX_STACK_DEPTH, stack_frame, &walk, 0);
+	if (walk.got_wchan)
+		__builtin_memcpy(rec->wchan, buf + WCHAN_AT, WCHAN_MAX);
+	*bufp = stacks ? buf : NULL;
+	return walk.off;
+}
+
 SEC("iter/task")
 int snapshot_tasks(struct bpf_iter__task *ctx)
 {
@@ -128,7 +236,7 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 	struct pid *pid, *tgid_pid, *pgrp, *session, *parent_tgid;
 	struct pid_namespace *ns;
 	struct nsproxy *nsp;
-	__u32 level, zero = 0;
+	__u32 level;
 	char *buf;
 
 	if (!task)
@@ -189,22 +297,10 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 	}
 	rec.ns_user = BPF_CORE_READ(task, real_cred, user_ns, ns.inum);
 
-	if (!snap_args.stacks) {
-		bpf_seq_write(seq, &rec, sizeof(rec));
-		return 0;
-	}
-	buf = bpf_map_lookup_elem(&scratch, &zero);
-	if (!buf) {
-		bpf_seq_write(seq, &rec, sizeof(rec));
-		return 0;
-	}
-	long n = bpf_get_task_stack(task, buf, MAX_STACK_DEPTH * 8, 0);
-	if (n < 0 || n > MAX_STACK_DEPTH * 8)
-		n = 0;
-	rec.stack_bytes = n;
+	rec.stack_bytes = collect_stack(task, &rec, snap_args.stacks, &buf);
 	bpf_seq_write(seq, &rec, sizeof(rec));
-	if (n > 0)
-		bpf_seq_write(seq, buf, n & (MAX_STACK_DEPTH * 8 * 2 - 1));
+	if (buf && rec.stack_bytes > 0)
+		bpf_seq_write(seq, buf + TEXT_AT, rec.stack_bytes & (TEXT_MAX - 1));
 	return 0;
 }
 

@@ -26,7 +26,7 @@ from kpeek.textsafe import decode
 SOURCE = "bpf"
 
 # struct kpeek_task_rec and struct kpeek_file_rec in snapshot.bpf.c
-TASK_REC = struct.Struct("<QQQ24I16siI")
+TASK_REC = struct.Struct("<QQQ24I16s64siI")
 FILE_REC = struct.Struct("<II6Q8IiI")
 _ARGS = struct.Struct("<6I")
 _generation = itertools.count(1)
@@ -52,68 +52,34 @@ def state_letter(state: int, exit_state: int) -> str:
     return _STATE_LETTERS[bits.bit_length()]
 
 
-class _Stacks:
-    """Symbolizes stack addresses as /proc/PID/stack does (%pB), loaded lazily."""
-
-    def __init__(self) -> None:
-        from kpeek.kernel.symbols import load_kallsyms
-
-        self.kallsyms = load_kallsyms()
-        sched = [self.kallsyms.address_of(n) for n in ("__sched_text_start", "__sched_text_end")]
-        lock = [self.kallsyms.address_of(n) for n in ("__lock_text_start", "__lock_text_end")]
-        self.skip = [(a, b) for a, b in (sched, lock) if a is not None and b is not None]
-        self._cache: dict[int, str] = {}
-
-    def frame(self, address: int) -> str:
-        text = self._cache.get(address)
-        if text is None:
-            # A return address may sit just past its function's end: name the
-            # call site (address - 1), print the offset of the address itself.
-            sym = self.kallsyms.lookup(address - 1)
-            if sym is None:
-                text = f"0x{address:x}"
-            else:
-                text = f"{sym.name}+0x{address - sym.address:x}/0x{sym.size:x}"
-                if sym.module:
-                    text += f" [{sym.module}]"
-            self._cache[address] = text
-        return text
-
-    def wchan(self, addresses: tuple[int, ...]) -> str | None:
-        """The first frame outside the scheduler and lock code (get_wchan)."""
-        for a in addresses:
-            if not any(lo <= a < hi for lo, hi in self.skip):
-                sym = self.kallsyms.lookup(a)
-                return sym.name if sym else None
-        return None
-
-
-def _run_tasks(stacks: bool) -> tuple[list[tuple], dict[int, tuple[int, ...]]]:
+def _run_tasks() -> tuple[list[tuple], dict[int, tuple[str, ...]]]:
+    """Task records, and the kernel stack text of each tid that has one."""
     out = bpf_iterator("snapshot", "snapshot_tasks").run()
     records: list[tuple] = []
-    stack_of: dict[int, tuple[int, ...]] = {}
+    stack_of: dict[int, tuple[str, ...]] = {}
     off, size, end = 0, TASK_REC.size, len(out)
     while off + size <= end:
         rec = TASK_REC.unpack_from(out, off)
         off += size
         nbytes = rec[-2]
         if nbytes > 0:
-            stack_of[rec[3]] = struct.unpack_from(f"<{nbytes // 8}Q", out, off)
+            # The kernel formatted each frame with %pB, as /proc/PID/stack does.
+            text = out[off : off + nbytes].decode("ascii", "replace")
+            stack_of[rec[3]] = tuple(text.splitlines())
             off += nbytes
         records.append(rec)
     return records, stack_of
 
 
-def _task(rec: tuple, stack: tuple[int, ...] | None, sym: _Stacks | None, all_ns: bool) -> Task:
+def _task(rec: tuple, stack: tuple[str, ...] | None, stacks: bool, all_ns: bool) -> Task:
     address, blocker, start_boottime, pid, tgid, ppid, pgid, sid = rec[:8]
     ns_pid, ns_tgid, ns_ppid, ns_pgid, ns_sid, pidns, state, exit_state, uid = rec[8:17]
     ns_inums = rec[19:26]
-    has_blocker, comm = rec[26], rec[27]
+    has_blocker, comm, wchan_raw = rec[26], rec[27], rec[28]
     letter = state_letter(state, exit_state)
-    kernel_stack = wchan = None
-    if sym is not None and stack is not None:
-        kernel_stack = tuple(sym.frame(a) for a in stack)
-        wchan = sym.wchan(stack) if letter != "R" else None
+    wchan = wchan_raw.split(b"\0", 1)[0].decode("ascii", "replace")
+    if wchan.startswith("0x"):  # no symbol there: /proc/PID/wchan says "0"
+        wchan = ""
     namespaces: tuple[Namespace, ...] = ()
     if all_ns:
         kinds = (("pid", pidns), *zip(_NS_KINDS, ns_inums, strict=True))
@@ -133,10 +99,10 @@ def _task(rec: tuple, stack: tuple[int, ...] | None, sym: _Stacks | None, all_ns
         ns_pgid=ns_pgid,
         ns_sid=ns_sid,
         uid=uid,
-        wchan=wchan,
+        wchan=wchan or None,
         start_time=start_boottime // _NSEC_PER_TICK,
         namespaces=namespaces,
-        kernel_stack=kernel_stack,
+        kernel_stack=(stack or ()) if stacks else None,
         blocker=blocker if has_blocker else None,
         address=address,
     )
@@ -211,6 +177,21 @@ def _run_files(
     return fds, open_files, inodes, vanished, in_order
 
 
+def _proc_pids() -> list[int]:
+    return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+
+
+def _hidden_note(before: list[int], seen: set[int]) -> list[str]:
+    """Say so when processes /proc listed before the walk, and still lists
+    after it, were not visited (seen on a sandboxed kernel for pid 1)."""
+    hidden = [p for p in before if p not in seen and os.path.exists(f"/proc/{p}")]
+    if not hidden:
+        return []
+    shown = ", ".join(map(str, hidden[:5])) + (", ..." if len(hidden) > 5 else "")
+    what = "process" if len(hidden) == 1 else "processes"
+    return [f"{len(hidden)} {what} in /proc not visible to BPF iterators (pid {shown})"]
+
+
 def _set_filter(tgids: list[int] | None, threads: bool, stacks: bool) -> None:
     obj = bpf_object("snapshot")
     for tgid in tgids or ():
@@ -240,8 +221,8 @@ def take_snapshot(
     UsageError. Raises NotPermitted (not root) or NotSupported (no BTF, no
     clang, the verifier refused, or a pid /proc lists is hidden from the BPF
     task iterator) so that the "auto" source can fall back to procfs. Tasks
-    that exit during the walk are simply absent. ``wchan`` is filled only with
-    ``stacks`` (it is read from the stack).
+    that exit during the walk are simply absent. Stacks and wchan are
+    formatted by the kernel itself (%pB, %ps), exactly as /proc prints them.
     """
     tgids = sorted(set(pids)) if pids is not None else None
     if tgids is not None:
@@ -251,10 +232,10 @@ def take_snapshot(
         if len(tgids) > 65536:
             tgids = None  # more than the filter map holds: take all, filter below
     notes: list[str] = []
-    sym = _Stacks() if stacks else None
+    listed_before = _proc_pids() if tgids is None else []
     _set_filter(tgids, threads, stacks)
     try:
-        records, stack_of = _run_tasks(stacks)
+        records, stack_of = _run_tasks()
         fds: list[FileDescriptor] = []
         open_files: dict[str, OpenFile] = {}
         inodes: dict[str, Inode] = {}
@@ -265,7 +246,7 @@ def take_snapshot(
         _clear_filter(tgids)
     wanted = set(pids) if pids is not None else None
     tasks = [
-        _task(rec, stack_of.get(rec[3]), sym, all_namespaces)
+        _task(rec, stack_of.get(rec[3]), stacks, all_namespaces)
         for rec in records
         if wanted is None or rec[4] in wanted
     ]
@@ -278,6 +259,8 @@ def take_snapshot(
                 "(use --source procfs)"
             )
         fds = [d for d in fds if d.tgid in wanted]
+    else:
+        notes += _hidden_note(listed_before, {rec[4] for rec in records})
     tasks.sort(key=lambda t: (t.tgid, t.pid != t.tgid, t.pid))
     if not in_order:
         fds.sort(key=lambda d: (d.tgid, d.fd))
