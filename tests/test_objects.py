@@ -105,3 +105,12 @@ def test_errors(btf, memory):
         task.member("pid").deref()
     with pytest.raises(MemoryReadError):
         Object(btf.lookup("struct task_struct"), 0xDEAD000, memory).member("pid").value()
+
+
+def test_char_arrays_are_text_and_byte_arrays_are_numbers(btf):
+    addr = btf.lookup("struct in6_addr")
+    mem = FakeMemory()
+    mem.map(0x10000, b"abc" + bytes(13))
+    octets = Object(addr, 0x10000, mem).member("in6_u.u6_addr8")  # __u8 [16]: bytes
+    assert octets.value()[:4] == [97, 98, 99, 0] and len(octets.value()) == 16
+    assert btf.declaration(octets.type.id, "x") == "__u8 x[16]"

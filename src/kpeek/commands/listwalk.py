@@ -142,11 +142,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _field_text(obj, symbols, scalar_text) -> str:
-    from kpeek.kernel.objects import is_char
+    from kpeek.kernel.objects import is_text_element
     from kpeek.textsafe import for_terminal
 
     r = obj.type.resolve()
-    if r.kind == Kind.ARRAY and is_char(r.btf.type(r.array_info[0])):
+    if r.kind == Kind.ARRAY and is_text_element(r.btf.type(r.array_info[0])):
         return '"' + for_terminal(obj.value()) + '"'
     if r.kind in (Kind.STRUCT, Kind.UNION, Kind.ARRAY):
         return for_terminal(str(obj.value()))

@@ -15,7 +15,7 @@ from kpeek import jsonout
 from kpeek.errors import UsageError
 from kpeek.kernel.btf import Kind, Type, UnknownType, load_vmlinux_btf
 from kpeek.kernel.live import parse_address, require_root
-from kpeek.kernel.objects import Object, is_char
+from kpeek.kernel.objects import Object, is_text_element
 from kpeek.kernel.symbols import Kallsyms
 from kpeek.textsafe import for_terminal
 
@@ -149,7 +149,7 @@ def _layout_members(
             mend = bit + m.bitfield_size
         else:
             mend = bit + size * 8
-        if not m.name and mr.kind in (Kind.STRUCT, Kind.UNION):
+        if not mr.name and mr.kind in (Kind.STRUCT, Kind.UNION):  # expand anonymous types
             entry["kind"] = mr.kind.name.lower()
             entry["members"], _ = _layout_members(mr, bit, totals, top=False)
         if top and not m.bitfield_size:
@@ -191,7 +191,8 @@ def _members_text(members: list[dict], depth: int) -> list[str]:
         if "members" in m:
             lines.append(f"{tab}{m['kind']} {{")
             lines += _members_text(m["members"], depth + 1)
-            lines.append(_with_comment(f"{tab}}};", f"{m['offset']:6d} {m['size']:6d}"))
+            name = f" {m['name']}" if m["name"] else ""
+            lines.append(_with_comment(f"{tab}}}{name};", f"{m['offset']:6d} {m['size']:6d}"))
             continue
         decl = _decl_for(m)
         if "bitfield_size" in m:
@@ -263,7 +264,7 @@ def json_value(obj: Object) -> Any:
         return out
     if k == Kind.ARRAY:
         elem_id, _, n = r.array_info
-        if is_char(r.btf.type(elem_id)):
+        if is_text_element(r.btf.type(elem_id)):
             return obj.value()
         return [json_value(obj[i]) for i in range(n)]
     return obj.value()
@@ -287,7 +288,7 @@ def scalar_text(obj: Object, symbols: Kallsyms | None) -> str:
         return "true" if v else "false"
     if isinstance(v, str):
         return v  # an enumerator name
-    if is_char(r) and 32 <= v < 127:
+    if is_text_element(obj.type) and 32 <= v < 127:
         return f"{v} '{chr(v)}'"
     return str(v)
 
@@ -307,7 +308,7 @@ def value_lines(obj: Object, name: str, depth: int, symbols: Kallsyms | None) ->
     if k == Kind.ARRAY:
         elem_id, _, n = r.array_info
         elem = r.btf.type(elem_id).resolve()
-        if is_char(elem):
+        if is_text_element(r.btf.type(elem_id)):
             return [f'{lead}"{for_terminal(obj.value())}",']
         if elem.kind in (Kind.STRUCT, Kind.UNION, Kind.ARRAY):
             lines = [f"{lead}{{"]

@@ -215,8 +215,7 @@ class Object:
             return struct.unpack(fmt, self.read_bytes())[0]
         if k == Kind.ARRAY:
             elem_id, _, n = t.array_info
-            elem = self.btf.type(elem_id).resolve()
-            if is_char(elem):
+            if is_text_element(self.btf.type(elem_id)):
                 raw = self.read_bytes()
                 return decode(raw.split(b"\0", 1)[0])
             return [self[i].value() for i in range(n)]
@@ -259,6 +258,17 @@ def is_char(t: Type) -> bool:
     return t.kind == Kind.INT and t.size == 1 and (
         bool(t.int_info[0] & INT_CHAR) or t.name in ("char", "signed char", "unsigned char")
     )
+
+
+def is_text_element(t: Type) -> bool:
+    """True when an array of ``t`` holds text: a char type written as such
+    (``char comm[16]``), not through a typedef such as u8 or __u8 (bytes)."""
+    for _ in range(16):
+        if t.kind in (Kind.CONST, Kind.VOLATILE, Kind.RESTRICT, Kind.TYPE_TAG):
+            t = t.target
+        else:
+            break
+    return t.kind == Kind.INT and is_char(t)
 
 
 def as_type(btf: Btf, type_or_name: Type | str) -> Type:
