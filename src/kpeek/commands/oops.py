@@ -263,14 +263,24 @@ def _print_code(out, d: Details) -> None:
     out.print(Text("code", style="bold") + Text(f"  (Code: bytes decoded, {d.code.arch};"
                                                 " '<--' marks the faulting instruction)",
                                                 style="dim"))
-    width = max(len(_location(d, ins.address - base)) for ins in listing.instructions)
-    for i, ins in enumerate(listing.instructions):
+    insns = listing.instructions
+    # Bytes that do not decode at the very end are an instruction the dump cut off.
+    keep = len(insns)
+    while keep > listing.fault_index + 1 and not insns[keep - 1].valid:
+        keep -= 1
+    cut = sum(ins.size for ins in insns[keep:])
+    insns = insns[:keep]
+    width = max(len(_location(d, ins.address - base)) for ins in insns)
+    for i, ins in enumerate(insns):
         rel = ins.address - base
         mark = i == listing.fault_index
         target = f"  <{ins.symbol}>" if ins.symbol else ""
         line = f"   {_location(d, rel):>{width}}  {ins.raw.hex(' '):<24} {ins.text}{target}"
         out.print(Text(line + ("   <-- fault" if mark else ""),
                        style="bold red" if mark else ("dim" if not ins.valid else "")))
+    if cut:
+        out.print(Text(f"   ({cut} more byte(s): an instruction cut off by the dump)",
+                       style="dim"))
 
 
 def report_json(r: Report, number: int, show_raw: bool) -> dict[str, Any]:
