@@ -202,3 +202,27 @@ def test_layout_works_without_root():
     )
     assert res.returncode == 0, res.stderr
     assert "struct list_head *next;" in res.stdout
+
+
+@pytest.mark.timeout(60)
+def test_hostile_comm_is_escaped_in_text_and_exact_in_json(capsys):
+    require("bpf")
+    evil = b"\x1b[31mX\n\xff"
+    code = (
+        f"open('/proc/self/comm', 'wb').write({evil!r})\n"
+        "import sys, time; print('ready', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert main(["task", str(proc.pid)]) == 0
+        out = capsys.readouterr().out
+        assert "\x1b" not in out and '"\\x1b[31mX\\n\\xff"' in out
+        address = run_json(capsys, ["task", str(proc.pid)])["address"]
+        doc = run_json(capsys, ["struct", "task_struct.comm", address])
+        assert doc["value"]["comm"].encode("utf-8", "surrogateescape") == evil
+        assert main(["struct", "task_struct.comm", address]) == 0
+        assert "\x1b" not in capsys.readouterr().out
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -10,6 +10,7 @@ not data symbols.
 from __future__ import annotations
 
 import bisect
+import os
 import re
 from dataclasses import dataclass
 
@@ -127,10 +128,12 @@ class Kallsyms:
             names = words[2::3]
             modules = None
         if addrs and not any(addrs):
-            raise NotPermitted(
-                f"kernel symbol addresses are hidden ({source} shows zeros): run kpeek as "
-                "root, or lower the kernel.kptr_restrict sysctl"
+            fix = (
+                "lower the kernel.kptr_restrict sysctl (it hides them even from root)"
+                if os.geteuid() == 0
+                else "run kpeek as root"
             )
+            raise NotPermitted(f"kernel symbol addresses are hidden ({source} shows zeros): {fix}")
         return cls(addrs, kinds, names, modules)
 
     def __len__(self) -> int:
