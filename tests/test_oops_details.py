@@ -160,3 +160,25 @@ def test_symbolize_bare_addresses():
     assert out[0] == "[  1.0]  [<ffffffff81234567>] pipe_read+0x17/0x200"
     assert out[1] == "[  1.1]  [<ffffffff80000000>]"
     assert out[2] == "RIP: 0010:pipe_read+0x17/0x200"
+
+
+def test_list_corruption_message_before_the_report():
+    text = (
+        "[ 5.0] list_del corruption, ffff888012345678->next is LIST_POISON1 (dead000000000100)\n"
+        "[ 5.1] ------------[ cut here ]------------\n"
+        "[ 5.2] kernel BUG at lib/list_debug.c:56!\n"
+        "[ 5.3] invalid opcode: 0000 [#1] PREEMPT SMP\n"
+        "[ 5.4] CPU: 2 PID: 33 Comm: kworker/2:1 Tainted: G        W 6.1.0 #1\n"
+        "[ 5.5] RIP: 0010:__list_del_entry_valid.cold+0x1d/0x47\n"
+        "[ 5.6] Call Trace:\n"
+        "[ 5.7]  <TASK>\n"
+        "[ 5.8]  my_driver_remove+0x4a/0x90 [mydrv]\n"
+        "[ 5.9]  platform_remove+0x28/0x60\n"
+    )
+    (r,) = parse_reports(text)
+    assert r.title == "BUG: corrupted list in my_driver_remove"
+    assert r.kind == "bad-access"
+    assert r.details.fault_address == 0xDEAD000000000100
+    assert any("list_del()" in n for n in r.details.address_notes)
+    assert r.details.messages[0].startswith("list_del corruption")
+    assert r.details.call_trace[0].module == "mydrv"

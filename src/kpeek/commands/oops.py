@@ -151,11 +151,14 @@ def print_report(out, r: Report, number: int, show_raw: bool, full: bool) -> Non
     kind = r.kind + (f": {KINDS[r.kind]}" if r.kind in KINDS else "")
     extra = ", ".join(x for x in (r.detector, r.access) if x)
     facts.append(("kind", kind + (f" [{extra}]" if extra else "")))
-    facts.append(("guilty frame", r.guilty_frame or "not found (report corrupted)"))
+    facts.append(("guilty frame", r.guilty_frame
+                  or ("not found (report corrupted)" if r.corrupted else "none in the title")))
     facts.append(("log lines", f"{r.start_line + 1}-{r.end_line + 1}"
                   + ("" if r.context in ("", "console") else f" (caller {r.context})")))
     if r.corrupted:
         facts.append(("corrupted", Text(f"yes: {r.corrupted_reason}", style="yellow")))
+    for message in d.messages:
+        facts.append(("message", render.name(message)))
     if d.pid is not None:
         facts.append(("task", render.name(f"{d.comm} (pid {d.pid}) on CPU {d.cpu}")))
     if d.kernel_release:
@@ -326,6 +329,7 @@ def report_json(r: Report, number: int, show_raw: bool) -> dict[str, Any]:
         "fault_address": _pointer(d.fault_address, d, show_raw),
         "address_notes": d.address_notes,
         "register_notes": d.register_notes,
+        "messages": d.messages,
         "call_trace": [
             {"function": f.function, "offset": f.offset, "size": f.size, "module": f.module,
              "reliable": f.reliable, "section": f.section, "source": f.source}

@@ -53,6 +53,16 @@ _ADDRESS_PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"(?:read|write) at (0x[0-9a-f]{1,16}) \(in kfence"),
     re.compile(r"null-ptr-deref in range \[(0x[0-9a-f]{1,16})-"),
 )
+# Lines that say in words what went wrong; shown as they are.
+_EXPLANATIONS = re.compile(
+    r"^(refcount_t: [a-z0-9 ;-]+\.?"
+    r"|list_[a-z_]+ corruption.*"
+    r"|.*(?:double-free|double free|use-after-free|out-of-bounds).{0,40}detected.*"
+    r"|kernel BUG at \S+"
+    r"|.*Kernel stack is corrupted in: .*"
+    r"|#PF: .*)$")
+# "list_del corruption, ffff...->next is LIST_POISON1 (dead000000000100)"
+_LIST_POISON_ADDRESS = re.compile(r"is LIST_POISON[12] \((?:0x)?([0-9a-f]{16})\)")
 # CR2/FAR are not used: outside a page fault they hold some older fault's address.
 _MAY_HAVE_ADDRESS = re.compile(r"ddr|ddress|request|kfence|range \[")
 _NOT_FRAMES = ("RIP:", "IP:", "pc :", "lr :", "PC is at", "LR is at")
@@ -173,6 +183,7 @@ class Details:
     fault_address: int | None = None
     address_notes: list[str] = field(default_factory=list)
     register_notes: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
     cpu: int | None = None
     pid: int | None = None
     comm: str | None = None
@@ -186,9 +197,20 @@ class Details:
     arch: str | None = None
 
 
-def extract_details(lines: list[ConsoleLine]) -> Details:
-    """Details from a report's lines (unreliable '?' frames included)."""
+def extract_details(lines: list[ConsoleLine], prefix: list[str] = ()) -> Details:
+    """Details from a report's lines (unreliable '?' frames included).
+
+    ``prefix`` are the lines just before the report's start of the same
+    context: messages such as "list_del corruption ..." come before it.
+    """
     d = Details()
+    for text in prefix:
+        if "LIST_POISON" in text and d.fault_address is None:
+            m = _LIST_POISON_ADDRESS.search(text)
+            if m:
+                d.fault_address = int(m.group(1), 16)
+        if _EXPLANATIONS.match(text.strip()):
+            d.messages.append(text.strip()[:200])
     section = "Call Trace"
     prev_text = ""
     for line in lines:
@@ -200,6 +222,12 @@ def extract_details(lines: list[ConsoleLine]) -> Details:
                 if m:
                     d.fault_address = int(m.group(1), 16)
                     break
+        if d.fault_address is None and "LIST_POISON" in text:
+            m = _LIST_POISON_ADDRESS.search(text)
+            if m:
+                d.fault_address = int(m.group(1), 16)
+        if len(d.messages) < 6 and _EXPLANATIONS.match(stripped):
+            d.messages.append(stripped[:200])
         if d.pid is None and "PID:" in text:
             m = _TASK.search(text)
             if m:

@@ -273,7 +273,7 @@ def _collect(log: _Log, scanner: MarkerScanner, start: int,
         lines=texts,
         prefix=prefix,
     )
-    report.details = extract_details(with_unreliable)
+    report.details = extract_details(with_unreliable, prefix[-3:])
     # Continue at the next report, or where this scan stopped.
     return report, (next_report if next_report is not None else pos)
 
