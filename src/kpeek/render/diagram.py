@@ -29,6 +29,10 @@ from kpeek.render.fileflags import access_mode, flag_names
 FORMATS = ("dot", "svg", "html")
 
 _PATH_LIMIT = 44
+# Past this many open files, entries become one line each: a 20-process,
+# 200-fd drawing stays a few screens tall instead of a poster.
+COMPACT_AFTER = 24
+_HOLDERS_SHOWN = 4  # pipe ends list this many holder processes by name
 _COMM_LIMIT = 24
 _FONT = "Helvetica"
 _HEADER = "#dbe6f4"
@@ -184,14 +188,14 @@ def build_dot(snap: Snapshot, tgids: Sequence[int], marks: Marks | None = None) 
     for b in blocking:
         by_file_blocking[b.fd.open_file].append(b)
     comm = {t.tgid: t.comm for t in processes}
+    compact = len(file_order) > COMPACT_AFTER
     for fid in file_order:
         f = snap.open_files[fid]
-        lines.append(
-            "    "
-            + _file_node(
-                names.file(fid), snap, f, holders[fid], comm, marks, by_file_blocking.get(fid, [])
-            )
+        node = _file_node(
+            names.file(fid), snap, f, holders[fid], comm, marks, by_file_blocking.get(fid, []),
+            compact,
         )
+        lines.append("    " + node)
     lines.append("  }")
 
     lines.append(
@@ -199,7 +203,9 @@ def build_dot(snap: Snapshot, tgids: Sequence[int], marks: Marks | None = None) 
         ' color="#9aa7b8"; class="column inodes";'
     )
     for iid in inode_order:
-        lines.append("    " + _inode_node(names.inode(iid), snap, iid, inode_path[iid]))
+        lines.append(
+            "    " + _inode_node(names.inode(iid), snap, iid, inode_path[iid], compact)
+        )
     lines.append("  }")
 
     for t in processes:
@@ -273,7 +279,8 @@ def _pipe_end(f: OpenFile) -> str:
 
 
 def _file_node(name: str, snap: Snapshot, f: OpenFile, holders: list[tuple[int, int]],
-               comm: Mapping[int, str], marks: Marks, blocking: list[BlockingEnd]) -> str:
+               comm: Mapping[int, str], marks: Marks, blocking: list[BlockingEnd],
+               compact: bool = False) -> str:
     inode = snap.inodes.get(f.inode)
     kind = inode.type if inode else "?"
     label = marks.file_labels.get(f.id)
@@ -283,23 +290,32 @@ def _file_node(name: str, snap: Snapshot, f: OpenFile, holders: list[tuple[int, 
     if label:
         head = f'<FONT COLOR="#555555">{dot.escape(label)}</FONT> {head}'
     bg = _CHANGED if f.id in marks.changed_files else _TYPE_COLOURS.get(kind, "#ffffff")
-    rows = [_cell(head, bg=bg, title=dot.label_text(f.path))]
-    rows.append(_cell(f"offset {f.pos} &#183; {access_mode(f.flags).removeprefix('O_')}"))
+    offset = f"offset {f.pos} &#183; {access_mode(f.flags).removeprefix('O_')}"
     # O_LARGEFILE is set on every file a 64-bit process opens: noise here.
     flags = [n.removeprefix("O_") for n in flag_names(f.flags) if n != "O_LARGEFILE"]
-    if flags:
-        rows.append(_cell('<FONT POINT-SIZE="8">' + dot.escape(" ".join(flags)) + "</FONT>"))
+    flag_text = '<FONT POINT-SIZE="8">' + dot.escape(" ".join(flags)) + "</FONT>"
     refs = f"refcount {f.refcount}" if f.refcount is not None else None
     shown = f"{len(holders)} fd{'s' if len(holders) != 1 else ''} here"
-    rows.append(_cell(f"{refs} &#183; {shown}" if refs else shown))
+    count = f"{refs} &#183; {shown}" if refs else shown
+    if compact:
+        line = f"{head} &#183; {offset}" + (f" {flag_text}" if flags else "") + f" &#183; {count}"
+        rows = [_cell(line, bg=bg, title=dot.label_text(f.path))]
+    else:
+        rows = [_cell(head, bg=bg, title=dot.label_text(f.path)), _cell(offset)]
+        if flags:
+            rows.append(_cell(flag_text))
+        rows.append(_cell(count))
     if kind in PIPE_TYPES:
         who: dict[int, list[int]] = defaultdict(list)
         for tgid, fd in holders:
             who[tgid].append(fd)
+        shown_holders = sorted(who.items())
         held = ", ".join(
             f"{tgid} {dot.label_text(comm.get(tgid, '?'), 12)} (fd {','.join(map(str, fds))})"
-            for tgid, fds in sorted(who.items())
+            for tgid, fds in shown_holders[:_HOLDERS_SHOWN]
         )
+        if len(shown_holders) > _HOLDERS_SHOWN:
+            held += f" and {len(shown_holders) - _HOLDERS_SHOWN} more processes"
         rows.append(_cell(f'<FONT POINT-SIZE="8">held by {held}</FONT>'))
     if blocking:
         readers = sorted({r for b in blocking for r in b.readers})
@@ -314,11 +330,18 @@ def _file_node(name: str, snap: Snapshot, f: OpenFile, holders: list[tuple[int, 
     return f'{name} [id="file-{name}", class="{cls}", label=<{_table(rows, colour)}>];'
 
 
-def _inode_node(name: str, snap: Snapshot, inode_id: str, path: str) -> str:
+def _inode_node(name: str, snap: Snapshot, inode_id: str, path: str,
+                compact: bool = False) -> str:
     inode = snap.inodes.get(inode_id)
     kind = inode.type if inode else "?"
+    colour = _TYPE_COLOURS.get(kind, "#ffffff")
+    if compact:
+        line = (f"<B>{dot.escape(kind)}</B> {dot.label_text(path, _PATH_LIMIT)}"
+                f' <FONT POINT-SIZE="8">inode {dot.escape(inode_id)}</FONT>')
+        rows = [_cell(line, bg=colour, title=dot.label_text(path))]
+        return f'{name} [id="inode-{name}", class="inode", label=<{_table(rows)}>];'
     rows = [
-        _cell(f"<B>{dot.escape(kind)}</B>", bg=_TYPE_COLOURS.get(kind, "#ffffff")),
+        _cell(f"<B>{dot.escape(kind)}</B>", bg=colour),
         _cell(dot.label_text(path, _PATH_LIMIT), title=dot.label_text(path)),
     ]
     facts = [f"inode {dot.escape(inode_id)}"]
