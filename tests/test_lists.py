@@ -236,3 +236,41 @@ def _task_address(pid: int) -> int:
     from kpeek.sources.bpf.tasks import task_addresses
 
     return task_addresses()[pid]
+
+
+def _cli_with_memory(monkeypatch, first: FakeMemory, second: FakeMemory) -> None:
+    """Point the list verb at synthetic memory (first walk, then the re-check)."""
+    import kpeek.kernel
+    import kpeek.sources.bpf.reader as reader
+    from kpeek.kernel.btf import load_vmlinux_btf
+    from kpeek.kernel.live import Kernel
+
+    monkeypatch.setattr(kpeek.kernel, "open_live",
+                        lambda **_: Kernel(load_vmlinux_btf(), None, first))
+    monkeypatch.setattr(reader, "BpfKernelMemory", lambda: second)
+
+
+def test_cli_reports_corruption_with_exit_1(monkeypatch, capsys):
+    require("root")
+    from kpeek.cli import main
+
+    mem = build([0, 1, 2, 3])
+    set_prev(mem, node(2), node(0))
+    _cli_with_memory(monkeypatch, mem, mem)
+    assert main(["list", hex(HEAD), "-o", hex(OFFSET)]) == 1
+    out = capsys.readouterr().out
+    assert f"CORRUPTED (broken-backlink) at entry #2 0x{node(2) - OFFSET:x}" in out
+    assert out.count("\n") == 3  # two entries, then the finding
+
+
+def test_cli_rechecks_a_finding_on_a_changing_list(monkeypatch, capsys):
+    require("root")
+    from kpeek.cli import main
+
+    changing = build([0, 1, 2, 3])
+    set_prev(changing, node(2), node(0))
+    _cli_with_memory(monkeypatch, changing, build([0, 1, 2, 3]))
+    assert main(["list", hex(HEAD), "-o", hex(OFFSET)]) == 0
+    out = capsys.readouterr().out
+    assert "the list was changing, not corrupted" in out
+    assert "4 entries; the list returns to its head" in out

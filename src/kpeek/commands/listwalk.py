@@ -90,6 +90,16 @@ def run(args: argparse.Namespace) -> int:
     kernel = open_live()
     head = parse_address(args.address, kernel.symbols) + head_extra
     walk = kernel.list_entries(head, hlist=args.hlist, max_entries=args.max)
+    transient = None
+    if walk.finding is not None and walk.finding.is_corruption:
+        # A live list may change under the walk; only a finding that a second
+        # walk over freshly read memory repeats is reported as corruption.
+        from kpeek.sources.bpf.reader import BpfKernelMemory
+
+        kernel.memory = BpfKernelMemory()
+        again = kernel.list_entries(head, hlist=args.hlist, max_entries=args.max)
+        if again.finding is None or again.finding.kind != walk.finding.kind:
+            transient, walk = walk.finding, again
     walk.entry_offset = offset
 
     rows = []
@@ -115,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
             "count": len(rows),
             "complete": finding is None,
             "entries": rows,
+            "transient_finding": None if transient is None else {
+                "kind": transient.kind, "message": transient.message},
             "finding": None if finding is None else {
                 "kind": finding.kind,
                 "node": f"0x{finding.node:x}",
@@ -127,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
         })
     else:
         out = sys.stdout
+        if transient is not None:
+            out.write(f"note: a first walk saw {transient.kind} ({transient.message}); a second "
+                      "walk did not: the list was changing, not corrupted\n")
         for row in rows:
             extra = f"  {row['text']}" if "text" in row else ""
             out.write(f"{row['index']:5d}  {row['entry']}{extra}\n")
