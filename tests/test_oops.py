@@ -84,3 +84,38 @@ def test_cli_missing_file_is_usage_error(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_live_kernel_pointers_are_hashed_but_poison_is_not():
+    from kpeek.commands.oops import _pointer
+    from kpeek.reports.details import Details, interpret_address
+
+    secret = 0xFFFF888012345678
+    d = Details(fault_address=secret, address_notes=interpret_address(secret))
+    assert _pointer(secret, d, show_raw=False).startswith("#")
+    assert _pointer(secret, d, show_raw=True) == "0xffff888012345678"
+    poison = 0x6B6B6B6B6B6B6B6B
+    d = Details(fault_address=poison, address_notes=interpret_address(poison))
+    assert _pointer(poison, d, show_raw=False) == "0x6b6b6b6b6b6b6b6b"
+    assert _pointer(0x18, Details(), show_raw=False) == "0x0000000000000018"
+
+
+def test_cli_several_reports(tmp_path):
+    warning = ("[  300.000000] WARNING: CPU: 1 PID: 5 at kernel/x.c:9 other_fn+0x1/0x9\n"
+               "[  300.000001] Call Trace:\n[  300.000002]  warn_slowpath_fmt+0x5/0x50\n"
+               "[  300.000003]  other_fn+0x1/0x9\n[  300.000004]  caller_fn+0x5/0x50\n")
+    log = tmp_path / "two.log"
+    log.write_text(GPF_LOG + warning)
+    base = [sys.executable, "-m", "kpeek", "oops"]
+    out = subprocess.run([*base, "--summary", str(log)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "2 reports" in out
+    assert "general protection fault in pipe_read" in out and "WARNING in other_fn" in out
+    assert "call trace" not in out  # --summary: the table only
+    one = subprocess.run([*base, "--report", "2", "--json", str(log)], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    doc = json.loads(one)
+    assert doc["count"] == 2 and [r["number"] for r in doc["reports"]] == [2]
+    bad = subprocess.run([*base, "--report", "3", str(log)], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "has 2 report(s)" in bad.stderr
