@@ -171,3 +171,32 @@ def test_hidden_loader_steps_are_counted(capsys):
     assert "execve(" in out and "hidden" in out
     assert main(["trace", "--all-opens", "--", "true"]) == 0
     assert "ld.so.cache" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_kills_and_reaps_the_traced_program(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    marker = tmp_path / "pid"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kpeek", "trace", "--", "sh", "-c",
+         f'echo $$ > "{marker}"; exec sleep 30'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not (marker.exists() and marker.read_text().strip()):
+            assert time.monotonic() < deadline, "the traced shell never started"
+            time.sleep(0.05)
+        shell = int(marker.read_text())
+        time.sleep(0.3)  # let it exec sleep
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+        assert b"Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stat = Path(f"/proc/{shell}/stat")  # the shell that became sleep: killed and reaped
+    assert not stat.exists() or stat.read_text().rsplit(") ", 1)[1][0] in ("Z", "X")
