@@ -96,6 +96,24 @@ def open_live(*, symbols: bool = True) -> Kernel:
     return Kernel(load_vmlinux_btf(), load_kallsyms() if symbols else None, BpfKernelMemory())
 
 
+_default_memory: KernelMemory | None = None
+
+
+def default_memory() -> KernelMemory:
+    """The live kernel's memory (BPF reader), opened on first use.
+
+    The reader caches the pages it read; call ``.clear_cache()`` on it to
+    look again at a kernel that has moved on. Raises NotPermitted (not root) or NotSupported (BPF will not load).
+    """
+    global _default_memory
+    if _default_memory is None:
+        require_root("reading live kernel memory")
+        from kpeek.sources.bpf.reader import BpfKernelMemory
+
+        _default_memory = BpfKernelMemory()
+    return _default_memory
+
+
 def parse_address(text: str, symbols: Kallsyms | None = None) -> int:
     """An address from the command line: hex (with or without 0x), a symbol
     name, or a sum/difference of those ("do_sys_openat2+0x10", "0xffff...+8").
