@@ -177,62 +177,60 @@ def _next_start(log: _Log, scanner: MarkerScanner, pos: int) -> tuple[int, Repor
     return None
 
 
-def _collect(log: _Log, scanner: MarkerScanner, start: int,
-             kind: ReportKind) -> tuple[Report, int]:
+@dataclass
+class _Scan:
+    """The lines that belong to one report, as found by :func:`_scan`."""
+
+    lines: list[ConsoleLine]  # our context, unreliable frames left out
+    with_unreliable: list[ConsoleLine]  # the same with '?' frames, for the shown trace
+    report_end: int  # lines[:report_end] are the report proper
+    next_report: int | None  # offset of the next report's start line
+    stop: int  # offset where the scan stopped
+
+
+def _scan(log: _Log, scanner: MarkerScanner, first: ConsoleLine, pos: int) -> _Scan:
+    """Collect the lines after ``first`` (which ends just before ``pos``) that are its report's.
+
+    Lines of other contexts are left out; without caller ids the report
+    ends where the next one starts, with them it goes on (other tasks'
+    reports interleave) until the line bounds.
+    """
     text = log.text
-    first_no = log.line_number(start)
-    end = log.line_end(start)
-    first = split_line(log.line(start, end), first_no)
     context = first.context
     has_caller = context not in ("", CONSOLE_CONTEXT)
-    prefix = _prefix_lines(log, start, first_no, context,
-                           _PREFIX_LINES_CALLER if context.startswith("[T") else _PREFIX_LINES)
-
-    lines: list[ConsoleLine] = [first]
-    with_unreliable: list[ConsoleLine] = [first]  # for the displayed call trace
-    report_end = 1
-    next_report: int | None = None
-    last_marker_line = first_no
+    scan = _Scan([first], [first], 1, None, pos)
     min_lines = 16 if "BUG: KMSAN:" in first.text else 22
     text_lines = 1
     skip_rest = cpu_traceback = False
-    pos, number = end + 1, first_no + 1
+    number = first.number + 1
     next_hit = scanner.next_at(pos) if pos <= len(text) else -1
     for _ in range(MAX_SCAN_LINES):
-        if pos > len(text) or len(lines) >= MAX_REPORT_LINES or log.budget <= 0:
+        if pos > len(text) or len(scan.lines) >= MAX_REPORT_LINES or log.budget <= 0:
             break
         end = log.line_end(pos)
         log.budget -= 1 + (end - pos) // MAX_LINE  # long lines cost what finding their end costs
         raw = log.line(pos, end)
         line = split_line(raw, number)
         if 0 <= next_hit < end:
-            starts = _kind_of(raw) is not None
-            if starts:
-                last_marker_line = number
-            # A panic line continues our report, unless another task printed it.
-            continues = any(c.search(raw) for c in CONTINUATION_MARKERS) and not (
-                has_caller and line.context != context)
-            if next_report is None and (
-                (starts and not continues)
-                or (not starts and any(s in raw for s in INFO_WITH_STACK))
-            ):
-                next_report = pos
+            if scan.next_report is None and _starts_another(raw, line, context, has_caller):
+                scan.next_report = pos
                 if not has_caller:
-                    # Without caller ids nothing after here is reliably ours.
-                    break
+                    break  # without caller ids nothing after here is reliably ours
             next_hit = scanner.next_at(end + 1) if end + 1 <= len(text) else -1
         pos, number = end + 1, number + 1
+        scan.stop = pos
         if line.context != context and not (cpu_traceback and line.context.startswith("[C")):
             continue
+        ours = scan.next_report is None or has_caller
         if line.questionable:
-            if (next_report is None or has_caller) and len(with_unreliable) < MAX_REPORT_LINES:
-                with_unreliable.append(line)
+            if ours and len(scan.with_unreliable) < MAX_REPORT_LINES:
+                scan.with_unreliable.append(line)
             continue
         text_lines += 1
         if "Disabling lock debugging due to kernel taint" in raw or skip_rest:
             continue
         if "Sending NMI from CPU" in raw:
-            cpu_traceback = True
+            cpu_traceback = True  # the other CPUs' backtraces belong to this report
         elif text_lines > min_lines and (
                 "Kernel panic - not syncing" in raw
                 or "WARNING: possible circular locking dependency detected" in raw):
@@ -240,23 +238,43 @@ def _collect(log: _Log, scanner: MarkerScanner, start: int,
             # provoked) repeats what we already have: drop the rest.
             skip_rest = True
             continue
-        lines.append(line)
-        if next_report is None or has_caller:
-            with_unreliable.append(line)
-            report_end = len(lines)
+        scan.lines.append(line)
+        if ours:
+            scan.with_unreliable.append(line)
+            scan.report_end = len(scan.lines)
+    return scan
 
-    texts = [ln.text for ln in lines[:report_end]]
+
+def _starts_another(raw: str, line: ConsoleLine, context: str, has_caller: bool) -> bool:
+    """Whether ``raw`` (inside a report of ``context``) starts the next report."""
+    if _kind_of(raw) is None:
+        # Informational messages with their own stack trace end a report too.
+        return any(s in raw for s in INFO_WITH_STACK)
+    # A panic or trap line continues our report, unless another task printed it.
+    continues = any(c.search(raw) for c in CONTINUATION_MARKERS)
+    return not continues or (has_caller and line.context != context)
+
+
+def _collect(log: _Log, scanner: MarkerScanner, start: int,
+             kind: ReportKind) -> tuple[Report, int]:
+    """The report starting at offset ``start``, and the offset to look for the next one."""
+    first_no = log.line_number(start)
+    end = log.line_end(start)
+    first = split_line(log.line(start, end), first_no)
+    context = first.context
+    prefix = _prefix_lines(log, start, first_no, context,
+                           _PREFIX_LINES_CALLER if context.startswith("[T") else _PREFIX_LINES)
+    scan = _scan(log, scanner, first, end + 1)
+    lines = scan.lines
+    texts = [ln.text for ln in lines[:scan.report_end]]
     desc = describe(texts, kind)
     if not desc.title:
-        # Nothing matched the cleaned lines: fall back to the raw ones.
-        raw_lines = [log.line(start, log.line_end(start))]
-        desc = describe(raw_lines, kind)
+        # Nothing matched the cleaned lines: fall back to the raw first line.
+        desc = describe([log.line(start, end)], kind)
     title = normalize_title(desc.title)
     reason = desc.corrupted_reason or corruption(title, [ln.text for ln in lines], desc.format)
-    guilty = None
     m = _GUILTY_FRAME.match(title)
-    if m and m.group(1) != "corrupted":
-        guilty = m.group(1)
+    guilty = m.group(1) if m and m.group(1) != "corrupted" else None
     cls = classify(title, kind.header)
     report = Report(
         title=title,
@@ -265,17 +283,16 @@ def _collect(log: _Log, scanner: MarkerScanner, start: int,
         corrupted=bool(reason),
         corrupted_reason=reason,
         start_line=first_no,
-        end_line=max(lines[report_end - 1].number, last_marker_line),
+        end_line=lines[scan.report_end - 1].number,
         context=context,
         alt_titles=[normalize_title(a) for a in desc.alt_titles],
         detector=cls.detector,
         access=cls.access,
         lines=texts,
         prefix=prefix,
+        details=extract_details(scan.with_unreliable, prefix[-3:]),
     )
-    report.details = extract_details(with_unreliable, prefix[-3:])
-    # Continue at the next report, or where this scan stopped.
-    return report, (next_report if next_report is not None else pos)
+    return report, (scan.next_report if scan.next_report is not None else scan.stop)
 
 
 def _prefix_lines(log: _Log, start: int, first_no: int, context: str, limit: int) -> list[str]:
