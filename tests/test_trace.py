@@ -83,6 +83,8 @@ def test_pipe_to_sort_with_missing_close():
     views = describe(steps)
     text = "\n".join(views[steps.index(sort_exit)].changes)
     assert f"process {child} (sort) is gone" in text
+    warnings = [c for v in views for c in v.changes if "keeps itself" in c]
+    assert len(warnings) == 1 and f"fd {w}, the write end of pipe:[" in warnings[0]
 
 
 @pytest.mark.timeout(60)

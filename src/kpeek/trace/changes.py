@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from kpeek.model import OpenFile, Snapshot
 from kpeek.render.diagram import Marks
+from kpeek.render.diagram_pipes import blocking_write_ends
 from kpeek.textsafe import for_terminal
 from kpeek.trace.tracer import Step
 
@@ -44,6 +45,7 @@ def describe(steps: Iterable[Step]) -> list[StepView]:
     views: list[StepView] = []
     prev: Snapshot | None = None
     prev_labels: dict[str, str] = {}
+    seen_blocking: set[tuple[int, int]] = set()
     counter = 0
     for step in steps:
         snap = step.snapshot
@@ -68,7 +70,18 @@ def describe(steps: Iterable[Step]) -> list[StepView]:
                 label = f"#{counter}"
                 new_files.add(fid)
             labels[fid] = label
-        views.append(_changes(step, prev, prev_labels, labels, new_files))
+        view = _changes(step, prev, prev_labels, labels, new_files)
+        blocking = {(b.fd.tgid, b.fd.fd): b for b in blocking_write_ends(snap)}
+        for key in sorted(blocking.keys() - seen_blocking):
+            b = blocking[key]
+            path = for_terminal(snap.open_files[b.fd.open_file].path)
+            who = "itself" if b.self_held else ", ".join(map(str, b.readers))
+            view.changes.append(
+                f"{_name(snap, b.fd.tgid)}: fd {b.fd.fd}, the write end of {path},"
+                f" keeps {who} from ever reading end-of-file"
+            )
+        seen_blocking = set(blocking)
+        views.append(view)
         prev, prev_labels = snap, labels
     return views
 
