@@ -172,17 +172,18 @@ def test_every_type_matches_bpftool(vmlinux):
 class _Builder:
     """Writes BTF the way the kernel lays it out (little-endian)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_id: int = 1, str_base: int = 0) -> None:
         self.types = bytearray()
         self.strings = bytearray(b"\0")
-        self.count = 0
+        self.count = first_id - 1
+        self.str_base = str_base  # a split BTF's string offsets follow its base's
 
     def s(self, text: str) -> int:
         if not text:
             return 0
         off = len(self.strings)
         self.strings += text.encode() + b"\0"
-        return off
+        return self.str_base + off
 
     def add(self, name: str, kind: int, vlen: int, word3: int, extra: bytes = b"",
             kind_flag: bool = False) -> int:
@@ -260,6 +261,25 @@ def test_every_kind_parses():
     assert btf.type(ids["volatile"]).resolve().name == "int"
     assert btf.type(ids["restrict"]).size == 8
     assert btf.type(ids["int"]).int_info == (1, 0, 32)
+
+
+def test_split_btf_continues_its_base():
+    base, ids = _every_kind()
+    split = _Builder(first_id=len(base), str_base=len(base._strings))
+    ptr_s = split.add("", Kind.PTR, 0, ids["s"])
+    mod = split.add("modstruct", Kind.STRUCT, 2, 16, b"".join([
+        struct.pack("<III", split.s("owner"), ptr_s, 0),
+        # a member name taken from the base's strings ("a")
+        struct.pack("<III", base._strings.index(b"a\0"), ids["int"], 64),
+    ]))
+    btf = Btf(split.blob(), base=base)
+    assert len(btf) == len(base) + 2 and mod == len(base) + 1
+    t = btf.lookup("struct modstruct")
+    assert t.id == mod and t.size == 16
+    assert [(m.name, btf.type(m.type_id).c_name) for m in t.members] == [
+        ("owner", "struct s *"), ("a", "int")]
+    assert btf.lookup("struct s") is base.lookup("struct s")  # found through the base
+    assert [x.id for x in btf.types()] == [ptr_s, mod]
 
 
 def test_malformed_btf_is_a_clean_error():

@@ -165,7 +165,7 @@ class Type:
             self.kind, self.kind_flag, self.name, self.vlen, self._word3, self._off = (
                 Kind.VOID, False, "void", 0, 0, -1)
             return
-        off = btf._offsets[type_id]
+        off = btf._offsets[type_id - btf._start]
         name_off, info, word3 = btf._hdr.unpack_from(btf._types, off)
         self._off = off + 12
         self.kind = _KINDS[(info >> 24) & 0x1F]
@@ -426,15 +426,22 @@ class Btf:
     """Parsed BTF: types by id and by name.
 
     Build with :func:`load_vmlinux_btf` (cached) or :meth:`Btf.from_bytes`.
+    A module's split BTF (/sys/kernel/btf/<module>) is parsed with ``base``
+    set to vmlinux's: its type ids and string offsets continue the base's.
     """
 
     def __init__(
         self,
         data: bytes,
         *,
+        base: Btf | None = None,
         offsets: array | None = None,
         names: dict[str, list[int]] | None = None,
     ) -> None:
+        self._base = base
+        # local index i holds type id i + _start (index 0 is void / unused)
+        self._start = len(base) - 1 if base is not None else 0
+        self._base_strlen = len(base._strings) if base is not None else 0
         if len(data) < 24:
             raise BtfError("BTF data too short")
         if struct.unpack_from("<H", data, 0)[0] == BTF_MAGIC:
@@ -489,7 +496,7 @@ class Btf:
         append = offsets.append
         name_ids: dict[int, list[int]] = {}
         pos = 0
-        tid = 0
+        tid = self._start
         while pos < total:
             if pos + 12 > total:
                 raise BtfError(f"truncated BTF type at offset {pos}")
@@ -509,21 +516,23 @@ class Btf:
                     lst.append(tid)
         if pos != total:
             raise BtfError("BTF type section does not end on a type boundary")
-        strings = self._strings
         names: dict[str, list[int]] = {}
         for off, ids in name_ids.items():
-            end = strings.index(b"\0", off)
-            names.setdefault(strings[off:end].decode("utf-8", "replace"), []).extend(ids)
+            names.setdefault(self.string(off), []).extend(ids)
         return offsets, names
 
     # -- access ----------------------------------------------------------------
     def __len__(self) -> int:
-        """Number of type ids, including id 0 (void)."""
-        return len(self._offsets)
+        """Number of type ids, including id 0 (void) and a base's types."""
+        return self._start + len(self._offsets)
 
     def string(self, off: int) -> str:
         if off == 0:
             return ""
+        if off < self._base_strlen:
+            assert self._base is not None
+            return self._base.string(off)
+        off -= self._base_strlen
         s = self._strings
         end = s.find(b"\0", off)
         if end < 0:
@@ -534,14 +543,16 @@ class Btf:
         """The type with this id (0 is void). Raises BtfError for a bad id."""
         t = self._cache.get(type_id)
         if t is None:
-            if not 0 <= type_id < len(self._offsets):
+            if self._base is not None and type_id <= self._start:
+                return self._base.type(type_id)
+            if not 0 <= type_id < len(self):
                 raise BtfError(f"BTF type id {type_id} out of range")
             t = self._cache[type_id] = Type(self, type_id)
         return t
 
     def types(self):
-        """Every type, in id order (excluding void)."""
-        for i in range(1, len(self._offsets)):
+        """Every type of this BTF (not its base), in id order, excluding void."""
+        for i in range(self._start + 1, len(self)):
             yield self.type(i)
 
     def ids_named(self, name: str) -> list[int]:
@@ -549,12 +560,18 @@ class Btf:
         return list(self._names.get(name, ()))
 
     def find(self, name: str, kinds: tuple[Kind, ...] | None = None) -> Type | None:
-        """A type by name, or None.
+        """A type by name, or None (a split BTF looks in its base too).
 
         ``name`` may carry a tag: "struct task_struct", "union x", "enum pid_type";
         without one, struct, union, typedef, enum, int and float match (in that
         order of preference). A complete definition wins over a forward declaration.
         """
+        hit = self._find_local(name, kinds)
+        if hit is None and self._base is not None:
+            hit = self._base.find(name, kinds)
+        return hit
+
+    def _find_local(self, name: str, kinds: tuple[Kind, ...] | None) -> Type | None:
         name = " ".join(name.split())
         tag, _, rest = name.partition(" ")
         if tag in ("struct", "union", "enum") and rest:
@@ -614,9 +631,11 @@ class Btf:
             for i in range(1, len(self._offsets)):
                 _, info, target = self._hdr.unpack_from(self._types, self._offsets[i])
                 if (info >> 24) & 0x1F == Kind.PTR:
-                    index.setdefault(target, i)
+                    index.setdefault(target, i + self._start)
             self._ptr_index = index
         pid = index.get(type_id)
+        if pid is None and self._base is not None:
+            return self._base._pointer_to(type_id)
         return None if pid is None else self.type(pid)
 
     # -- C declarations ----------------------------------------------------------
@@ -690,7 +709,9 @@ def _cache_dir() -> Path:
     return Path(base) / "kpeek"
 
 
-def load_btf(path: str | os.PathLike[str], *, disk_cache: bool = True) -> Btf:
+def load_btf(
+    path: str | os.PathLike[str], *, disk_cache: bool = True, base: Btf | None = None
+) -> Btf:
     """Parse the BTF file at ``path``; cached in-process and (optionally) on disk.
 
     The disk cache holds the type offsets and name index, keyed by the file's
@@ -699,6 +720,8 @@ def load_btf(path: str | os.PathLike[str], *, disk_cache: bool = True) -> Btf:
     """
     key = os.fspath(path)
     btf = _loaded.get(key)
+    if btf is not None and btf._base is not base:
+        btf = None
     if btf is not None:
         return btf
     try:
@@ -711,19 +734,21 @@ def load_btf(path: str | os.PathLike[str], *, disk_cache: bool = True) -> Btf:
     except OSError as e:
         raise BtfError(f"cannot read {key}: {e.strerror}") from None
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    if base is not None:  # a split BTF's tables depend on its base
+        digest += "-" + hashlib.blake2b(base.data, digest_size=8).hexdigest()
     cache_file = _cache_dir() / f"btf-{digest}-{len(data)}-{int(st.st_mtime)}.pickle"
     btf = None
     if disk_cache:
-        btf = _load_cached(data, cache_file)
+        btf = _load_cached(data, cache_file, base)
     if btf is None:
-        btf = Btf(data)
+        btf = Btf(data, base=base)
         if disk_cache:
             _store_cached(btf, cache_file)
     _loaded[key] = btf
     return btf
 
 
-def _load_cached(data: bytes, cache_file: Path) -> Btf | None:
+def _load_cached(data: bytes, cache_file: Path, base: Btf | None = None) -> Btf | None:
     try:
         with open(cache_file, "rb") as f:
             st = os.fstat(f.fileno())
@@ -733,7 +758,7 @@ def _load_cached(data: bytes, cache_file: Path) -> Btf | None:
             fmt, offsets, names = pickle.load(f)
         if fmt != _CACHE_FORMAT:
             return None
-        return Btf(data, offsets=offsets, names=names)
+        return Btf(data, base=base, offsets=offsets, names=names)
     except Exception:  # a missing/corrupt/foreign cache is simply rebuilt
         return None
 
@@ -751,3 +776,14 @@ def _store_cached(btf: Btf, cache_file: Path) -> None:
 def load_vmlinux_btf(*, disk_cache: bool = True) -> Btf:
     """The running kernel's BTF (/sys/kernel/btf/vmlinux), parsed once per process."""
     return load_btf(VMLINUX_BTF, disk_cache=disk_cache)
+
+
+def load_module_btf(module: str, *, disk_cache: bool = True) -> Btf:
+    """A loaded module's split BTF (/sys/kernel/btf/<module>), on top of vmlinux's.
+
+    Raises BtfError when the module has no BTF (or is not loaded).
+    """
+    if not module or "/" in module or module.startswith("."):
+        raise UsageError(f"bad module name {module!r}")
+    return load_btf(os.path.join(os.path.dirname(VMLINUX_BTF), module),
+                    disk_cache=disk_cache, base=load_vmlinux_btf(disk_cache=disk_cache))
