@@ -130,7 +130,14 @@ def describe(kernel: Kernel, task: Object) -> dict[str, Any]:
     for path in SCALAR_FIELDS:
         if _has(task, path):
             doc[path] = task.member(path).value()
-    doc["state"] = state_letter(int(doc.get("__state", 0)), int(doc.get("exit_state", 0)))
+        if path == "comm":  # the letter ps shows, next to the raw __state
+            doc["state"] = None
+    # __state since 5.14; "state" before
+    state = task.member("__state" if _has(task, "__state") else "state").value()
+    exit_state = 0
+    if _has(task, "exit_state"):
+        exit_state = task.member("exit_state").value()
+    doc["state"] = state_letter(int(state), int(exit_state))
     for path in TASK_POINTERS:
         if not _has(task, path):
             continue
