@@ -126,6 +126,9 @@ COMMON_SKIP: tuple[str, ...] = (
     "extract_(user|iter)_to_sg", "drop_nlink", "^get_taint$", "^put_device$",
     "lock_timer_base", "__timer_delete_sync", "sk_stop_timer_sync",
     "__mod_timer", "fast_dput", "dput",
+    # Page-cache and buffer-head helpers that WARN about the state their
+    # caller (a file system) handed them: the caller is to blame.
+    "mark_buffer_dirty", "truncate_cleanup_folio",
 )
 
 # Syscall entry wrappers differ per architecture and kernel version; titles
@@ -475,6 +478,7 @@ _WARNING = ReportKind(
                                     "usb_interrupt_msg", "usb_control_msg")),
         Format(rx(r"WARNING: {{SRC}} at 0x\d+, CPU#\d+"), "WARNING in {1}",
                stack=_warning_stack()),
+
         Format(rx(r"WARNING: .* at {{SRC}} {{FUNC}}"), "WARNING in {2}", stack=_warning_stack()),
         Format(rx(r"WARNING: {{SRC}} at {{FUNC}}"), "WARNING in {2}", stack=_warning_stack()),
         Format(rx(r"WARNING: \[.*\] {{SRC}} at {{FUNC}}.*"), "WARNING in {2}",
