@@ -223,3 +223,60 @@ def test_filters_and_errors() -> None:
         assert {parent, fam.info["child"], os.getpid()} <= {t.pid for t in everything.tasks}
     with pytest.raises(UsageError):
         bpf.take_snapshot([2**22 + 12345])
+
+
+def test_tasks_exiting_during_snapshots_are_normal() -> None:
+    """Processes that start and exit while snapshots run never break one."""
+    import subprocess
+    import threading
+
+    from kpeek.sources.bpf import snapshot as bpf
+
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            subprocess.run(["/bin/true"], check=False)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        for _ in range(5):
+            snap = bpf.take_snapshot()
+            assert os.getpid() in {t.pid for t in snap.tasks}
+            assert all(d.open_file in snap.open_files for d in snap.fds)
+    finally:
+        stop.set()
+        worker.join(30)
+
+
+def test_missing_clang_or_btf_is_one_clean_line(tmp_path, monkeypatch) -> None:
+    """No compiler (a fresh cache, clang not on PATH) and no kernel BTF are
+    NotSupported (exit 3) with what to install or use instead."""
+    import subprocess
+    import sys
+
+    from kpeek.errors import NotSupported
+    from kpeek.sources.bpf import build
+
+    code = (
+        "from kpeek.errors import KpeekError\n"
+        "from kpeek.sources.bpf.snapshot import take_snapshot\n"
+        "try:\n    take_snapshot()\n"
+        "except KpeekError as e:\n    print(type(e).__name__, e.exit_code, e)\n"
+    )
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PATH=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert out.stdout.startswith("NotSupported 3 clang not found"), out.stdout + out.stderr
+    assert "apt-get install clang" in out.stdout and "--source procfs" in out.stdout
+
+    monkeypatch.setattr(build, "VMLINUX_BTF", tmp_path / "no-btf")
+    build.kernel_btf_digest.cache_clear()
+    try:
+        with pytest.raises(NotSupported, match="no BTF"):
+            build.kernel_btf_digest()
+    finally:
+        build.kernel_btf_digest.cache_clear()

@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import signal
 from collections.abc import Iterator
 from functools import cache
 
@@ -123,17 +124,29 @@ class BpfObject:
         lib = _lib()
         self.name = name
         self._data = ctypes.create_string_buffer(data, len(data))  # libbpf keeps pointers
-        _log.clear()
-        ctypes.set_errno(0)
-        obj = lib.bpf_object__open_mem(self._data, len(data), None)
-        if not obj:
-            raise _fail(f"cannot open BPF object {name}", _errno_of(0))
-        self._obj: int | None = obj
-        ret = lib.bpf_object__load(obj)
+        self._obj: int | None = None
+        self._links: list[int] = []
+        # The verifier gives up with EAGAIN when a signal arrives while it
+        # works (a SIGCHLD from any child of ours is enough): hold signals
+        # off during the load, and start afresh if one still got through
+        # (libbpf refuses to load one object twice).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            for _attempt in range(3):
+                self.close()
+                _log.clear()
+                ctypes.set_errno(0)
+                self._obj = lib.bpf_object__open_mem(self._data, len(data), None)
+                if not self._obj:
+                    raise _fail(f"cannot open BPF object {name}", _errno_of(0))
+                ret = lib.bpf_object__load(self._obj)
+                if ret != -errno.EAGAIN:
+                    break
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if ret != 0:
             self.close()
             raise _fail(f"cannot load BPF program {name}", _errno_of(ret))
-        self._links: list[int] = []
 
     def close(self) -> None:
         lib = _lib()
