@@ -182,3 +182,38 @@ def test_list_corruption_message_before_the_report():
     assert any("list_del()" in n for n in r.details.address_notes)
     assert r.details.messages[0].startswith("list_del corruption")
     assert r.details.call_trace[0].module == "mydrv"
+
+
+def test_inconsistent_lock_state_skips_lockdep_internals():
+    lines = [
+        "================================",
+        "WARNING: inconsistent lock state",
+        "syzkaller #0 Not tainted",
+        "--------------------------------",
+        "inconsistent {SOFTIRQ-ON-W} -> {IN-SOFTIRQ-W} usage.",
+        "swapper/1/0 [HC0[0]:SC1[1]:HE1:SE0] takes:",
+        "ffff888026ad6260 (sk_lock-AF_X25){+.?.}-{0:0}, at: x25_kill_by_neigh+0x10d/0x250",
+        "{SOFTIRQ-ON-W} state was registered at:",
+        "  lock_acquire+0x115/0x350",
+        "  x25_bind+0x209/0x450",
+        "stack backtrace:",
+        "CPU: 1 UID: 0 PID: 0 Comm: swapper/1 Not tainted syzkaller #0 PREEMPT(full)",
+        "Call Trace:",
+        " <IRQ>",
+        " dump_stack_lvl+0xe8/0x150",
+        " print_usage_bug+0x28c/0x2e0",
+        " valid_state+0xbe/0xf0",
+        " mark_lock_irq+0x36/0x380",
+        " mark_lock+0x117/0x190",
+        " __lock_acquire+0x6b7/0x2e50",
+        " ? kasan_quarantine_put+0xbb/0x1f0",
+        " lock_acquire+0x115/0x350",
+        " lock_sock_nested+0x41/0x100",
+        " x25_kill_by_neigh+0x10d/0x250",
+        " x25_lapb_receive_frame+0x1b0/0xfb0",
+    ]
+    text = "".join(f"[  161.{i:06d}][    C1] {line}\n" for i, line in enumerate(lines))
+    (r,) = parse_reports(text)
+    assert r.title == "inconsistent lock state in x25_kill_by_neigh"
+    assert r.kind == "lockdep" and r.detector == "lockdep"
+    assert r.context == "[C1]"

@@ -129,6 +129,11 @@ COMMON_SKIP: tuple[str, ...] = (
     # Page-cache and buffer-head helpers that WARN about the state their
     # caller (a file system) handed them: the caller is to blame.
     "mark_buffer_dirty", "truncate_cleanup_folio",
+    # Socket lock primitives are locking, like spin_lock and mutex_lock.
+    "^lock_sock(?:_nested|_fast)?$", "^release_sock$",
+    # lockdep's own checking path (kernel/locking/lockdep.c).
+    "^valid_state$", "^mark_usage$", "^check_prevs?_add$", "^validate_chain$",
+    "^check_noncircular$", "^check_irq_usage$",
 )
 
 # Syscall entry wrappers differ per architecture and kernel version; titles
