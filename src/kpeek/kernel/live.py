@@ -103,7 +103,8 @@ def default_memory() -> KernelMemory:
     """The live kernel's memory (BPF reader), opened on first use.
 
     The reader caches the pages it read; call ``.clear_cache()`` on it to
-    look again at a kernel that has moved on. Raises NotPermitted (not root) or NotSupported (BPF will not load).
+    look again at a kernel that has moved on. Raises NotPermitted (not
+    root) or NotSupported (BPF will not load).
     """
     global _default_memory
     if _default_memory is None:
