@@ -197,13 +197,14 @@ def drop_transient(steps: list[Step]) -> tuple[list[Step], int]:
     (O_CLOEXEC, or FIOCLEX/F_SETFD right after), read it and close it at once
     (ld.so.cache, libraries, locales, modules). Such an open, its close and
     any lseek or close-on-exec marking of that fd in between are dropped when
-    the process does nothing else recorded in between. Opens without
+    the thread does nothing else recorded in between. Opens without
     close-on-exec are kept: that is what a program under study usually does.
     """
-    by_tgid: dict[int, list[int]] = {}
+    # Per thread: threads of one process open and close files concurrently.
+    by_thread: dict[int, list[int]] = {}
     for i, s in enumerate(steps):
-        by_tgid.setdefault(s.tgid, []).append(i)
-    position = {i: n for ids in by_tgid.values() for n, i in enumerate(ids)}
+        by_thread.setdefault(s.pid, []).append(i)
+    position = {i: n for ids in by_thread.values() for n, i in enumerate(ids)}
     drop: set[int] = set()
     for i, s in enumerate(steps):
         if s.syscall not in _OPENS or s.result is None or s.result < 0:
@@ -211,7 +212,7 @@ def drop_transient(steps: list[Step]) -> tuple[list[Step], int]:
         fd = s.result
         cloexec = "O_CLOEXEC" in " ".join(s.args)
         run = [i]
-        for j in by_tgid[s.tgid][position[i] + 1 :]:
+        for j in by_thread[s.pid][position[i] + 1 :]:
             t = steps[j]
             run.append(j)
             if t.syscall == "close" and t.args == (str(fd),):

@@ -163,6 +163,8 @@ class Tracer:
 
     def _loop(self) -> None:
         while self.tgid_of or self.held:
+            if not self.tgid_of:
+                self._adopt_held()  # never leave a tracee stopped with no one to wait for
             try:
                 tid, status = os.waitpid(-1, ptrace.WALL)
             except ChildProcessError:
@@ -178,6 +180,12 @@ class Tracer:
                 self._stopped(tid, sig, event)
             except TraceeGone:
                 self._forget(tid)
+
+    def _adopt_held(self) -> None:
+        for tid in sorted(self.held):
+            self.tgid_of[tid] = _tgid_of(tid)
+            ptrace.resume(tid)
+        self.held.clear()
 
     def _stopped(self, tid: int, sig: int, event: int) -> None:
         if tid not in self.tgid_of:
@@ -341,6 +349,17 @@ class Tracer:
                 ptrace.resume(tid, 0, ptrace.PTRACE_CONT)
         self.tgid_of.clear()
         self.held.clear()
+
+
+def _tgid_of(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return tid
 
 
 def _shell_status(status: int) -> int:
