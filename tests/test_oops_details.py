@@ -217,3 +217,27 @@ def test_inconsistent_lock_state_skips_lockdep_internals():
     assert r.title == "inconsistent lock state in x25_kill_by_neigh"
     assert r.kind == "lockdep" and r.detector == "lockdep"
     assert r.context == "[C1]"
+
+
+def test_workqueue_lockup_names_the_busy_work():
+    lines = [
+        "BUG: workqueue lockup - pool cpus=0 node=0 flags=0x0 nice=0 stuck for 56s!",
+        "Showing busy workqueues and worker pools:",
+        "workqueue events: flags=0x100",
+        "    in-flight: 9:nsim_fib_event_work for 58s nsim_fib_event_work",
+        "Showing backtraces of busy workers in stalled worker pools:",
+        "pool 2:",
+        "task:kworker/0:0     state:R  running task     stack:0     pid:9",
+        "Workqueue: events nsim_fib_event_work",
+        "Call trace:",
+        " __switch_to+0x2b0/0x6e0 (T)",
+        " nsim_fib_event_work+0x1d8/0x320",
+    ]
+    text = "".join(f"[  120.{i:06d}][    C0] {line}\n" for i, line in enumerate(lines))
+    (r,) = parse_reports(text)
+    assert r.title == "BUG: workqueue lockup in nsim_fib_event_work"
+    assert r.kind == "hang"
+    # Older kernels print no backtraces: the title has no function then.
+    (r,) = parse_reports("".join(f"[  120.{i:06d}][    C0] {line}\n"
+                                 for i, line in enumerate(lines[:4])))
+    assert r.title == "BUG: workqueue lockup"

@@ -401,6 +401,13 @@ _BUG = ReportKind(
             ),
         ),
         Format(rx(r"BUG: Bad page map"), "BUG: Bad page map"),
+        # Newer kernels show the busy workers of the stalled pool: the first
+        # one's work function names the lockup.
+        Format(rx(r"BUG: workqueue lockup"), "BUG: workqueue lockup in {0}",
+               report=(Step(rx(r"BUG: workqueue lockup")),
+                       _later(r"Showing backtraces of busy workers in stalled worker pools"),
+                       _later(r"^Workqueue: \S+ ([a-zA-Z0-9_]+)")),
+               no_stack_trace=True),
         Format(rx(r"BUG: workqueue lockup"), "BUG: workqueue lockup", no_stack_trace=True),
         Format(rx(r"BUG: sleeping function called from invalid context at (.*)"),
                "BUG: sleeping function called from invalid context in {1}", stack=_trace()),
