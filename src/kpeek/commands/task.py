@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -54,65 +53,6 @@ def state_letter(state: int, exit_state: int) -> str:
         return "I"
     report = (state | exit_state) & 0x7F
     return "RSDTtXZP"[report.bit_length()] if report.bit_length() < 8 else "?"
-
-
-def find_task(kernel: Kernel, pid: int) -> Object:
-    """The task_struct of thread ``pid``.
-
-    Uses the BPF task iterator; a task it does not list (seen for pid 1 of
-    some sandboxes) is found through a sibling thread's or a child's
-    task_struct instead. Raises UsageError when there is no such task.
-    """
-    from kpeek.sources.bpf.tasks import task_addresses
-
-    addresses = task_addresses()
-    if pid in addresses:
-        return kernel.object("struct task_struct", addresses[pid])
-    if not os.path.exists(f"/proc/{pid}"):
-        raise UsageError(f"no task with pid {pid}")
-    for via in _relatives(pid):
-        if via not in addresses:
-            continue
-        other = kernel.object("struct task_struct", addresses[via])
-        for path in ("group_leader", "real_parent"):
-            leader = other.member(path).deref().member("group_leader").deref()
-            found = _thread_of(kernel, leader, pid)
-            if found is not None:
-                return found
-    raise UsageError(f"task {pid} exists in /proc but its task_struct was not found")
-
-
-def _relatives(pid: int) -> list[int]:
-    """Threads of pid's process, then tasks whose parent is pid (from /proc)."""
-    out: list[int] = []
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            tgid = next(int(line.split()[1]) for line in f if line.startswith("Tgid:"))
-        out += [int(t) for t in os.listdir(f"/proc/{tgid}/task")]
-    except (OSError, StopIteration, ValueError):
-        tgid = pid
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat = f.read()
-                if int(stat[stat.rindex(b")") + 2 :].split()[1]) == tgid:
-                    out.append(int(entry))
-            except (OSError, ValueError):
-                continue
-    return out
-
-
-def _thread_of(kernel: Kernel, leader: Object, pid: int) -> Object | None:
-    if leader.member("pid").value() == pid:
-        return leader
-    walk = kernel.list_entries(leader.member("signal").deref().member("thread_head"),
-                               "struct task_struct", "thread_node", max_entries=100_000)
-    for address in walk.entries:
-        task = kernel.object("struct task_struct", address)
-        if task.member("pid").value() == pid:
-            return task
-    return None
 
 
 def _has(task: Object, path: str) -> bool:
@@ -169,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from kpeek.kernel import open_live
 
     kernel = open_live()
-    task = find_task(kernel, args.pid)
+    task = kernel.task(args.pid)
     if task.type.resolve().kind != Kind.STRUCT:
         raise UsageError("struct task_struct missing from BTF")
     doc = describe(kernel, task)

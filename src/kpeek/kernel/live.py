@@ -66,13 +66,62 @@ class Kernel:
         return walker(self.memory, address, entry_offset=offset, max_entries=max_entries)
 
     def task(self, pid: int) -> Object:
-        """The ``struct task_struct`` of thread ``pid`` (raises UsageError if none)."""
+        """The ``struct task_struct`` of thread ``pid`` (raises UsageError if none).
+
+        Uses the BPF task iterator; a task it does not list (seen for pid 1
+        in some sandboxes) is found through a sibling thread's or a child's
+        task_struct instead.
+        """
         from kpeek.sources.bpf.tasks import task_addresses
 
-        address = task_addresses().get(pid)
-        if address is None:
+        addresses = task_addresses()
+        if pid in addresses:
+            return self.object("struct task_struct", addresses[pid])
+        if not os.path.exists(f"/proc/{pid}"):
             raise UsageError(f"no task with pid {pid}")
-        return self.object("struct task_struct", address)
+        for via in _relatives(pid):
+            if via not in addresses:
+                continue
+            other = self.object("struct task_struct", addresses[via])
+            for path in ("group_leader", "real_parent"):
+                leader = other.member(path).deref().member("group_leader").deref()
+                found = self._thread_of(leader, pid)
+                if found is not None:
+                    return found
+        raise UsageError(f"task {pid} exists in /proc but its task_struct was not found")
+
+    def _thread_of(self, leader: Object, pid: int) -> Object | None:
+        if leader.member("pid").value() == pid:
+            return leader
+        walk = self.list_entries(leader.member("signal").deref().member("thread_head"),
+                                 "struct task_struct", "thread_node")
+        for address in walk.entries:
+            task = self.object("struct task_struct", address)
+            if task.member("pid").value() == pid:
+                return task
+        return None
+
+
+def _relatives(pid: int) -> list[int]:
+    """Threads of pid's process, then tasks whose parent is that process (from /proc)."""
+    out: list[int] = []
+    tgid = pid
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            tgid = next(int(line.split()[1]) for line in f if line.startswith("Tgid:"))
+        out += [int(t) for t in os.listdir(f"/proc/{tgid}/task")]
+    except (OSError, StopIteration, ValueError):
+        pass
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+                if int(stat[stat.rindex(b")") + 2 :].split()[1]) == tgid:
+                    out.append(int(entry))
+            except (OSError, ValueError):
+                continue
+    return out
 
 
 def require_root(what: str) -> None:
