@@ -241,3 +241,24 @@ def test_workqueue_lockup_names_the_busy_work():
     (r,) = parse_reports("".join(f"[  120.{i:06d}][    C0] {line}\n"
                                  for i, line in enumerate(lines[:4])))
     assert r.title == "BUG: workqueue lockup"
+
+
+def test_hung_task_whose_name_holds_a_newline():
+    lines = [
+        "INFO: task \ufffd\ufffd",
+        "\ufffd!:18088 blocked for more than 143 seconds.",
+        '"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.',
+        "Call Trace:",
+        " <TASK>",
+        " __schedule+0x10e9/0x6820",
+        " schedule+0xdd/0x390",
+        " schedule_timeout+0x1b2/0x280",
+        " __wait_for_common+0x2e7/0x4c0",
+        " __flush_work+0x7c7/0xcb0",
+        " p9_fd_close+0x299/0x5a0",
+        " p9_client_create+0x678/0xd40",
+    ]
+    text = "".join(f"[ 1052.{i:06d}][   T41] {line}\n" for i, line in enumerate(lines))
+    (r,) = parse_reports(text)
+    assert r.title == "INFO: task hung in p9_fd_close"
+    assert r.kind == "hang"

@@ -619,6 +619,12 @@ _INFO = ReportKind(
         Format(rx(r"INFO: task .* can't die for more than .* seconds"),
                "INFO: task can't die in {0}", alt=("hang in {0}",),
                stack=_trace("schedule")),
+        # A task name may hold a newline (comm is set by user space): the
+        # "blocked for more than" part then comes on a later line.
+        Format(rx(r"INFO: task "), "INFO: task hung in {0}", alt=("hang in {0}",),
+               report=(Step(rx(r"INFO: task ")),
+                       _later(r"blocked (?:in I/O wait )?for more than [0-9]+ seconds")),
+               stack=_trace(chooser=choose_hang_frame)),
         # What is left of an old-style KASAN report whose header was lost.
         Format(rx(r"INFO: (Freed|Allocated) in (.*)"), "INFO: {0} in {1}", corrupted=True),
         Format(rx(r"INFO:\s*$"), "INFO: corrupted", corrupted=True),
