@@ -262,3 +262,32 @@ def test_hung_task_whose_name_holds_a_newline():
     (r,) = parse_reports(text)
     assert r.title == "INFO: task hung in p9_fd_close"
     assert r.kind == "hang"
+
+
+def test_new_warning_format_blames_the_caller_of_iomap_helpers():
+    lines = [
+        "------------[ cut here ]------------",
+        "ifs_is_fully_uptodate(folio, ifs) != folio_test_uptodate(folio)",
+        "WARNING: fs/iomap/buffered-io.c:289 at ifs_free+0x344/0x400, CPU#0: kswapd0/69",
+        "Modules linked in:",
+        "CPU: 0 UID: 0 PID: 69 Comm: kswapd0 Tainted: G             L      syzkaller #0",
+        "Tainted: [L]=SOFTLOCKUP",
+        "RIP: 0010:ifs_free+0x344/0x400",
+        "Call Trace:",
+        " <TASK>",
+        " iomap_release_folio+0x254/0x450",
+        " shrink_folio_list+0x2364/0x5330",
+        " ? __pfx_shrink_folio_list+0x10/0x10",
+        " evict_folios+0x3821/0x49e0",
+    ]
+    text = "".join(f"[  156.{i:06d}][   T69] {line}\n" for i, line in enumerate(lines))
+    (r,) = parse_reports(text)
+    assert r.title == "WARNING in iomap_release_folio"
+    assert r.details.taint_flags == [("L", "soft lockup happened earlier")]
+
+
+def test_boot_advisories_are_not_reports():
+    text = ("[  217.823293][T11879] WARNING: Unprivileged eBPF is enabled, data leaks possible"
+            " via Spectre v2 BHB attacks!\n"
+            "[  218.000000][T11879] WARNING: The mand mount option has been deprecated and\n")
+    assert parse_reports(text) == []

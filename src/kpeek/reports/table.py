@@ -128,7 +128,7 @@ COMMON_SKIP: tuple[str, ...] = (
     "__mod_timer", "fast_dput", "dput",
     # Page-cache and buffer-head helpers that WARN about the state their
     # caller (a file system) handed them: the caller is to blame.
-    "mark_buffer_dirty", "truncate_cleanup_folio",
+    "mark_buffer_dirty", "truncate_cleanup_folio", "^ifs_free$",
     # Socket lock primitives are locking, like spin_lock and mutex_lock.
     "^lock_sock(?:_nested|_fast)?$", "^release_sock$",
     # lockdep's own checking path (kernel/locking/lockdep.c).
@@ -562,7 +562,8 @@ _WARNING = ReportKind(
             r"WARNING: workqueue cpumask: online intersect > possible intersect",
             r"WARNING: [Tt]he mand mount option",
             r"WARNING: Unsupported flag value\(s\) of 0x%x in DT_FLAGS_1",
-            r"WARNING: Unprivileged eBPF is enabled with eIBRS",
+            # Advisories printed at boot or on a sysctl change, not bugs.
+            r"WARNING: Unprivileged eBPF is enabled",
             r"WARNING: fbcon: Driver '(.*)' missed to adjust virtual screen size",
             r"WARNING: See https.* for mitigation options.",
             r"WARNING: kernel not compiled with CPU_SRSO",
