@@ -202,3 +202,22 @@ def test_ctrl_c_kills_and_reaps_the_traced_program(tmp_path):
             proc.wait()
     stat = Path(f"/proc/{shell}/stat")  # the shell that became sleep: killed and reaped
     assert not stat.exists() or stat.read_text().rsplit(") ", 1)[1][0] in ("Z", "X")
+
+
+def test_program_that_cannot_exec_is_a_usage_error(tmp_path, capfd):
+    bad = tmp_path / "not-a-program"
+    bad.write_bytes(b"\x7fELF garbage")
+    bad.chmod(0o755)
+    assert main(["trace", "--", str(bad)]) == 2
+    err = capfd.readouterr().err
+    assert "Exec format error" in err and "cannot run" in err
+
+
+def test_first_step_holds_only_what_the_program_inherits():
+    ours_before = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    trace = run_trace(["true"])
+    leader = trace.steps[0].tgid
+    start = {d.fd for d in trace.steps[0].snapshot.fds_of(leader)}
+    assert start <= ours_before  # kpeek's own exec-error pipe is closed by then
+    assert trace.steps[1].syscall == "execve"
+    assert not any(d.cloexec for d in trace.steps[1].snapshot.fds_of(leader))

@@ -99,6 +99,7 @@ class Tracer:
         self.held: set[int] = set()  # new tracees stopped before their parent's event
         self.expect_stop: set[int] = set()  # new tracees whose first SIGSTOP is ours
         self.leader = 0
+        self.execed = False  # the command itself started (its execve succeeded)
         self.started = 0.0
 
     # -- running ---------------------------------------------------------
@@ -115,6 +116,8 @@ class Tracer:
         try:
             self._spawn()
             self._loop()
+            if not self.execed:
+                raise KpeekError(f"trace: cannot run {self.argv[0]} (see the message above)")
         except _Timeout:
             self.trace.stopped = "timeout"
             self.trace.notes.append(f"stopped after {self.timeout:g}s: tracees killed")
@@ -137,23 +140,29 @@ class Tracer:
         read_err, write_err = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # the child: never returns
+            report = write_err
             try:
                 os.close(read_err)
                 ptrace.traceme()
+                # Close the error pipe before the first traced moment, so it
+                # is not in the drawings; later errors go to stderr.
+                os.close(write_err)
+                report = 2
                 os.kill(os.getpid(), signal.SIGSTOP)
                 os.execv(self.exe, self.argv)
             except BaseException as e:  # report anything, then exit
                 with contextlib.suppress(BaseException):
-                    os.write(write_err, str(e).encode("utf-8", "replace")[:500])
+                    message = f"kpeek trace: cannot run {self.argv[0]}: {e}\n"
+                    os.write(report, message.encode("utf-8", "replace")[:600])
             os._exit(127)
         os.close(write_err)
         self.leader = pid
         self.started = time.monotonic()
         _, status = os.waitpid(pid, ptrace.WALL)
         if not os.WIFSTOPPED(status):
-            message = os.read(read_err, 600).decode("utf-8", "replace")
+            message = os.read(read_err, 600).decode("utf-8", "replace").strip()
             os.close(read_err)
-            raise KpeekError(f"trace: cannot start {self.argv[0]}: {message or 'it exited'}")
+            raise KpeekError(message or f"trace: cannot start {self.argv[0]}")
         os.close(read_err)
         ptrace.set_options(pid)
         self.tgid_of[pid] = pid
@@ -230,6 +239,10 @@ class Tracer:
             result_text = str(info.rval)
             if extra and "fds" in entry.args:  # pipe(fds) -> pipe([3, 4])
                 entry.args[entry.args.index("fds")] = extra
+            if entry.name in ("execve", "execveat") and tid == self.leader:
+                self.execed = True
+            if entry.name in ("execve", "execveat") and tid == self.leader:
+                self.execed = True
             replaced: frozenset[tuple[int, int]] = frozenset()
             if entry.name in ("dup2", "dup3"):
                 replaced = frozenset({(self.tgid_of[tid], syscalls.signed(entry.raw[1], 32))})
