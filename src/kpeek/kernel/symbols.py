@@ -113,20 +113,26 @@ class Kallsyms:
 
     @classmethod
     def from_text(cls, text: str, source: str = KALLSYMS) -> Kallsyms:
-        if "[" in text:  # module symbols carry a fourth column
-            rows = _LINE.findall(text)
-            addrs = [int(r[0], 16) for r in rows]
-            kinds = [r[1] for r in rows]
-            names = [r[2] for r in rows]
-            modules: list[str | None] | None = [r[3] or None for r in rows]
-        else:  # the fast path: three words per line
-            words = text.split()
-            if len(words) % 3:
-                raise NotSupported(f"{source}: unexpected format")
-            addrs = [int(a, 16) for a in words[0::3]]
-            kinds = words[1::3]
-            names = words[2::3]
-            modules = None
+        modules: list[str | None] | None = None
+        if "[" in text:  # module (and BPF program) symbols carry a fourth column
+            lines = text.splitlines()
+            plain = [line for line in lines if "[" not in line]
+            tagged = _LINE.findall("\n".join(line for line in lines if "[" in line))
+        else:
+            plain, tagged = None, []
+        # the fast path: three words per line, split all at once
+        words = text.split() if plain is None else " ".join(plain).split()
+        if len(words) % 3:
+            raise NotSupported(f"{source}: unexpected format")
+        addrs = [int(a, 16) for a in words[0::3]]
+        kinds = words[1::3]
+        names = words[2::3]
+        if tagged:
+            modules = [None] * len(addrs)
+            addrs += [int(r[0], 16) for r in tagged]
+            kinds += [r[1] for r in tagged]
+            names += [r[2] for r in tagged]
+            modules += [r[3] or None for r in tagged]
         if addrs and not any(addrs):
             fix = (
                 "lower the kernel.kptr_restrict sysctl (it hides them even from root)"
