@@ -64,3 +64,26 @@ def test_live_symbolization_with_kallsyms():
            "[  1.1] Call Trace:\n" + out)
     (report,) = parse_reports(log)
     assert report.title == "WARNING in vfs_read"
+
+
+@pytest.mark.timeout(60)
+def test_unprivileged_live_read_says_what_is_needed():
+    require("root")
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv not installed")
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+    probe = subprocess.run([*as_nobody, "-c", "import kpeek"], capture_output=True, timeout=50,
+                           cwd="/")
+    if probe.returncode != 0:
+        pytest.skip("the checkout is not readable by an unprivileged user here")
+    with open("/proc/sys/kernel/dmesg_restrict") as f:
+        restricted = f.read().strip() == "1"
+    res = subprocess.run([*as_nobody, "-m", "kpeek", "oops", "--summary"],
+                         capture_output=True, text=True, timeout=50, cwd="/")
+    if restricted:
+        assert res.returncode == 3
+        assert "CAP_SYSLOG" in res.stderr and "Traceback" not in res.stderr
+    else:
+        assert res.returncode == 0, res.stderr
