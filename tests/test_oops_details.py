@@ -77,6 +77,9 @@ def test_null_deref_without_timestamps():
     "[Mon Nov 23 16:00:00 2026] ",
     "Nov 23 16:00:00 myhost kernel: ",
     "2026-11-23T16:00:00+0000 myhost kernel: [  512.123456] ",
+    "Nov 23 16:00:00.123456 myhost kernel: ",
+    "[  512.123456] myhost kernel: ",
+    "kern  :warn  : [  512.123456] ",
 ])
 def test_same_title_whatever_the_log_prefix(prefix):
     text = "".join(prefix + line + "\n" for line in NULL_DEREF.splitlines())

@@ -33,9 +33,13 @@ _WALLCLOCK_PREFIX = re.compile(
 )
 # syslog/journal: "Nov 23 16:00:00 host kernel: msg" or ISO "2026-11-23T16:00:00+0000 host kernel: "
 _SYSLOG_PREFIX = re.compile(
-    r"^(?:[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT[0-9:.,+\-]{8,32}) "
-    r"[^ ]{1,64} kernel: "
+    r"^(?:[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d(?:\.\d{1,9})?"
+    r"|\d{4}-\d\d-\d\dT[0-9:.,+\-]{8,32}) [^ ]{1,64} kernel: "
 )
+# "dmesg -x": "kern  :warn  : [  1.0] msg"
+_FACILITY_PREFIX = re.compile(r"^[a-z]{3,8} *:[a-z]{3,7} *: ")
+# "journalctl -o short-monotonic": "[  123.456789] host kernel: msg"
+_HOST_KERNEL = re.compile(r"^[^ ]{1,64} kernel: ")
 # An unreliable stack frame: "[<ffff...>] ? func+0x1/0x2" or " ? func+0x1/0x2".
 _QUESTIONABLE = re.compile(r"(\[<[0-9a-f]+>\])? \? ")
 
@@ -62,6 +66,9 @@ def split_line(raw: str, number: int) -> ConsoleLine:
         raw = raw[:MAX_LINE]
     if raw.endswith("\r"):
         raw = raw[:-1]
+    m = _FACILITY_PREFIX.match(raw)
+    if m:
+        raw = raw[m.end():]
     m = _SYSLOG_PREFIX.match(raw)
     if m:
         raw = raw[m.end():]
@@ -72,7 +79,9 @@ def split_line(raw: str, number: int) -> ConsoleLine:
     if m:
         context = CONSOLE_CONTEXT if m.group(1) is None else re.sub(r"\s", "", m.group(1))
         # The message starts after the first "] " (the timestamp or caller id).
-        return _with_context(raw[raw.index("] ") + 2:], context, number)
+        text = raw[raw.index("] ") + 2:]
+        host = _HOST_KERNEL.match(text)
+        return _with_context(text[host.end():] if host else text, context, number)
     m = _WALLCLOCK_PREFIX.match(raw)
     if m:
         return _with_context(raw[m.end():], CONSOLE_CONTEXT, number)
