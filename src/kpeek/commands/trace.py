@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from kpeek import jsonout
-from kpeek.errors import UsageError
+from kpeek.errors import NotSupported, UsageError
 from kpeek.render import text
 
 
@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("trace: --max-steps must be at least 1")
     if args.html:
         # Fail before running the program, not after.
+        from kpeek.render.dot import have_dot
+
+        if not have_dot():
+            raise NotSupported("--html needs Graphviz: install the graphviz package")
         try:
             Path(args.html).touch()
         except OSError as e:

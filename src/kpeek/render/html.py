@@ -17,6 +17,13 @@ from typing import Any
 
 from kpeek.textsafe import for_terminal
 
+LEGEND = (
+    '<p class="legend"><span class="swatch changed"></span> changed by this step '
+    '<span class="swatch blocking"></span> a write end that keeps a reader from '
+    "end-of-file &#183; close-on-exec fds are marked &#183; arrows: fd &#8594; open file "
+    "&#8594; inode</p>"
+)
+
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
 
 
@@ -77,7 +84,8 @@ def trace_page(title: str, steps: list[dict[str, Any]]) -> str:
         '<button id="next" title="next step (right arrow)">forward &#8594;</button>'
         '<input id="slider" type="range" min="0" value="0" aria-label="step"></nav>'
         '<div id="syscall" class="syscall"></div><ul id="changes" class="changes"></ul>'
-        "</header>"
+        + LEGEND
+        + "</header>"
         '<main id="diagram" class="diagram"></main>'
         + json_block("steps", steps)
     )

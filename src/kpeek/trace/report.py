@@ -42,7 +42,7 @@ def text_lines(trace: Trace, views: list[StepView]) -> list[Text]:
             line.append(f" = {for_terminal(_result(v) or '')}")
         lines.append(line)
         for c in v.changes:
-            lines.append(Text(f"       {c}", style="yellow"))
+            lines.append(Text(f"       {c}", style="bold red" if "keeps" in c else "yellow"))
     tail = f"exit status {trace.exit_status}" if trace.exit_status is not None else "no exit status"
     if trace.stopped:
         tail += f" ({trace.stopped})"
