@@ -294,3 +294,11 @@ def test_boot_advisories_are_not_reports():
             " via Spectre v2 BHB attacks!\n"
             "[  218.000000][T11879] WARNING: The mand mount option has been deprecated and\n")
     assert parse_reports(text) == []
+
+
+def test_disassemble_names_branch_targets():
+    names = {0x1005: "next_fn+0x0/0x10"}
+    (call,) = disassemble(b"\xe8\x00\x00\x00\x00", 0x1000, names.get)
+    assert call.mnemonic == "call" and call.symbol == "next_fn+0x0/0x10"
+    (ret,) = disassemble(bytes.fromhex("c0035fd6"), 0x2000, arch="arm64")
+    assert ret.text == "ret"
