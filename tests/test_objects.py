@@ -69,6 +69,8 @@ def test_deref_and_container_of(btf, memory):
     again = container_of(node, "struct task_struct", "sibling", memory, btf)
     assert again.address == TASK and again.member("pid").value() == 4242
     assert task.member("comm")[0].value() == ord("w")
+    with pytest.raises(ObjectError, match="out of range"):
+        task.member("comm")[16]
 
 
 def test_enum_bool_and_bitfields(btf):

@@ -142,7 +142,10 @@ class Object:
         """Element ``index`` of an array, or of what a pointer points to."""
         t = self.type.resolve()
         if t.kind == Kind.ARRAY:
-            elem = self.btf.type(t.array_info[0])
+            elem_id, _, n = t.array_info
+            if n and not 0 <= index < n:  # n == 0: a flexible array, any index
+                raise ObjectError(f"index {index} out of range for {self.type.c_name}")
+            elem = self.btf.type(elem_id)
             return Object(elem, self.address + index * elem.size, self.memory,
                           _root=self._root or self)
         if t.kind == Kind.PTR:
