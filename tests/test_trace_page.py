@@ -88,3 +88,5 @@ def test_hostile_file_name_is_text_not_markup(page):
     assert evil.name in browser.evaluate(SYSCALL)
     assert browser.evaluate("document.querySelectorAll('img, iframe, object').length") == 0
     assert browser.evaluate("document.querySelectorAll('script').length") == 2  # data + stepper
+    # self-contained: the page fetched nothing at all
+    assert browser.evaluate("performance.getEntriesByType('resource').length") == 0

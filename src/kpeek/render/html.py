@@ -24,6 +24,11 @@ LEGEND = (
     "&#8594; inode</p>"
 )
 
+STATIC_LEGEND = (
+    '<p class="legend"><span class="swatch blocking"></span> a write end that keeps a '
+    "reader from end-of-file &#183; arrows: fd &#8594; open file &#8594; inode</p>"
+)
+
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
 
 
@@ -65,7 +70,7 @@ def _page(title: str, body: str, script: str = "") -> str:
 def diagram_page(svg: bytes, title: str) -> str:
     """One diagram on a page of its own."""
     body = (
-        f"<header><h1>{escape(title)}</h1></header>"
+        f"<header><h1>{escape(title)}</h1>{STATIC_LEGEND}</header>"
         f'<main id="diagram" class="diagram">{inline_svg(svg)}</main>'
     )
     return _page(title, body)
