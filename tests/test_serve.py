@@ -146,3 +146,41 @@ def test_serve_command_prints_a_tokened_loopback_url_and_stops_on_ctrl_c():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+ON_SIGNAL = """
+import tempfile
+path = tempfile.mktemp(prefix="kpeek-live-")
+opened = []
+signal.signal(signal.SIGUSR1, lambda *a: opened.append(os.open(path, os.O_RDWR | os.O_CREAT)))
+report(pid=os.getpid(), path=path)
+"""
+
+CHANGED = "#ffe680"
+
+
+@pytest.mark.timeout(120)
+def test_live_page_highlights_what_changed_since_the_last_refresh():
+    require("graphviz", "chromium")
+    with family(ON_SIGNAL) as fam, running([fam.pid], interval=0.5) as server, \
+            Browser() as browser:
+        browser.open(server.url)
+        svg_text = ("Array.from(document.querySelectorAll('#diagram svg text'))"
+                    ".map(t => t.textContent).join('\\n')")
+        yellow = ("Array.from(document.querySelectorAll('#diagram svg polygon'))"
+                  f".filter(p => p.getAttribute('fill') === '{CHANGED}').length")
+
+        def wait(condition) -> None:
+            deadline = time.monotonic() + 30
+            while not condition():
+                assert time.monotonic() < deadline, "the page did not update"
+                time.sleep(0.1)
+
+        wait(lambda: browser.evaluate(
+            "Number(document.getElementById('diagram').dataset.updates || 0)") >= 2)
+        assert browser.evaluate(yellow) == 0  # nothing changed between refreshes
+        os.kill(fam.pid, signal.SIGUSR1)
+        wait(lambda: fam.info["path"] in browser.evaluate(svg_text))
+        assert browser.evaluate(yellow) >= 2  # the new fd and its new open file
+        wait(lambda: browser.evaluate(yellow) == 0)  # and next time it is old news
+        assert fam.info["path"] in browser.evaluate(svg_text)

@@ -224,3 +224,14 @@ def drop_transient(steps: list[Step]) -> tuple[list[Step], int]:
             cloexec = cloexec or t.syscall in ("ioctl", "fcntl")
     kept = [s for i, s in enumerate(steps) if i not in drop]
     return kept, len(drop)
+
+
+def changes_between(before: Snapshot, after: Snapshot) -> StepView:
+    """What changed from ``before`` to ``after`` (two snapshots of one run),
+    as the second view of a two-step trace; used by the live page."""
+
+    def step(snap: Snapshot) -> Step:
+        return Step(index=0, pid=0, tgid=0, comm="", syscall="refresh", args=(),
+                    result=None, result_text=None, snapshot=snap)
+
+    return describe([step(before), step(after)])[1]

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 from kpeek.errors import KpeekError
 from kpeek.model import Snapshot
 from kpeek.render import dot, html
-from kpeek.render.diagram import build_dot
+from kpeek.render.diagram import Marks, build_dot
 
 LOOPBACK = "127.0.0.1"
 MAX_PIDS = 64
@@ -46,6 +46,7 @@ class LiveServer(ThreadingHTTPServer):
         self.interval = interval
         self.snapshot = snapshot
         self.lock = threading.Lock()  # one snapshot and layout at a time: 2 cores
+        self.previous: dict[tuple[int, ...], Snapshot] = {}
 
     @property
     def port(self) -> int:
@@ -54,6 +55,21 @@ class LiveServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}/?token={self.token}"
+
+    def marks_since_last(self, key: tuple[int, ...], snap: Snapshot) -> Marks | None:
+        """What changed since the last drawing of the same processes (yellow)."""
+        from kpeek.trace.changes import changes_between
+
+        before = self.previous.get(key)
+        self.previous = {key: snap}  # one page at a time is the common case
+        if before is None:
+            return None
+        view = changes_between(before, snap)
+        return Marks(
+            changed_fds=view.marks.changed_fds,
+            changed_files=view.marks.changed_files,
+            changed_processes=view.marks.changed_processes,
+        )
 
     def allowed_hosts(self) -> set[str]:
         return {f"{LOOPBACK}:{self.port}", f"localhost:{self.port}"}
@@ -139,7 +155,9 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.lock:
                 snap = self.server.snapshot(pids)
                 tgids = [t.tgid for t in snap.processes()]
-                svg = dot.run_dot(build_dot(snap, tgids), "svg")
+                key = tuple(sorted(pids))
+                marks = self.server.marks_since_last(key, snap)
+                svg = dot.run_dot(build_dot(snap, tgids, marks), "svg")
         except KpeekError as e:
             self._text(HTTPStatus.BAD_REQUEST, str(e))
             return
