@@ -21,7 +21,7 @@ from kpeek.reports.patterns import ReportKind
 from kpeek.reports.scan import MarkerScanner
 from kpeek.reports.table import CONTINUATION_MARKERS, INFO_WITH_STACK, REPORT_KINDS
 
-MAX_REPORTS = 200  # per log
+MAX_REPORTS = 1000  # per log
 MAX_SCAN_LINES = 3000  # raw lines looked at after a report's first line
 MAX_REPORT_LINES = 1500  # lines kept in one report
 # Lines examined in one log (report lines plus candidate start lines): a
