@@ -147,6 +147,24 @@ def clone_flags(pid: int, name: str, args: tuple[int, ...]) -> int:
 _Formatter = Callable[[int, tuple[int, ...]], list[str]]
 
 
+_DOMAINS = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK", 17: "AF_PACKET"}
+_SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
+SOCK_NONBLOCK, SOCK_CLOEXEC = 0o4000, 0o2000000
+
+
+def _domain(value: int) -> str:
+    return _DOMAINS.get(value & 0xFFFFFFFF, str(value))
+
+
+def _socket_type(value: int) -> str:
+    names = [_SOCK_TYPES.get(value & 0xF, str(value & 0xF))]
+    if value & SOCK_NONBLOCK:
+        names.append("SOCK_NONBLOCK")
+    if value & SOCK_CLOEXEC:
+        names.append("SOCK_CLOEXEC")
+    return "|".join(names)
+
+
 def _open_how(pid: int, address: int) -> str:
     raw = read_memory(pid, address, 24)
     if len(raw) < 24:
@@ -167,7 +185,7 @@ _ENTRY: dict[str, _Formatter] = {
     "dup": lambda p, a: [_fd(a[0])],
     "dup2": lambda p, a: [_fd(a[0]), _fd(a[1])],
     "dup3": lambda p, a: [_fd(a[0]), _fd(a[1]), open_flags(a[2]).replace("O_RDONLY|", "")],
-    "socket": lambda p, a: [str(a[0]), str(a[1]), str(a[2])],
+    "socket": lambda p, a: [_domain(a[0]), _socket_type(a[1]), str(a[2])],
     "execve": lambda p, a: [_quote(read_string(p, a[0])), _argv(p, a[1])],
     "execveat": lambda p, a: [_fd(a[0]), _quote(read_string(p, a[1])), _argv(p, a[2])],
     "fcntl": lambda p, a: [_fd(a[0]), _FCNTL_NAMES.get(signed(a[1], 32), str(a[1])),
@@ -180,7 +198,7 @@ _ENTRY: dict[str, _Formatter] = {
     "pipe": lambda p, a: ["fds"],
     "pipe2": lambda p, a: ["fds", open_flags(a[1]).replace("O_RDONLY|", "").replace(
         "O_RDONLY", "0")],
-    "socketpair": lambda p, a: [str(a[0]), str(a[1]), str(a[2]), "fds"],
+    "socketpair": lambda p, a: [_domain(a[0]), _socket_type(a[1]), str(a[2]), "fds"],
 }
 for _name in ("read", "write", "readv", "writev"):
     _ENTRY[_name] = lambda p, a: [_fd(a[0]), "...", str(a[2])]

@@ -386,12 +386,20 @@ def _shell_status(status: int) -> int:
 _CLONE_FLAG_NAMES = (
     (0x100, "CLONE_VM"), (0x200, "CLONE_FS"), (0x400, "CLONE_FILES"),
     (0x800, "CLONE_SIGHAND"), (0x4000, "CLONE_VFORK"), (0x8000, "CLONE_PARENT"),
-    (0x10000, "CLONE_THREAD"), (0x20000000, "CLONE_NEWPID"),
+    (0x10000, "CLONE_THREAD"), (0x40000, "CLONE_SYSVSEM"), (0x80000, "CLONE_SETTLS"),
+    (0x100000, "CLONE_PARENT_SETTID"), (0x200000, "CLONE_CHILD_CLEARTID"),
+    (0x1000000, "CLONE_CHILD_SETTID"), (0x20000000, "CLONE_NEWPID"),
 )
 
 
 def _clone_flag_names(flags: int) -> str:
     names = [n for bit, n in _CLONE_FLAG_NAMES if flags & bit]
+    exit_signal = flags & 0xFF
+    if exit_signal:
+        try:
+            names.append(signal.Signals(exit_signal).name)
+        except ValueError:
+            names.append(str(exit_signal))
     return "|".join(names) or "0"
 
 
