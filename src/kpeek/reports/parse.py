@@ -32,6 +32,10 @@ WORK_BUDGET = 400_000
 _PREFIX_LINES = 5
 _PREFIX_LINES_CALLER = 50
 
+# With caller ids, how far past the start of another task's report we still
+# collect our own lines (reports of several CPUs interleave, but not forever).
+_INTERLEAVE_BYTES = 32 << 10
+
 # A GCE serial console drops the connection right after a panic; what we
 # have of the report is then likely cut short.
 _CONSOLE_HANGUP = "serialport: VM disconnected."
@@ -217,6 +221,8 @@ def _scan(log: _Log, scanner: MarkerScanner, first: ConsoleLine, pos: int) -> _S
                 if not has_caller:
                     break  # without caller ids nothing after here is reliably ours
             next_hit = scanner.next_at(end + 1) if end + 1 <= len(text) else -1
+        if scan.next_report is not None and pos - scan.next_report > _INTERLEAVE_BYTES:
+            break  # well past the next report: what is left of ours is not coming
         pos, number = end + 1, number + 1
         scan.stop = pos
         if line.context != context and not (cpu_traceback and line.context.startswith("[C")):
