@@ -90,14 +90,15 @@ class FuseMount:
 
 
 @contextlib.contextmanager
-def fuse_mount(mode: str) -> Iterator[FuseMount]:
+def fuse_mount(mode: str, single_thread: bool = False) -> Iterator[FuseMount]:
     """A mounted BlockingFS (see fuse_test_server.py) in ``mode``."""
     ensure_fusectl()
     tmp = tempfile.mkdtemp(prefix="kpeek-fuse-")
     mountpoint = os.path.join(tmp, "mnt")
     os.mkdir(mountpoint)
     gate_r, gate_w = os.pipe()
-    server = subprocess.Popen([sys.executable, str(SERVER), mountpoint, mode, str(gate_r)],
+    extra = ["single"] if single_thread else []
+    server = subprocess.Popen([sys.executable, str(SERVER), mountpoint, mode, str(gate_r), *extra],
                               pass_fds=[gate_r], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     os.close(gate_r)

@@ -1,6 +1,7 @@
 """A tiny FUSE file system for doctor's tests: writes that block on purpose.
 
-Run as ``python fuse_test_server.py MOUNTPOINT MODE GATE_FD`` (root). The
+Run as ``python fuse_test_server.py MOUNTPOINT MODE GATE_FD [single]``
+(root; ``single`` serves with one thread). The
 mount holds two regular files, ``a`` and ``b``, kept in memory.
 
 MODE ``block``: every write from outside the server blocks in the handler
@@ -100,8 +101,9 @@ class BlockingFS(Operations):
 
 def main() -> None:
     mountpoint, mode, gate_fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    single = sys.argv[4:] == ["single"]  # one thread: a blocked handler blocks everything
     FUSE(BlockingFS(mountpoint, mode, gate_fd), mountpoint, foreground=True,
-         nothreads=False, fsname="kpeektest", direct_io=True)
+         nothreads=single, fsname="kpeektest", direct_io=True)
 
 
 if __name__ == "__main__":
