@@ -86,3 +86,18 @@ def test_100mb_log_through_the_cli(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("WARNING in pipe_write") == 2
     assert elapsed < 60, f"100 MB log took {elapsed:.1f} s"
+
+
+@pytest.mark.timeout(60)
+def test_hundreds_of_reports_with_caller_ids():
+    body = WARNING_REPORT.splitlines()
+    parts = []
+    for task in range(400):
+        parts += [ln.replace("] ", f"][ T{1000 + task}] ", 1) for ln in body]
+    start = time.process_time()
+    result = parse_log("\n".join(parts) + "\n")
+    assert time.process_time() - start < 15
+    assert not result.truncated
+    assert len(result.reports) == 400
+    assert {r.title for r in result.reports} == {"WARNING in pipe_write"}
+    assert len({r.context for r in result.reports}) == 400

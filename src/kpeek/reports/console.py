@@ -66,22 +66,27 @@ def split_line(raw: str, number: int) -> ConsoleLine:
         raw = raw[:MAX_LINE]
     if raw.endswith("\r"):
         raw = raw[:-1]
-    m = _FACILITY_PREFIX.match(raw)
-    if m:
-        raw = raw[m.end():]
-    m = _SYSLOG_PREFIX.match(raw)
-    if m:
-        raw = raw[m.end():]
-        km = _KERNEL_PREFIX.match(raw)
-        if not km:
-            return _with_context(raw, CONSOLE_CONTEXT, number)
+    if raw[:1] not in ("[", "<", "*"):
+        # Rarer formats first strip their own prefix (dmesg -x, syslog).
+        m = _FACILITY_PREFIX.match(raw)
+        if m:
+            raw = raw[m.end():]
+        m = _SYSLOG_PREFIX.match(raw)
+        if m:
+            raw = raw[m.end():]
+            if not _KERNEL_PREFIX.match(raw):
+                return _with_context(raw, CONSOLE_CONTEXT, number)
     m = _KERNEL_PREFIX.match(raw)
     if m:
-        context = CONSOLE_CONTEXT if m.group(1) is None else re.sub(r"\s", "", m.group(1))
+        caller = m.group(1)
+        context = CONSOLE_CONTEXT if caller is None else caller.replace(" ", "")
         # The message starts after the first "] " (the timestamp or caller id).
         text = raw[raw.index("] ") + 2:]
-        host = _HOST_KERNEL.match(text)
-        return _with_context(text[host.end():] if host else text, context, number)
+        if " kernel: " in text[:80]:
+            host = _HOST_KERNEL.match(text)
+            if host:
+                text = text[host.end():]
+        return _with_context(text, context, number)
     m = _WALLCLOCK_PREFIX.match(raw)
     if m:
         return _with_context(raw[m.end():], CONSOLE_CONTEXT, number)
@@ -89,10 +94,9 @@ def split_line(raw: str, number: int) -> ConsoleLine:
 
 
 def _with_context(text: str, context: str, number: int) -> ConsoleLine:
-    if "<EOI>" not in text:
-        if _QUESTIONABLE.search(text):
-            pos = text.find(" ? ")
-            return ConsoleLine(number, text[pos + 2:], context, True)
-        elif text.endswith(" (unreliable)"):  # powerpc marks unreliable frames this way
-            return ConsoleLine(number, text[:-13], context, True)
+    if "?" in text and "<EOI>" not in text and _QUESTIONABLE.search(text):
+        pos = text.find(" ? ")
+        return ConsoleLine(number, text[pos + 2:], context, True)
+    if text.endswith(" (unreliable)"):  # powerpc marks unreliable frames this way
+        return ConsoleLine(number, text[:-13], context, True)
     return ConsoleLine(number, text, context, False)

@@ -30,7 +30,7 @@ WORK_BUDGET = 400_000
 # Lines from before the start that are kept with a report (more when the
 # log has caller ids, which tell us reliably which lines are ours).
 _PREFIX_LINES = 5
-_PREFIX_LINES_CALLER = 50
+_PREFIX_LINES_CALLER = 10
 
 # With caller ids, how far past the start of another task's report we still
 # collect our own lines (reports of several CPUs interleave, but not forever).
@@ -87,10 +87,29 @@ class _Log:
         self._counted_to = 0
         self._line_no = 0
         self.budget = WORK_BUDGET
+        self._parsed: dict[int, ConsoleLine] = {}
 
     def line(self, start: int, end: int) -> str:
         """The line text, cut at MAX_LINE so a 100 MB line is not copied."""
         return self.text[start:min(end, start + MAX_LINE)]
+
+    def console_line(self, start: int, end: int, number: int) -> ConsoleLine:
+        """The parsed line at ``start``; reports with caller ids scan past the
+        next report's start, so the lines ahead are kept for it."""
+        cache = self._parsed
+        line = cache.get(start)
+        if line is None:
+            line = cache[start] = split_line(self.line(start, end), number)
+        return line
+
+    def forget_before(self, offset: int) -> None:
+        """Drop parsed lines before ``offset``: no later report looks at them."""
+        cache = self._parsed
+        while cache:
+            first = next(iter(cache))
+            if first >= offset:
+                break
+            del cache[first]
 
     def line_start(self, offset: int) -> int:
         return self.text.rfind("\n", 0, offset) + 1
@@ -213,8 +232,8 @@ def _scan(log: _Log, scanner: MarkerScanner, first: ConsoleLine, pos: int) -> _S
             break
         end = log.line_end(pos)
         log.budget -= 1 + (end - pos) // MAX_LINE  # long lines cost what finding their end costs
+        line = log.console_line(pos, end, number)
         raw = log.line(pos, end)
-        line = split_line(raw, number)
         if 0 <= next_hit < end:
             if scan.next_report is None and _starts_another(raw, line, context, has_caller):
                 scan.next_report = pos
@@ -264,6 +283,7 @@ def _starts_another(raw: str, line: ConsoleLine, context: str, has_caller: bool)
 def _collect(log: _Log, scanner: MarkerScanner, start: int,
              kind: ReportKind) -> tuple[Report, int]:
     """The report starting at offset ``start``, and the offset to look for the next one."""
+    log.forget_before(start)
     first_no = log.line_number(start)
     end = log.line_end(start)
     first = split_line(log.line(start, end), first_no)
