@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 from kpeek.reports.console import ConsoleLine
 from kpeek.reports.demangle import demangle
-from kpeek.reports.describe import strip_frame
 
 # ---------------------------------------------------------------- taint
 
@@ -349,7 +348,3 @@ def parse_code_line(line: str) -> CodeBytes | None:
     arch = {1: "x86_64", 2: "arm-thumb", 4: "arm64"}[width]
     return CodeBytes(bytes(data), fault, arch)
 
-
-def frame_names(trace: list[Frame]) -> list[str]:
-    """Reliable function names of a trace, syscall prefixes stripped."""
-    return [strip_frame(f.function) for f in trace if f.reliable]
