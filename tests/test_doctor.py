@@ -52,13 +52,15 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
 
 # A process that takes lock one, says so, waits for "go", then takes lock two.
 TWO_LOCKS = """
-import fcntl, os, sys
+import fcntl, os, struct, sys
 kind, first, second = sys.argv[1:4]
 def take(path):
     f = open(path, "r+")
     try:
         if kind == "flock":
             fcntl.flock(f, fcntl.LOCK_EX)
+        elif kind == "ofd":  # F_OFD_SETLKW on the whole file
+            fcntl.fcntl(f, 38, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))
         else:
             fcntl.lockf(f, fcntl.LOCK_EX)
     except OSError as e:
@@ -117,6 +119,60 @@ def test_flock_abba_is_a_deadlock(procs, tmp_path, capsys):
     assert text.startswith("digraph") and f"task:{one.pid}" in text and "color=red" in text
     if subprocess.run(["which", "dot"], capture_output=True).returncode == 0:
         subprocess.run(["dot", "-Tsvg", str(dot), "-o", str(tmp_path / "w.svg")], check=True)
+
+
+@pytest.mark.timeout(60)
+def test_ofd_abba_is_a_deadlock_though_proc_locks_shows_no_pids(procs, tmp_path):
+    require("root")
+    paths, one, two = lockers(procs, tmp_path, "ofd")
+    for p in (one, two):
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for p in (one, two):
+        wait_for(lambda p=p: wchan(p.pid).startswith(LOCK_WAIT), 10, "the OFD lock wait")
+    diag = doctor(one.pid, two.pid)
+    assert len(diag.deadlocks) == 1, all_text(diag)
+    d = diag.deadlocks[0]
+    assert {diag.tgid_of(n) for n in d.nodes} == {one.pid, two.pid}
+    edges = [e for c in d.cycles for e in c if e.kind != "thread"]
+    assert {e.kind for e in edges} == {"ofd"}
+    assert {e.path for e in edges} == {str(paths[0]), str(paths[1])}
+    assert all(e.detail == "held through fd 3" for e in edges)
+
+
+HOLD_THEN_READ = """
+import fcntl, sys
+f = open(sys.argv[1], "r+")
+fcntl.flock(f, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()           # waits for the other process, which holds the write end
+"""
+TAKE = "import fcntl, sys; fcntl.flock(open(sys.argv[1], 'r+'), fcntl.LOCK_EX)"
+
+
+@pytest.mark.timeout(60)
+def test_cycle_through_a_pipe_and_a_flock_is_a_deadlock(procs, tmp_path):
+    require("root")
+    path = tmp_path / "mixed.lock"
+    path.write_text("x")
+    r, w = os.pipe()
+    try:
+        reader = subprocess.Popen([PY, "-c", HOLD_THEN_READ, str(path)], stdin=r,
+                                  stdout=subprocess.PIPE, text=True)
+        procs.append(reader)
+        assert reader.stdout.readline().startswith("locked")
+        locker = subprocess.Popen([PY, "-c", TAKE, str(path)], pass_fds=[w])
+        procs.append(locker)
+    finally:
+        os.close(r)
+        os.close(w)
+    wait_for(lambda: "pipe_read" in wchan(reader.pid), 10, "the reader")
+    wait_for(lambda: wchan(locker.pid).startswith(LOCK_WAIT), 10, "the locker")
+    diag = doctor(reader.pid, locker.pid)
+    assert len(diag.deadlocks) == 1, all_text(diag)
+    kinds = {e.kind for c in diag.deadlocks[0].cycles for e in c} - {"thread"}
+    assert kinds == {"pipe", "flock"}
+    assert diag.pipes == []  # told once, as the deadlock
 
 
 @pytest.mark.timeout(60)

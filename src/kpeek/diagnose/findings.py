@@ -149,7 +149,7 @@ def diagnose(
     diag = Diagnosis(graph, stuck, notes=graph.notes)
     diag.deadlocks = _deadlocks(graph, stuck)
     in_cycle = {n for d in diag.deadlocks for n in d.nodes}
-    diag.pipes = _never_eof(graph, stuck)
+    diag.pipes = _never_eof(graph, stuck - in_cycle)  # a reader in a deadlock is told there
     never_eof_readers = {task_node(p.wait.reader.pid) for p in diag.pipes}
     diag.hung = _hung(graph, stuck, in_cycle, never_eof_readers, min_sleep, diag.asleep)
     if kernel_log:
