@@ -44,10 +44,15 @@ def cache_dir() -> Path:
 def kernel_btf_digest() -> str:
     """A short hash of the running kernel's BTF: changes with the kernel build.
 
+    Hashes the kernel's version string (release, build number and date), the
+    BTF's size and its first 64 KiB: cheap, where hashing all of it (several
+    MiB out of sysfs) would cost more than loading a cached program.
     Raises NotSupported when the kernel has no BTF.
     """
     try:
-        data = VMLINUX_BTF.read_bytes()
+        with open(VMLINUX_BTF, "rb") as f:
+            data = f.read(1 << 16) + str(os.fstat(f.fileno()).st_size).encode()
+        data += Path("/proc/version").read_bytes()
     except FileNotFoundError:
         raise NotSupported(
             "the kernel has no BTF (/sys/kernel/btf/vmlinux); BPF needs a kernel built "
@@ -73,9 +78,11 @@ def _tool(name: str, package: str) -> str:
 
 
 @cache
-def _clang_version(clang: str) -> str:
-    out = subprocess.run([clang, "--version"], capture_output=True, text=True, check=False)
-    return out.stdout.splitlines()[0] if out.stdout else clang
+def _clang_identity(clang: str) -> str:
+    """Which compiler: its real path, size and mtime (cheaper than running it)."""
+    real = os.path.realpath(clang)
+    st = os.stat(real)
+    return f"{real}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -119,7 +126,7 @@ def compiled_object(name: str) -> bytes:
     source = source_path.read_bytes()
     clang = _tool("clang", "clang")
     key = hashlib.blake2b(
-        source + _clang_version(clang).encode() + kernel_btf_digest().encode(),
+        source + _clang_identity(clang).encode() + kernel_btf_digest().encode(),
         digest_size=12,
     ).hexdigest()
     obj_path = cache_dir() / f"{name}-{key}.bpf.o"
@@ -149,4 +156,13 @@ def compiled_object(name: str) -> bytes:
             raise NotSupported(f"cannot compile BPF program {name}: {first}")
         data = out.read_bytes()
     _atomic_write(obj_path, data)
+    _prune(name)
     return data
+
+
+def _prune(name: str, keep: int = 4) -> None:
+    """Drop all but the ``keep`` newest cached builds of one program (older
+    sources or other kernels); a kernel booted again just rebuilds."""
+    builds = sorted(cache_dir().glob(f"{name}-*.bpf.o"), key=lambda p: p.stat().st_mtime)
+    for old in builds[:-keep]:
+        old.unlink(missing_ok=True)

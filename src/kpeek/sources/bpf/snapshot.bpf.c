@@ -22,13 +22,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define MAX_PID_LEVEL 32
 #define TASK_WAKING 0x0200
 
-/* Scheduler and lock code, which get_wchan() looks past (in_sched_functions);
- * libbpf resolves these from kallsyms at load time, 0 where missing. */
-extern const void __sched_text_start __ksym __weak;
-extern const void __sched_text_end __ksym __weak;
-extern const void __lock_text_start __ksym __weak;
-extern const void __lock_text_end __ksym __weak;
-
 /* Set by userspace before each run (the .bss map). */
 struct kpeek_snapshot_args {
 	__u32 filter_tgids; /* only tasks whose tgid is in `wanted` */
@@ -144,12 +137,6 @@ static __always_inline __u32 global_nr(struct pid *pid)
 	return pid ? BPF_CORE_READ(pid, numbers[0].nr) : 0;
 }
 
-static __always_inline int in_sched_functions(__u64 ip)
-{
-	return (ip >= (__u64)&__sched_text_start && ip < (__u64)&__sched_text_end) ||
-	       (ip >= (__u64)&__lock_text_start && ip < (__u64)&__lock_text_end);
-}
-
 struct stack_walk {
 	long nbytes;        /* of return addresses at the start of scratch */
 	__u32 off;          /* of stack text written so far */
@@ -173,7 +160,9 @@ static long stack_frame(__u32 i, void *data)
 	if (!buf || i >= MAX_STACK_DEPTH || (long)i * 8 >= walk->nbytes)
 		return 1;
 	ip = ((__u64 *)buf)[i];
-	if (walk->want_wchan && !in_sched_functions(ip)) {
+	/* bpf_get_task_stack (stack_trace_save_tsk) already leaves out scheduler
+	 * and lock code, as get_wchan() does: the first frame is the wchan. */
+	if (walk->want_wchan) {
 		bpf_snprintf(buf + WCHAN_AT, WCHAN_MAX, wchan_fmt, &ip, sizeof(ip));
 		walk->want_wchan = 0;
 		walk->got_wchan = 1;
