@@ -6,6 +6,7 @@ reader-owned rwsem, a mutex owner word holding only flag bits)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -192,3 +193,44 @@ def test_blocker_field_wins_over_the_stack(btf):
     mem.write(WAITER + btf.lookup("struct task_struct").offsetof("blocker"), q(lock_addr))
     wait = reader(btf, mem).find_lock_wait(task(10, state="D"))
     assert (wait.kind, wait.lock, wait.holder, wait.how) == ("mutex", lock_addr, HOLDER, "blocker")
+
+
+def test_blocker_type_code_is_checked_against_the_wait_list(btf):
+    # The type codes changed between kernels (2 was rtmutex, now rwsem reader):
+    # a blocker that says "semaphore" for a mutex is corrected by its wait_list.
+    mem, lock_addr = fake_kernel(btf, "mutex", owner=HOLDER | 0x1)
+    mem.write(WAITER + btf.lookup("struct task_struct").offsetof("blocker"), q(lock_addr | 1))
+    wait = reader(btf, mem).find_lock_wait(task(10, state="D"))
+    assert (wait.kind, wait.lock, wait.holder, wait.how) == ("mutex", lock_addr, HOLDER, "blocker")
+
+
+CORPUS = "/work/shared/corpus/kernel-reports"
+
+
+def test_kernel_reports_are_one_line_each_with_a_pointer_to_oops(monkeypatch, capsys):
+    from kpeek import reports
+    from kpeek.cli import main
+    from kpeek.diagnose import findings
+
+    texts = [Path(CORPUS, n).read_text(errors="replace")
+             for n in sorted(os.listdir(CORPUS))] if os.path.isdir(CORPUS) else []
+    sample = next((t for t in texts if t.startswith("TITLE: WARNING in")), None)
+    if sample is None:
+        pytest.skip("no report corpus on this machine")
+    header, _, log = sample.partition("\n\n")
+    title = header.splitlines()[0].removeprefix("TITLE: ")
+    monkeypatch.setattr(reports, "read_kmsg", lambda: log)
+    found, note = findings.recent_reports()
+    assert note is None and [r.title for r in found] == [title]
+
+    monkeypatch.setattr(findings, "diagnose", _only_reports(findings.diagnose))
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert f"KERNEL REPORT: {title}" in out and "kpeek oops" in out
+
+
+def _only_reports(diagnose):
+    """diagnose() on an empty snapshot: only the kernel log can find anything."""
+    def run(snapshot, **kw):
+        return diagnose(Snapshot(source="test", tasks=()), **kw)
+    return run

@@ -12,9 +12,10 @@ Needs kernel memory (the BPF reader) and BTF. For each task in D state:
    record is the lock's ``wait_list``; container_of gives the lock.
 
 Every lock found is confirmed by walking its wait_list and finding our
-waiter in it. The holder comes from the owner word (flag bits masked); a
-reader-owned rwsem, a mutex whose owner word holds only flag bits, and a
-semaphore (which has no owner) have no single holder, and we say so. An
+waiter in it (for the stack scan that walk is how the lock is found).
+The holder comes from the owner word (flag bits masked); a reader-owned
+rwsem, a mutex whose owner word holds only flag bits, and a semaphore
+(which has no owner) have no single holder, and we say so. An
 rwsem that is an inode's i_rwsem is named by the inode's path. Struct
 offsets come from BTF; the flag masks below are #defines in the kernel
 (kernel/locking/rwsem.c, mutex.h, hung_task.h), which BTF cannot carry.
@@ -122,6 +123,16 @@ class LockReader:
             raise ValueError("no single list head")
         return heads[0], len(nodes) - 1
 
+    def confirm(self, kind: str, lock: int, task_addr: int) -> int | None:
+        """Number of waiters when ``lock``'s wait_list holds a waiter record
+        for ``task_addr``; None when it does not (or is unreadable)."""
+        try:
+            nodes = self.walk(lock + self.lock_wait_list[kind])
+            tasks = [self.word(n + self.waiter_task[kind]) for n in nodes[1:]]
+        except Exception:  # MemoryReadError or a malformed list
+            return None
+        return len(tasks) if task_addr in tasks else None
+
     # -- per task -----------------------------------------------------------
     def stack_words(self, task_addr: int) -> tuple[int, bytes]:
         base = self.word(task_addr + self.off_stack)
@@ -203,11 +214,15 @@ class LockReader:
             return None
         if self.off_blocker is not None:
             blocker = self.word(addr + self.off_blocker)
-            if blocker:
-                kind = BLOCKER_TYPES.get(blocker & BLOCKER_TYPE_MASK, "mutex")
-                lock = blocker & ~BLOCKER_TYPE_MASK
-                holder, why = self.holder(kind, lock)
-                return LockWait(kind, lock, holder, "blocker", why)
+            lock = blocker & ~BLOCKER_TYPE_MASK
+            # The type codes are #defines (not in BTF) and changed between
+            # kernels: trust the one whose wait_list really holds this task.
+            stated = BLOCKER_TYPES.get(blocker & BLOCKER_TYPE_MASK, "mutex")
+            for kind in (stated, *(k for k in LOCK_TYPES if k != stated)):
+                waiters = self.confirm(kind, lock, addr) if lock else None
+                if waiters:
+                    holder, why = self.holder(kind, lock)
+                    return LockWait(kind, lock, holder, "blocker", why, waiters)
         found = self.from_stack(addr)
         if found is None:
             return None
