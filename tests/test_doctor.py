@@ -54,6 +54,9 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
 TWO_LOCKS = """
 import fcntl, os, struct, sys
 kind, first, second = sys.argv[1:4]
+if len(sys.argv) > 4:  # a hostile name: terminal escapes and quotes
+    with open("/proc/self/comm", "wb") as f:
+        f.write(sys.argv[4].encode("utf-8", "surrogateescape"))
 def take(path):
     f = open(path, "r+")
     try:
@@ -75,11 +78,14 @@ sys.stdin.readline()
 """
 
 
-def lockers(procs, tmp_path, kind):
+HOSTILE = '\x1b[2J"a}\\'
+
+
+def lockers(procs, tmp_path, kind, name=()):
     paths = [tmp_path / "alpha.lock", tmp_path / "beta.lock"]
     for p in paths:
         p.write_text("x")
-    one = subprocess.Popen([PY, "-c", TWO_LOCKS, kind, str(paths[0]), str(paths[1])],
+    one = subprocess.Popen([PY, "-c", TWO_LOCKS, kind, str(paths[0]), str(paths[1]), *name],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     two = subprocess.Popen([PY, "-c", TWO_LOCKS, kind, str(paths[1]), str(paths[0])],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -92,7 +98,7 @@ def lockers(procs, tmp_path, kind):
 @pytest.mark.timeout(60)
 def test_flock_abba_is_a_deadlock(procs, tmp_path, capsys):
     require("root")
-    paths, one, two = lockers(procs, tmp_path, "flock")
+    paths, one, two = lockers(procs, tmp_path, "flock", name=[HOSTILE])
     for p in (one, two):
         p.stdin.write("go\n")
         p.stdin.flush()
@@ -117,6 +123,9 @@ def test_flock_abba_is_a_deadlock(procs, tmp_path, capsys):
     assert f"task:{one.pid}" in {n["id"] for n in doc["graph"]["nodes"]}
     text = dot.read_text()
     assert text.startswith("digraph") and f"task:{one.pid}" in text and "color=red" in text
+    assert "\x1b" not in text and '\\x1b[2J\\"a}' in text  # escaped, quote included
+    code, out = run_cli(capsys, str(one.pid))
+    assert code == 1 and "\x1b" not in out and "\\x1b[2J" in out
     if subprocess.run(["which", "dot"], capture_output=True).returncode == 0:
         subprocess.run(["dot", "-Tsvg", str(dot), "-o", str(tmp_path / "w.svg")], check=True)
 
