@@ -280,3 +280,37 @@ def test_missing_clang_or_btf_is_one_clean_line(tmp_path, monkeypatch) -> None:
             build.kernel_btf_digest()
     finally:
         build.kernel_btf_digest.cache_clear()
+
+
+# 600 separate opens: the file records overflow the iterator's 32 KiB
+# seq_file buffer several times, each overflow dropping a record that the
+# kernel shows again at the start of the next buffer.
+MANY_FILES = """
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(600)]
+report(pid=os.getpid(), first=fds[0], last=fds[-1])
+"""
+
+
+def test_many_files_overflow_the_iterator_buffer() -> None:
+    with family(MANY_FILES) as fam:
+        pid = fam.info["pid"]
+        b, _ = _assert_agree([pid])
+        assert len(b.fds_of(pid)) >= 600
+        assert not [n for n in b.notes if "read from /proc (bpf_d_path" in n], b.notes
+        assert len({d.open_file for d in b.fds_of(pid)}) == len(b.fds_of(pid))
+
+
+def test_whole_system_snapshot_misses_no_process() -> None:
+    """Every process that lives through both snapshots is in both; one the
+    iterators cannot see (pid 1 on some sandboxes) is filled in from /proc."""
+    from kpeek.sources import procfs
+    from kpeek.sources.bpf import snapshot as bpf
+
+    before = {int(n) for n in os.listdir("/proc") if n.isdigit()}
+    b = bpf.take_snapshot(files=False)
+    p = procfs.take_snapshot(files=False)
+    after = {int(n) for n in os.listdir("/proc") if n.isdigit()}
+    stable = before & after
+    assert stable <= {t.tgid for t in b.tasks}
+    assert stable <= {t.tgid for t in p.tasks}
+    assert b.source == "bpf"

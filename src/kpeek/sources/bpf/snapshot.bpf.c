@@ -357,7 +357,10 @@ int snapshot_files(struct bpf_iter__task_file *ctx)
 	if (buf) {
 		__u32 gen = snap_args.generation, *last = bpf_map_lookup_elem(&seen_files, &rec.file);
 
-		if (last && *last == gen) {
+		/* A record that did not fit the seq_file buffer is dropped and
+		 * shown again first in the next one (count == 0): resolve its
+		 * path again, the earlier copy never reached userspace. */
+		if (last && *last == gen && BPF_CORE_READ(seq, count) != 0) {
 			rec.path_len = PATH_SEEN;
 			bpf_seq_write(seq, &rec, sizeof(rec));
 			return 0;

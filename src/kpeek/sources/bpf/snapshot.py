@@ -16,9 +16,10 @@ import os
 import struct
 from collections.abc import Iterable
 
-from kpeek.errors import NotSupported, UsageError
+from kpeek.errors import UsageError
 from kpeek.ids import keyed_id
 from kpeek.model import FileDescriptor, Inode, Namespace, OpenFile, Snapshot, Task
+from kpeek.sources.bpf import hidden
 from kpeek.sources.bpf.loaded import bpf_iterator, bpf_object
 from kpeek.sources.proc_files import O_CLOEXEC, file_type
 from kpeek.textsafe import decode
@@ -173,23 +174,8 @@ def _run_files(
             in_order = last < (tgid, fd)
             last = (tgid, fd)
     if readlinks:
-        notes.append(f"{readlinks} paths read from /proc (bpf_d_path could not resolve them)")
+        notes.append(f"paths of {readlinks} open files read from /proc (bpf_d_path gave none)")
     return fds, open_files, inodes, vanished, in_order
-
-
-def _proc_pids() -> list[int]:
-    return [int(n) for n in os.listdir("/proc") if n.isdigit()]
-
-
-def _hidden_note(before: list[int], seen: set[int]) -> list[str]:
-    """Say so when processes /proc listed before the walk, and still lists
-    after it, were not visited (seen on a sandboxed kernel for pid 1)."""
-    hidden = [p for p in before if p not in seen and os.path.exists(f"/proc/{p}")]
-    if not hidden:
-        return []
-    shown = ", ".join(map(str, hidden[:5])) + (", ..." if len(hidden) > 5 else "")
-    what = "process" if len(hidden) == 1 else "processes"
-    return [f"{len(hidden)} {what} in /proc not visible to BPF iterators (pid {shown})"]
 
 
 def _set_filter(tgids: list[int] | None, threads: bool, stacks: bool) -> None:
@@ -219,9 +205,10 @@ def take_snapshot(
 
     ``pids`` are thread-group ids; one that names no process raises
     UsageError. Raises NotPermitted (not root) or NotSupported (no BTF, no
-    clang, the verifier refused, or a pid /proc lists is hidden from the BPF
-    task iterator) so that the "auto" source can fall back to procfs. Tasks
-    that exit during the walk are simply absent. Stacks and wchan are
+    clang, the verifier refused) so that the "auto" source can fall back to
+    procfs. Tasks that exit during the walk are simply absent; processes the
+    iterators do not visit are read from /proc (see hidden.py) and named in
+    the notes. Stacks and wchan are
     formatted by the kernel itself (%pB, %ps), exactly as /proc prints them.
     """
     tgids = sorted(set(pids)) if pids is not None else None
@@ -232,7 +219,7 @@ def take_snapshot(
         if len(tgids) > 65536:
             tgids = None  # more than the filter map holds: take all, filter below
     notes: list[str] = []
-    listed_before = _proc_pids() if tgids is None else []
+    listed_before = hidden.proc_pids() if tgids is None else []
     _set_filter(tgids, threads, stacks)
     try:
         records, stack_of = _run_tasks()
@@ -251,16 +238,24 @@ def take_snapshot(
         if wanted is None or rec[4] in wanted
     ]
     if wanted is not None:
-        seen = {t.tgid for t in tasks}
-        hidden = [p for p in sorted(wanted - seen) if os.path.exists(f"/proc/{p}")]
-        if hidden:
-            raise NotSupported(
-                f"pid {hidden[0]} is in /proc but not visible to the BPF task iterator "
-                "(use --source procfs)"
-            )
         fds = [d for d in fds if d.tgid in wanted]
-    else:
-        notes += _hidden_note(listed_before, {rec[4] for rec in records})
+    # Processes /proc listed before the walk (or that were asked for) and
+    # still lists, which the iterators did not visit.
+    unseen = hidden.hidden_pids(
+        listed_before if wanted is None else wanted, {rec[4] for rec in records}
+    )
+    if unseen:
+        extra = hidden.from_procfs(
+            unseen, fds, open_files,
+            threads=threads, files=files, stacks=stacks, all_namespaces=all_namespaces,
+        )  # fmt: skip
+        tasks += extra.tasks
+        fds += extra.fds
+        open_files.update(extra.open_files)
+        for inode_id, inode in extra.inodes.items():
+            inodes.setdefault(inode_id, inode)
+        notes += extra.notes
+        in_order = False
     tasks.sort(key=lambda t: (t.tgid, t.pid != t.tgid, t.pid))
     if not in_order:
         fds.sort(key=lambda d: (d.tgid, d.fd))
