@@ -180,3 +180,39 @@ def test_without_capabilities_is_not_permitted(tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("NotPermitted 3 "), out.stdout
     assert "root" in out.stdout and out.stdout.count("\n") == 1
+
+
+def test_fields_at_btf_offsets_match_proc() -> None:
+    """pid, tgid, comm and real_parent->tgid read at the offsets the kernel's
+    BTF gives are what /proc says about a thread of ours and its parent."""
+    from kpeek.kernel.btf import load_vmlinux_btf
+    from kpeek.sources.bpf.reader import BpfKernelMemory
+    from kpeek.sources.bpf.tasks import task_addresses
+
+    task = load_vmlinux_btf().lookup("struct task_struct")
+    mem = BpfKernelMemory()
+    ready, done = threading.Event(), threading.Event()
+    tids: list[int] = []
+
+    def worker() -> None:
+        tids.append(threading.get_native_id())
+        ready.set()
+        done.wait(10)
+
+    t = threading.Thread(target=worker, name="kpeek-btf-rd")
+    t.start()
+    try:
+        ready.wait(10)
+        (tid,) = tids
+        addr = task_addresses()[tid]
+        u32 = lambda off: int.from_bytes(mem.read(addr + off, 4), "little")  # noqa: E731
+        assert u32(task.offsetof("pid")) == tid
+        assert u32(task.offsetof("tgid")) == os.getpid()
+        comm = mem.read(addr + task.offsetof("comm"), 16).split(b"\0")[0]
+        with open(f"/proc/self/task/{tid}/comm", "rb") as f:
+            assert comm == f.read().rstrip(b"\n")
+        parent = mem.read_u64(addr + task.offsetof("real_parent"))
+        assert int.from_bytes(mem.read(parent + task.offsetof("tgid"), 4), "little") == os.getppid()
+    finally:
+        done.set()
+        t.join()
