@@ -112,11 +112,11 @@ def _wait_sleeping(tgids: list[int], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         states = [
-            Path(f"/proc/{tgid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            Path(f"/proc/{tgid}/task/{tid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
             for tgid in tgids
             for tid in os.listdir(f"/proc/{tgid}/task")
         ]
-        if all(s == "S" for s in states):
+        if all(s == b"S" for s in states):
             return
         time.sleep(0.01)
     raise TimeoutError(f"tasks of {tgids} did not all go to sleep")
@@ -314,3 +314,26 @@ def test_whole_system_snapshot_misses_no_process() -> None:
     assert stable <= {t.tgid for t in b.tasks}
     assert stable <= {t.tgid for t in p.tasks}
     assert b.source == "bpf"
+
+
+def test_hostile_names_arrive_byte_for_byte(tmp_path) -> None:
+    """comm and path bytes (escapes, newline, invalid UTF-8) come through
+    the BPF records unchanged, as /proc gives them."""
+    from kpeek.textsafe import encode
+
+    comm = b"\x1b[31mX\n<b>\xff"
+    path = tmp_path / "evil\nname<script>\x1b[2J\xff".encode("utf-8", "surrogateescape").decode(
+        "utf-8", "surrogateescape"
+    )
+    script = f"""
+with open("/proc/self/comm", "wb") as f:
+    f.write({comm!r})
+fd = os.open({os.fsencode(path)!r}, os.O_RDWR | os.O_CREAT, 0o600)
+report(pid=os.getpid(), fd=fd)
+"""
+    with family(script) as fam:
+        pid, fd = fam.info["pid"], fam.info["fd"]
+        b, _ = _assert_agree([pid])
+        (task,) = b.tasks
+        assert encode(task.comm) == comm
+        assert encode(_open_file(b, pid, fd).path) == os.fsencode(path)
