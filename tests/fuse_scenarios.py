@@ -49,11 +49,13 @@ def is_mounted(mountpoint: str) -> bool:
         return any(line.split()[1] == mountpoint for line in f)
 
 
-def ensure_fusectl() -> None:
+def ensure_fusectl() -> bool:
+    """Mount fusectl (where connections are aborted) if needed; True if we did."""
     with open("/proc/self/mounts") as f:
         if " fusectl " in f.read():
-            return
+            return False
     subprocess.run(["mount", "-t", "fusectl", "none", FUSECTL], check=True, timeout=10)
+    return True
 
 
 def reap(procs: list[subprocess.Popen]) -> None:
@@ -92,7 +94,7 @@ class FuseMount:
 @contextlib.contextmanager
 def fuse_mount(mode: str, single_thread: bool = False) -> Iterator[FuseMount]:
     """A mounted BlockingFS (see fuse_test_server.py) in ``mode``."""
-    ensure_fusectl()
+    mounted_fusectl = ensure_fusectl()
     tmp = tempfile.mkdtemp(prefix="kpeek-fuse-")
     mountpoint = os.path.join(tmp, "mnt")
     os.mkdir(mountpoint)
@@ -119,3 +121,5 @@ def fuse_mount(mode: str, single_thread: bool = False) -> Iterator[FuseMount]:
         with contextlib.suppress(OSError):
             os.rmdir(mountpoint)
             os.rmdir(tmp)
+        if mounted_fusectl:  # leave the machine as we found it
+            subprocess.run(["umount", FUSECTL], capture_output=True, timeout=30, check=False)

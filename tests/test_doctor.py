@@ -346,11 +346,22 @@ time.sleep(300)          # the writer: slow, but alive and free to write
 """
 
 
+FIFO_DAEMON = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)   # keeps the FIFO open: waits for writers to come
+os.read(fd, 1)
+"""
+
+
 @pytest.mark.timeout(60)
-def test_healthy_system_has_no_findings(procs, capsys):
+def test_healthy_system_has_no_findings(procs, capsys, tmp_path):
     require("root")
     slow = spawn(procs, SLOW_WRITER)
     assert int(slow.stdout.readline()) == slow.pid
+    fifo = tmp_path / "commands"
+    os.mkfifo(fifo)
+    daemon = subprocess.Popen([PY, "-c", FIFO_DAEMON, str(fifo)])
+    procs.append(daemon)
     primary, secondary = pty.openpty()
     tty_reader = subprocess.Popen(["cat"], stdin=secondary, stdout=subprocess.DEVNULL)
     procs.append(tty_reader)
@@ -360,8 +371,10 @@ def test_healthy_system_has_no_findings(procs, capsys):
         wait_for(lambda: "pipe_read" in wchan(reader), 10, "the slow pipe's reader")
         wait_for(lambda: wchan(tty_reader.pid).startswith(("n_tty_read", "wait_woken")), 10,
                  "cat reading the terminal")
+        wait_for(lambda: "pipe_read" in wchan(daemon.pid), 10, "the FIFO daemon")
         full = doctor()
-        diag = full.restricted_to({slow.pid, reader, tty_reader.pid})
+        mine = {slow.pid, reader, tty_reader.pid, daemon.pid}
+        diag = full.restricted_to(mine)
         assert not diag.found_problems, all_text(diag)
         # Seen and judged: the reader waits for a writer that is free to write.
         assert any(e.waiter == f"task:{reader}" and e.holder == f"proc:{slow.pid}"
@@ -370,7 +383,7 @@ def test_healthy_system_has_no_findings(procs, capsys):
         # No idle kernel thread is ever a finding.
         kthreads = {t.pid for t in full.graph.snapshot.tasks if t.ppid == 2 or t.pid == 2}
         assert not any(h.task.pid in kthreads and h.task.state != "D" for h in full.hung)
-        code, out = run_cli(capsys, str(slow.pid), str(reader), str(tty_reader.pid))
+        code, out = run_cli(capsys, *map(str, sorted(mine)))
         assert code == 0 and "No problems found" in out
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             assert main(["doctor"]) == 0, capsys.readouterr().out

@@ -17,11 +17,14 @@ from kpeek.diagnose.graph import WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import open_file_of, syscall_target
 from kpeek.model import FileDescriptor, Snapshot, Task
 
-PIPE_TYPES = ("pipe", "fifo")
+# Only anonymous pipes: anyone may still open a named FIFO for writing (and
+# daemons open their own FIFO O_RDWR on purpose, to wait for writers), so a
+# FIFO reader is never "stuck" on the write ends that exist now.
+PIPE_TYPES = ("pipe",)
 
 
 def is_pipe_reader(task: Task) -> bool:
-    """True when the task sleeps reading a pipe or FIFO."""
+    """True when the task sleeps reading a pipe or FIFO (see PIPE_TYPES)."""
     if task.wchan and "pipe_read" in task.wchan:
         return True
     top = task.kernel_stack[0] if task.kernel_stack else ""
