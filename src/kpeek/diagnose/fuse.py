@@ -174,7 +174,7 @@ def fuse_edges(graph: WaitGraph) -> dict[str, set[int]]:
                                note="its FUSE connection could not be identified",
                                source="wchan"))
             continue
-        where = conn.mountpoints[0] if conn.mountpoints else "an unmounted file system"
+        where = conn.mountpoints[0] if conn.mountpoints else "a mount not visible here"
         resource = f"FUSE connection {conn.number} ({where})"
         servers = sorted({tgid for tgid, _ in conn.servers})
         if not servers:
