@@ -245,6 +245,35 @@ def test_missing_close_names_the_childs_fd(procs, capsys):
     assert f"sort (pid {sort_pid}) fd {write_fd} -- the reader itself holds it" in out
 
 
+PARENT_FORGETS = """
+import os
+r, w = os.pipe()            # close-on-exec: sort gets no copy of w
+child = os.fork()
+if child == 0:
+    os.dup2(r, 0)
+    os.execvp("sort", ["sort"])
+os.close(r)
+print(child, w, flush=True)
+os.write(w, b"pear\\napple\\n")
+os.waitpid(child, 0)        # bug: w is still open here, so sort never sees EOF
+"""
+
+
+@pytest.mark.timeout(60)
+def test_parent_waiting_with_the_write_end_open_is_named(procs):
+    require("root")
+    parent = spawn(procs, PARENT_FORGETS)
+    sort_pid, write_fd = map(int, parent.stdout.readline().split())
+    procs.append(_Pid(sort_pid))
+    wait_for(lambda: "pipe_read" in wchan(sort_pid), 10, "sort to block in pipe_read")
+    wait_for(lambda: wchan(parent.pid) == "do_wait", 10, "the parent to wait")
+    diag = doctor(parent.pid)
+    assert diag.deadlocks == []
+    [finding] = diag.pipes
+    assert [(c.tgid, c.fds, c.relation) for c in finding.culprits] == [
+        (parent.pid, (write_fd,), "the reader's parent (or ancestor) still holds it")]
+
+
 class _Pid:
     """A process we did not start with Popen (a grandchild), for reap()."""
 
