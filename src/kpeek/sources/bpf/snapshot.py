@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+import threading
 from collections.abc import Iterable
 
 from kpeek.errors import UsageError
@@ -31,6 +32,7 @@ TASK_REC = struct.Struct("<QQQ24I16s64siI")
 FILE_REC = struct.Struct("<II6Q8IiI")
 _ARGS = struct.Struct("<6I")
 _generation = itertools.count(1)
+_run_lock = threading.Lock()
 
 # Task state bits (include/linux/sched.h), stable since 5.14 / 6.1.
 _TASK_REPORT = 0x7F
@@ -220,17 +222,18 @@ def take_snapshot(
             tgids = None  # more than the filter map holds: take all, filter below
     notes: list[str] = []
     listed_before = hidden.proc_pids() if tgids is None else []
-    _set_filter(tgids, threads, stacks)
-    try:
-        records, stack_of = _run_tasks()
-        fds: list[FileDescriptor] = []
-        open_files: dict[str, OpenFile] = {}
-        inodes: dict[str, Inode] = {}
-        vanished, in_order = 0, True
-        if files:
-            fds, open_files, inodes, vanished, in_order = _run_files(notes)
-    finally:
-        _clear_filter(tgids)
+    fds: list[FileDescriptor] = []
+    open_files: dict[str, OpenFile] = {}
+    inodes: dict[str, Inode] = {}
+    vanished, in_order = 0, True
+    with _run_lock:  # the programs' globals and filter map are per process
+        _set_filter(tgids, threads, stacks)
+        try:
+            records, stack_of = _run_tasks()
+            if files:
+                fds, open_files, inodes, vanished, in_order = _run_files(notes)
+        finally:
+            _clear_filter(tgids)
     wanted = set(pids) if pids is not None else None
     tasks = [
         _task(rec, stack_of.get(rec[3]), stacks, all_namespaces)
