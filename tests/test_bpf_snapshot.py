@@ -337,3 +337,23 @@ report(pid=os.getpid(), fd=fd)
         (task,) = b.tasks
         assert encode(task.comm) == comm
         assert encode(_open_file(b, pid, fd).path) == os.fsencode(path)
+
+
+def test_concurrent_snapshots_keep_their_own_filters() -> None:
+    """Threads (as in kpeek serve) asking for different pids each get theirs."""
+    import threading
+
+    from kpeek.sources.bpf import snapshot as bpf
+
+    results: list[tuple[int, set[int]]] = []
+
+    def take(pid: int) -> None:
+        for _ in range(5):
+            results.append((pid, {t.tgid for t in bpf.take_snapshot([pid], files=True).tasks}))
+
+    workers = [threading.Thread(target=take, args=(p,)) for p in (os.getpid(), os.getppid())]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert len(results) == 10 and all(seen == {pid} for pid, seen in results)
