@@ -14,7 +14,6 @@ from kpeek.diagnose.graph import (
     WaitGraph,
     elementary_cycles,
     node_pid,
-    proc_node,
     strongly_connected,
     stuck_nodes,
     task_node,
@@ -325,4 +324,4 @@ def recent_reports() -> tuple[list[KernelReport], str | None]:
 
 
 __all__ = ["Deadlock", "Diagnosis", "HungTask", "NeverEof", "build_graph", "diagnose",
-           "holder_chain", "proc_node", "who"]
+           "holder_chain", "who"]
