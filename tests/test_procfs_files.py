@@ -176,10 +176,11 @@ def test_snapshot_survives_exiting_tasks():
             p.wait()
     """
     with family(script):
-        deadline = time.monotonic() + 4
+        # At least 2 s of churn and at least 3 whole-system snapshots.
+        deadline = time.monotonic() + 2
         vanished = 0
         rounds = 0
-        while time.monotonic() < deadline:
+        while rounds < 3 or time.monotonic() < deadline:
             snap = procfs.take_snapshot(stacks=True)
             rounds += 1
             vanished += snap.vanished
@@ -187,7 +188,6 @@ def test_snapshot_survives_exiting_tasks():
                 f = snap.open_files[d.open_file]
                 assert f.inode in snap.inodes
             assert len({t.pid for t in snap.tasks}) == len(snap.tasks)
-        assert rounds >= 3
 
 
 def test_unknown_pid_is_a_usage_error(capsys):

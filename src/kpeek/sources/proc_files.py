@@ -12,6 +12,7 @@ import stat
 from dataclasses import dataclass
 
 from kpeek.sources.proc_tasks import GONE, Vanished, read_bytes
+from kpeek.sources.statx import stat_cached
 from kpeek.textsafe import decode
 
 O_CLOEXEC = 0o2000000
@@ -86,7 +87,7 @@ def read_descriptor(tgid: int, fd: int) -> RawDescriptor:
     link = f"/proc/{tgid}/fd/{fd}"
     try:
         path = decode(os.readlink(link.encode()))
-        st = os.stat(link)
+        st = stat_cached(link)
     except GONE as e:
         raise Vanished(link) from e
     pos, flags, mnt_id = parse_fdinfo(read_bytes(f"/proc/{tgid}/fdinfo/{fd}"))
@@ -94,11 +95,11 @@ def read_descriptor(tgid: int, fd: int) -> RawDescriptor:
         tgid=tgid,
         fd=fd,
         path=path,
-        dev=st.st_dev,
-        ino=st.st_ino,
-        mode=st.st_mode,
-        nlink=st.st_nlink,
-        size=st.st_size,
+        dev=st.dev,
+        ino=st.ino,
+        mode=st.mode,
+        nlink=st.nlink,
+        size=st.size,
         pos=pos,
         flags=flags & ~O_CLOEXEC,
         cloexec=bool(flags & O_CLOEXEC),
