@@ -52,8 +52,13 @@ def take_snapshot(
         else:
             read.append(item)
     tasks = _with_ns_ppids(read)
-    if stacks and any(t.kernel_stack is None for t in tasks):
-        notes.append("kernel stacks need root (CAP_SYS_ADMIN); not shown")
+    unreadable = sum(t.kernel_stack is None for t in tasks) if stacks else 0
+    if unreadable:
+        notes.append(
+            f"kernel stacks of {unreadable} tasks not readable (permission denied)"
+            if os.geteuid() == 0
+            else "kernel stacks need root (CAP_SYS_ADMIN); not shown"
+        )
 
     fds: tuple[FileDescriptor, ...] = ()
     open_files: dict[str, OpenFile] = {}
