@@ -162,7 +162,10 @@ def test_files_json_is_schema_tagged(capsys):
     (proc,) = doc["processes"]
     by_fd = {d["fd"]: d for d in proc["fds"]}
     assert by_fd[fam.info["dup"]]["open_file"] == by_fd[fam.info["r"]]["open_file"]
-    assert [fam.info["parent"], fam.info["r"]] in by_fd[fam.info["dup"]]["shared_with"]
+    assert by_fd[fam.info["dup"]]["sharers"] == 2  # r and its dup (the child is not shown)
+    (shared,) = [f for f in doc["open_files"] if f["id"] == by_fd[fam.info["r"]]["open_file"]]
+    assert [fam.info["parent"], fam.info["dup"]] in shared["holders"]
+    assert {i["id"] for i in doc["inodes"]} >= {d["inode"] for d in proc["fds"]}
     assert by_fd[fam.info["w"]]["access"] == "O_WRONLY"
 
 

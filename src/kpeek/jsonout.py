@@ -27,10 +27,11 @@ def dumps(kind: str, payload: dict[str, Any]) -> str:
     """A JSON document ``{"schema": "kpeek.<kind>/<version>", ...payload}``.
 
     ensure_ascii keeps invalid UTF-8 (held as surrogate escapes) exact and
-    the document valid: ``json.loads`` gives back the same str.
+    the document valid: ``json.loads`` gives back the same str. One line, no
+    indent: only then does json use its C encoder (pipe to ``jq`` to read it).
     """
     doc = {"schema": f"kpeek.{kind}/{SCHEMA_VERSION}", **payload}
-    return json.dumps(doc, default=_default, ensure_ascii=True, indent=2)
+    return json.dumps(doc, default=_default, ensure_ascii=True, separators=(",", ":"))
 
 
 def emit(kind: str, payload: dict[str, Any], out: TextIO | None = None) -> None:

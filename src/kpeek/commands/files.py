@@ -13,7 +13,7 @@ from kpeek.errors import NotSupported, UsageError
 from kpeek.model import Snapshot, Task
 from kpeek.render import cplayground, text
 from kpeek.render.fileflags import access_mode, flag_names
-from kpeek.render.tables import fd_dict, namespace_id, snapshot_meta, task_dict
+from kpeek.render.tables import files_document, namespace_id
 from kpeek.sources import take_snapshot
 
 DIAGRAM_FORMATS = ("dot", "svg", "html")
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         _write_diagrams(snap, [t.tgid for t in processes], diagrams)
         return 0
     if args.json:
-        jsonout.emit("files", {**snapshot_meta(snap), "processes": _json(snap, processes, raw)})
+        jsonout.emit("files", files_document(snap, processes, raw))
     elif args.format == "cplayground":
         initial = _own_pid_namespace()
         shown = processes if args.all else [t for t in processes if t.pidns != initial]
@@ -66,13 +66,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _own_pid_namespace() -> int:
     return os.stat("/proc/self/ns/pid").st_ino
-
-
-def _json(snap: Snapshot, processes: list[Task], raw: bool) -> list[dict]:
-    return [
-        {**task_dict(t, raw), "fds": [fd_dict(snap, d, raw) for d in snap.fds_of(t.tgid)]}
-        for t in processes
-    ]
 
 
 def _print_tables(snap: Snapshot, processes: list[Task]) -> None:

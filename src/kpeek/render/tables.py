@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from kpeek.ids import show_pointer
-from kpeek.model import FileDescriptor, Snapshot, Task
+from kpeek.model import FileDescriptor, Inode, OpenFile, Snapshot, Task
 from kpeek.render.fileflags import access_mode, flag_names
 
 
@@ -50,7 +50,12 @@ def task_dict(t: Task, raw_pointers: bool = False) -> dict[str, Any]:
     }
 
 
-def fd_dict(snap: Snapshot, d: FileDescriptor, raw_pointers: bool = False) -> dict[str, Any]:
+def fd_dict(snap: Snapshot, d: FileDescriptor) -> dict[str, Any]:
+    """One descriptor with what its open file and inode say, for reading at a glance.
+
+    ``sharers`` counts every descriptor (this one included) on the open file;
+    who they are is in the open file table (see :func:`files_document`).
+    """
     f = snap.open_files[d.open_file]
     inode = snap.inodes.get(f.inode)
     return {
@@ -64,11 +69,55 @@ def fd_dict(snap: Snapshot, d: FileDescriptor, raw_pointers: bool = False) -> di
         "type": inode.type if inode else "unknown",
         "path": f.path,
         "inode": f.inode,
-        "shared_with": [
-            [o.tgid, o.fd] for o in snap.holders(d.open_file) if (o.tgid, o.fd) != (d.tgid, d.fd)
-        ],
+        "sharers": len(snap.holders(d.open_file)),
+    }
+
+
+def open_file_dict(snap: Snapshot, f: OpenFile, raw_pointers: bool = False) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "inode": f.inode,
+        "path": f.path,
+        "pos": f.pos,
+        "flags": f.flags,
+        "access": access_mode(f.flags),
+        "flag_names": flag_names(f.flags),
         "refcount": f.refcount,
-        "file_address": show_pointer(f.address, raw_pointers),
+        "holders": [[d.tgid, d.fd] for d in snap.holders(f.id)],
+        "address": show_pointer(f.address, raw_pointers),
+    }
+
+
+def inode_dict(inode: Inode, raw_pointers: bool = False) -> dict[str, Any]:
+    return {
+        "id": inode.id,
+        "type": inode.type,
+        "nlink": inode.nlink,
+        "size": inode.size,
+        "address": show_pointer(inode.address, raw_pointers),
+    }
+
+
+def files_document(
+    snap: Snapshot, processes: list[Task], raw_pointers: bool = False
+) -> dict[str, Any]:
+    """The three tables of ``processes``: descriptor tables, open files, inodes.
+
+    Linear in the number of descriptors: sharing is told once per open file
+    (its ``holders``), not repeated in every descriptor that shares it.
+    """
+    tables = [(t, snap.fds_of(t.tgid)) for t in processes]
+    file_ids = {d.open_file for _, fds in tables for d in fds}
+    files = [snap.open_files[i] for i in sorted(file_ids)]
+    inode_ids = sorted({f.inode for f in files})
+    return {
+        **snapshot_meta(snap),
+        "processes": [
+            {**task_dict(t, raw_pointers), "fds": [fd_dict(snap, d) for d in fds]}
+            for t, fds in tables
+        ],
+        "open_files": [open_file_dict(snap, f, raw_pointers) for f in files],
+        "inodes": [inode_dict(snap.inodes[i], raw_pointers) for i in inode_ids if i in snap.inodes],
     }
 
 
