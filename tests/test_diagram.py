@@ -226,7 +226,9 @@ def test_parent_keeping_the_write_end(mode):
         info = json.loads(proc.stdout.readline())
         child = info["child"]
         wait_for(lambda: "pipe_read" in Path(f"/proc/{child}/wchan").read_text())
-        wait_for(lambda: Path(f"/proc/{proc.pid}/wchan").read_text() != "0")
+        expected = "do_wait" if mode == "wait" else ""  # hold: any sleep will do
+        wait_for(lambda: Path(f"/proc/{proc.pid}/wchan").read_text() not in ("0", "")
+                 and expected in Path(f"/proc/{proc.pid}/wchan").read_text())
         snap = procfs.take_snapshot([proc.pid, child], threads=False)
     finally:
         os.killpg(proc.pid, 9)
