@@ -161,11 +161,19 @@ def main() -> int:
                 "bpf": lambda: bpf.take_snapshot(),
                 "procfs": lambda: procfs.take_snapshot(),
             }
+            # Interleaved, so that both see the machine in the same state
+            # (other people's processes come and go on a shared machine).
+            timings: dict[str, list[float]] = {name: [] for name in runs}
+            snaps: dict[str, Snapshot] = {}
+            for _ in range(args.repeat):
+                for name, fn in runs.items():
+                    times, snaps[name] = _timed(fn, 1)
+                    timings[name] += times
+            ours_pids = set(sleepers.pids)
             results = {}
             for name, fn in runs.items():
-                times, snap = _timed(fn, args.repeat)
-                ours = {d for d in snap.fds if d.tgid in set(sleepers.pids)}
-                results[name] = (times, snap, len(ours), _peak_mib(fn))
+                ours = sum(1 for d in snaps[name].fds if d.tgid in ours_pids)
+                results[name] = (timings[name], snaps[name], ours, _peak_mib(fn))
         finally:
             sleepers.cleanup()
             signal.signal(signal.SIGINT, old_int)
