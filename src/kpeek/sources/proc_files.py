@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass
 
 from kpeek.sources.proc_tasks import GONE, Vanished, read_bytes
-from kpeek.sources.statx import stat_cached
+from kpeek.sources.statx import Stat, stat_cached
 from kpeek.textsafe import decode
 
 O_CLOEXEC = 0o2000000
@@ -32,6 +32,7 @@ class RawDescriptor:
     flags: int  # f_flags without O_CLOEXEC
     cloexec: bool
     mnt_id: int | None
+    error: str | None = None  # why the file itself could not be examined
 
     @property
     def inode_id(self) -> str:
@@ -56,14 +57,16 @@ def file_type(mode: int, path: str) -> str:
         return "blockdev"
     if stat.S_ISLNK(mode):
         return "symlink"
-    return "anon_inode" if mode & stat.S_IFMT == 0 else "unknown"
+    if path.startswith(("pipe:[", "socket:[")):
+        return path.split(":", 1)[0]
+    return "unknown"
 
 
-def parse_fdinfo(raw: bytes) -> tuple[int, int, int | None]:
-    """(pos, f_flags, mnt_id) from /proc/PID/fdinfo/FD; flags are octal there."""
-    pos = flags = 0
+def parse_fdinfo(raw: bytes) -> tuple[int, int, int | None, int]:
+    """(pos, f_flags, mnt_id, ino) from /proc/PID/fdinfo/FD; flags are octal there."""
+    pos = flags = ino = 0
     mnt_id = None
-    for line in raw.split(b"\n", 3)[:3]:
+    for line in raw.split(b"\n", 4)[:4]:
         key, _, value = line.partition(b":")
         if key == b"pos":
             pos = int(value)
@@ -71,7 +74,29 @@ def parse_fdinfo(raw: bytes) -> tuple[int, int, int | None]:
             flags = int(value, 8)
         elif key == b"mnt_id":
             mnt_id = int(value)
-    return pos, flags, mnt_id
+        elif key == b"ino":
+            ino = int(value)
+    return pos, flags, mnt_id, ino
+
+
+def mount_device(tgid: int, mnt_id: int | None) -> int:
+    """st_dev of the mount ``mnt_id`` as the process sees it, 0 if unknown.
+
+    Only used when the file itself cannot be examined (its file system
+    refuses: an aborted FUSE connection, say).
+    """
+    if mnt_id is None:
+        return 0
+    try:
+        raw = read_bytes(f"/proc/{tgid}/mountinfo")
+    except (Vanished, OSError):
+        return 0
+    for line in raw.split(b"\n"):
+        fields = line.split(b" ", 3)
+        if len(fields) > 2 and fields[0] == str(mnt_id).encode():
+            major, _, minor = fields[2].partition(b":")
+            return os.makedev(int(major), int(minor))
+    return 0
 
 
 def list_fds(tgid: int) -> list[int]:
@@ -87,10 +112,21 @@ def read_descriptor(tgid: int, fd: int) -> RawDescriptor:
     link = f"/proc/{tgid}/fd/{fd}"
     try:
         path = decode(os.readlink(link.encode()))
+    except GONE as e:
+        raise Vanished(link) from e
+    pos, flags, mnt_id, fdinfo_ino = parse_fdinfo(read_bytes(f"/proc/{tgid}/fdinfo/{fd}"))
+    error = None
+    try:
         st = stat_cached(link)
     except GONE as e:
         raise Vanished(link) from e
-    pos, flags, mnt_id = parse_fdinfo(read_bytes(f"/proc/{tgid}/fdinfo/{fd}"))
+    except PermissionError:
+        raise
+    except OSError as e:
+        # The descriptor is there but its file system will not describe the
+        # file (ECONNABORTED from an aborted FUSE connection, EIO...).
+        error = e.strerror or str(e)
+        st = Stat(mount_device(tgid, mnt_id), fdinfo_ino, 0, 0, 0)
     return RawDescriptor(
         tgid=tgid,
         fd=fd,
@@ -104,4 +140,5 @@ def read_descriptor(tgid: int, fd: int) -> RawDescriptor:
         flags=flags & ~O_CLOEXEC,
         cloexec=bool(flags & O_CLOEXEC),
         mnt_id=mnt_id,
+        error=error,
     )

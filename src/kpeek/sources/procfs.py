@@ -74,6 +74,13 @@ def take_snapshot(
                     "it belongs to another user (run kpeek as root)"
                 )
             notes.append(f"descriptors of {len(denied)} processes not readable (permission denied)")
+        failed = [d for d in raw if d.error]
+        if failed:
+            reasons = ", ".join(sorted({d.error or "" for d in failed}))
+            notes.append(
+                f"{len(failed)} descriptors' files could not be examined "
+                f"(their file system answered: {reasons})"
+            )
         fds, open_files, inodes = _identify(raw, notes)
 
     return Snapshot(
