@@ -58,6 +58,53 @@ def ensure_fusectl() -> bool:
     return True
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the test process dies, so even a
+    hard kill of pytest (no teardown) leaves no FUSE server answering and no
+    client stuck: the server's death aborts its connection."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+WATCHDOG = """
+import os, subprocess, sys
+fd, connection, mountpoint = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+os.read(fd, 1)  # end-of-file: the test process closed the pipe, or died
+try:
+    with open(f"/sys/fs/fuse/connections/{connection}/abort", "w") as f:
+        f.write("1")
+except OSError:
+    pass
+subprocess.run(["umount", "-l", mountpoint], capture_output=True, timeout=30, check=False)
+"""
+
+
+def start_watchdog(connection: int, mountpoint: str) -> tuple[subprocess.Popen, int]:
+    """A process outside the test's reach that aborts the connection and
+    unmounts once the test process is gone, even if it died without any
+    teardown (a killed client waits for an answer uninterruptibly once the
+    server took its request, so killing processes alone cannot undo a FUSE
+    deadlock). Returns it and the pipe end whose closing sets it off."""
+    r, w = os.pipe()
+    dog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(r), str(connection), mountpoint],
+                           pass_fds=[r], start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    os.close(r)
+    return dog, w
+
+
+def unmount_leftovers() -> None:
+    """Lazily unmount test file systems a killed test run left behind."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            source, mountpoint = line.split()[:2]
+            if source == "kpeektest" and "/kpeek-fuse-" in mountpoint:
+                subprocess.run(["umount", "-l", mountpoint], capture_output=True,
+                               timeout=30, check=False)
+
+
 def reap(procs: list[subprocess.Popen]) -> None:
     """Kill and wait for every process; never raises, never hangs for long."""
     for p in procs:
@@ -82,7 +129,7 @@ class FuseMount:
     def spawn(self, code: str) -> subprocess.Popen:
         """A Python client running ``code``; reaped on teardown."""
         p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                             stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self.clients.append(p)
         return p
 
@@ -95,6 +142,7 @@ class FuseMount:
 def fuse_mount(mode: str, single_thread: bool = False) -> Iterator[FuseMount]:
     """A mounted BlockingFS (see fuse_test_server.py) in ``mode``."""
     mounted_fusectl = ensure_fusectl()
+    unmount_leftovers()
     tmp = tempfile.mkdtemp(prefix="kpeek-fuse-")
     mountpoint = os.path.join(tmp, "mnt")
     os.mkdir(mountpoint)
@@ -102,18 +150,24 @@ def fuse_mount(mode: str, single_thread: bool = False) -> Iterator[FuseMount]:
     extra = ["single"] if single_thread else []
     server = subprocess.Popen([sys.executable, str(SERVER), mountpoint, mode, str(gate_r), *extra],
                               pass_fds=[gate_r], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     os.close(gate_r)
     m = FuseMount(mountpoint, server, gate_w)
+    watchdog = None
     try:
         wait_for(lambda: is_mounted(mountpoint) or server.poll() is not None, 15, "the mount")
         assert server.poll() is None, "the FUSE test server exited"
         st = os.stat(mountpoint)
         m.connection = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
+        watchdog, trigger = start_watchdog(m.connection, mountpoint)
         yield m
     finally:
         if m.connection:
             m.abort()
+        if watchdog is not None:
+            os.close(trigger)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watchdog.wait(timeout=30)
         subprocess.run(["umount", "-l", mountpoint], capture_output=True, timeout=30, check=False)
         with contextlib.suppress(OSError):
             os.close(gate_w)
