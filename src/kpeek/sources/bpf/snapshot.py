@@ -30,6 +30,9 @@ SOURCE = "bpf"
 # struct kpeek_task_rec and struct kpeek_file_rec in snapshot.bpf.c
 TASK_REC = struct.Struct("<QQQ24I16s64siI")
 FILE_REC = struct.Struct("<II6Q8IiI")
+_FILE_HEAD = struct.Struct("<IIQ")  # tgid, fd, file
+_TAIL_AT = 84  # cloexec, path_len
+_unpack_tail = struct.Struct("<Ii").unpack_from
 _ARGS = struct.Struct("<6I")
 _generation = itertools.count(1)
 _run_lock = threading.Lock()
@@ -126,24 +129,28 @@ def _run_files(
     file_ids: dict[int, str] = {}
     vanished = readlinks = 0
     # The iterator walks tasks by pid and each table by fd: normally in order.
-    in_order, last = True, (-1, -1)
-    off, size, end = 0, FILE_REC.size, len(out)
+    in_order, last_tgid, last_fd = True, -1, -1
+    size, end = FILE_REC.size, len(out)
+    unpack_full, unpack_head = FILE_REC.unpack_from, _FILE_HEAD.unpack_from
+    append = fds.append
+    off = 0
     while off + size <= end:
-        rec = FILE_REC.unpack_from(out, off)
-        tgid, fd, file_addr, inode_addr, pos, isize, refcount, ino, f_mode, f_flags = rec[:10]
-        dev, nlink, i_mode, mnt_id, cloexec, path_len = rec[10], *rec[12:17]
-        off += size
+        # Most descriptors share a file seen before: read just what they need.
+        tgid, fd, file_addr = unpack_head(out, off)
+        cloexec, path_len = _unpack_tail(out, off + _TAIL_AT)
         file_id = file_ids.get(file_addr)
         if file_id is None:
+            (_, _, _, inode_addr, pos, isize, refcount, ino, f_mode, f_flags, dev, _rdev,
+             nlink, i_mode, mnt_id, *_rest) = unpack_full(out, off)  # fmt: skip
             if path_len >= 0:
-                path = decode(out[off : off + path_len])
+                path = decode(out[off + size : off + size + path_len])
             else:  # bpf_d_path refused (path too long?): ask /proc, as the procfs source does
                 readlinks += 1
                 try:
                     path = decode(os.readlink(f"/proc/{tgid}/fd/{fd}".encode()))
                 except OSError:
                     vanished += 1
-                    off += max(path_len, 0)
+                    off += size + max(path_len, 0)
                     continue
             inode_id = _inode_id(dev, ino)
             file_id = keyed_id("file", file_addr)
@@ -170,11 +177,11 @@ def _run_files(
                     size=isize,
                     address=inode_addr,
                 )
-        off += max(path_len, 0)
-        fds.append(FileDescriptor(tgid, fd, bool(cloexec), file_id))
+        off += size + (path_len if path_len > 0 else 0)
+        append(FileDescriptor(tgid, fd, cloexec != 0, file_id))
         if in_order:
-            in_order = last < (tgid, fd)
-            last = (tgid, fd)
+            in_order = tgid > last_tgid or (tgid == last_tgid and fd > last_fd)
+            last_tgid, last_fd = tgid, fd
     if readlinks:
         notes.append(f"paths of {readlinks} open files read from /proc (bpf_d_path gave none)")
     return fds, open_files, inodes, vanished, in_order
