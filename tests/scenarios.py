@@ -108,10 +108,16 @@ os.write(shared, b"hello")
 r, w = os.pipe()
 a = os.open(path, os.O_RDONLY)
 b = os.open(path, os.O_RDONLY)                            # second open(): own offset
+sync_r, sync_w = os.pipe()
 child = os.fork()
 if child == 0:
     os.dup2(w, 1)
+    os.close(sync_r)
+    os.close(sync_w)  # tells the parent the child's table is built
     hold()
+os.close(sync_w)
+os.read(sync_r, 1)  # EOF once the child has done its dup2
+os.close(sync_r)
 dup = os.dup(r)
 report(parent=os.getpid(), child=child, path=path, r=r, w=w, dup=dup, shared=shared, a=a, b=b)
 """
