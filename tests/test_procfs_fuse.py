@@ -21,12 +21,13 @@ def _fd_of(pid: int, path: str) -> int | None:
     return None
 
 
-def test_aborted_connection_leaves_the_fd_listed_with_a_note():
+def test_fuse_files_are_listed_without_asking_the_server():
     require("root", "fuse")
     with fuse_mount("block") as m:
         client = m.spawn(f"f = open({m.path('a')!r}, 'w'); import time; time.sleep(60)")
         wait_for(lambda: _fd_of(client.pid, m.path("a")) is not None, 15, "the client's open")
         fd = _fd_of(client.pid, m.path("a"))
+        st = os.stat(m.mountpoint)
         m.abort()
         time.sleep(1.2)  # past the attribute cache: any fresh stat now fails
         snap = procfs.take_snapshot([client.pid])
@@ -34,7 +35,9 @@ def test_aborted_connection_leaves_the_fd_listed_with_a_note():
         f = snap.open_files[d.open_file]
         assert f.path == m.path("a")
         assert f.flags & os.O_ACCMODE == os.O_WRONLY
-        assert snap.inodes[f.inode].type == "regular"  # from the attributes FUSE cached
+        assert f.inode == f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}:{snap.inodes[f.inode].ino}"
+        assert snap.inodes[f.inode].type == "unknown"  # never asked of the server
+        assert any("FUSE mounts not stat()ed" in n for n in snap.notes)
 
 
 def test_a_file_system_that_refuses_stat_is_noted_not_fatal(monkeypatch, tmp_path):

@@ -11,11 +11,15 @@ import os
 import stat
 from dataclasses import dataclass
 
+from kpeek.sources.mounts import MountTable
 from kpeek.sources.proc_tasks import GONE, Vanished, read_bytes
 from kpeek.sources.statx import Stat, stat_cached
 from kpeek.textsafe import decode
 
 O_CLOEXEC = 0o2000000
+
+# RawDescriptor.error for a file kpeek chose not to stat (see read_descriptor).
+UNASKED = "not asked: served from user space"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,26 +83,6 @@ def parse_fdinfo(raw: bytes) -> tuple[int, int, int | None, int]:
     return pos, flags, mnt_id, ino
 
 
-def mount_device(tgid: int, mnt_id: int | None) -> int:
-    """st_dev of the mount ``mnt_id`` as the process sees it, 0 if unknown.
-
-    Only used when the file itself cannot be examined (its file system
-    refuses: an aborted FUSE connection, say).
-    """
-    if mnt_id is None:
-        return 0
-    try:
-        raw = read_bytes(f"/proc/{tgid}/mountinfo")
-    except (Vanished, OSError):
-        return 0
-    for line in raw.split(b"\n"):
-        fields = line.split(b" ", 3)
-        if len(fields) > 2 and fields[0] == str(mnt_id).encode():
-            major, _, minor = fields[2].partition(b":")
-            return os.makedev(int(major), int(minor))
-    return 0
-
-
 def list_fds(tgid: int) -> list[int]:
     """Open descriptor numbers of a process. Raises Vanished or PermissionError."""
     try:
@@ -107,8 +91,13 @@ def list_fds(tgid: int) -> list[int]:
         raise Vanished(tgid) from e
 
 
-def read_descriptor(tgid: int, fd: int) -> RawDescriptor:
-    """One descriptor. Raises Vanished when it (or its process) is gone."""
+def read_descriptor(tgid: int, fd: int, mounts: MountTable) -> RawDescriptor:
+    """One descriptor. Raises Vanished when it (or its process) is gone.
+
+    Files on mounts served from user space (FUSE) are never stat()ed: their
+    server may be the very thing that is stuck. Their inode is named from
+    fdinfo's ino and the mount's device, their type left unknown.
+    """
     link = f"/proc/{tgid}/fd/{fd}"
     try:
         path = decode(os.readlink(link.encode()))
@@ -116,17 +105,22 @@ def read_descriptor(tgid: int, fd: int) -> RawDescriptor:
         raise Vanished(link) from e
     pos, flags, mnt_id, fdinfo_ino = parse_fdinfo(read_bytes(f"/proc/{tgid}/fdinfo/{fd}"))
     error = None
-    try:
-        st = stat_cached(link)
-    except GONE as e:
-        raise Vanished(link) from e
-    except PermissionError:
-        raise
-    except OSError as e:
-        # The descriptor is there but its file system will not describe the
-        # file (ECONNABORTED from an aborted FUSE connection, EIO...).
-        error = e.strerror or str(e)
-        st = Stat(mount_device(tgid, mnt_id), fdinfo_ino, 0, 0, 0)
+    mount = mounts.lookup(tgid, mnt_id)
+    if mount is not None and mount.may_block:
+        st = Stat(mount.dev, fdinfo_ino, 0, 0, 0)
+        error = UNASKED
+    else:
+        try:
+            st = stat_cached(link)
+        except GONE as e:
+            raise Vanished(link) from e
+        except PermissionError:
+            raise
+        except OSError as e:
+            # The descriptor is there but its file system will not describe
+            # the file (EIO, ECONNABORTED...).
+            error = e.strerror or str(e)
+            st = Stat(mount.dev if mount else 0, fdinfo_ino, 0, 0, 0)
     return RawDescriptor(
         tgid=tgid,
         fd=fd,

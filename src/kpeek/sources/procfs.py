@@ -14,7 +14,14 @@ from kpeek.errors import NotPermitted, UsageError
 from kpeek.ids import keyed_id
 from kpeek.model import FileDescriptor, Inode, OpenFile, Snapshot, Task
 from kpeek.sources.kcmp import KcmpUnavailable
-from kpeek.sources.proc_files import RawDescriptor, file_type, list_fds, read_descriptor
+from kpeek.sources.mounts import MountTable
+from kpeek.sources.proc_files import (
+    UNASKED,
+    RawDescriptor,
+    file_type,
+    list_fds,
+    read_descriptor,
+)
 from kpeek.sources.proc_tasks import Vanished, iter_tasks, list_pids, ns_ppid, nspids_of
 from kpeek.sources.sharing import group_open_files
 
@@ -74,7 +81,13 @@ def take_snapshot(
                     "it belongs to another user (run kpeek as root)"
                 )
             notes.append(f"descriptors of {len(denied)} processes not readable (permission denied)")
-        failed = [d for d in raw if d.error]
+        unasked = sum(d.error == UNASKED for d in raw)
+        if unasked:
+            notes.append(
+                f"{unasked} files on FUSE mounts not stat()ed (a stuck server would hang "
+                "kpeek); their type is unknown here, the bpf source knows it"
+            )
+        failed = [d for d in raw if d.error and d.error != UNASKED]
         if failed:
             reasons = ", ".join(sorted({d.error or "" for d in failed}))
             notes.append(
@@ -108,6 +121,7 @@ def _read_descriptors(tgids: list[int]) -> tuple[list[RawDescriptor], int, list[
     raw: list[RawDescriptor] = []
     vanished = 0
     denied: list[int] = []
+    mounts = MountTable()
     for tgid in tgids:
         try:
             numbers = list_fds(tgid)
@@ -118,7 +132,7 @@ def _read_descriptors(tgids: list[int]) -> tuple[list[RawDescriptor], int, list[
             continue
         for fd in numbers:
             try:
-                raw.append(read_descriptor(tgid, fd))
+                raw.append(read_descriptor(tgid, fd, mounts))
             except Vanished:
                 vanished += 1
             except PermissionError:
