@@ -95,12 +95,20 @@ def start_watchdog(connection: int, mountpoint: str) -> tuple[subprocess.Popen, 
     return dog, w
 
 
+PREFIX = "kpeek-fuse-"
+
+
 def unmount_leftovers() -> None:
-    """Lazily unmount test file systems a killed test run left behind."""
+    """Lazily unmount test file systems left behind by a test process that is
+    gone (the mount point's directory names its pid; another test session's
+    live mounts are left alone)."""
     with open("/proc/self/mounts") as f:
         for line in f:
             source, mountpoint = line.split()[:2]
-            if source == "kpeektest" and "/kpeek-fuse-" in mountpoint:
+            if source != "kpeektest" or PREFIX not in mountpoint:
+                continue
+            owner = mountpoint.split(PREFIX, 1)[1].split("-", 1)[0]
+            if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
                 subprocess.run(["umount", "-l", mountpoint], capture_output=True,
                                timeout=30, check=False)
 
@@ -143,7 +151,7 @@ def fuse_mount(mode: str, single_thread: bool = False) -> Iterator[FuseMount]:
     """A mounted BlockingFS (see fuse_test_server.py) in ``mode``."""
     mounted_fusectl = ensure_fusectl()
     unmount_leftovers()
-    tmp = tempfile.mkdtemp(prefix="kpeek-fuse-")
+    tmp = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
     mountpoint = os.path.join(tmp, "mnt")
     os.mkdir(mountpoint)
     gate_r, gate_w = os.pipe()

@@ -16,9 +16,10 @@ import pytest
 
 from capabilities import require
 from fuse_scenarios import fuse_mount, reap, state, wait_for, wchan
+from kpeek import jsonout
 from kpeek.cli import main
 from kpeek.diagnose.findings import diagnose
-from kpeek.diagnose.story import all_text
+from kpeek.diagnose.story import all_text, to_json
 from kpeek.sources.procfs import take_snapshot
 
 PY = sys.executable
@@ -40,8 +41,9 @@ def spawn(procs: list, code: str, **kw) -> subprocess.Popen:
     return p
 
 
-def doctor(*pids: int, min_sleep: float = 1.0):
-    diag = diagnose(take_snapshot(stacks=True), min_sleep=min_sleep, kernel_log=False)
+def doctor(*pids: int, min_sleep: float = 1.0, snapshot=None, kernel_memory: bool = True):
+    snapshot = snapshot or take_snapshot(stacks=True)
+    diag = diagnose(snapshot, min_sleep=min_sleep, kernel_log=False, kernel_memory=kernel_memory)
     return diag.restricted_to(set(pids)) if pids else diag
 
 
@@ -114,18 +116,17 @@ def test_flock_abba_is_a_deadlock(procs, tmp_path, capsys):
         assert needle in story
     assert {e.kind for c in deadlock.cycles for e in c} - {"thread"} == {"flock"}
 
-    dot = tmp_path / "waits.dot"
-    code, out = run_cli(capsys, "--json", "--dot", str(dot), str(one.pid), str(two.pid))
-    assert code == 1
-    doc = json.loads(out)
+    doc = json.loads(jsonout.dumps("doctor", to_json(diag)))
     assert doc["schema"].startswith("kpeek.doctor/")
     assert len(doc["deadlocks"]) == 1
     assert f"task:{one.pid}" in {n["id"] for n in doc["graph"]["nodes"]}
+
+    dot = tmp_path / "waits.dot"
+    code, out = run_cli(capsys, "--dot", str(dot), str(one.pid), str(two.pid))
+    assert code == 1 and "\x1b" not in out and "\\x1b[2J" in out
     text = dot.read_text()
     assert text.startswith("digraph") and f"task:{one.pid}" in text and "color=red" in text
     assert "\x1b" not in text and '\\x1b[2J\\"a}' in text  # escaped, quote included
-    code, out = run_cli(capsys, str(one.pid))
-    assert code == 1 and "\x1b" not in out and "\\x1b[2J" in out
     if subprocess.run(["which", "dot"], capture_output=True).returncode == 0:
         subprocess.run(["dot", "-Tsvg", str(dot), "-o", str(tmp_path / "w.svg")], check=True)
 
@@ -305,7 +306,8 @@ def test_fuse_writer_holds_i_rwsem_and_truncate_hangs(capsys):
         wait_for(lambda: state(b.pid) == "D", 15, "B in D state")
         time.sleep(0.3)
 
-        diag = doctor(b.pid, min_sleep=0.2)
+        snapshot = take_snapshot(stacks=True)
+        diag = doctor(b.pid, min_sleep=0.2, snapshot=snapshot)
         hung = [h for h in diag.hung if h.task.pid == b.pid]
         assert len(hung) == 1, all_text(diag)
         h = hung[0]
@@ -323,8 +325,7 @@ def test_fuse_writer_holds_i_rwsem_and_truncate_hangs(capsys):
         assert code == 1
 
         # Without kernel memory the lock is unseen, and doctor says so.
-        blind = diagnose(take_snapshot(stacks=True), min_sleep=0.2, kernel_memory=False,
-                         kernel_log=False).restricted_to({b.pid})
+        blind = doctor(b.pid, min_sleep=0.2, snapshot=snapshot, kernel_memory=False)
         [h] = [h for h in blind.hung if h.task.pid == b.pid]
         assert h.chain == () and "not visible without kernel memory" in h.root
         assert any("kernel memory" in n for n in blind.notes)
