@@ -434,18 +434,21 @@ def wait_child(ppid: int) -> int:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="the procfs snapshot stat()s every fd; on a FUSE file "
-                   "whose single-threaded server is blocked that stat waits forever (fix: "
-                   "statx with AT_STATX_DONT_SYNC in sources/proc_files.py)")
 def test_doctor_does_not_hang_on_a_blocked_single_threaded_fuse_server():
+    # A stat() of a file on this mount would wait for the blocked server forever.
     require("root", "fuse")
     with fuse_mount("block", single_thread=True) as m:
         a = m.spawn(WRITE.format(path=m.path("a")) + "; import time; time.sleep(60)")
         wait_for(lambda: wchan(a.pid).startswith("request_wait_answer"), 15, "A in FUSE write")
         time.sleep(1.2)  # past the attribute timeout: a stat would ask the server
         try:
-            done = subprocess.run([PY, "-m", "kpeek", "doctor", str(a.pid)],
+            done = subprocess.run([PY, "-m", "kpeek", "doctor", "--json", str(a.pid)],
                                   capture_output=True, text=True, timeout=10)
         except subprocess.TimeoutExpired:
             pytest.fail("kpeek doctor hung on the blocked FUSE server")
-        assert f"served by {comm(m.server.pid)} (pid {m.server.pid})" in done.stdout
+        # A waits for a server that waits on a pipe the test may still write:
+        # seen, and rightly not a finding.
+        doc = json.loads(done.stdout)
+        assert done.returncode == 0 and not doc["problems"]
+        assert {(e["waiter"], e["holder"], e["kind"]) for e in doc["graph"]["edges"]} >= {
+            (f"task:{a.pid}", f"proc:{m.server.pid}", "fuse")}
