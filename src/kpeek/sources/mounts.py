@@ -32,6 +32,10 @@ class MountTable:
     def __init__(self) -> None:
         self._mounts: dict[int, Mount] = {}
         self._read: set[int] = set()
+        # (mnt_id, kind) -> (dev, mode) of pipefs/sockfs/anon inodes: every
+        # pipe on one internal mount has the same device and type, so one
+        # stat per kind serves them all.
+        self.pseudo: dict[tuple[int, str], tuple[int, int]] = {}
         self._add("/proc/self/mountinfo")
 
     def lookup(self, tgid: int, mnt_id: int | None) -> Mount | None:

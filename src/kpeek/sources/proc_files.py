@@ -105,7 +105,10 @@ def read_descriptor(tgid: int, fd: int, mounts: MountTable) -> RawDescriptor:
         raise Vanished(link) from e
     pos, flags, mnt_id, fdinfo_ino = parse_fdinfo(read_bytes(f"/proc/{tgid}/fdinfo/{fd}"))
     error = None
-    mount = mounts.lookup(tgid, mnt_id)
+    kind = _pseudo_kind(path)
+    if kind and mnt_id is not None and (known := mounts.pseudo.get((mnt_id, kind))):
+        return _raw(tgid, fd, path, Stat(known[0], fdinfo_ino, known[1], 1, 0), pos, flags, mnt_id)
+    mount = None if kind else mounts.lookup(tgid, mnt_id)
     if mount is not None and mount.may_block:
         st = Stat(mount.dev, fdinfo_ino, 0, 0, 0)
         error = UNASKED
@@ -121,6 +124,29 @@ def read_descriptor(tgid: int, fd: int, mounts: MountTable) -> RawDescriptor:
             # the file (EIO, ECONNABORTED...).
             error = e.strerror or str(e)
             st = Stat(mount.dev if mount else 0, fdinfo_ino, 0, 0, 0)
+    if kind and mnt_id is not None and not error:
+        mounts.pseudo[(mnt_id, kind)] = (st.dev, st.mode)
+    return _raw(tgid, fd, path, st, pos, flags, mnt_id, error)
+
+
+def _pseudo_kind(path: str) -> str | None:
+    """pipe, socket or anon_inode for files on the kernel's internal mounts."""
+    for kind in ("pipe", "socket", "anon_inode"):
+        if path.startswith(kind + ":"):
+            return kind
+    return None
+
+
+def _raw(
+    tgid: int,
+    fd: int,
+    path: str,
+    st: Stat,
+    pos: int,
+    flags: int,
+    mnt_id: int | None,
+    error: str | None = None,
+) -> RawDescriptor:
     return RawDescriptor(
         tgid=tgid,
         fd=fd,
