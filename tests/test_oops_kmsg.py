@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,8 +45,10 @@ def test_cli_live_log():
     res = subprocess.run([sys.executable, "-m", "kpeek", "oops", "--json"],
                          capture_output=True, text=True, timeout=50)
     assert res.returncode == 0, res.stderr
-    assert '"schema": "kpeek.oops/' in res.stdout
-    assert '"source": "/dev/kmsg"' in res.stdout
+    doc = json.loads(res.stdout)
+    assert doc["schema"] == "kpeek.oops/1"
+    assert doc["source"] == "/dev/kmsg"
+    assert doc["count"] == len(doc["reports"])
 
 
 def test_live_symbolization_with_kallsyms():
