@@ -75,6 +75,7 @@ def _print_tables(snap: Snapshot, processes: list[Task]) -> None:
         "CLOEXEC",
         "FILE",
         "SHARED",
+        "REFS",
         "OFFSET",
         "ACCESS",
         "FLAGS",
@@ -88,12 +89,14 @@ def _print_tables(snap: Snapshot, processes: list[Task]) -> None:
             f = snap.open_files[d.open_file]
             inode = snap.inodes.get(f.inode)
             sharers = len(snap.holders(d.open_file))
+            refs = "" if f.refcount is None else str(f.refcount)
             rows.append(
                 (
                     d.fd,
                     "cloexec" if d.cloexec else "",
                     d.open_file,
                     f"x{sharers}" if sharers > 1 else "",
+                    refs,
                     f.pos,
                     access_mode(f.flags).removeprefix("O_"),
                     ",".join(n.removeprefix("O_") for n in flag_names(f.flags)),
@@ -108,7 +111,7 @@ def _print_tables(snap: Snapshot, processes: list[Task]) -> None:
         out.print(title, style="bold")
         out.print(text.table(columns, rows) if rows else "  (no descriptors)")
         out.print()
-    _print_notes(snap)
+    text.print_footer(snap)
 
 
 def _print_containers(snap: Snapshot, processes: list[Task]) -> None:
@@ -129,15 +132,7 @@ def _print_containers(snap: Snapshot, processes: list[Task]) -> None:
             )
         )
         out.print()
-    _print_notes(snap)
-
-
-def _print_notes(snap: Snapshot) -> None:
-    out = text.console()
-    if snap.vanished:
-        out.print(f"note: {snap.vanished} tasks or descriptors vanished while reading", style="dim")
-    for note in snap.notes:
-        out.print(text.name(f"note: {note}"), style="dim")
+    text.print_footer(snap)
 
 
 def _write_diagrams(snap: Snapshot, tgids: list[int], targets: list[tuple[str, str]]) -> None:

@@ -68,6 +68,5 @@ def run(args: argparse.Namespace) -> int:
             ("PID", "TGID", "PPID", "PGID", "SID", "NSPID", "PIDNS", "ST", "WCHAN", "COMM"), rows
         )
     )
-    for note in snap.notes:
-        out.print(text.name(f"note: {note}"), style="dim")
+    text.print_footer(snap)
     return 0

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kpeek.model import Snapshot
 from kpeek.textsafe import for_terminal
 
 
@@ -31,3 +32,13 @@ def table(
     for row in rows:
         t.add_row(*(cell if isinstance(cell, Text) else Text(str(cell)) for cell in row))
     return t
+
+
+def print_footer(snap: Snapshot) -> None:
+    """Which source spoke, and what it could not see."""
+    out = console()
+    out.print(f"source: {snap.source}", style="dim")
+    if snap.vanished:
+        out.print(f"note: {snap.vanished} tasks or descriptors vanished while reading", style="dim")
+    for note in snap.notes:
+        out.print(name(f"note: {note}"), style="dim")
