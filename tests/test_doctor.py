@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import time
@@ -452,3 +453,20 @@ def test_doctor_does_not_hang_on_a_blocked_single_threaded_fuse_server():
         assert done.returncode == 0 and not doc["problems"]
         assert {(e["waiter"], e["holder"], e["kind"]) for e in doc["graph"]["edges"]} >= {
             (f"task:{a.pid}", f"proc:{m.server.pid}", "fuse")}
+
+
+@pytest.mark.timeout(60)
+def test_chain_ends_at_a_stopped_fuse_server():
+    require("root", "fuse", "bpf")
+    with fuse_mount("block") as m:
+        a = m.spawn(WRITE.format(path=m.path("a")))
+        wait_for(lambda: wchan(a.pid).startswith("request_wait_answer"), 15, "A in FUSE write")
+        b = m.spawn(f"import os; os.truncate({m.path('a')!r}, 0)")
+        wait_for(lambda: state(b.pid) == "D", 15, "B in D state")
+        os.kill(m.server.pid, signal.SIGSTOP)  # teardown's SIGKILL ends it even stopped
+        wait_for(lambda: state(m.server.pid) == "T", 10, "the server to stop")
+        diag = doctor(b.pid, min_sleep=0)
+        [h] = [h for h in diag.hung if h.task.pid == b.pid]
+        assert [e.kind for e in h.chain] == ["rwsem", "fuse"]
+        assert h.root == f"{comm(m.server.pid)} (pid {m.server.pid}), which is stopped " \
+                         "(SIGSTOP or a tracer)"
