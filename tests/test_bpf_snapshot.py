@@ -395,3 +395,66 @@ def test_stopped_and_zombie_states_agree() -> None:
         "RSDTtPIDD"
     )
     assert state_letter(0, 0x20) == "Z" and state_letter(0, 0x10) == "X"
+
+
+# Two threads read one regular file. The first holds the file's f_pos_lock
+# (a mutex) while its copy to user memory waits on a userfaultfd page no one
+# serves; the second then sleeps in D on that mutex: task_struct.blocker.
+# SIGKILL ends both (the uffd wait is killable, then the mutex is free).
+MUTEX_WAIT = """
+import ctypes, fcntl, mmap, select, struct, tempfile, threading
+libc = ctypes.CDLL(None, use_errno=True)
+uffd = libc.syscall(323, os.O_CLOEXEC)                       # userfaultfd(2), x86-64
+assert uffd >= 0, ctypes.get_errno()
+fcntl.ioctl(uffd, 0xC018AA3F, bytearray(struct.pack("QQQ", 0xAA, 0, 0)))         # UFFDIO_API
+area = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(area))
+fcntl.ioctl(uffd, 0xC020AA00, bytearray(struct.pack("QQQQ", addr, 4096, 1, 0)))  # REGISTER
+path = tempfile.mktemp(prefix="kpeek-mutex-")
+with open(path, "wb") as f:
+    f.write(b"x" * 100)
+fd = os.open(path, os.O_RDONLY)
+os.unlink(path)
+tids = {}
+def holder():
+    tids["holder"] = threading.get_native_id()
+    libc.read(fd, ctypes.c_void_p(addr), 100)
+def waiter():
+    tids["waiter"] = threading.get_native_id()
+    os.read(fd, 10)
+threading.Thread(target=holder, daemon=True).start()
+assert select.select([uffd], [], [], 10)[0]                  # the holder's fault is pending
+threading.Thread(target=waiter, daemon=True).start()
+while True:
+    w = tids.get("waiter")
+    if w and open(f"/proc/self/task/{w}/stat").read().rsplit(")", 1)[1].split()[0] == "D":
+        break
+    time.sleep(0.01)
+report(pid=os.getpid(), fd=fd, **tids)
+"""
+
+
+def test_blocker_names_the_mutex_a_task_waits_on() -> None:
+    import platform
+
+    from kpeek.kernel.btf import load_vmlinux_btf
+    from kpeek.sources.bpf import snapshot as bpf
+
+    if platform.machine() != "x86_64":
+        pytest.skip("the scenario calls userfaultfd by its x86-64 number")
+    task_type = load_vmlinux_btf().lookup("struct task_struct")
+    try:
+        task_type.offsetof("blocker")
+    except Exception:
+        pytest.skip("this kernel has no task_struct.blocker")
+    with family(MUTEX_WAIT) as fam:
+        info = fam.info
+        snap = bpf.take_snapshot([info["pid"]])
+        by_tid = {t.pid: t for t in snap.tasks}
+        waiter, holder = by_tid[info["waiter"]], by_tid[info["holder"]]
+        assert waiter.state == "D" and holder.state != "D"
+        f_pos_lock = load_vmlinux_btf().lookup("struct file").offsetof("f_pos_lock")
+        shared = _open_file(snap, info["pid"], info["fd"])
+        # A mutex: type bits 0, the address of the very file's f_pos_lock.
+        assert waiter.blocker == shared.address + f_pos_lock
+        assert not holder.blocker
