@@ -121,3 +121,19 @@ os.close(sync_r)
 dup = os.dup(r)
 report(parent=os.getpid(), child=child, path=path, r=r, w=w, dup=dup, shared=shared, a=a, b=b)
 """
+
+
+# A parent with three sleeping children (and one extra thread), named so
+# tests can find it; the children are in the parent's process group.
+PARENT_OF_THREE = """
+import ctypes, threading
+ctypes.CDLL(None).prctl(15, b"kpeek-under-test", 0, 0, 0)
+kids = []
+for _ in range(3):
+    kid = os.fork()
+    if kid == 0:
+        hold()
+    kids.append(kid)
+threading.Thread(target=hold, daemon=True).start()
+report(parent=os.getpid(), kids=kids)
+"""

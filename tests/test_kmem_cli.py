@@ -3,19 +3,17 @@ their values checked against /proc, and their one-line errors and exit codes."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from capabilities import require
 from kpeek.cli import main
+from scenarios import PARENT_OF_THREE, family
 
 KPEEK = [sys.executable, "-m", "kpeek"]
 
@@ -35,24 +33,8 @@ def proc_status(pid: int) -> dict[str, str]:
 @pytest.fixture
 def sleeper():
     """A process with three children and a known name."""
-    code = (
-        "import os, time, ctypes\n"
-        "ctypes.CDLL(None).prctl(15, b'kpeek-under-test', 0, 0, 0)\n"
-        "kids = [os.fork() or (time.sleep(120), os._exit(0)) for _ in range(3)]\n"
-        "print(' '.join(map(str, kids)), flush=True)\n"
-        "time.sleep(120)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    kids: list[int] = []
-    try:
-        kids = [int(x) for x in proc.stdout.readline().split()]
-        time.sleep(0.1)
-        yield proc.pid, kids
-    finally:
-        for pid in [*kids, proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    with family(PARENT_OF_THREE) as fam:
+        yield fam.info["parent"], fam.info["kids"]
 
 
 @pytest.mark.timeout(60)

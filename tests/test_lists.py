@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import struct
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -27,6 +23,7 @@ from kpeek.kernel.lists import (
     walk_list,
 )
 from kpeek.kernel.memory import FakeMemory
+from scenarios import PARENT_OF_THREE, family
 
 HEAD = 0xFFFF888000001000
 BASE = 0xFFFF888000010000
@@ -167,25 +164,8 @@ def test_hlist_walk_and_its_findings():
 @pytest.fixture
 def parent_with_three_children():
     """A python parent with three sleeping children (and one extra thread)."""
-    code = (
-        "import os, sys, time, threading\n"
-        "os.setpgid(0, 0)\n"
-        "kids = [os.fork() or (time.sleep(120), os._exit(0)) for _ in range(3)]\n"
-        "threading.Thread(target=time.sleep, args=(120,), daemon=True).start()\n"
-        "print(' '.join(map(str, kids)), flush=True)\n"
-        "time.sleep(120)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    kids: list[int] = []
-    try:
-        kids = [int(x) for x in proc.stdout.readline().split()]
-        time.sleep(0.1)
-        yield proc.pid, kids
-    finally:
-        for pid in [*kids, proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    with family(PARENT_OF_THREE) as fam:
+        yield fam.info["parent"], fam.info["kids"]
 
 
 @pytest.mark.timeout(60)
