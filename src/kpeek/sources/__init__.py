@@ -6,6 +6,7 @@ identity, reference counts, blockers) and /proc otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from kpeek.errors import KpeekError, UsageError
@@ -20,31 +21,20 @@ def take_snapshot(source: str = "auto", **kwargs: Any) -> Snapshot:
     With "auto", a BPF failure (not root, no BTF, no clang) falls back to
     procfs and the reason is kept in Snapshot.notes.
     """
+    # Imported here: loading the BPF machinery costs time that verbs which
+    # never take a snapshot should not pay.
+    from kpeek.sources import procfs
+    from kpeek.sources.bpf import snapshot as bpf
+
     if source not in SOURCES:
         raise UsageError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
-    if source in ("auto", "bpf"):
-        try:
-            from kpeek.sources.bpf.snapshot import take_snapshot as bpf_snapshot
-        except ImportError as e:
-            if source == "bpf":
-                raise UsageError("the bpf source is not available in this build") from e
-        else:
-            try:
-                return bpf_snapshot(**kwargs)
-            except KpeekError as e:
-                if source == "bpf":
-                    raise
-                fallback_note = f"bpf source unavailable ({e}); used procfs"
-                from kpeek.sources import procfs
-
-                snap = procfs.take_snapshot(**kwargs)
-                return _noted(snap, fallback_note)
-    from kpeek.sources import procfs
-
-    return procfs.take_snapshot(**kwargs)
-
-
-def _noted(snap: Snapshot, note: str) -> Snapshot:
-    import dataclasses
-
-    return dataclasses.replace(snap, notes=(*snap.notes, note))
+    if source == "procfs":
+        return procfs.take_snapshot(**kwargs)
+    try:
+        return bpf.take_snapshot(**kwargs)
+    except KpeekError as e:
+        if source == "bpf":
+            raise
+        snap = procfs.take_snapshot(**kwargs)
+        note = f"bpf source unavailable ({e}); used procfs"
+        return dataclasses.replace(snap, notes=(*snap.notes, note))
