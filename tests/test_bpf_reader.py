@@ -216,3 +216,28 @@ def test_fields_at_btf_offsets_match_proc() -> None:
     finally:
         done.set()
         t.join()
+
+
+def test_task_addresses_include_every_parent() -> None:
+    """Parents are listed even where the iterator hides them (pid 1 on a
+    sandboxed kernel), and each address holds the right pid."""
+    from kpeek.kernel.btf import load_vmlinux_btf
+    from kpeek.sources.bpf.reader import BpfKernelMemory
+    from kpeek.sources.bpf.tasks import task_addresses
+
+    pid_at = load_vmlinux_btf().lookup("struct task_struct").offsetof("pid")
+    mem = BpfKernelMemory()
+    parents = set()  # listed before the walk, checked alive after it
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    parents.add(int(f.read().rsplit(b")", 1)[1].split()[2]))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    parents.discard(0)
+    addrs = task_addresses()
+    live = {p for p in parents if os.path.exists(f"/proc/{p}")}
+    assert live and live <= set(addrs)
+    for p in live:
+        assert int.from_bytes(mem.read(addrs[p] + pid_at, 4), "little") == p

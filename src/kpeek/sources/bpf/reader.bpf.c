@@ -8,7 +8,8 @@
  * the bytes. A bad address is an error code, never a fault: the helper
  * uses copy_from_kernel_nofault.
  *
- * task_addresses: one record (task address, tid, tgid) for every task.
+ * task_addresses: one record (task address, tid, tgid) for every task, and
+ * one for its parent.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -80,7 +81,7 @@ struct kpeek_task_record {
 SEC("iter/task")
 int task_addresses(struct bpf_iter__task *ctx)
 {
-	struct task_struct *task = ctx->task;
+	struct task_struct *task = ctx->task, *parent;
 	struct kpeek_task_record rec;
 
 	if (!task)
@@ -89,5 +90,15 @@ int task_addresses(struct bpf_iter__task *ctx)
 	rec.tid = BPF_CORE_READ(task, pid);
 	rec.tgid = BPF_CORE_READ(task, tgid);
 	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+	/* The parent too: some kernels hide a task from the iterator (pid 1 in
+	 * a sandbox); its children still point at it. */
+	parent = BPF_CORE_READ(task, real_parent);
+	if (parent && parent != task) {
+		rec.address = (__u64)parent;
+		rec.tid = BPF_CORE_READ(parent, pid);
+		rec.tgid = BPF_CORE_READ(parent, tgid);
+		if (rec.tid)  /* not the idle task (pid 0), parent of pid 1 and 2 */
+			bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+	}
 	return 0;
 }
