@@ -78,7 +78,11 @@ def take_snapshot(
             if explicit:
                 raise NotPermitted(
                     f"cannot read the descriptors of pid {denied[0]}: "
-                    "it belongs to another user (run kpeek as root)"
+                    + (
+                        "the kernel refused even root (a security module or ptrace restriction)"
+                        if os.geteuid() == 0
+                        else "it belongs to another user (run kpeek as root)"
+                    )
                 )
             notes.append(f"descriptors of {len(denied)} processes not readable (permission denied)")
         unasked = sum(d.error == UNASKED for d in raw)
