@@ -11,6 +11,7 @@ import platform
 import sys
 
 from kpeek import jsonout
+from kpeek.commands.common import add_json
 from kpeek.errors import NotSupported, UsageError
 from kpeek.kernel.live import parse_address, require_root
 
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("target", metavar="FUNC|ADDR", help="function name, symbol+off, or hex address")
     p.add_argument("-n", "--count", type=int, metavar="N",
                    help="instructions to show (default: to the end of the function)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(p)
     p.set_defaults(func=run)
 
 

@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from kpeek import jsonout
+from kpeek.commands.common import add_json
 from kpeek.errors import EXIT_FINDINGS, UsageError
 from kpeek.kernel.btf import Kind
 from kpeek.kernel.lists import DEFAULT_MAX
@@ -44,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hlist", action="store_true", help="an hlist_head/hlist_node list")
     p.add_argument("--max", type=int, default=1000, metavar="N",
                    help=f"stop after N entries (default 1000, at most {DEFAULT_MAX})")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(p)
     p.set_defaults(func=run)
 
 

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from kpeek import jsonout
+from kpeek.commands.common import add_json
 from kpeek.errors import UsageError
 from kpeek.kernel.live import parse_address, require_root
 
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="number of units to read (default 8)")
     p.add_argument("-w", "--width", type=int, default=8, choices=(1, 2, 4, 8),
                    help="unit size in bytes (default 8)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(p)
     p.set_defaults(func=run)
 
 

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from kpeek import jsonout
+from kpeek.commands.common import add_json
 from kpeek.errors import UsageError
 from kpeek.kernel.btf import Kind, Type, UnknownType, load_vmlinux_btf
 from kpeek.kernel.live import parse_address, require_root
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "optionally with members to show")
     p.add_argument("address", metavar="ADDR", nargs="?",
                    help="address of the object (hex or symbol+off); root only")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(p)
     p.set_defaults(func=run)
 
 

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from kpeek import jsonout
+from kpeek.commands.common import add_json
 from kpeek.errors import UsageError
 from kpeek.kernel.live import parse_address, require_root
 from kpeek.kernel.symbols import Symbol, load_kallsyms
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("what", metavar="ADDR|NAME", nargs="+", help="addresses or symbol names")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(p)
     p.set_defaults(func=run)
 
 

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from kpeek import jsonout
+from kpeek.commands.common import add_json
 from kpeek.errors import UsageError
 from kpeek.kernel.btf import Kind, UnknownMember
 from kpeek.kernel.live import Kernel, require_root
@@ -43,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("pid", type=int, help="a pid (thread id) as /proc shows it")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(p)
     p.set_defaults(func=run)
 
 

@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from kpeek import jsonout
+from kpeek.commands.common import add_json
 from kpeek.errors import NotSupported, UsageError
 from kpeek.render import text
 
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
     )
     p.add_argument("--html", metavar="FILE", help="write a page to step through the trace")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(p)
     p.add_argument(
         "--io",
         action="store_true",
