@@ -22,18 +22,18 @@ import psutil
 from family import Family, timed
 from kpeek import jsonout
 from kpeek.render.tables import files_document
-from kpeek.sources import procfs
+from kpeek.sources import take_snapshot
 
 
-def kpeek_snapshot(pids: list[int]) -> int:
-    snap = procfs.take_snapshot(pids, threads=False)
+def kpeek_snapshot(pids: list[int], source: str) -> int:
+    snap = take_snapshot(source, pids=pids, threads=False)
     jsonout.dumps("files", files_document(snap, list(snap.processes())))
     return len(snap.fds)
 
 
-def kpeek_cli(pids: list[int]) -> int:
+def kpeek_cli(pids: list[int], source: str) -> int:
     out = subprocess.run(
-        [sys.executable, "-m", "kpeek", "files", "--json", "--source", "procfs", *map(str, pids)],
+        [sys.executable, "-m", "kpeek", "files", "--json", "--source", source, *map(str, pids)],
         check=True,
         stdout=subprocess.PIPE,
     ).stdout
@@ -82,8 +82,10 @@ def main() -> None:
         pids = fam.pids
         n = fam.descriptors
         tools = [
-            ("kpeek (in-process)", kpeek_snapshot),
-            ("kpeek files --json (CLI)", kpeek_cli),
+            ("kpeek files --json (CLI, bpf)", lambda p: kpeek_cli(p, "bpf")),
+            ("kpeek files --json (CLI, procfs)", lambda p: kpeek_cli(p, "procfs")),
+            ("kpeek in-process (bpf)", lambda p: kpeek_snapshot(p, "bpf")),
+            ("kpeek in-process (procfs)", lambda p: kpeek_snapshot(p, "procfs")),
             ("plain /proc walk", proc_walk),
             ("lsof -n -P", lsof),
             ("psutil open_files+connections", psutil_files),
@@ -97,7 +99,7 @@ def main() -> None:
         f"kpeek bench_files  {time.strftime('%Y-%m-%d %H:%M')}  kernel {os.uname().release}",
         f"{args.processes} processes, {n} descriptors (family built in {build:.1f} s); "
         f"best of {args.repeat}",
-        f"{'tool':34} {'seconds':>9} {'us/fd':>8} {'x kpeek':>8}",
+        f"{'tool':34} {'seconds':>9} {'us/fd':>8} {'x kpeek':>8}   (x kpeek: time / first row's)",
     ]
     for name, secs in results:
         lines.append(f"{name:34} {secs:9.3f} {secs / n * 1e6:8.2f} {secs / base:8.2f}")

@@ -103,7 +103,8 @@ def read_descriptor(tgid: int, fd: int, mounts: MountTable) -> RawDescriptor:
         path = decode(os.readlink(link.encode()))
     except GONE as e:
         raise Vanished(link) from e
-    pos, flags, mnt_id, fdinfo_ino = parse_fdinfo(read_bytes(f"/proc/{tgid}/fdinfo/{fd}"))
+    fdinfo = read_bytes(f"/proc/{tgid}/fdinfo/{fd}", small=True)
+    pos, flags, mnt_id, fdinfo_ino = parse_fdinfo(fdinfo)
     error = None
     kind = _pseudo_kind(path)
     if kind and mnt_id is not None and (known := mounts.pseudo.get((mnt_id, kind))):

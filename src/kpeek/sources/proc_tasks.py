@@ -23,8 +23,12 @@ class Vanished(Exception):
 GONE = (FileNotFoundError, ProcessLookupError)
 
 
-def read_bytes(path: str) -> bytes:
-    """Whole file in one or a few reads; Vanished when the task is gone."""
+def read_bytes(path: str, small: bool = False) -> bytes:
+    """Whole file in one or a few reads; Vanished when the task is gone.
+
+    ``small``: the file is known to fit one 4 KiB read (fdinfo of a plain
+    file), so the read that would only see end-of-file is skipped.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except GONE as e:
@@ -33,12 +37,14 @@ def read_bytes(path: str) -> bytes:
         chunks = []
         while True:
             try:
-                chunk = os.read(fd, 65536)
+                chunk = os.read(fd, 4096 if small else 65536)
             except GONE as e:
                 raise Vanished(path) from e
             if not chunk:
                 break
             chunks.append(chunk)
+            if small and len(chunk) < 4096:
+                break
         return b"".join(chunks)
     finally:
         os.close(fd)
