@@ -7,10 +7,12 @@ that sits next to each other in every kernel's task_struct.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import secrets
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -40,9 +42,9 @@ def _pid_tgid_offsets(blob: bytes, pid: int, tgid: int) -> set[int]:
     return found
 
 
-def test_task_addresses_cover_our_threads() -> None:
-    from kpeek.sources.bpf.tasks import task_addresses
-
+@contextlib.contextmanager
+def _extra_thread(name: str | None = None) -> Iterator[int]:
+    """A thread of ours that sleeps until the block ends; yields its tid."""
     ready, done = threading.Event(), threading.Event()
     tids: list[int] = []
 
@@ -51,19 +53,26 @@ def test_task_addresses_cover_our_threads() -> None:
         ready.set()
         done.wait(10)
 
-    t = threading.Thread(target=worker)
+    t = threading.Thread(target=worker, name=name)
     t.start()
     try:
         ready.wait(10)
-        addrs = task_addresses()
+        yield tids[0]
     finally:
         done.set()
         t.join()
-    assert os.getpid() in addrs and tids[0] in addrs
-    assert addrs[os.getpid()] != addrs[tids[0]]
+
+
+def test_task_addresses_cover_our_threads() -> None:
+    from kpeek.sources.bpf.tasks import task_addresses
+
+    with _extra_thread() as tid:
+        addrs = task_addresses()
+    assert os.getpid() in addrs and tid in addrs
+    assert addrs[os.getpid()] != addrs[tid]
     assert all(a >= 1 << 63 for a in addrs.values())  # kernel half of the address space
     # Every thread of ours that /proc lists, BPF lists.
-    assert {int(x) for x in os.listdir("/proc/self/task")} <= set(addrs) | set(tids)
+    assert {int(x) for x in os.listdir("/proc/self/task")} <= set(addrs) | {tid}
 
 
 def test_reads_our_own_task_struct() -> None:
@@ -104,24 +113,9 @@ def test_thread_task_struct_has_its_tid_and_our_tgid() -> None:
     (pid_off,) = _pid_tgid_offsets(main_blob[:4096], os.getpid(), os.getpid()) or {None}
     assert pid_off is not None
 
-    ready, done = threading.Event(), threading.Event()
-    tids: list[int] = []
-
-    def worker() -> None:
-        tids.append(threading.get_native_id())
-        ready.set()
-        done.wait(10)
-
-    t = threading.Thread(target=worker)
-    t.start()
-    try:
-        ready.wait(10)
-        addr = task_addresses()[tids[0]]
-        pair = mem.read(addr + pid_off, 8)
-    finally:
-        done.set()
-        t.join()
-    assert int.from_bytes(pair[:4], "little") == tids[0]
+    with _extra_thread() as tid:
+        pair = mem.read(task_addresses()[tid] + pid_off, 8)
+    assert int.from_bytes(pair[:4], "little") == tid
     assert int.from_bytes(pair[4:], "little") == os.getpid()
 
 
@@ -191,19 +185,7 @@ def test_fields_at_btf_offsets_match_proc() -> None:
 
     task = load_vmlinux_btf().lookup("struct task_struct")
     mem = BpfKernelMemory()
-    ready, done = threading.Event(), threading.Event()
-    tids: list[int] = []
-
-    def worker() -> None:
-        tids.append(threading.get_native_id())
-        ready.set()
-        done.wait(10)
-
-    t = threading.Thread(target=worker, name="kpeek-btf-rd")
-    t.start()
-    try:
-        ready.wait(10)
-        (tid,) = tids
+    with _extra_thread("kpeek-btf-rd") as tid:
         addr = task_addresses()[tid]
         u32 = lambda off: int.from_bytes(mem.read(addr + off, 4), "little")  # noqa: E731
         assert u32(task.offsetof("pid")) == tid
@@ -213,9 +195,6 @@ def test_fields_at_btf_offsets_match_proc() -> None:
             assert comm == f.read().rstrip(b"\n")
         parent = mem.read_u64(addr + task.offsetof("real_parent"))
         assert int.from_bytes(mem.read(parent + task.offsetof("tgid"), 4), "little") == os.getppid()
-    finally:
-        done.set()
-        t.join()
 
 
 def test_task_addresses_include_every_parent() -> None:
