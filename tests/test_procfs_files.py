@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from capabilities import require
 from kpeek.cli import main
-from kpeek.sources import procfs
+from kpeek.sources import procfs, take_snapshot
 from scenarios import PIPE_FORK_DUP2, children_of, family
 
 
@@ -207,3 +208,38 @@ def test_bad_usage_exits_2_with_one_line(argv, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("kpeek: ") and "\n" not in err
+
+
+SCM_RIGHTS_FAMILY = """
+import tempfile
+a, b = socket.socketpair()
+child = os.fork()
+if child == 0:
+    a.close()
+    msg, fds, _, _ = socket.recv_fds(b, 16, 1)
+    b.send(str(fds[0]).encode())   # which fd number the passed file got here
+    hold()
+b.close()
+fd = os.open(tempfile.mktemp(prefix="kpeek-scm-"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+os.write(fd, b"abc")
+socket.send_fds(a, [b"x"], [fd])
+received = int(a.recv(16))
+report(parent=os.getpid(), child=child, fd=fd, received=received)
+"""
+
+
+@pytest.mark.parametrize("source", ["procfs", "bpf"])
+def test_fd_passed_over_scm_rights_shares_the_open_file(source):
+
+    if source == "bpf":
+        require("bpf")
+    with family(SCM_RIGHTS_FAMILY) as fam:
+        i = fam.info
+        snap = take_snapshot(source, pids=[i["parent"], i["child"]])
+        sent = _fd(snap, i["parent"], i["fd"])
+        got = _fd(snap, i["child"], i["received"])
+        path = snap.open_files[sent.open_file].path
+        os.unlink(path)
+    assert snap.source == source
+    assert sent.open_file == got.open_file
+    assert snap.open_files[sent.open_file].pos == 3
