@@ -112,11 +112,13 @@ def take_snapshot(
 
 
 def _with_ns_ppids(read: list[tuple[Task, tuple[int, ...]]]) -> list[Task]:
-    known = {t.pid: nspids for t, nspids in read}
+    # Parents outside the snapshot are read once each, however many children.
+    known: dict[int, tuple[int, ...] | None] = {t.pid: nspids for t, nspids in read}
     result = []
     for task, nspids in read:
-        parent = known.get(task.ppid) if task.ppid in known else nspids_of(task.ppid)
-        result.append(dataclasses.replace(task, ns_ppid=ns_ppid(nspids, parent)))
+        if task.ppid not in known:
+            known[task.ppid] = nspids_of(task.ppid)
+        result.append(dataclasses.replace(task, ns_ppid=ns_ppid(nspids, known[task.ppid])))
     return result
 
 
