@@ -7,6 +7,7 @@ import fnmatch
 
 from kpeek import jsonout
 from kpeek.commands.common import add_json, add_raw_pointers, add_source, raw_pointers_allowed
+from kpeek.errors import UsageError
 from kpeek.model import STATE_NAMES, Task
 from kpeek.render import text
 from kpeek.render.tables import namespace_id, snapshot_meta, task_dict
@@ -38,8 +39,6 @@ def select(tasks: list[Task], args: argparse.Namespace) -> list[Task]:
 
 def run(args: argparse.Namespace) -> int:
     if args.state and (bad := set(args.state) - set(STATE_NAMES)):
-        from kpeek.errors import UsageError
-
         raise UsageError(f"unknown state letter(s) {''.join(sorted(bad))!r}; use R S D T t Z I X P")
     raw = raw_pointers_allowed(args)
     snap = take_snapshot(args.source, pids=args.pid, threads=args.threads, files=False)
