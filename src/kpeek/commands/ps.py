@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-c", "--comm", help="only commands matching this glob, e.g. 'sort*'")
     p.add_argument("-s", "--state", help="only these states, e.g. 'D' or 'DR'")
     p.add_argument("--ns", help="only tasks in this PID namespace (its inode number, as shown)")
+    p.add_argument("--stacks", action="store_true", help="with each task, its kernel stack (root)")
     add_source(p)
     add_json(p)
     add_raw_pointers(p)
@@ -41,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if args.state and (bad := set(args.state) - set(STATE_NAMES)):
         raise UsageError(f"unknown state letter(s) {''.join(sorted(bad))!r}; use R S D T t Z I X P")
     raw = raw_pointers_allowed(args)
-    snap = take_snapshot(args.source, pids=args.pid, threads=args.threads, files=False)
+    snap = take_snapshot(
+        args.source, pids=args.pid, threads=args.threads, files=False, stacks=args.stacks
+    )
     tasks = select(list(snap.tasks), args)
     if args.json:
         jsonout.emit("ps", {**snapshot_meta(snap), "tasks": [task_dict(t, raw) for t in tasks]})
@@ -62,10 +65,15 @@ def run(args: argparse.Namespace) -> int:
         for t in tasks
     )
     out = text.console()
-    out.print(
-        text.table(
-            ("PID", "TGID", "PPID", "PGID", "SID", "NSPID", "PIDNS", "ST", "WCHAN", "COMM"), rows
-        )
-    )
+    columns = ("PID", "TGID", "PPID", "PGID", "SID", "NSPID", "PIDNS", "ST", "WCHAN", "COMM")
+    if not args.stacks:
+        out.print(text.table(columns, rows))
+    else:
+        # One small table per task, its stack under it: easy to read, easy to grep.
+        for row, t in zip(rows, tasks, strict=True):
+            out.print(text.table(columns, [row]))
+            for frame in t.kernel_stack or ():
+                out.print(text.name(f"    {frame}"))
+            out.print()
     text.print_footer(snap)
     return 0
