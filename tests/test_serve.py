@@ -53,7 +53,9 @@ def test_token_is_required_for_every_path():
     with family(PIPE_FORK_DUP2) as fam, running([fam.info["parent"]]) as server:
         token = server.token
         assert len(token) >= 32
-        for path in ("/", "/diagram.svg", "/?token=", f"/?token={token[:-1]}x",
+        wrong_last = token[:-1] + ("y" if token[-1] == "x" else "x")  # always one char off
+        assert token.upper() != token  # so the upper-cased token is wrong too
+        for path in ("/", "/diagram.svg", "/?token=", f"/?token={wrong_last}",
                      f"/diagram.svg?token={token.upper()}", "/nothing"):
             status, body, _ = get(server, path)
             assert status == 403, path
