@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -150,29 +151,58 @@ def inode_of_target(snapshot: Snapshot, task: Task, target: SyscallTarget) -> st
 class SchedClock:
     """How long a task has been off the CPU, from /proc/PID/sched.
 
-    ``se.exec_start`` is the scheduler clock (ms) when the task last ran
-    (updated as it ran, so for a sleeper it is about when it went to
-    sleep). The scheduler clock is not CLOCK_MONOTONIC, so it is calibrated
-    against this process's own exec_start, which is "now" while we run.
+    ``se.exec_start`` is the scheduler's task clock (ms) when the task last
+    ran (for a sleeper, about when it went to sleep). That clock is not
+    CLOCK_MONOTONIC, and it is kept per CPU: it leaves out each CPU's own
+    irq and steal time, so two CPUs of a VM can disagree by hundreds of ms.
+    So it is calibrated per CPU: this thread runs once on each CPU it may
+    use, where its own exec_start is that CPU's clock "now", and a task's
+    exec_start is read against the clock of the CPU it last ran on.
     """
 
     def __init__(self) -> None:
-        own = _exec_start(f"/proc/{os.getpid()}/task/{os.getpid()}/sched")
-        mono = time.clock_gettime(time.CLOCK_MONOTONIC) * 1000.0
-        self.offset_ms = (mono - own) if own is not None else None
-
-    def now_ms(self) -> float | None:
-        if self.offset_ms is None:
-            return None
-        return time.clock_gettime(time.CLOCK_MONOTONIC) * 1000.0 - self.offset_ms
+        self.offset_ms: dict[int, float] = {}
+        tid = threading.get_native_id()
+        try:
+            allowed = os.sched_getaffinity(0)
+        except OSError:
+            allowed = set()
+        try:
+            for cpu in sorted(allowed):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(0, {cpu})
+                    time.sleep(0.0005)  # be switched in there: exec_start is set then
+                    own = _exec_start(f"/proc/self/task/{tid}/sched")
+                    if own is not None:
+                        mono = time.clock_gettime(time.CLOCK_MONOTONIC) * 1000.0
+                        self.offset_ms[cpu] = mono - own
+        finally:
+            if allowed:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(0, allowed)
 
     def asleep_seconds(self, task: Task) -> float | None:
         """Seconds since the task last ran; None when unknown."""
         start = _exec_start(f"/proc/{task.tgid}/task/{task.pid}/sched")
-        now = self.now_ms()
-        if start is None or now is None:
+        cpu = _last_cpu(f"/proc/{task.tgid}/task/{task.pid}/stat")
+        offset = self.offset_ms.get(cpu) if cpu is not None else None
+        if offset is None and self.offset_ms:
+            # A CPU this process may not use: the nearest guess is the mean.
+            offset = sum(self.offset_ms.values()) / len(self.offset_ms)
+        if start is None or offset is None:
             return None
+        now = time.clock_gettime(time.CLOCK_MONOTONIC) * 1000.0 - offset
         return max(0.0, (now - start) / 1000.0)
+
+
+def _last_cpu(stat_path: str) -> int | None:
+    """Field 39 of /proc/PID/stat: the CPU the task last ran on."""
+    try:
+        with open(stat_path, "rb") as f:
+            raw = f.read()
+        return int(raw[raw.rindex(b")") + 2 :].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _exec_start(path: str) -> float | None:
