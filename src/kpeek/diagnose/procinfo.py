@@ -16,6 +16,7 @@ import weakref
 from dataclasses import dataclass
 
 from kpeek.model import Snapshot, Task
+from kpeek.sources.proc_tasks import Vanished, parse_stat, read_bytes
 from kpeek.textsafe import decode
 
 AT_FDCWD = -100
@@ -198,10 +199,9 @@ class SchedClock:
 def _last_cpu(stat_path: str) -> int | None:
     """Field 39 of /proc/PID/stat: the CPU the task last ran on."""
     try:
-        with open(stat_path, "rb") as f:
-            raw = f.read()
-        return int(raw[raw.rindex(b")") + 2 :].split()[36])
-    except (OSError, ValueError, IndexError):
+        _, fields = parse_stat(read_bytes(stat_path))
+        return int(fields[36])  # fields start at field 3, the state
+    except (Vanished, OSError, ValueError, IndexError):
         return None
 
 

@@ -19,6 +19,7 @@ from kpeek.kernel.lists import DEFAULT_MAX, ListWalk, walk_hlist, walk_list
 from kpeek.kernel.memory import KernelMemory
 from kpeek.kernel.objects import Object, as_type, container_of
 from kpeek.kernel.symbols import Kallsyms, load_kallsyms
+from kpeek.sources.proc_tasks import Vanished, list_pids, parse_stat, parse_status, read_bytes
 
 
 @dataclass
@@ -107,20 +108,17 @@ def _relatives(pid: int) -> list[int]:
     out: list[int] = []
     tgid = pid
     try:
-        with open(f"/proc/{pid}/status") as f:
-            tgid = next(int(line.split()[1]) for line in f if line.startswith("Tgid:"))
-        out += [int(t) for t in os.listdir(f"/proc/{tgid}/task")]
-    except (OSError, StopIteration, ValueError):
+        tgid = int(parse_status(read_bytes(f"/proc/{pid}/status"))[b"Tgid"])
+        out += list_pids(f"/proc/{tgid}/task")
+    except (Vanished, OSError, KeyError, ValueError):
         pass
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat = f.read()
-                if int(stat[stat.rindex(b")") + 2 :].split()[1]) == tgid:
-                    out.append(int(entry))
-            except (OSError, ValueError):
-                continue
+    for entry in list_pids():
+        try:
+            _, fields = parse_stat(read_bytes(f"/proc/{entry}/stat"))
+            if int(fields[1]) == tgid:  # fields[1] is the ppid
+                out.append(entry)
+        except (Vanished, OSError, ValueError):
+            continue
     return out
 
 

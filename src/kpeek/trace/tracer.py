@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from kpeek.errors import KpeekError, UsageError
 from kpeek.model import Snapshot
 from kpeek.sources import procfs
+from kpeek.sources.proc_tasks import Vanished, parse_status, read_bytes
 from kpeek.trace import ptrace, syscalls
 from kpeek.trace.ptrace import TraceeGone
 
@@ -366,13 +367,9 @@ class Tracer:
 
 def _tgid_of(tid: int) -> int:
     try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return tid
+        return int(parse_status(read_bytes(f"/proc/{tid}/status"))[b"Tgid"])
+    except (Vanished, OSError, KeyError, ValueError):
+        return tid
 
 
 def _shell_status(status: int) -> int:
