@@ -92,8 +92,8 @@ def main() -> None:
         per = (time.perf_counter() - t) / len(addrs)
         rows.append(("kallsyms format(addr)", f"{per * 1e6:.2f} µs"))
         try:
-            from kpeek.kernel import open_live
             from kpeek.sources.bpf.tasks import task_addresses
+            from kpeek.targets.live import open_live
 
             kernel = open_live()
             t = time.perf_counter()

@@ -171,7 +171,7 @@ def parent_with_three_children():
 @pytest.mark.timeout(60)
 def test_children_and_thread_lists_of_a_real_process(parent_with_three_children):
     require("bpf")
-    from kpeek.kernel import open_live
+    from kpeek.targets.live import open_live
 
     parent, kids = parent_with_three_children
     kernel = open_live()
@@ -220,14 +220,22 @@ def _task_address(pid: int) -> int:
 
 def _cli_with_memory(monkeypatch, first: FakeMemory, second: FakeMemory) -> None:
     """Point the list verb at synthetic memory (first walk, then the re-check)."""
-    import kpeek.kernel
-    import kpeek.sources.bpf.reader as reader
+    import kpeek.commands.listwalk as listwalk
     from kpeek.kernel.btf import load_vmlinux_btf
-    from kpeek.kernel.live import Kernel
+    from kpeek.kernel.program import Kernel
 
-    monkeypatch.setattr(kpeek.kernel, "open_live",
-                        lambda **_: Kernel(load_vmlinux_btf(), None, first))
-    monkeypatch.setattr(reader, "BpfKernelMemory", lambda: second)
+    class Rereadable:  # the first walk sees ``first``; after reread(), ``second``
+        def __init__(self) -> None:
+            self.now = first
+
+        def read(self, address: int, size: int) -> bytes:
+            return self.now.read(address, size)
+
+        def clear_cache(self) -> None:
+            self.now = second
+
+    monkeypatch.setattr(listwalk, "open_kernel",
+                        lambda *_a, **_k: Kernel(load_vmlinux_btf(), None, Rereadable()))
 
 
 def test_cli_reports_corruption_with_exit_1(monkeypatch, capsys):

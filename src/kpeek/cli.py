@@ -41,6 +41,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kpeek", description="See inside a running Linux kernel, safely.")
     parser.add_argument("--version", action="version", version=f"kpeek {__version__}")
+    parser.add_argument("-c", "--core", metavar="FILE",
+                        help="read a crash dump (vmcore) instead of the live kernel")
+    parser.add_argument("--vmlinux", metavar="FILE",
+                        help="types from this vmlinux, for a dump that carries no BTF")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -13,7 +13,8 @@ import sys
 from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import NotSupported, UsageError
-from kpeek.kernel.live import parse_address, require_root
+from kpeek.kernel.address import parse_address
+from kpeek.targets import open_kernel
 
 MAX_FUNCTION_BYTES = 64 << 10
 _ARCH = {"x86_64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
@@ -41,10 +42,7 @@ def run(args: argparse.Namespace) -> int:
     arch = _ARCH.get(platform.machine())
     if arch is None:
         raise NotSupported(f"no disassembler for {platform.machine()}")
-    require_root("kpeek dis")
-    from kpeek.kernel import open_live
-
-    kernel = open_live()
+    kernel = open_kernel(args, "kpeek dis")
     syms = kernel.symbols
     assert syms is not None
     address = parse_address(args.target, syms)

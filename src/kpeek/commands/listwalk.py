@@ -19,9 +19,10 @@ import sys
 from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import EXIT_FINDINGS, UsageError
+from kpeek.kernel.address import parse_address
 from kpeek.kernel.btf import Kind
 from kpeek.kernel.lists import DEFAULT_MAX
-from kpeek.kernel.live import parse_address, require_root
+from kpeek.targets import open_kernel, open_types
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     offset = 0
     if args.struct:
         tname, member = _type_member(args.struct, "-s")
-        entry_type = lookup_type(tname)
+        entry_type = lookup_type(tname, open_types(args))
         offset = entry_type.resolve().offsetof(member)
     elif args.offset:
         try:
@@ -83,21 +84,16 @@ def run(args: argparse.Namespace) -> int:
     head_extra = 0
     if args.head:
         htype, hmember = _type_member(args.head, "--head")
-        head_extra = lookup_type(htype).resolve().offsetof(hmember)
+        head_extra = lookup_type(htype, open_types(args)).resolve().offsetof(hmember)
 
-    require_root("kpeek list")
-    from kpeek.kernel import open_live
-
-    kernel = open_live()
+    kernel = open_kernel(args, "kpeek list")
     head = parse_address(args.address, kernel.symbols) + head_extra
     walk = kernel.list_entries(head, hlist=args.hlist, max_entries=args.max)
     transient = None
     if walk.finding is not None and walk.finding.is_corruption:
         # A live list may change under the walk; only a finding that a second
         # walk over freshly read memory repeats is reported as corruption.
-        from kpeek.sources.bpf.reader import BpfKernelMemory
-
-        kernel.memory = BpfKernelMemory()
+        kernel.reread()
         again = kernel.list_entries(head, hlist=args.hlist, max_entries=args.max)
         if again.finding is None or again.finding.kind != walk.finding.kind:
             transient, walk = walk.finding, again

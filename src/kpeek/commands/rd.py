@@ -12,7 +12,8 @@ import sys
 from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import UsageError
-from kpeek.kernel.live import parse_address, require_root
+from kpeek.kernel.address import parse_address
+from kpeek.targets import open_kernel
 
 MAX_BYTES = 1 << 20
 
@@ -36,10 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.count < 1 or args.count * args.width > MAX_BYTES:
         raise UsageError(f"-n COUNT must be 1..{MAX_BYTES // args.width} for width {args.width}")
-    require_root("kpeek rd")
-    from kpeek.kernel import open_live
-
-    kernel = open_live()
+    kernel = open_kernel(args, "kpeek rd")
     address = parse_address(args.address, kernel.symbols)
     if address % args.width:
         raise UsageError(f"address 0x{address:x} is not aligned to {args.width} bytes")

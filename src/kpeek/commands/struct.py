@@ -14,10 +14,11 @@ from typing import Any
 from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import UsageError
-from kpeek.kernel.btf import Kind, Type, UnknownType, load_vmlinux_btf
-from kpeek.kernel.live import parse_address, require_root
+from kpeek.kernel.address import parse_address
+from kpeek.kernel.btf import Btf, Kind, Type, UnknownType
 from kpeek.kernel.objects import Object, is_text_element
 from kpeek.kernel.symbols import Kallsyms
+from kpeek.targets import open_kernel, open_types
 from kpeek.textsafe import for_terminal
 
 ARRAY_SHOW_MAX = 64  # elements of a scalar array shown in text output
@@ -51,9 +52,8 @@ def split_type_spec(spec: str) -> tuple[str, list[str]]:
     return name.strip(), members
 
 
-def lookup_type(name: str) -> Type:
+def lookup_type(name: str, btf: Btf) -> Type:
     """A type by user-given name; struct/union first, as `kpeek struct` means."""
-    btf = load_vmlinux_btf()
     if " " not in name and not name.endswith("*"):
         t = btf.find(name, (Kind.STRUCT, Kind.UNION, Kind.TYPEDEF, Kind.ENUM, Kind.ENUM64,
                             Kind.INT, Kind.FLOAT))
@@ -65,7 +65,7 @@ def lookup_type(name: str) -> Type:
 
 def run(args: argparse.Namespace) -> int:
     name, members = split_type_spec(args.type)
-    t = lookup_type(name)
+    t = lookup_type(name, open_types(args))
     for m in members:  # unknown members are reported before any read
         if t.resolve().kind not in (Kind.STRUCT, Kind.UNION):
             raise UsageError(f"{t.c_name} is not a struct or union; it has no members")
@@ -74,10 +74,7 @@ def run(args: argparse.Namespace) -> int:
         if members:
             return show_member_layout(t, members, args.json)
         return show_layout(t, args.json)
-    require_root("kpeek struct TYPE ADDR")
-    from kpeek.kernel import open_live
-
-    kernel = open_live()
+    kernel = open_kernel(args, "kpeek struct TYPE ADDR")
     address = parse_address(args.address, kernel.symbols)
     obj = kernel.object(t, address)
     obj.prefetch()  # one read; a bad address fails here, as one line

@@ -12,8 +12,9 @@ import sys
 from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import UsageError
-from kpeek.kernel.live import parse_address, require_root
-from kpeek.kernel.symbols import Symbol, load_kallsyms
+from kpeek.kernel.address import parse_address
+from kpeek.kernel.symbols import Kallsyms, Symbol
+from kpeek.targets import open_symbols
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,9 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve(what: str) -> tuple[int, Symbol | None]:
+def resolve(what: str, syms: Kallsyms) -> tuple[int, Symbol | None]:
     """(address asked for, the symbol holding it or None). Names win over bare hex words."""
-    syms = load_kallsyms()
     by_name = syms.symbol(what)
     if by_name is not None:
         return by_name.address, by_name
@@ -39,10 +39,10 @@ def resolve(what: str) -> tuple[int, Symbol | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    require_root("kpeek sym")
+    syms = open_symbols(args, "kpeek sym")
     results = []
     for what in args.what:
-        address, sym = resolve(what)
+        address, sym = resolve(what, syms)
         if sym is None:
             raise UsageError(f"{what}: no kernel symbol holds address 0x{address:x}")
         results.append((what, address, sym))

@@ -14,8 +14,9 @@ from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import UsageError
 from kpeek.kernel.btf import Kind, UnknownMember
-from kpeek.kernel.live import Kernel, require_root
 from kpeek.kernel.objects import Object
+from kpeek.kernel.program import Kernel
+from kpeek.targets import open_kernel
 from kpeek.textsafe import for_terminal
 
 # Shown in this order when the running kernel's task_struct has them.
@@ -106,10 +107,7 @@ def describe(kernel: Kernel, task: Object) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     if args.pid < 0:
         raise UsageError("pid must be >= 0")
-    require_root("kpeek task")
-    from kpeek.kernel import open_live
-
-    kernel = open_live()
+    kernel = open_kernel(args, "kpeek task")
     task = kernel.task(args.pid)
     if task.type.resolve().kind != Kind.STRUCT:
         raise UsageError("struct task_struct missing from BTF")

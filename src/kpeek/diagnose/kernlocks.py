@@ -259,13 +259,13 @@ def kernel_lock_edges(graph: WaitGraph) -> None:
     if not sleepers:
         return
     try:
-        from kpeek.kernel.btf import load_vmlinux_btf
-        from kpeek.sources.bpf.reader import BpfKernelMemory
         from kpeek.sources.bpf.tasks import task_addresses
+        from kpeek.targets.live import open_live
 
         if os.geteuid() != 0:
             raise PermissionError("not root")
-        reader = LockReader(BpfKernelMemory(), load_vmlinux_btf(), task_addresses())
+        kernel = open_live(symbols=False)
+        reader = LockReader(kernel.memory, kernel.types, task_addresses())
     except Exception as e:  # any failure to load BPF: say what is unseen, go on
         graph.notes.append(
             f"kernel memory not readable ({e}): the kernel locks (mutex, rwsem, semaphore) "

@@ -1,12 +1,6 @@
-"""Kernel memory, types (BTF), symbols (kallsyms), typed objects and lists."""
+"""The kernel layer: memory, types (BTF), symbols (kallsyms), typed objects,
+lists and tasks, over any :class:`~kpeek.kernel.memory.KernelMemory`.
 
-from __future__ import annotations
-
-from typing import Any
-
-
-def open_live(**kwargs: Any) -> Any:
-    """The running kernel as a :class:`kpeek.kernel.live.Kernel` (see there)."""
-    from kpeek.kernel.live import open_live as _open_live
-
-    return _open_live(**kwargs)
+Nothing in this package reads the live kernel by itself; :mod:`kpeek.targets`
+opens a :class:`~kpeek.kernel.program.Kernel` over the live kernel or a dump.
+"""

@@ -33,8 +33,6 @@ class ObjectError(UsageError):
 class Object:
     """A value of BTF type ``type`` at ``address`` in ``memory``.
 
-    Without ``memory`` the live kernel's (BPF reader, root only) is used.
-
     ``bit_offset``/``bit_size`` describe a bitfield (bits counted from
     ``address``). Members, elements and dereferences return new Objects.
     """
@@ -45,7 +43,7 @@ class Object:
         self,
         type: Type,
         address: int,
-        memory: KernelMemory | None = None,
+        memory: KernelMemory,
         *,
         bit_offset: int = 0,
         bit_size: int = 0,
@@ -53,10 +51,6 @@ class Object:
     ) -> None:
         self.type = type
         self.address = address
-        if memory is None:  # the live kernel, opened once per process
-            from kpeek.kernel.live import default_memory
-
-            memory = default_memory()
         self.memory = memory
         self.bit_offset = bit_offset
         self.bit_size = bit_size
