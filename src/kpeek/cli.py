@@ -1,8 +1,9 @@
 """Command-line entry point: argument parsing only.
 
-Each verb lives in ``kpeek.commands.<verb>`` and exposes
+Each verb lives in a module listed in ``VERBS`` that exposes
 ``register(subparsers) -> None``; the parser it adds sets ``func`` to a
-function ``(args) -> int`` that returns the exit code.
+function ``(args) -> int`` that returns the exit code. Only the chosen
+verb's module is imported.
 """
 
 from __future__ import annotations
@@ -14,22 +15,39 @@ import sys
 from kpeek import __version__
 from kpeek.errors import EXIT_USAGE, KpeekError
 
-# One line per verb module; keep sorted.
-COMMAND_MODULES: tuple[str, ...] = (
-    "kpeek.commands.bt",
-    "kpeek.commands.dis",
-    "kpeek.commands.doctor",
-    "kpeek.commands.files",
-    "kpeek.commands.oops",
-    "kpeek.commands.listwalk",
-    "kpeek.commands.ps",
-    "kpeek.commands.rd",
-    "kpeek.commands.serve",
-    "kpeek.commands.struct",
-    "kpeek.commands.sym",
-    "kpeek.commands.task",
-    "kpeek.commands.trace",
-)
+# One line per verb: its module (imported only when that verb runs, so start-up
+# stays cheap) and the help line `kpeek --help` shows. Keep sorted.
+VERBS: dict[str, tuple[str, str]] = {
+    "bt": ("kpeek.commands.bt", "kernel stack of a task"),
+    "dis": ("kpeek.commands.dis", "disassemble kernel code"),
+    "doctor": ("kpeek.commands.doctor", "explain every stuck task: deadlocks, hung tasks, pipes"),
+    "files": ("kpeek.commands.files", "descriptor, open-file and inode tables"),
+    "list": ("kpeek.commands.listwalk", "walk a kernel linked list, checking its integrity"),
+    "oops": ("kpeek.commands.oops", "read kernel crash reports from a log or the live kernel"),
+    "ps": ("kpeek.commands.ps", "processes and threads"),
+    "rd": ("kpeek.commands.rd", "hex dump of kernel memory"),
+    "serve": ("kpeek.commands.serve", "live diagram of file tables in a local web page"),
+    "struct": ("kpeek.commands.struct", "a kernel type's layout, or its values at an address"),
+    "sym": ("kpeek.commands.sym", "kernel symbol <-> address"),
+    "task": ("kpeek.commands.task", "a task's task_struct and its key fields"),
+    "trace": ("kpeek.commands.trace",
+              "run a program under ptrace and record its file tables step by step"),
+}
+
+
+class _LazyVerbs(argparse._SubParsersAction):
+    """Subcommands whose parsers are placeholders until chosen: only then is
+    the verb's module imported and its real parser registered in place."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        name = values[0]
+        if name in VERBS and name not in self._loaded:
+            self._loaded.add(name)
+            listed = list(self._choices_actions)
+            del self._name_parser_map[name]
+            importlib.import_module(VERBS[name][0]).register(self)
+            self._choices_actions[:] = listed  # the help line is the table's
+        super().__call__(parser, namespace, values, option_string)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,9 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read a crash dump (vmcore) instead of the live kernel")
     parser.add_argument("--vmlinux", metavar="FILE",
                         help="types from this vmlinux, for a dump that carries no BTF")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    parser.register("action", "lazy_verbs", _LazyVerbs)
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser,
+                                action="lazy_verbs")
+    sub._loaded = set()  # type: ignore[attr-defined]
+    for name, (_module, help_line) in VERBS.items():
+        sub.add_parser(name, help=help_line)
     return parser
 
 
