@@ -142,6 +142,16 @@ class Kallsyms:
             raise NotPermitted(f"kernel symbol addresses are hidden ({source} shows zeros): {fix}")
         return cls(addrs, kinds, names, modules)
 
+    def extended(self, extra: list[tuple[int, str, str, str | None]]) -> Kallsyms:
+        """These symbols plus ``extra`` (address, type letter, name, module) ones."""
+        addresses, kinds, names, modules = (list(x) for x in self._names_raw)
+        for address, kind, name, module in extra:
+            addresses.append(address)
+            kinds.append(kind)
+            names.append(name)
+            modules.append(module)
+        return Kallsyms(addresses, kinds, names, modules)
+
     def __len__(self) -> int:
         return len(self._names_raw[0])
 
