@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything kpeek needs on a fresh Debian machine: system packages
 # (clang and libbpf for the BPF programs, Graphviz for diagrams, FUSE and
-# Chromium for the tests) and a virtualenv in .venv with kpeek itself.
+# Chromium for the tests, QEMU, busybox and gcc-12 for the crash-dump lab) and
+# a virtualenv in .venv with kpeek itself.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-apt_packages=(clang llvm libbpf-dev bpftool graphviz fuse3 libfuse2 lsof chromium psmisc procps)
+apt_packages=(clang llvm libbpf-dev bpftool graphviz fuse3 libfuse2 lsof chromium psmisc procps
+  qemu-system-x86 makedumpfile busybox-static cpio gcc-12 make)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

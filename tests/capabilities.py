@@ -41,12 +41,21 @@ def have_chromium() -> bool:
     return shutil.which("chromium") is not None
 
 
+def have_qemu() -> bool:
+    """The QEMU lab: qemu-system-x86_64 and the tools that build guests and read dumps
+    (TCG works anywhere; KVM is used only where it can run a guest)."""
+    return have_root() and all(
+        shutil.which(tool) for tool in ("qemu-system-x86_64", "cpio", "makedumpfile", "busybox",
+                                        "apt-get", "dpkg-deb", "make", "gcc"))
+
+
 CAPABILITIES = {
     "root": have_root,
     "bpf": have_bpf,
     "fuse": have_fuse,
     "graphviz": have_graphviz,
     "chromium": have_chromium,
+    "qemu": have_qemu,
 }
 
 
