@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 from kpeek.errors import NotPermitted
-from kpeek.sources import SOURCES
+from kpeek.model import Snapshot
+from kpeek.sources import SOURCES, take_snapshot
+from kpeek.targets import core_path, open_kernel
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +22,7 @@ def add_source(parser: argparse.ArgumentParser) -> None:
         choices=SOURCES,
         default="auto",
         help="where the data comes from: bpf (more facts, needs root) or procfs; "
-        "auto picks bpf where it loads",
+        "auto picks bpf where it loads; memory walks kernel objects (as in a dump)",
     )
 
 
@@ -38,3 +41,13 @@ def raw_pointers_allowed(args: argparse.Namespace) -> bool:
     if os.geteuid() != 0:
         raise NotPermitted("--raw-pointers needs root: kernel addresses defeat KASLR")
     return True
+
+
+def snapshot(args: argparse.Namespace, **kwargs: Any) -> Snapshot:
+    """The verb's snapshot: kernel objects walked in the dump given with -c,
+    else from the live source chosen with --source."""
+    if core_path(args) is None:
+        return take_snapshot(getattr(args, "source", "auto"), **kwargs)
+    from kpeek.sources import memwalk
+
+    return memwalk.take_snapshot(open_kernel(args, "reading tasks"), **kwargs)

@@ -8,13 +8,18 @@ from collections import defaultdict
 from pathlib import Path
 
 from kpeek import jsonout
-from kpeek.commands.common import add_json, add_raw_pointers, add_source, raw_pointers_allowed
+from kpeek.commands.common import (
+    add_json,
+    add_raw_pointers,
+    add_source,
+    raw_pointers_allowed,
+    snapshot,
+)
 from kpeek.errors import NotSupported, UsageError
 from kpeek.model import Snapshot, Task
 from kpeek.render import cplayground, text
 from kpeek.render.fileflags import access_mode, flag_names
 from kpeek.render.tables import files_document, namespace_id
-from kpeek.sources import take_snapshot
 
 DIAGRAM_FORMATS = ("dot", "svg", "html")
 
@@ -44,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     raw = raw_pointers_allowed(args)
-    snap = take_snapshot(args.source, pids=args.pid or None, threads=False)
+    snap = snapshot(args, pids=args.pid or None, threads=False)
     processes = sorted(snap.processes(), key=lambda t: t.pid)
 
     diagrams = [(fmt, getattr(args, fmt)) for fmt in DIAGRAM_FORMATS if getattr(args, fmt)]

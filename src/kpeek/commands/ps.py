@@ -6,12 +6,17 @@ import argparse
 import fnmatch
 
 from kpeek import jsonout
-from kpeek.commands.common import add_json, add_raw_pointers, add_source, raw_pointers_allowed
+from kpeek.commands.common import (
+    add_json,
+    add_raw_pointers,
+    add_source,
+    raw_pointers_allowed,
+    snapshot,
+)
 from kpeek.errors import UsageError
 from kpeek.model import STATE_NAMES, Task
 from kpeek.render import text
 from kpeek.render.tables import namespace_id, snapshot_meta, task_dict
-from kpeek.sources import take_snapshot
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if args.state and (bad := set(args.state) - set(STATE_NAMES)):
         raise UsageError(f"unknown state letter(s) {''.join(sorted(bad))!r}; use R S D T t Z I X P")
     raw = raw_pointers_allowed(args)
-    snap = take_snapshot(
-        args.source, pids=args.pid, threads=args.threads, files=False, stacks=args.stacks
+    snap = snapshot(
+        args, pids=args.pid, threads=args.threads, files=False, stacks=args.stacks
     )
     tasks = select(list(snap.tasks), args)
     if args.json:

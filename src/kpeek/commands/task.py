@@ -16,6 +16,7 @@ from kpeek.errors import UsageError
 from kpeek.kernel.btf import Kind, UnknownMember
 from kpeek.kernel.objects import Object
 from kpeek.kernel.program import Kernel
+from kpeek.kernel.sched import state_letter
 from kpeek.targets import open_kernel
 from kpeek.textsafe import for_terminal
 
@@ -34,7 +35,6 @@ HEX_FIELDS = ("flags", "__state", "exit_state", "ptrace")
 # include/linux/hung_task.h: the low bits of task_struct.blocker say what it is.
 BLOCKER_TYPES = {0: "mutex", 1: "semaphore", 2: "rw_semaphore (reader)",
                  3: "rw_semaphore (writer)"}
-TASK_IDLE = 0x402
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,14 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pid", type=int, help="a pid (thread id) as /proc shows it")
     add_json(p)
     p.set_defaults(func=run)
-
-
-def state_letter(state: int, exit_state: int) -> str:
-    """The one-letter state /proc prints, from __state and exit_state (task_state_index)."""
-    if state == TASK_IDLE:
-        return "I"
-    report = (state | exit_state) & 0x7F
-    return "RSDTtXZP"[report.bit_length()] if report.bit_length() < 8 else "?"
 
 
 def _has(task: Object, path: str) -> bool:

@@ -7,6 +7,7 @@ A walk of both, bounded and cycle-checked, gives every task.
 
 from __future__ import annotations
 
+from kpeek.errors import UsageError
 from kpeek.kernel.btf import UnknownMember
 from kpeek.kernel.lists import DEFAULT_MAX
 from kpeek.kernel.objects import Object
@@ -16,6 +17,31 @@ from kpeek.kernel.program import Kernel
 def init_task(kernel: Kernel) -> Object:
     """The idle task of CPU 0 (``init_task``), from its symbol."""
     return kernel.variable("init_task", "struct task_struct")
+
+
+def init_task_from(kernel: Kernel, task: int, max_steps: int = 256) -> Object:
+    """init_task, reached from any task's address by following ``real_parent``:
+    every chain ends at the idle task (pid 0), whose real_parent is itself.
+    For kernels whose kallsyms has no data symbols. Raises UsageError."""
+    at = kernel.type("struct task_struct").offsetof("real_parent")
+    for _ in range(max_steps):
+        parent = int.from_bytes(kernel.memory.read(task + at, 8), "little")
+        if parent == task:
+            return kernel.object("struct task_struct", task)
+        task = parent
+    raise UsageError(f"no end to the real_parent chain in {kernel.origin}")
+
+
+def find_init_task(kernel: Kernel, seed: int | None = None) -> Object:
+    """init_task by its symbol, else from ``seed`` (a task address), else from
+    the kernel's task index (pid 1). Raises UsageError when none is possible."""
+    if kernel.symbol_address("init_task") is not None:
+        return init_task(kernel)
+    if seed is None and kernel.tasks is not None:
+        seed = kernel.tasks.address_of(1)
+    if seed is None:
+        raise UsageError(f"{kernel.origin}: no init_task symbol and no task to start from")
+    return init_task_from(kernel, seed)
 
 
 def thread_addresses(kernel: Kernel, leader: Object) -> list[int]:

@@ -1,7 +1,9 @@
 """Sources turn the kernel into a model Snapshot.
 
 ``take_snapshot("auto")`` uses BPF where it loads (more facts: struct file
-identity, reference counts, blockers) and /proc otherwise.
+identity, reference counts, blockers) and /proc otherwise. "memory" walks
+kernel objects through the BPF memory reader, as kpeek does in a crash dump
+(see memwalk).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 from kpeek.errors import KpeekError, UsageError
 from kpeek.model import Snapshot
 
-SOURCES = ("auto", "bpf", "procfs")
+SOURCES = ("auto", "bpf", "procfs", "memory")
 
 
 def take_snapshot(source: str = "auto", **kwargs: Any) -> Snapshot:
@@ -30,6 +32,11 @@ def take_snapshot(source: str = "auto", **kwargs: Any) -> Snapshot:
         raise UsageError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     if source == "procfs":
         return procfs.take_snapshot(**kwargs)
+    if source == "memory":
+        from kpeek.sources import memwalk
+        from kpeek.targets.live import open_live
+
+        return memwalk.take_snapshot(open_live(), **kwargs)
     try:
         return bpf.take_snapshot(**kwargs)
     except KpeekError as e:

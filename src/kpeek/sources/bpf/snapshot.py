@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 from kpeek.errors import UsageError
 from kpeek.ids import keyed_id
+from kpeek.kernel.sched import state_letter
 from kpeek.model import FileDescriptor, Inode, Namespace, OpenFile, Snapshot, Task
 from kpeek.sources.bpf import hidden
 from kpeek.sources.bpf.loaded import bpf_iterator, bpf_object
@@ -37,25 +38,8 @@ _ARGS = struct.Struct("<6I")
 _generation = itertools.count(1)
 _run_lock = threading.Lock()
 
-# Task state bits (include/linux/sched.h), stable since 5.14 / 6.1.
-_TASK_REPORT = 0x7F
-_TASK_IDLE = 0x0402  # TASK_UNINTERRUPTIBLE | TASK_NOLOAD
-_TASK_RTLOCK_WAIT = 0x1000
-_TASK_FROZEN = 0x8000
-_STATE_LETTERS = "RSDTtXZPI"
 _NS_KINDS = ("mnt", "net", "ipc", "uts", "user", "cgroup", "time")  # after pid, as in /proc
 _NSEC_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-
-
-def state_letter(state: int, exit_state: int) -> str:
-    """The one-letter state /proc shows for ``__state`` and ``exit_state``
-    (the kernel's task_state_index)."""
-    bits = (state | exit_state) & _TASK_REPORT
-    if state & _TASK_IDLE == _TASK_IDLE:
-        bits = 0x80
-    if state & (_TASK_RTLOCK_WAIT | _TASK_FROZEN):
-        bits = 0x2
-    return _STATE_LETTERS[bits.bit_length()]
 
 
 def _run_tasks() -> tuple[list[tuple], dict[int, tuple[str, ...]]]:

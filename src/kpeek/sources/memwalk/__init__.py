@@ -1,0 +1,188 @@
+"""A Snapshot from walking kernel objects in memory: any Kernel, live or a dump.
+
+The task list (``init_task.tasks`` and each process's thread list), pid
+numbers and namespaces from ``struct pid``, descriptor tables from
+``files_struct``, open files and inodes from ``struct file``, paths from
+dentries and mounts. It gives the same model as the procfs and BPF sources
+(open-file ids are keyed hashes of struct file addresses, as in the BPF
+source), so every view and diagnosis works on a crash dump.
+
+Every walk is bounded and cycle-checked. A read that fails (memory not in
+the dump, an object freed under a live walk) skips that task or file and is
+counted in the notes; it never stops the snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable
+
+from kpeek.errors import UsageError
+from kpeek.ids import keyed_id
+from kpeek.kernel.fdtable import FileFacts, FileReader
+from kpeek.kernel.fs import PathError, PathResolver, read_root
+from kpeek.kernel.lists import BROKEN_BACKLINK, DEFAULT_MAX
+from kpeek.kernel.memory import MemoryReadError
+from kpeek.kernel.program import Kernel
+from kpeek.kernel.tasks import find_init_task, thread_addresses
+from kpeek.model import FileDescriptor, Inode, OpenFile, Snapshot, Task
+from kpeek.sources.memwalk.tasks import TaskReader
+from kpeek.sources.proc_files import O_CLOEXEC, file_type
+
+SOURCE = "memory"
+_SKIPPED = (MemoryReadError, PathError, ValueError)
+
+
+def take_snapshot(
+    kernel: Kernel,
+    pids: Iterable[int] | None = None,
+    *,
+    threads: bool = True,
+    files: bool = True,
+    stacks: bool = False,
+    all_namespaces: bool = False,
+    seed: int | None = None,
+    root_pid: int | None = None,
+) -> Snapshot:
+    """Tasks (and, with ``files``, descriptor tables) of ``pids`` or of all.
+
+    ``pids`` are thread-group ids; one the walk does not find raises
+    UsageError. ``seed`` is any task_struct address, for a kernel whose
+    symbols do not give init_task. Paths are relative to the root directory
+    of ``root_pid`` (default: this process on the live kernel, as /proc
+    shows them; pid 1 in a dump).
+    """
+    walk = _Walk(kernel)
+    addresses = walk.task_addresses(find_init_task(kernel, seed).address)
+    wanted = set(pids) if pids is not None else None
+    tasks: list[Task] = []
+    for address in addresses:
+        try:
+            rt = walk.tasks.read(address)
+            if rt.pid == 0 or (wanted is not None and rt.tgid not in wanted):
+                continue  # the idle task is no process (/proc does not list it)
+            if not threads and rt.pid != rt.tgid:
+                continue
+            tasks.append(walk.tasks.task(rt, all_namespaces))
+        except _SKIPPED as e:
+            walk.skip("task", e)
+    if wanted is not None:
+        missing = sorted(wanted - {t.tgid for t in tasks})
+        if missing:
+            raise UsageError(f"no such process in {kernel.origin}: "
+                             f"{', '.join(map(str, missing))}")
+    tasks.sort(key=lambda t: (t.tgid, t.pid != t.tgid, t.pid))
+    if stacks:
+        walk.notes.append("kernel stacks are not read by the memory walk (no unwinder yet)")
+    if files:
+        if root_pid is None:
+            root_pid = os.getpid() if kernel.live else 1
+        walk.set_root(root_pid, addresses)
+        for t in tasks:
+            if not t.is_thread and t.address is not None:
+                walk.descriptors(t)
+    return Snapshot(source=SOURCE, tasks=tuple(tasks), fds=tuple(walk.fds),
+                    open_files=walk.open_files, inodes=walk.inodes, notes=tuple(walk.notes_out()))
+
+
+class _Walk:
+    """State of one snapshot: readers, caches, what was seen, what was skipped."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.tasks = TaskReader(kernel)
+        self.files = FileReader(kernel)
+        self.paths = PathResolver(kernel)
+        self.fds: list[FileDescriptor] = []
+        self.open_files: dict[str, OpenFile] = {}
+        self.inodes: dict[str, Inode] = {}
+        self._file_ids: dict[int, str] = {}
+        self.skipped: Counter[str] = Counter()
+        self.reasons: dict[str, str] = {}
+        self.notes: list[str] = []
+
+    def skip(self, what: str, error: Exception) -> None:
+        self.skipped[what] += 1
+        self.reasons.setdefault(what, str(error))
+
+    def notes_out(self) -> list[str]:
+        out = list(self.notes)
+        for what, n in self.skipped.items():
+            out.append(f"{n} {what}{'s' if n != 1 else ''} skipped: kernel memory not readable "
+                       f"or inconsistent (first: {self.reasons[what]})")
+        if self.paths.approximated:
+            out.append(f"{self.paths.approximated} pseudo-file names approximated "
+                       "(their file system's d_dname is not known to kpeek)")
+        return out
+
+    def task_addresses(self, init_task: int) -> list[int]:
+        """init_task, every process leader on its ``tasks`` list, and their threads."""
+        k = self.kernel
+        leaders = k.list_entries(k.object("struct task_struct", init_task).member("tasks"),
+                                 "struct task_struct", "tasks", max_entries=DEFAULT_MAX)
+        finding = leaders.finding
+        # Live, a back-link can change between two reads (a task forked or
+        # exited meanwhile): that is the kernel moving, not corruption.
+        if finding is not None and not (k.live and finding.kind == BROKEN_BACKLINK):
+            self.notes.append(f"task list walk stopped early: {finding.message}")
+        out = [init_task]
+        for leader in leaders.entries:
+            try:
+                out.extend(thread_addresses(k, k.object("struct task_struct", leader)))
+            except _SKIPPED as e:
+                self.skip("thread list", e)
+                out.append(leader)
+        return list(dict.fromkeys(out))
+
+    def set_root(self, root_pid: int, addresses: list[int]) -> None:
+        """Resolve paths relative to ``root_pid``'s root directory (else the mount tree's top)."""
+        for address in addresses:
+            try:
+                rt = self.tasks.read(address)
+                if rt.pid == root_pid and rt.fs:
+                    self.paths.root = read_root(self.kernel, rt.fs)
+                    return
+            except _SKIPPED:
+                continue
+        self.notes.append(f"pid {root_pid} not found: paths go up to the top of the mount tree")
+
+    def descriptors(self, task: Task) -> None:
+        rt = self.tasks.read(task.address or 0)
+        if not rt.files:
+            return  # a zombie, or a kernel thread with no table
+        try:
+            table = self.files.table(rt.files)
+        except _SKIPPED as e:
+            self.skip("descriptor table", e)
+            return
+        for fd, file, cloexec in table:
+            file_id = self._file_ids.get(file)
+            if file_id is None:
+                try:
+                    file_id = self._open_file(file)
+                except _SKIPPED as e:
+                    self.skip("open file", e)
+                    continue
+            self.fds.append(FileDescriptor(task.tgid, fd, cloexec, file_id))
+
+    def _open_file(self, address: int) -> str:
+        facts = self.files.file(address)
+        path = self.paths.path(facts.vfsmount, facts.dentry, facts.ino)
+        inode_id = f"{facts.s_dev >> 20}:{facts.s_dev & 0xFFFFF}:{facts.ino}"
+        file_id = keyed_id("file", address)  # as the BPF source: one struct file, one id
+        self.open_files[file_id] = OpenFile(
+            id=file_id, inode=inode_id, path=path, pos=facts.pos,
+            flags=facts.flags & ~O_CLOEXEC, mnt_id=self.paths.mnt_id(facts.vfsmount),
+            refcount=facts.refcount, f_mode=facts.f_mode, address=address,
+        )  # fmt: skip
+        if inode_id not in self.inodes:
+            self.inodes[inode_id] = _inode(inode_id, facts, path)
+        self._file_ids[address] = file_id
+        return file_id
+
+
+def _inode(inode_id: str, facts: FileFacts, path: str) -> Inode:
+    return Inode(id=inode_id, dev=os.makedev(facts.s_dev >> 20, facts.s_dev & 0xFFFFF),
+                 ino=facts.ino, type=file_type(facts.i_mode, path), nlink=facts.nlink,
+                 size=facts.size, address=facts.inode)

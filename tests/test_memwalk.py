@@ -1,0 +1,233 @@
+"""The memory-walk snapshot against the /proc snapshot, on real process families.
+
+The memory source reads task_structs, pid numbers, descriptor tables,
+struct files, inodes, dentries and mounts through the live BPF reader, as it
+would read them in a crash dump. On the families' sleeping processes it must
+agree with /proc on every task fact, each descriptor, its close-on-exec bit,
+each open file's path, offset and flags, the inodes, and which descriptors
+share one open file.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from capabilities import require
+from kpeek.errors import UsageError
+from kpeek.model import Snapshot
+from scenarios import PIPE_FORK_DUP2, children_of, family
+from test_bpf_snapshot import (
+    PID_NAMESPACE,
+    SOCKETS_MEMFD_CLOEXEC,
+    STOPPED_AND_ZOMBIE,
+    _file_facts,
+    _partition,
+    _task_facts,
+    _wait_sleeping,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+# File kinds named by their file system (d_dname) rather than by a path:
+# eventfd, epoll, inotify, pidfd, a namespace file; a directory; a file in
+# a deleted directory; a tmpfs mounted in a mount namespace of its own.
+NAMED_KINDS = """
+import ctypes, select, subprocess, tempfile
+libc = ctypes.CDLL(None, use_errno=True)
+ev = os.eventfd(0)
+ep = select.epoll()
+ino = libc.inotify_init1(0)
+assert ino >= 0
+pidfd = os.pidfd_open(os.getpid())
+netns = os.open("/proc/self/ns/net", os.O_RDONLY)
+here = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+top = tempfile.mkdtemp(prefix="kpeek-gone-")
+gone = os.open(top + "/inner", os.O_RDWR | os.O_CREAT, 0o600)
+os.unlink(top + "/inner")
+os.rmdir(top)
+mnt = tempfile.mkdtemp(prefix="kpeek-mnt-")
+subprocess.run(["mount", "-t", "tmpfs", "kpeek", mnt], check=True)
+os.makedirs(mnt + "/a/b")
+deep = os.open(mnt + "/a/b/c", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+os.write(deep, b"1234567")
+os.lseek(here, 0, os.SEEK_SET)
+report(pid=os.getpid(), ev=ev, ep=ep.fileno(), ino=ino, pidfd=pidfd, netns=netns, here=here,
+       gone=gone, deep=deep, mnt=mnt)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _bpf() -> None:
+    require("bpf")
+
+
+def _memory(tgids: list[int] | None, **kwargs) -> Snapshot:
+    from kpeek.sources import memwalk
+    from kpeek.targets.live import open_live
+
+    # A fresh reader: its page cache starts empty, so it sees the kernel now.
+    return memwalk.take_snapshot(open_live(), tgids, **kwargs)
+
+
+def _assert_agree(tgids: list[int], sleeping: list[int] | None = None) -> Snapshot:
+    from kpeek.sources import procfs
+
+    _wait_sleeping(tgids if sleeping is None else sleeping)
+    m = _memory(tgids, all_namespaces=True)
+    p = procfs.take_snapshot(tgids, all_namespaces=True)
+    assert m.source == "memory" and m.notes == ()
+    tm, tp = _task_facts(m), _task_facts(p)
+    assert tm == tp, {pid: (tm[pid], tp.get(pid)) for pid in tm if tm[pid] != tp.get(pid)}
+    fm, fp = _file_facts(m), _file_facts(p)
+    assert fm == fp, {k: (fm.get(k), fp.get(k)) for k in fm.keys() | fp.keys()
+                      if fm.get(k) != fp.get(k)}
+    assert _partition(m) == _partition(p)
+    assert {d.tgid for d in m.fds} == {t.tgid for t in p.tasks if os.listdir(f"/proc/{t.tgid}/fd")}
+    return m
+
+
+def _agrees_with_bpf(m: Snapshot, tgids: list[int]) -> None:
+    """Facts /proc cannot give (addresses, refcounts, f_mode) as BPF reads them."""
+    from kpeek.sources.bpf import snapshot as bpf
+
+    b = bpf.take_snapshot(tgids)
+    assert {t.pid: (t.address, t.blocker) for t in m.tasks} == \
+        {t.pid: (t.address, t.blocker) for t in b.tasks}
+    facts = {(d.tgid, d.fd): (f.address, f.refcount, f.f_mode, m.inodes[f.inode].address)
+             for d in m.fds for f in [m.open_files[d.open_file]]}
+    assert facts == {(d.tgid, d.fd): (f.address, f.refcount, f.f_mode, b.inodes[f.inode].address)
+                     for d in b.fds for f in [b.open_files[d.open_file]]}
+    # One struct file, one id, in both sources (the same keyed hash).
+    assert set(m.open_files) == set(b.open_files)
+
+
+def test_pipe_fork_dup2_family() -> None:
+    with family(PIPE_FORK_DUP2) as fam:
+        info = fam.info
+        tgids = [info["parent"], info["child"]]
+        try:
+            m = _assert_agree(tgids)
+            _agrees_with_bpf(m, tgids)
+            (w,) = [d for d in m.fds if (d.tgid, d.fd) == (info["parent"], info["w"])]
+            assert m.open_files[w.open_file].refcount == 3  # no iterator holds one here
+            assert m.open_files[w.open_file].path.startswith("pipe:[")
+        finally:
+            os.unlink(info["path"])
+
+
+def test_sockets_memfd_cloexec_deleted_thread_family() -> None:
+    with family(SOCKETS_MEMFD_CLOEXEC) as fam:
+        info = fam.info
+        tgids = [info["parent"], info["child"]]
+        m = _assert_agree(tgids)
+        _agrees_with_bpf(m, tgids)
+        facts = _file_facts(m)
+        assert facts[(info["parent"], info["s1"])][1].startswith("socket:[")
+        assert facts[(info["parent"], info["memfd"])][1] == "/memfd:kpeek-memfd (deleted)"
+        assert facts[(info["parent"], info["gone"])][1].endswith(" (deleted)")
+        assert len([t for t in m.tasks if t.tgid == info["parent"]]) == 2
+
+
+def test_pid_namespace_family() -> None:
+    with family(PID_NAMESPACE, prefix=("unshare", "--pid", "--fork")) as fam:
+        (init,) = children_of(fam.pid)
+        (child,) = children_of(init)
+        m = _assert_agree([fam.pid, init, child])
+        by_pid = {t.pid: t for t in m.tasks}
+        assert by_pid[init].ns_pid == 1 and by_pid[child].ns_ppid == 1
+        assert by_pid[init].pidns != by_pid[fam.pid].pidns
+
+
+def test_stopped_and_zombie_family() -> None:
+    with family(STOPPED_AND_ZOMBIE) as fam:
+        info = fam.info
+        m = _assert_agree([info["parent"], info["stopped"], info["zombie"]], [info["parent"]])
+        states = {t.pid: t.state for t in m.tasks}
+        assert states[info["stopped"]] == "T" and states[info["zombie"]] == "Z"
+
+
+def test_pseudo_files_directories_and_mounts() -> None:
+    with family(NAMED_KINDS, prefix=("unshare", "--mount", "--propagation", "private")) as fam:
+        info = fam.info
+        m = _assert_agree([info["pid"]])
+        paths = {fd: path for (_, fd), (_, path, *_rest) in _file_facts(m).items()}
+        assert paths[info["ev"]] == "anon_inode:[eventfd]"
+        assert paths[info["ep"]] == "anon_inode:[eventpoll]"
+        assert paths[info["ino"]] == "anon_inode:inotify"
+        assert paths[info["netns"]].startswith("net:[")
+        assert paths[info["here"]] == "/"
+        assert paths[info["gone"]].endswith("/inner (deleted)")
+        assert paths[info["deep"]] == info["mnt"] + "/a/b/c"  # crosses the tmpfs mount
+
+
+def test_filters_missing_pids_and_unreadable_memory() -> None:
+    """threads=False and files=False; an unknown pid is a UsageError; an
+    unreadable struct file is skipped and counted, the rest still comes."""
+    from kpeek.kernel.memory import MemoryReadError
+    from kpeek.sources import memwalk
+    from kpeek.targets.live import open_live
+
+    with family(SOCKETS_MEMFD_CLOEXEC) as fam:
+        parent = fam.info["parent"]
+        _wait_sleeping([parent])
+        leaders = _memory([parent], threads=False, files=False)
+        assert [t.pid for t in leaders.tasks] == [parent] and leaders.fds == ()
+        with pytest.raises(UsageError, match="no such process"):
+            _memory([2**22 + 12345])
+        whole = _memory([parent])
+        (bad,) = [f.address for d in whole.fds if d.fd == fam.info["memfd"]
+                  for f in [whole.open_files[d.open_file]]]
+
+        kernel = open_live()
+        real = kernel.memory
+
+        class Holey:
+            def read(self, address: int, size: int) -> bytes:
+                if address <= bad < address + size:
+                    raise MemoryReadError(address, size, "not in this test's memory")
+                return real.read(address, size)
+
+        kernel.memory = Holey()
+        holey = memwalk.take_snapshot(kernel, [parent])
+        assert {d.fd for d in holey.fds} == {d.fd for d in whole.fds} - {fam.info["memfd"]}
+        assert any(n.startswith("1 open file skipped") for n in holey.notes), holey.notes
+
+
+def test_whole_system_walk_sees_every_stable_process() -> None:
+    from kpeek.sources import memwalk
+    from kpeek.targets.live import open_live
+
+    before = {int(n) for n in os.listdir("/proc") if n.isdigit()}
+    m = memwalk.take_snapshot(open_live(), files=False)
+    after = {int(n) for n in os.listdir("/proc") if n.isdigit()}
+    assert before & after <= {t.tgid for t in m.processes()}
+    assert 0 not in {t.pid for t in m.tasks}  # the idle task is not a process
+
+
+def test_ps_and_files_verbs_with_the_memory_source(capsys) -> None:
+    """`--source memory` end to end: the verbs print what the walk read."""
+    import json
+
+    from kpeek.cli import main
+
+    with family(PIPE_FORK_DUP2) as fam:
+        info = fam.info
+        parent, child = info["parent"], info["child"]
+        try:
+            _wait_sleeping([parent, child])
+            assert main(["ps", "--json", "-t", "-p", str(parent), "--source", "memory"]) == 0
+            doc = json.loads(capsys.readouterr().out)
+            assert doc["source"] == "memory"
+            assert [(t["pid"], t["ppid"], t["state"]) for t in doc["tasks"]] == \
+                [(parent, os.getpid(), "S")]
+            assert main(["files", "--json", str(parent), str(child), "--source", "memory"]) == 0
+            doc = json.loads(capsys.readouterr().out)
+            text = json.dumps(doc)
+            assert doc["source"] == "memory" and info["path"] in text
+            assert main(["files", str(child), "--source", "memory"]) == 0
+            out = capsys.readouterr().out
+            assert "pipe:[" in out and "source: memory" in out
+        finally:
+            os.unlink(info["path"])
