@@ -152,6 +152,15 @@ class Kallsyms:
             modules.append(module)
         return Kallsyms(addresses, kinds, names, modules)
 
+    def all(self) -> list[Symbol]:
+        """Every symbol, in address order (each name at an address)."""
+        out = []
+        addresses = self._names_raw[0]
+        for raw in sorted(range(len(addresses)), key=addresses.__getitem__):
+            i = bisect.bisect_left(self._addrs, addresses[raw])
+            out.append(self._symbol(raw, i))
+        return out
+
     def __len__(self) -> int:
         return len(self._names_raw[0])
 

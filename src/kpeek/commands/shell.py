@@ -1,0 +1,60 @@
+"""kpeek shell: an interactive drgn session, with no debuginfo.
+
+drgn's types come from kpeek's BTF and its symbols from kallsyms (module
+symbols included), so drgn's helpers work on a dump with nothing but the
+dump, and on the live kernel through kpeek's BPF memory reader:
+
+  kpeek -c vmcore shell
+  >>> for t in for_each_task(prog): print(t.pid.value_(), t.comm.string_())
+  >>> print_dmesg(prog)
+
+Globals: ``prog`` (the drgn Program), every drgn helper, and ``kernel``
+(kpeek's own Kernel). Commands can be piped in: ``kpeek -c vmcore shell < script``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from kpeek.errors import NotSupported
+from kpeek.targets import core_path, open_kernel
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shell", help="interactive drgn session", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import drgn.cli
+    except ImportError:
+        raise NotSupported("kpeek shell needs drgn (pip install drgn)") from None
+    from kpeek.kernel.drgnprog import program
+    from kpeek.kernel.modules import with_module_symbols
+
+    kernel = open_kernel(args, "kpeek shell")
+    core = core_path(args)
+    symbols = with_module_symbols(kernel) if core is not None else kernel.symbols
+    try:
+        prog = program(kernel, symbols, core=core)
+    except (drgn.FaultError, ValueError, OSError) as e:
+        raise NotSupported(f"drgn cannot open {core or 'the live kernel'}: {e}") from None
+
+    def banner(default: str) -> str:
+        where = core or "the live kernel (through the BPF memory reader)"
+        return (f"{default}\nkpeek: {where}; types from BTF, symbols from kallsyms, "
+                "no debuginfo. Stacks: use `kpeek bt` (drgn's unwinder needs debuginfo).")
+
+    def add_globals(names: dict) -> dict:
+        # drgn imports its Linux helpers only for programs it opened as a kernel itself
+        import drgn.helpers.linux as linux
+
+        for name in linux.__all__:
+            names.setdefault(name, getattr(linux, name))
+        names["kernel"] = kernel
+        return names
+
+    drgn.cli.run_interactive(prog, banner_func=banner, globals_func=add_globals)
+    return 0

@@ -1,0 +1,58 @@
+"""kpeek shell: drgn over the live kernel through the BPF reader, with kpeek's
+BTF and kallsyms as its type and symbol finders (no debuginfo, no /proc/kcore)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from capabilities import require
+from kpeek.kernel.btf import load_vmlinux_btf
+from kpeek.kernel.symbols import load_kallsyms
+from scenarios import PARENT_OF_THREE, family
+
+SCRIPT = """
+import json
+tasks = {t.pid.value_(): t.comm.string_().decode() for t in for_each_task(prog)}
+print("TASKS " + json.dumps(tasks))
+print("SIZE", prog.type("struct task_struct").size)
+print("SYM", prog.symbol("do_sys_openat2").address)
+print("CONST", prog["PIDTYPE_PID"].value_())
+"""
+
+
+def run_shell(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "kpeek", *args, "shell"], input=script,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.timeout(180)
+def test_shell_live_tasks_types_symbols():
+    require("bpf")
+    with family(PARENT_OF_THREE) as fam:
+        out = run_shell(SCRIPT)
+        lines = dict(re.sub(r"^(>>> |\.\.\. )+", "", line).split(" ", 1)
+                     for line in out.splitlines() if re.search(r"[A-Z]+ ", line))
+        tasks = {int(k): v for k, v in json.loads(lines["TASKS"]).items()}
+        for pid in [fam.pid, *fam.info["kids"]]:
+            with open(f"/proc/{pid}/comm") as f:
+                assert tasks[pid] == f.read().strip()
+        assert tasks[1] and 2 in tasks  # init and kthreadd, found with no data symbols
+    assert int(lines["SIZE"]) == load_vmlinux_btf().lookup("struct task_struct").size
+    assert int(lines["SYM"]) == load_kallsyms().address_of("do_sys_openat2")
+    assert int(lines["CONST"]) == 0
+
+
+def test_shell_errors_are_one_line(tmp_path):
+    junk = tmp_path / "not-a-dump"
+    junk.write_bytes(b"hello")
+    done = subprocess.run([sys.executable, "-m", "kpeek", "-c", str(junk), "shell"],
+                          input="", capture_output=True, text=True, timeout=60)
+    assert done.returncode in (2, 3)
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
