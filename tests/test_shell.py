@@ -15,10 +15,17 @@ from kpeek.kernel.btf import load_vmlinux_btf
 from kpeek.kernel.symbols import load_kallsyms
 from scenarios import PARENT_OF_THREE, family
 
+# A task may exit while the live walk reads it: retry a failed walk.
 SCRIPT = """
 import json
-tasks = {t.pid.value_(): t.comm.string_().decode() for t in for_each_task(prog)}
-print("TASKS " + json.dumps(tasks))
+def walk():
+    for attempt in range(5):
+        try:
+            return {t.pid.value_(): t.comm.string_().decode() for t in for_each_task(prog)}
+        except FaultError as e:
+            print("RETRY", e)
+
+print("TASKS " + json.dumps(walk()))
 print("SIZE", prog.type("struct task_struct").size)
 print("SYM", prog.symbol("do_sys_openat2").address)
 print("CONST", prog["PIDTYPE_PID"].value_())
@@ -39,6 +46,7 @@ def test_shell_live_tasks_types_symbols():
         out = run_shell(SCRIPT)
         lines = dict(re.sub(r"^(>>> |\.\.\. )+", "", line).split(" ", 1)
                      for line in out.splitlines() if re.search(r"[A-Z]+ ", line))
+        assert "TASKS" in lines, out
         tasks = {int(k): v for k, v in json.loads(lines["TASKS"]).items()}
         for pid in [fam.pid, *fam.info["kids"]]:
             with open(f"/proc/{pid}/comm") as f:

@@ -13,13 +13,15 @@ from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import UsageError
 from kpeek.kernel.address import parse_address
+from kpeek.kernel.modules import list_modules
+from kpeek.kernel.program import Kernel
 from kpeek.kernel.slab import Cache, Slub, Where
 from kpeek.targets import open_kernel
 from kpeek.textsafe import for_terminal
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("kmem", help="slab caches and what an address is",
+    p = sub.add_parser("kmem", help="slab caches, and which cache and object an address is",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("address", metavar="ADDR", nargs="*", help="hex address or symbol[+off]")
     p.add_argument("-s", "--slabs", action="store_true", help="list the slab caches")
@@ -40,12 +42,27 @@ def run(args: argparse.Namespace) -> int:
             _print_caches(caches)
         return 0
     found = [slub.where(parse_address(a, kernel.symbols)) for a in args.address]
+    for w in found:
+        if w.page is None:
+            w.note = outside_direct_map(kernel, w.address) or w.note
     if args.json:
         jsonout.emit("kmem", {"addresses": [_where_json(w) for w in found]})
         return 0
     for w in found:
         _print_where(w)
     return 0
+
+
+def outside_direct_map(kernel: Kernel, address: int) -> str | None:
+    """What an address outside the direct map is: module memory or a kernel symbol."""
+    for m in list_modules(kernel):
+        if m.holds(address):
+            part = "text" if m.in_text(address) else "data"
+            return f"in module {m.name}'s {part}"
+    sym = kernel.symbols.lookup(address) if kernel.symbols is not None else None
+    if sym is not None and sym.size:
+        return f"in the kernel image: {kernel.symbols.format(address)}"
+    return None
 
 
 def _cache_json(c: Cache) -> dict:

@@ -22,7 +22,8 @@ from kpeek.textsafe import for_terminal
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mod", help="loaded kernel modules", description=__doc__,
+    p = sub.add_parser("mod", help="loaded kernel modules: ranges, refcounts, users, holders",
+                       description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", nargs="*", help="only these modules")
     p.add_argument("--no-files", action="store_true",

@@ -21,7 +21,8 @@ from kpeek.targets import core_path, open_kernel
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("shell", help="interactive drgn session", description=__doc__,
+    p = sub.add_parser("shell", help="interactive drgn session with kpeek's types and symbols",
+                       description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=run)
 
