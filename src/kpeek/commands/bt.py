@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 
 from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import NotPermitted, UsageError
-from kpeek.kernel.modules import with_module_symbols
-from kpeek.kernel.unwind import kernel_unwinder
+from kpeek.kernel.prstatus import cpu_registers
+from kpeek.kernel.unwind import cpu_current_task, kernel_unwinder, task_cpu
 from kpeek.render import text
 from kpeek.sources.proc_tasks import Vanished, read_stack
 from kpeek.targets import core_path, open_kernel
+from kpeek.targets.notes import elf_notes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bt", help="kernel stack of a task", description=__doc__)
-    p.add_argument("pid", type=int, nargs="+", help="task id (a thread id works too)")
+    p.add_argument("pid", type=int, nargs="*",
+                   help="task id (a thread id works too); none on a dump: the panicking CPU")
     p.add_argument("--unwind", action="store_true",
                    help="live kernel: unwind from memory with ORC instead of /proc/PID/stack")
     add_json(p)
@@ -46,49 +49,84 @@ def stack_of(pid: int) -> tuple[str, ...]:
     return frames
 
 
-def unwound_stacks(args: argparse.Namespace) -> dict[int, tuple[str, ...]]:
-    """Each pid's stack unwound from kernel memory (dumps, or live with --unwind)."""
+def unwound_stacks(args: argparse.Namespace) -> list[Shown]:
+    """Each pid's stack unwound from kernel memory (dumps, or live with --unwind).
+
+    On a dump, a task that was running on a CPU is unwound from that CPU's
+    registers (the dump's PRSTATUS notes); with no pid, the CPU that panicked
+    (every CPU when none did) is shown, as crash's ``bt`` does.
+    """
     kernel = open_kernel(args, "kpeek bt --unwind")
     unwinder = kernel_unwinder(kernel)
-    symbols = with_module_symbols(kernel) if core_path(args) else kernel.symbols
-    out = {}
-    for pid in args.pid:
-        task = kernel.task(pid)
-        stack = unwinder.task_stack(task)
+    symbols = kernel.symbols
+    core = core_path(args)
+    cpu_regs = cpu_registers(elf_notes(core) or b"") if core else []
+    tasks = [(pid, kernel.task(pid)) for pid in args.pid]
+    if not tasks:
+        for cpu in _cpus_to_show(kernel, len(cpu_regs)):
+            address = cpu_current_task(kernel, cpu)
+            if address is not None:
+                task = kernel.object("struct task_struct", address)
+                tasks.append((task.member("pid").value_int(), task))
+    out = []
+    for pid, task in tasks:
+        cpu: int | None = task_cpu(task)
+        if task.member("on_cpu").value_int() and cpu is not None and cpu < len(cpu_regs):
+            stack = unwinder.registers_stack(cpu_regs[cpu], task)
+        else:
+            stack, cpu = unwinder.task_stack(task), None
         lines = [("" if f.reliable else "? ") + (symbols.format(f.ip) if symbols else f"0x{f.ip:x}")
                  for f in stack.frames]
         if not stack.complete and stack.note:
             lines.append(f"(unwind stopped: {stack.note})")
-        out[pid] = tuple(lines)
-        _COMMS[pid] = task.member("comm").value()
+        out.append(Shown(pid, task.member("comm").value(), tuple(lines), cpu))
     return out
 
 
-_COMMS: dict[int, str] = {}
+def _cpus_to_show(kernel, count: int) -> list[int]:
+    """The CPU that panicked (``panic_cpu``), else every CPU with saved registers."""
+    address = kernel.symbol_address("panic_cpu")
+    if address is not None:
+        cpu = int.from_bytes(kernel.memory.read(address, 4), "little", signed=True)
+        if 0 <= cpu < count:
+            return [cpu]
+    return list(range(count))
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One stack to print: whose, and on which CPU when it came from its registers."""
+
+    pid: int
+    comm: str
+    frames: tuple[str, ...]
+    cpu: int | None = None
 
 
 def run(args: argparse.Namespace) -> int:
     if core_path(args) or args.unwind:
         stacks = unwound_stacks(args)
+    elif not args.pid:
+        raise UsageError("bt needs a pid on the live kernel (with no pid, a dump shows "
+                         "the CPU that panicked)")
     else:
-        stacks = {pid: stack_of(pid) for pid in args.pid}
+        stacks = [Shown(pid, _comm(pid), stack_of(pid)) for pid in args.pid]
     if args.json:
-        jsonout.emit("bt", {"stacks": [{"pid": p, "frames": list(f)} for p, f in stacks.items()]})
+        jsonout.emit("bt", {"stacks": [{"pid": s.pid, "comm": s.comm, "cpu": s.cpu,
+                                        "frames": list(s.frames)} for s in stacks]})
         return 0
     out = text.console()
-    for pid, frames in stacks.items():
-        comm = _comm(pid)
-        out.print(text.name(f"PID {pid} ({comm})"), style="bold")
-        for i, frame in enumerate(frames):
+    for shown in stacks:
+        on_cpu = f" on CPU {shown.cpu}" if shown.cpu is not None else ""
+        out.print(text.name(f"PID {shown.pid} ({shown.comm}){on_cpu}"), style="bold")
+        for i, frame in enumerate(shown.frames):
             out.print(text.name(f"  #{i:<2} {frame}"))
-        if not frames:
+        if not shown.frames:
             out.print("  (no kernel stack: the task is running in user space or is a zombie)")
     return 0
 
 
 def _comm(pid: int) -> str:
-    if pid in _COMMS:
-        return _COMMS[pid]
     try:
         with open(f"/proc/{pid}/comm", "rb") as f:
             return f.read().rstrip(b"\n").decode("utf-8", "surrogateescape")

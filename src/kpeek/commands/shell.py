@@ -33,13 +33,11 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise NotSupported("kpeek shell needs drgn (pip install drgn)") from None
     from kpeek.kernel.drgnprog import program
-    from kpeek.kernel.modules import with_module_symbols
 
     kernel = open_kernel(args, "kpeek shell")
     core = core_path(args)
-    symbols = with_module_symbols(kernel) if core is not None else kernel.symbols
     try:
-        prog = program(kernel, symbols, core=core)
+        prog = program(kernel, kernel.symbols, core=core)
     except (drgn.FaultError, ValueError, OSError) as e:
         raise NotSupported(f"drgn cannot open {core or 'the live kernel'}: {e}") from None
 

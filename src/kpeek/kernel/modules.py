@@ -209,10 +209,11 @@ def _string_at(strings: bytes, offset: int) -> str:
 
 
 def with_module_symbols(kernel: Kernel) -> Kallsyms | None:
-    """The kernel's symbols plus every module's own (None when no symbols)."""
+    """The kernel's symbols plus every module's own (None when no symbols); as
+    they are when they already have module symbols (/proc/kallsyms lists them)."""
     base = kernel.symbols
-    if base is None:
-        return None
+    if base is None or base.has_module_symbols:
+        return base
     extra: list[tuple[int, str, str, str]] = []
     for mod in module_objects(kernel):
         name = mod.member("name").value()

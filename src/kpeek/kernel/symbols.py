@@ -152,6 +152,10 @@ class Kallsyms:
             modules.append(module)
         return Kallsyms(addresses, kinds, names, modules)
 
+    @property
+    def has_module_symbols(self) -> bool:
+        return any(m is not None for m in self._names_raw[3])
+
     def all(self) -> list[Symbol]:
         """Every symbol, in address order (each name at an address)."""
         out = []

@@ -80,6 +80,7 @@ class Unwinder:
         bounds = (base, base + THREAD_SIZE)
         if not bounds[0] <= sp < bounds[1]:
             return self.scan(bounds[0], bounds, note="the saved stack pointer is off its stack")
+        self._task_bounds = bounds
         frame = k.object("struct inactive_task_frame", sp)
         try:
             start = _State(ip=frame.member("ret_addr").value_int(),
@@ -88,13 +89,25 @@ class Unwinder:
             return Stack(note=f"stack not readable: {e}")
         return self.unwind(start, bounds)
 
-    def registers_stack(self, regs: dict[str, int], bounds: tuple[int, int] | None) -> Stack:
-        """The stack of a CPU stopped with these registers (ip, sp, bp, ...)."""
+    def registers_stack(self, regs: dict[str, int], task: Object | None = None) -> Stack:
+        """The stack of a CPU stopped with these registers (ip, sp, bp, ...),
+        running ``task``: from an interrupt or exception stack onto the task's."""
         state = _State(ip=regs["ip"], sp=regs["sp"], bp=regs.get("bp", 0), regs=dict(regs),
                        signal=True)
-        if bounds is None:
-            bounds = (state.sp & ~(THREAD_SIZE - 1), (state.sp & ~(THREAD_SIZE - 1)) + THREAD_SIZE)
-        return self.unwind(state, bounds)
+        if task is not None:
+            base = task.member("stack").value_int()
+            self._task_bounds = (base, base + THREAD_SIZE)
+        return self.unwind(state, self._bounds_of(state.sp))
+
+    _task_bounds: tuple[int, int] | None = None
+
+    def _bounds_of(self, sp: int) -> tuple[int, int]:
+        """The stack ``sp`` is on: the task's, or an aligned IRQ/exception stack."""
+        tb = self._task_bounds
+        if tb is not None and tb[0] <= sp < tb[1]:
+            return tb
+        low = sp & ~(THREAD_SIZE - 1)
+        return (low, low + THREAD_SIZE)
 
     # -- the walk ----------------------------------------------------------
     def unwind(self, state: _State, bounds: tuple[int, int]) -> Stack:
@@ -103,6 +116,8 @@ class Unwinder:
         if not self.tables:
             return self.scan(state.sp, bounds, note="no ORC tables (symbols missing)", stack=stack)
         for _ in range(MAX_FRAMES):
+            if state.regs is not None and not bounds[0] <= state.sp < bounds[1]:
+                bounds = self._bounds_of(state.sp)  # an interrupt frame: onto another stack
             if not self.is_text(state.ip):
                 stack.note = f"0x{state.ip:x} is not kernel text"
                 break
@@ -118,7 +133,7 @@ class Unwinder:
             if isinstance(step, str):
                 stack.note = step
                 break
-            if step.sp <= state.sp and not step.regs:
+            if step.sp <= state.sp and not step.regs and not state.regs:
                 stack.note = "the stack pointer went backwards"
                 break
             state = step
@@ -255,3 +270,29 @@ def kernel_unwinder(kernel: Kernel) -> Unwinder:
     if ranges:
         unwinder.is_text = lambda address: any(lo <= address < hi for lo, hi in ranges)
     return unwinder
+
+
+def cpu_current_task(kernel: Kernel, cpu: int) -> int | None:
+    """The task_struct address running on ``cpu`` (per-CPU ``current_task``, or
+    ``pcpu_hot.current_task`` since 6.2), or None where symbols lack it."""
+    offsets = kernel.symbol_address("__per_cpu_offset")
+    if offsets is None:
+        return None
+    base = int.from_bytes(kernel.memory.read(offsets + 8 * cpu, 8), "little")
+    var = kernel.symbol_address("current_task")
+    if var is None:
+        hot = kernel.symbol_address("pcpu_hot")
+        if hot is None:
+            return None
+        var = hot + kernel.type("struct pcpu_hot").resolve().offsetof("current_task")
+    return int.from_bytes(kernel.memory.read((base + var) & _MASK, 8), "little") or None
+
+
+def task_cpu(task: Object) -> int:
+    """The CPU a task last ran on (``task->cpu``; ``thread_info.cpu`` on old kernels)."""
+    from kpeek.kernel.btf import UnknownMember
+
+    try:
+        return task.member("cpu").value_int()
+    except UnknownMember:
+        return task.member("thread_info.cpu").value_int()
