@@ -231,3 +231,64 @@ def test_ps_and_files_verbs_with_the_memory_source(capsys) -> None:
             assert "pipe:[" in out and "source: memory" in out
         finally:
             os.unlink(info["path"])
+
+
+def _where(stacks: dict) -> dict:
+    """Names to addresses: the kernel names an aliased address (__do_sys_pause,
+    __ia32_sys_pause) by its table order, kpeek by its own preference."""
+    from kpeek.kernel.symbols import load_kallsyms
+
+    syms = load_kallsyms()
+
+    def at(frame: str) -> int:
+        name, _, rest = frame.partition("+")
+        return syms.address_of(name) + int(rest.split("/")[0] or "0", 16)
+
+    return {pid: (at(w), tuple(map(at, stack))) for pid, (w, stack) in stacks.items()}
+
+
+def test_stacks_and_wchan_unwound_from_memory() -> None:
+    """ORC unwinding in memory gives the stacks and wait channels /proc prints."""
+    from kpeek.sources import procfs
+
+    with family(PIPE_FORK_DUP2) as fam:
+        tgids = [fam.info["parent"], fam.info["child"]]
+        try:
+            _wait_sleeping(tgids)
+            m = _memory(tgids, stacks=True, files=False)
+            p = procfs.take_snapshot(tgids, stacks=True, files=False)
+            mine = {t.pid: (t.wchan, t.kernel_stack) for t in m.tasks}
+            assert _where(mine) == _where({t.pid: (t.wchan, t.kernel_stack) for t in p.tasks})
+            assert all(w and stack for w, stack in mine.values())
+            plain = _memory(tgids, files=False)
+            assert {t.pid: (t.wchan, t.kernel_stack) for t in plain.tasks} == \
+                {pid: (w, None) for pid, (w, _) in mine.items()}
+        finally:
+            os.unlink(fam.info["path"])
+
+
+@pytest.mark.timeout(90)
+def test_doctor_on_a_walked_kernel_reads_its_locks_in_that_kernel() -> None:
+    """diagnose() given a Kernel (as for a dump) takes every fact from it: the
+    walked snapshot, and the i_rwsem edge from that kernel's memory, with no
+    live /proc reads of lock, FUSE or child waits (a dump's pids are not ours)."""
+    from fuse_scenarios import fuse_mount, state, wait_for, wchan
+    from kpeek.diagnose.findings import diagnose
+    from kpeek.sources import memwalk
+    from kpeek.targets.live import open_live
+
+    require("fuse")
+    write = "f = open({path!r}, 'w'); f.write('x'); f.flush()"
+    with fuse_mount("block") as mnt:
+        a = mnt.spawn(write.format(path=mnt.path("a")))
+        wait_for(lambda: wchan(a.pid).startswith("request_wait_answer"), 15, "A in FUSE write")
+        b = mnt.spawn(f"import os; os.truncate({mnt.path('a')!r}, 0)")
+        wait_for(lambda: state(b.pid) == "D", 15, "B in D state")
+        kernel = open_live()
+        snap = memwalk.take_snapshot(kernel, stacks=True)
+        diag = diagnose(snap, kernel=kernel, kernel_log=False, min_sleep=0)
+        (edge,) = [e for e in diag.graph.edges if e.waiter == f"task:{b.pid}"]
+        assert edge.kind == "rwsem" and edge.holder == f"task:{a.pid}"
+        assert edge.resource == f"the i_rwsem of {mnt.path('a')}"
+        assert not [e for e in diag.graph.edges if e.kind == "fuse"]
+        assert any("not seen in a dump" in n for n in diag.notes)

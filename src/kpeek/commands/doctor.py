@@ -9,6 +9,7 @@ from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 from kpeek.render import text
+from kpeek.targets import core_path, open_kernel
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,10 +34,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.min_sleep < 0:
         raise UsageError("--min-sleep must be 0 or more seconds")
-    snapshot = take_snapshot(stacks=True)
+    kernel = None
+    if core_path(args) is not None:  # a dump: every fact from its kernel objects
+        from kpeek.sources import memwalk
+
+        kernel = open_kernel(args, "doctor")
+        snapshot = memwalk.take_snapshot(kernel, stacks=True)
+    else:
+        snapshot = take_snapshot(stacks=True)
     diag = diagnose(snapshot, min_sleep=args.min_sleep,
                     kernel_memory=not args.no_kernel_memory,
-                    kernel_log=not args.no_kernel_log and not args.pid)
+                    kernel_log=not args.no_kernel_log and not args.pid and kernel is None,
+                    kernel=kernel)
     if args.pid:
         missing = [p for p in args.pid if not any(t.tgid == p for t in snapshot.tasks)]
         if missing:

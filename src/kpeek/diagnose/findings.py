@@ -20,6 +20,8 @@ from kpeek.diagnose.graph import (
 )
 from kpeek.diagnose.pipes import PipeWait, pipe_edges, relation
 from kpeek.diagnose.procinfo import SchedClock
+from kpeek.kernel.program import Kernel
+from kpeek.kernel.sched import RunqueueClock
 from kpeek.model import Snapshot, Task
 
 MAX_CYCLES = 200
@@ -113,19 +115,28 @@ class Diagnosis:
             reports=[], notes=self.notes, asleep=self.asleep)
 
 
-def build_graph(snapshot: Snapshot, *, kernel_memory: bool = True) -> tuple[WaitGraph, dict]:
+def build_graph(snapshot: Snapshot, *, kernel_memory: bool = True,
+                kernel: Kernel | None = None) -> tuple[WaitGraph, dict]:
     """The wait-for graph of a snapshot (taken with stacks=True for best
-    results). Returns the graph and, per FUSE server node, its idle threads."""
+    results). Returns the graph and, per FUSE server node, its idle threads.
+    ``kernel`` is the kernel the snapshot was walked in (a dump): its memory
+    is where kernel locks are read."""
     graph = WaitGraph(snapshot)
     graph.notes.extend(snapshot.notes)
-    file_lock_edges(graph)
+    idle: dict = {}
+    if kernel is None:
+        file_lock_edges(graph)
     pipe_edges(graph)
-    idle = fuse_edges(graph)
-    child_wait_edges(graph)
+    if kernel is None:  # these read the live /proc, which knows nothing of a dump
+        idle = fuse_edges(graph)
+        child_wait_edges(graph)
+    else:
+        graph.notes.append(f"{kernel.origin}: file-lock, FUSE and child waits are read from "
+                           "the live /proc and are not seen in a dump")
     if kernel_memory:
         from kpeek.diagnose.kernlocks import kernel_lock_edges
 
-        kernel_lock_edges(graph)
+        kernel_lock_edges(graph, kernel)
     elif any(t.state == "D" for t in snapshot.tasks):
         graph.notes.append("kernel memory not read (--no-kernel-memory): the kernel locks "
                            "that D-state tasks sleep on are not seen")
@@ -139,18 +150,20 @@ def diagnose(
     min_sleep: float = 1.0,
     kernel_memory: bool = True,
     kernel_log: bool = True,
+    kernel: Kernel | None = None,
 ) -> Diagnosis:
     """Every finding on ``snapshot``. ``min_sleep`` is how long (seconds) a
     D-state task must have slept to count as hung when nothing proves it
     stuck (short D sleeps are normal disk waits)."""
-    graph, idle = build_graph(snapshot, kernel_memory=kernel_memory)
+    graph, idle = build_graph(snapshot, kernel_memory=kernel_memory, kernel=kernel)
     stuck = stuck_nodes(graph, idle)
     diag = Diagnosis(graph, stuck, notes=graph.notes)
     diag.deadlocks = _deadlocks(graph, stuck)
     in_cycle = {n for d in diag.deadlocks for n in d.nodes}
     diag.pipes = _never_eof(graph, stuck - in_cycle)  # a reader in a deadlock is told there
     never_eof_readers = {task_node(p.wait.reader.pid) for p in diag.pipes}
-    diag.hung = _hung(graph, stuck, in_cycle, never_eof_readers, min_sleep, diag.asleep)
+    clock = SchedClock() if kernel is None else RunqueueClock(kernel)
+    diag.hung = _hung(graph, stuck, in_cycle, never_eof_readers, min_sleep, diag.asleep, clock)
     if kernel_log:
         diag.reports, note = recent_reports()
         if note:
@@ -209,8 +222,8 @@ def _never_eof(graph: WaitGraph, stuck: set[str]) -> list[NeverEof]:
 
 
 def _hung(graph: WaitGraph, stuck: set[str], in_cycle: set[str], eof_readers: set[str],
-          min_sleep: float, asleep_of: dict[int, float]) -> list[HungTask]:
-    clock = SchedClock()
+          min_sleep: float, asleep_of: dict[int, float],
+          clock: SchedClock | RunqueueClock) -> list[HungTask]:
     found = []
     explained = {n: "part of a deadlock (see above)" for n in in_cycle}
     explained |= {n: "reads a pipe that never reaches end-of-file (see above)"

@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass
 
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, task_node
+from kpeek.kernel.program import Kernel
 from kpeek.model import Task
 
 RWSEM_READER_OWNED = 1 << 0  # kernel/locking/rwsem.c
@@ -253,25 +254,19 @@ def _maybe_offset(t, path: str) -> int | None:
         return None
 
 
-def kernel_lock_edges(graph: WaitGraph) -> None:
-    """Add an edge for every D-state task sleeping on a kernel lock."""
+def kernel_lock_edges(graph: WaitGraph, kernel: Kernel | None = None) -> None:
+    """Add an edge for every D-state task sleeping on a kernel lock: in
+    ``kernel``'s memory (a dump's) when given, else in the live kernel's."""
     sleepers = [t for t in graph.snapshot.tasks if t.state == "D"][:MAX_TASKS]
     if not sleepers:
         return
-    try:
-        from kpeek.sources.bpf.tasks import task_addresses
-        from kpeek.targets.live import open_live
-
-        if os.geteuid() != 0:
-            raise PermissionError("not root")
-        kernel = open_live(symbols=False)
-        reader = LockReader(kernel.memory, kernel.types, task_addresses())
-    except Exception as e:  # any failure to load BPF: say what is unseen, go on
-        graph.notes.append(
-            f"kernel memory not readable ({e}): the kernel locks (mutex, rwsem, semaphore) "
-            f"that {len(sleepers)} D-state task(s) sleep on are not seen; run as root "
-            "on a kernel with BPF and BTF")
-        return
+    if kernel is not None:
+        addresses = {t.pid: t.address for t in graph.snapshot.tasks if t.address is not None}
+        reader = LockReader(kernel.memory, kernel.types, addresses)
+    else:
+        reader = _live_reader(graph, len(sleepers))
+        if reader is None:
+            return
     graph.kernel_memory_read = True
     for t in sleepers:
         try:
@@ -281,6 +276,23 @@ def kernel_lock_edges(graph: WaitGraph) -> None:
         if wait is None:
             continue
         graph.add(_edge(graph, reader, t, wait))
+
+
+def _live_reader(graph: WaitGraph, sleepers: int) -> LockReader | None:
+    try:
+        from kpeek.sources.bpf.tasks import task_addresses
+        from kpeek.targets.live import open_live
+
+        if os.geteuid() != 0:
+            raise PermissionError("not root")
+        kernel = open_live(symbols=False)
+        return LockReader(kernel.memory, kernel.types, task_addresses())
+    except Exception as e:  # any failure to load BPF: say what is unseen, go on
+        graph.notes.append(
+            f"kernel memory not readable ({e}): the kernel locks (mutex, rwsem, semaphore) "
+            f"that {sleepers} D-state task(s) sleep on are not seen; run as root "
+            "on a kernel with BPF and BTF")
+        return None
 
 
 def _edge(graph: WaitGraph, reader: LockReader, t: Task, wait: LockWait) -> WaitEdge:

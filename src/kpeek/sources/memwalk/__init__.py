@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 
 from kpeek.errors import UsageError
 from kpeek.ids import keyed_id
@@ -27,6 +28,7 @@ from kpeek.kernel.memory import MemoryReadError
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.tasks import find_init_task, thread_addresses
 from kpeek.model import FileDescriptor, Inode, OpenFile, Snapshot, Task
+from kpeek.sources.memwalk.stacks import StackReader, wchan
 from kpeek.sources.memwalk.tasks import TaskReader
 from kpeek.sources.proc_files import O_CLOEXEC, file_type
 
@@ -64,7 +66,7 @@ def take_snapshot(
                 continue  # the idle task is no process (/proc does not list it)
             if not threads and rt.pid != rt.tgid:
                 continue
-            tasks.append(walk.tasks.task(rt, all_namespaces))
+            tasks.append(walk.with_stack(walk.tasks.task(rt, all_namespaces), stacks))
         except _SKIPPED as e:
             walk.skip("task", e)
     if wanted is not None:
@@ -73,8 +75,6 @@ def take_snapshot(
             raise UsageError(f"no such process in {kernel.origin}: "
                              f"{', '.join(map(str, missing))}")
     tasks.sort(key=lambda t: (t.tgid, t.pid != t.tgid, t.pid))
-    if stacks:
-        walk.notes.append("kernel stacks are not read by the memory walk (no unwinder yet)")
     if files:
         if root_pid is None:
             root_pid = os.getpid() if kernel.live else 1
@@ -98,9 +98,23 @@ class _Walk:
         self.open_files: dict[str, OpenFile] = {}
         self.inodes: dict[str, Inode] = {}
         self._file_ids: dict[int, str] = {}
+        self._stacks: StackReader | None = None
         self.skipped: Counter[str] = Counter()
         self.reasons: dict[str, str] = {}
         self.notes: list[str] = []
+
+    def with_stack(self, task: Task, stacks: bool) -> Task:
+        """The task with its wait channel (a sleeper's) and, asked, its stack."""
+        if task.state in "RXZ":
+            return replace(task, kernel_stack=() if stacks else None)
+        if self._stacks is None:
+            self._stacks = StackReader(self.kernel)
+        try:
+            frames = self._stacks.stack(task.address or 0)
+        except _SKIPPED as e:
+            self.skip("kernel stack", e)
+            return task
+        return replace(task, wchan=wchan(frames), kernel_stack=frames if stacks else None)
 
     def skip(self, what: str, error: Exception) -> None:
         self.skipped[what] += 1
