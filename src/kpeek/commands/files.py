@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from kpeek.commands.common import (
 )
 from kpeek.errors import NotSupported, UsageError
 from kpeek.model import Snapshot, Task
-from kpeek.render import cplayground, text
+from kpeek.render import cplayground, plain
 from kpeek.render.fileflags import access_mode, flag_names
 from kpeek.render.tables import files_document, namespace_id
+from kpeek.textsafe import for_terminal
 
 DIAGRAM_FORMATS = ("dot", "svg", "html")
 
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "cplayground":
         initial = _own_pid_namespace()
         shown = processes if args.all else [t for t in processes if t.pidns != initial]
-        text.console().file.write(cplayground.render(snap, shown))
+        sys.stdout.write(cplayground.render(snap, shown))
     elif args.container:
         _print_containers(snap, processes)
     else:
@@ -73,71 +75,64 @@ def _own_pid_namespace() -> int:
     return os.stat("/proc/self/ns/pid").st_ino
 
 
+COLUMNS = (
+    "FD", "CLOEXEC", "FILE", "SHARED", "REFS", "OFFSET", "ACCESS", "FLAGS", "TYPE", "INODE", "PATH",
+)
+
+
 def _print_tables(snap: Snapshot, processes: list[Task]) -> None:
-    out = text.console()
-    columns = (
-        "FD",
-        "CLOEXEC",
-        "FILE",
-        "SHARED",
-        "REFS",
-        "OFFSET",
-        "ACCESS",
-        "FLAGS",
-        "TYPE",
-        "INODE",
-        "PATH",
-    )
+    out = sys.stdout
     for t in processes:
-        rows = []
-        for d in snap.fds_of(t.tgid):
-            f = snap.open_files[d.open_file]
-            inode = snap.inodes.get(f.inode)
-            sharers = len(snap.holders(d.open_file))
-            refs = "" if f.refcount is None else str(f.refcount)
-            rows.append(
-                (
-                    d.fd,
-                    "cloexec" if d.cloexec else "",
-                    d.open_file,
-                    f"x{sharers}" if sharers > 1 else "",
-                    refs,
-                    f.pos,
-                    access_mode(f.flags).removeprefix("O_"),
-                    ",".join(n.removeprefix("O_") for n in flag_names(f.flags)),
-                    inode.type if inode else "?",
-                    f.inode,
-                    text.name(f.path),
-                )
+        rows = fd_rows(snap, t)
+        title = f"PID {t.pid} {t.comm}  (pid {t.ns_pid} in pidns {namespace_id(t.pidns)})"
+        plain.bold(out, for_terminal(title))
+        if rows:
+            plain.table(COLUMNS, rows, out)
+        else:
+            plain.line(out, "  (no descriptors)")
+        plain.line(out)
+    plain.footer(snap, out)
+
+
+def fd_rows(snap: Snapshot, t: Task) -> list[tuple[object, ...]]:
+    """The text table's cells, one row per descriptor of ``t``, paths escaped."""
+    rows = []
+    for d in snap.fds_of(t.tgid):
+        f = snap.open_files[d.open_file]
+        inode = snap.inodes.get(f.inode)
+        sharers = len(snap.holders(d.open_file))
+        rows.append(
+            (
+                d.fd,
+                "cloexec" if d.cloexec else "",
+                d.open_file,
+                f"x{sharers}" if sharers > 1 else "",
+                "" if f.refcount is None else str(f.refcount),
+                f.pos,
+                access_mode(f.flags).removeprefix("O_"),
+                ",".join(n.removeprefix("O_") for n in flag_names(f.flags)),
+                inode.type if inode else "?",
+                f.inode,
+                for_terminal(f.path),
             )
-        title = text.name(
-            f"PID {t.pid} {t.comm}  (pid {t.ns_pid} in pidns {namespace_id(t.pidns)})"
         )
-        out.print(title, style="bold")
-        out.print(text.table(columns, rows) if rows else "  (no descriptors)")
-        out.print()
-    text.print_footer(snap)
+    return rows
 
 
 def _print_containers(snap: Snapshot, processes: list[Task]) -> None:
-    out = text.console()
+    out = sys.stdout
     by_ns: dict[int, list[Task]] = defaultdict(list)
     for t in processes:
         by_ns[t.pidns].append(t)
     for ns, members in sorted(by_ns.items(), key=lambda kv: min(t.pid for t in kv[1])):
         rows = (
-            (t.pid, t.ns_pid, t.ns_ppid, t.ns_pgid, len(snap.fds_of(t.tgid)), text.name(t.comm))
+            (t.pid, t.ns_pid, t.ns_ppid, t.ns_pgid, len(snap.fds_of(t.tgid)), for_terminal(t.comm))
             for t in members
         )
-        out.print(
-            text.table(
-                ("PID", "NSPID", "NSPPID", "NSPGID", "FDS", "COMM"),
-                rows,
-                title=f"PID namespace {namespace_id(ns)}: {len(members)} processes",
-            )
-        )
-        out.print()
-    text.print_footer(snap)
+        plain.line(out, f"PID namespace {namespace_id(ns)}: {len(members)} processes")
+        plain.table(("PID", "NSPID", "NSPPID", "NSPGID", "FDS", "COMM"), rows, out)
+        plain.line(out)
+    plain.footer(snap, out)
 
 
 def _write_diagrams(snap: Snapshot, tgids: list[int], targets: list[tuple[str, str]]) -> None:

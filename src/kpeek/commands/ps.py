@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import sys
 
 from kpeek import jsonout
 from kpeek.commands.common import (
@@ -15,8 +16,9 @@ from kpeek.commands.common import (
 )
 from kpeek.errors import UsageError
 from kpeek.model import STATE_NAMES, Task
-from kpeek.render import text
+from kpeek.render import plain
 from kpeek.render.tables import namespace_id, snapshot_meta, task_dict
+from kpeek.textsafe import for_terminal
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +56,27 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         jsonout.emit("ps", {**snapshot_meta(snap), "tasks": [task_dict(t, raw) for t in tasks]})
         return 0
-    rows = (
+    rows = task_rows(tasks)
+    out = sys.stdout
+    if not args.stacks:
+        plain.table(COLUMNS, rows, out)
+    else:
+        # One small table per task, its stack under it: easy to read, easy to grep.
+        for row, t in zip(rows, tasks, strict=True):
+            plain.table(COLUMNS, [row], out)
+            for frame in t.kernel_stack or ():
+                plain.line(out, for_terminal(f"    {frame}"))
+            plain.line(out)
+    plain.footer(snap, out)
+    return 0
+
+
+COLUMNS = ("PID", "TGID", "PPID", "PGID", "SID", "NSPID", "PIDNS", "ST", "WCHAN", "COMM")
+
+
+def task_rows(tasks: list[Task]) -> list[tuple[object, ...]]:
+    """The text table's cells, one row per task, names escaped."""
+    return [
         (
             t.pid,
             t.tgid,
@@ -64,21 +86,8 @@ def run(args: argparse.Namespace) -> int:
             t.ns_pid,
             namespace_id(t.pidns),
             t.state,
-            text.name(t.wchan or "-"),
-            text.name(t.comm),
+            for_terminal(t.wchan or "-"),
+            for_terminal(t.comm),
         )
         for t in tasks
-    )
-    out = text.console()
-    columns = ("PID", "TGID", "PPID", "PGID", "SID", "NSPID", "PIDNS", "ST", "WCHAN", "COMM")
-    if not args.stacks:
-        out.print(text.table(columns, rows))
-    else:
-        # One small table per task, its stack under it: easy to read, easy to grep.
-        for row, t in zip(rows, tasks, strict=True):
-            out.print(text.table(columns, [row]))
-            for frame in t.kernel_stack or ():
-                out.print(text.name(f"    {frame}"))
-            out.print()
-    text.print_footer(snap)
-    return 0
+    ]

@@ -1,4 +1,5 @@
-"""Terminal output with rich: tables whose cells never interpret kernel names."""
+"""Terminal output with rich for the views that style their lines (ps and files use
+the plain column printer in plain.py): cells never interpret kernel names."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from kpeek.model import Snapshot
 from kpeek.textsafe import for_terminal
 
 
@@ -32,13 +32,3 @@ def table(
     for row in rows:
         t.add_row(*(cell if isinstance(cell, Text) else Text(str(cell)) for cell in row))
     return t
-
-
-def print_footer(snap: Snapshot) -> None:
-    """Which source spoke, and what it could not see."""
-    out = console()
-    out.print(f"source: {snap.source}", style="dim")
-    if snap.vanished:
-        out.print(f"note: {snap.vanished} tasks or descriptors vanished while reading", style="dim")
-    for note in snap.notes:
-        out.print(name(f"note: {note}"), style="dim")

@@ -1,0 +1,167 @@
+"""kpeek's commands against their peers, each timed in the same run.
+
+Start-up on the idle machine (each verb against ``python3 -c pass``), then,
+for a family of N sleeping processes with 10 descriptors each, at every N
+given: ``kpeek ps`` (text and --json) against ``ps aux``, and whole-system
+``kpeek files`` (text, --json, both sources) against ``lsof -n -P`` and
+against the raw BPF iterator read (a process that only loads the programs
+and reads the two iterators' bytes). Prints best-of-R wall seconds, µs per
+task or per descriptor (costs must grow linearly), peak RSS and the ratio
+to the peer of each row. The family is killed and reaped at the end.
+
+    .venv/bin/python bench/bench_cli.py [--processes 1000,5000,20000] [--repeat 3]
+
+Needs root. Writes bench/results/bench_cli.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from family import Family
+
+RESULTS = Path(__file__).parent / "results" / "bench_cli.txt"
+KPEEK = [sys.executable, "-m", "kpeek"]
+PY = "python3"
+RAW_READ = (
+    "from kpeek.sources.bpf.loaded import bpf_iterator as it\n"
+    "it('snapshot', 'snapshot_tasks').run(); it('snapshot', 'snapshot_files').run()\n"
+)
+OOPS_LOG = (
+    "BUG: kernel NULL pointer dereference, address: 0000000000000008\n"
+    "#PF: supervisor read access in kernel mode\n"
+    "Oops: 0000 [#1] PREEMPT SMP NOPTI\n"
+    "CPU: 1 PID: 4242 Comm: cat Not tainted 6.1.0 #1\n"
+    "RIP: 0010:pipe_read+0x2a/0x450\n"
+    "Call Trace:\n <TASK>\n vfs_read+0x1f0/0x2e0\n ksys_read+0x5f/0xe0\n </TASK>\n"
+)
+
+
+def run(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of one run, output thrown away."""
+    start = time.perf_counter()
+    pid = os.posix_spawnp(
+        cmd[0], cmd, os.environ,
+        file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)],
+    )  # fmt: skip
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) not in (0, 1):
+        raise SystemExit(f"failed: {shlex.join(cmd)}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def best(cmd: list[str], repeat: int) -> tuple[float, float]:
+    runs = [run(cmd) for _ in range(repeat)]
+    return min(w for w, _ in runs), max(r for _, r in runs)
+
+
+def table(title: str, peer: list[str], rows: list[tuple[str, list[str]]], repeat: int,
+          unit: str, count: int) -> list[str]:
+    """Rows timed in turn with their peer (interleaved: the machine changes)."""
+    cmds = [("peer: " + shlex.join(peer), peer), *rows]
+    walls: dict[str, list[float]] = {name: [] for name, _ in cmds}
+    rss: dict[str, float] = {name: 0.0 for name, _ in cmds}
+    for _ in range(repeat):
+        for name, cmd in cmds:
+            w, r = run(cmd)
+            walls[name].append(w)
+            rss[name] = max(rss[name], r)
+    peer_s = min(walls[cmds[0][0]])
+    out = [title, f"  {'command':<58} {'best s':>8} {unit:>9} {'RSS MiB':>8} {'x peer':>7}"]
+    for name, _ in cmds:
+        b = min(walls[name])
+        per = f"{b / max(count, 1) * 1e6:.2f}" if count else ""
+        out.append(f"  {name:<58} {b:>8.3f} {per:>9} {rss[name]:>8.0f} {b / peer_s:>7.2f}")
+    return out
+
+
+def kpeek(*args: str) -> tuple[str, list[str]]:
+    return "kpeek " + " ".join(args), [*KPEEK, *args]
+
+
+def startup(repeat: int) -> list[str]:
+    fd, log = tempfile.mkstemp(prefix="kpeek-bench-oops-")
+    os.write(fd, OOPS_LOG.encode())
+    os.close(fd)
+    try:
+        rows = [
+            kpeek("ps", "-p", "1"),
+            kpeek("files", str(os.getpid())),
+            kpeek("sym", "schedule"),
+            kpeek("struct", "list_head"),
+            kpeek("oops", log),
+        ]
+        return table("start-up, idle machine", [PY, "-c", "pass"], rows, repeat, "", 0)
+    finally:
+        os.unlink(log)
+
+
+def at_scale(processes: int, repeat: int) -> list[str]:
+    t0 = time.perf_counter()
+    fam = Family(processes, 10)
+    try:
+        built = time.perf_counter() - t0
+        tasks = len(os.listdir("/proc")) - 60  # about: /proc has ~60 non-pid entries
+        fds = sum(len(os.listdir(f"/proc/{p}/fd")) for p in os.listdir("/proc") if p.isdigit()
+                  and os.path.exists(f"/proc/{p}/fd"))
+        lines = [f"family of {processes} processes x 10 fds (built in {built:.1f} s); "
+                 f"about {tasks} tasks and {fds} descriptors on the machine", ""]
+        lines += table(f"ps, {processes} processes (us per task)", ["ps", "aux"],
+                       [kpeek("ps"), kpeek("ps", "--json")], repeat, "us/task", tasks)
+        lines.append("")
+        lines += table(
+            f"files, whole system, {processes} processes (us per fd)", ["lsof", "-n", "-P"],
+            [
+                ("raw BPF iterator read (load + read, no model)", [sys.executable, "-c", RAW_READ]),
+                kpeek("files", "--json", "--source", "bpf"),
+                kpeek("files", "--source", "bpf"),
+                kpeek("files", "--json", "--source", "procfs"),
+                kpeek("files", "--source", "procfs"),
+            ],
+            repeat, "us/fd", fds,
+        )  # fmt: skip
+        return lines
+    finally:
+        fam.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--processes", default="1000,5000")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", choices=("startup", "scale"))
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    lines = [
+        f"kpeek bench_cli  {time.strftime('%Y-%m-%d %H:%M:%S')}  kernel {platform.release()}  "
+        f"cpus {os.cpu_count()}  load {os.getloadavg()[0]:.1f}",
+        "",
+    ]
+    if args.only != "scale":
+        block = startup(max(args.repeat, 5))
+        print("\n".join(block), flush=True)
+        lines += [*block, ""]
+    if args.only != "startup":
+        for n in map(int, args.processes.split(",")):
+            block = at_scale(n, args.repeat)
+            print("\n".join(block), flush=True)
+            lines += [*block, ""]
+    text = "\n".join(lines)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
