@@ -33,6 +33,8 @@ from kpeek.model import Task
 RWSEM_READER_OWNED = 1 << 0  # kernel/locking/rwsem.c
 RWSEM_OWNER_FLAGS_MASK = 0x3
 MUTEX_FLAGS = 0x07  # MUTEX_FLAG_WAITERS | HANDOFF | PICKUP
+MUTEX_FLAG_WAITERS = 0x01  # kernel/locking/mutex.h: set while the wait_list is not empty
+RWSEM_FLAG_WAITERS = 1 << 1  # kernel/locking/rwsem.c: the same, in the count
 BLOCKER_TYPE_MASK = 0x03  # include/linux/hung_task.h
 BLOCKER_TYPES = {0: "mutex", 1: "semaphore", 2: "rwsem", 3: "rwsem"}
 THREAD_SIZE = 16384  # x86-64 and arm64 without KASAN; doubled if the saved sp says so
@@ -174,9 +176,16 @@ class LockReader:
         return kind, head - self.lock_wait_list[kind], waiters
 
     def _classify(self, node: int, head: int) -> str | None:
-        """Which lock type owns ``head``: an rwsem waiter carries a jiffies
-        timeout; a mutex with waiters always has an owner word; a
-        semaphore starts with its spinlock and count."""
+        """Which lock type owns ``head``. A lock with waiters says so in its
+        own words: a mutex's owner word has MUTEX_FLAG_WAITERS, an rwsem's
+        count has RWSEM_FLAG_WAITERS, and a holder there is a known task.
+        Where both readings fit, an rwsem waiter carries a jiffies timeout
+        (the word at that offset is past a mutex_waiter, so only a tie-break:
+        on 6.1 it is whatever the stack holds); a semaphore is neither."""
+        as_mutex = self._fits_mutex(head)
+        as_rwsem = self._fits_rwsem(head)
+        if as_mutex != as_rwsem:
+            return "mutex" if as_mutex else "rwsem"
         timeout = self.word(node + self.rw_waiter_timeout)
         if timeout and not _is_kernel(timeout):
             return "rwsem"
@@ -186,6 +195,18 @@ class LockReader:
         if mutex_owner & MUTEX_FLAGS and not mutex_owner & ~MUTEX_FLAGS:
             return "mutex"
         return "semaphore"
+
+    def _fits_mutex(self, head: int) -> bool:
+        owner = self.word(head - self.lock_wait_list["mutex"] + self.mutex_owner)
+        task = owner & ~MUTEX_FLAGS
+        return bool(owner & MUTEX_FLAG_WAITERS) and (not task or task in self.by_address)
+
+    def _fits_rwsem(self, head: int) -> bool:
+        lock = head - self.lock_wait_list["rwsem"]
+        count, owner = self.word(lock + self.rwsem_count), self.word(lock + self.rwsem_owner)
+        task = owner & ~RWSEM_OWNER_FLAGS_MASK
+        return bool(count & RWSEM_FLAG_WAITERS) and (
+            bool(owner & RWSEM_READER_OWNED) or not task or task in self.by_address)
 
     def holder(self, kind: str, lock: int) -> tuple[int | None, str | None]:
         """(holder task address, or None and why there is no single holder)."""
