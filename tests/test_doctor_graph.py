@@ -146,6 +146,8 @@ def fake_kernel(btf, kind: str, owner: int, blocker: int = 0) -> tuple[FakeMemor
     record = STACK + 0x3E00
     rel = lock_addr - inode
     area[rel + lt.offsetof("owner"):rel + lt.offsetof("owner") + 8] = q(owner)
+    if kind == "rwsem":  # a real rwsem with a waiter has RWSEM_FLAG_WAITERS in its count
+        area[rel + lt.offsetof("count"):rel + lt.offsetof("count") + 8] = q(0x2)
     area[head - inode:head - inode + 16] = q(record) + q(record)
     area[inode_t.offsetof("i_ino"):inode_t.offsetof("i_ino") + 8] = q(777)
     area[inode_t.offsetof("i_sb"):inode_t.offsetof("i_sb") + 8] = q(SUPER)
@@ -183,6 +185,15 @@ def test_mutex_owner_with_only_flag_bits_has_no_single_holder(btf):
     mem, _ = fake_kernel(btf, "mutex", owner=0x1)
     wait = reader(btf, mem).find_lock_wait(task(10, state="D"))
     assert wait.kind == "mutex" and wait.holder is None and "flag bits" in wait.no_holder
+
+
+def test_mutex_waiter_followed_by_stack_garbage_is_a_mutex(btf):
+    # 6.1's mutex_waiter ends before where an rwsem_waiter keeps its timeout:
+    # a small number there (stack garbage) must not make the mutex an rwsem.
+    mem, lock_addr = fake_kernel(btf, "mutex", owner=HOLDER | 0x1)
+    mem.write(STACK + 0x3E00 + 32, q(0x1234))
+    wait = reader(btf, mem).find_lock_wait(task(10, state="D"))
+    assert (wait.kind, wait.lock, wait.holder) == ("mutex", lock_addr, HOLDER)
 
 
 def test_blocker_field_wins_over_the_stack(btf):
