@@ -72,10 +72,16 @@ _TITLE_FRAME = re.compile(r".* in ((?:<[a-zA-Z0-9_: ]+>)?[a-zA-Z0-9_:]+)")
 
 
 def corpus_dir() -> Path | None:
-    """The corpus: $KPEEK_CORPUS, else shared/ beside the repository."""
+    """The corpus: $KPEEK_CORPUS, else shared/ beside the repository or one of
+    its parents (a CI clone may sit deeper), else the workplace's /work/shared."""
     env = os.environ.get("KPEEK_CORPUS")
-    path = Path(env) if env else REPO.parent / "shared" / "corpus" / "kernel-reports"
-    return path if path.is_dir() else None
+    if env:
+        return Path(env) if Path(env).is_dir() else None
+    for base in (*REPO.parents, Path("/work")):
+        path = base / "shared" / "corpus" / "kernel-reports"
+        if path.is_dir():
+            return path
+    return None
 
 
 @dataclass
