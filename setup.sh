@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything kpeek needs on a fresh Debian machine: system packages
-# (clang and libbpf for the BPF programs, Graphviz for diagrams, FUSE and
-# Chromium for the tests, QEMU, busybox and gcc-12 for the crash-dump lab) and
-# a virtualenv in .venv with kpeek itself.
+# (libbpf to load the shipped BPF objects, clang and llvm to rebuild them,
+# Graphviz for diagrams, FUSE and Chromium for the tests, QEMU, busybox and
+# gcc-12 for the crash-dump lab) and a virtualenv in .venv with kpeek itself.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,3 +25,6 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
+# The BPF objects are committed; this rebuilds only those whose program or
+# vmlinux.h changed since (a no-op on a fresh clone).
+.venv/bin/python -m kpeek.sources.bpf.build

@@ -22,11 +22,12 @@ def have_root() -> bool:
 
 
 def have_bpf() -> bool:
-    return (
-        have_root()
-        and os.path.exists("/sys/kernel/btf/vmlinux")
-        and shutil.which("clang") is not None
-    )
+    return have_root() and os.path.exists("/sys/kernel/btf/vmlinux")
+
+
+def have_clang() -> bool:
+    """What rebuilds the shipped BPF objects (setup.sh installs it)."""
+    return shutil.which("clang") is not None and shutil.which("llvm-strip") is not None
 
 
 def have_fuse() -> bool:
@@ -52,6 +53,7 @@ def have_qemu() -> bool:
 CAPABILITIES = {
     "root": have_root,
     "bpf": have_bpf,
+    "clang": have_clang,
     "fuse": have_fuse,
     "graphviz": have_graphviz,
     "chromium": have_chromium,

@@ -15,13 +15,18 @@ from kpeek.errors import KpeekError, UsageError
 from kpeek.model import Snapshot
 
 SOURCES = ("auto", "bpf", "procfs", "memory")
+# What only the BPF source knows (see docs/bpf.md).
+LOST_WITHOUT_BPF = (
+    "struct file and task addresses, file reference counts, f_mode and lock blockers"
+)
 
 
 def take_snapshot(source: str = "auto", **kwargs: Any) -> Snapshot:
     """A snapshot from the named source; see procfs.take_snapshot for kwargs.
 
-    With "auto", a BPF failure (not root, no BTF, no clang) falls back to
-    procfs and the reason is kept in Snapshot.notes.
+    With "auto", a BPF failure (not root, no BTF, a verifier that refuses)
+    falls back to procfs; the reason and the facts lost are kept in
+    Snapshot.notes.
     """
     # Imported here: loading the BPF machinery costs time that verbs which
     # never take a snapshot should not pay.
@@ -43,5 +48,5 @@ def take_snapshot(source: str = "auto", **kwargs: Any) -> Snapshot:
         if source == "bpf":
             raise
         snap = procfs.take_snapshot(**kwargs)
-        note = f"bpf source unavailable ({e}); used procfs"
+        note = f"bpf source unavailable ({e}); used procfs, without {LOST_WITHOUT_BPF}"
         return dataclasses.replace(snap, notes=(*snap.notes, note))

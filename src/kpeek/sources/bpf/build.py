@@ -1,168 +1,139 @@
-"""Compile the BPF programs for the running kernel, once, and cache them.
+"""Build the shipped BPF objects (a developer's step, never a user's).
 
-A program is CO-RE C: it includes a ``vmlinux.h`` dumped from the kernel's
-own BTF by bpftool, so nothing per-kernel lives in the repository. Objects
-are cached under ``$XDG_CACHE_HOME/kpeek/bpf`` (``~/.cache/kpeek/bpf``) keyed
-by a hash of the program source, the compiler and the kernel's BTF, so a new
-kernel or an edited program gets a fresh build and an unchanged one loads in
-milliseconds.
+Each ``<name>.bpf.c`` here is compiled once, with CO-RE relocations, against
+the hand-kept ``vmlinux.h`` next to it (no type from the build machine's
+kernel), and the object ``<name>.bpf.o`` is committed and shipped inside the
+package: libbpf relocates it for whichever kernel loads it, so a user needs
+no clang, no kernel headers and no cache. ``objects.json`` records, for each
+object, the hash of its inputs and of the object itself, and the compiler
+that made it: the tests check that every object is fresh and that the
+recorded compiler rebuilds it byte for byte.
+
+    python -m kpeek.sources.bpf.build           # rebuild what is stale
+    python -m kpeek.sources.bpf.build --force   # rebuild everything
+    python -m kpeek.sources.bpf.build --check   # exit 1 if anything is stale
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import os
-import platform
 import shutil
 import subprocess
+import sys
 import tempfile
-from functools import cache
 from pathlib import Path
 
-from kpeek.errors import NotPermitted, NotSupported
-
-VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
-SOURCE_DIR = Path(__file__).parent
-
-_TARGET_ARCH = {
-    "x86_64": "x86",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "riscv64": "riscv",
-    "s390x": "s390",
-    "ppc64le": "powerpc",
-}
+HERE = Path(__file__).parent
+PROGRAMS = ("snapshot", "reader")
+HEADER = "vmlinux.h"
+MANIFEST = HERE / "objects.json"
+# The objects are built for x86-64: CO-RE relocates field offsets, not the
+# pt_regs layout or the target architecture (the programs use neither).
+TARGET_ARCH = "x86"
 
 
-def cache_dir() -> Path:
-    """Where compiled objects and vmlinux.h are kept (created on demand)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "kpeek" / "bpf"
+def object_path(name: str) -> Path:
+    return HERE / f"{name}.bpf.o"
 
 
-@cache
-def kernel_btf_digest() -> str:
-    """A short hash of the running kernel's BTF: changes with the kernel build.
+def inputs_digest(name: str) -> str:
+    """sha256 over the files the object is made from (program and header)."""
+    h = hashlib.sha256()
+    for file in (f"{name}.bpf.c", HEADER):
+        h.update(file.encode() + b"\0" + (HERE / file).read_bytes() + b"\0")
+    return h.hexdigest()
 
-    Hashes the kernel's version string (release, build number and date), the
-    BTF's size and its first 64 KiB: cheap, where hashing all of it (several
-    MiB out of sysfs) would cost more than loading a cached program.
-    Raises NotSupported when the kernel has no BTF.
-    """
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_manifest() -> dict:
     try:
-        with open(VMLINUX_BTF, "rb") as f:
-            data = f.read(1 << 16) + str(os.fstat(f.fileno()).st_size).encode()
-        data += Path("/proc/version").read_bytes()
-    except FileNotFoundError:
-        raise NotSupported(
-            "the kernel has no BTF (/sys/kernel/btf/vmlinux); BPF needs a kernel built "
-            "with CONFIG_DEBUG_INFO_BTF=y (use --source procfs)"
-        ) from None
-    except PermissionError:
-        raise NotPermitted(
-            "cannot read /sys/kernel/btf/vmlinux; run as root (use --source procfs otherwise)"
-        ) from None
-    return hashlib.blake2b(data, digest_size=10).hexdigest()
+        return json.loads(MANIFEST.read_text())
+    except (OSError, ValueError):
+        return {"objects": {}}
 
 
-def _tool(name: str, package: str) -> str:
-    path = shutil.which(name) or (
-        f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None
-    )
-    if path is None:
-        raise NotSupported(
-            f"{name} not found; the BPF source compiles its programs on first use "
-            f"(apt-get install {package}, or use --source procfs)"
-        )
-    return path
+def _tool(*names: str) -> str:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    sys.exit(f"build: none of {', '.join(names)} found (apt-get install clang llvm)")
 
 
-@cache
-def _clang_identity(clang: str) -> str:
-    """Which compiler: its real path, size and mtime (cheaper than running it)."""
-    real = os.path.realpath(clang)
-    st = os.stat(real)
-    return f"{real}:{st.st_size}:{st.st_mtime_ns}"
+def compiler_version(clang: str) -> str:
+    out = subprocess.run([clang, "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()[0].strip()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def vmlinux_header() -> Path:
-    """The cached vmlinux.h of the running kernel, dumped by bpftool if missing."""
-    path = cache_dir() / f"vmlinux-{kernel_btf_digest()}" / "vmlinux.h"
-    if path.exists():
-        return path
-    bpftool = _tool("bpftool", "bpftool")
-    proc = subprocess.run(
-        [bpftool, "btf", "dump", "file", str(VMLINUX_BTF), "format", "c"],
-        capture_output=True,
-        check=False,
-    )
-    if proc.returncode != 0 or not proc.stdout:
-        msg = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise NotSupported(f"bpftool could not dump the kernel BTF: {msg[-1] if msg else '?'}")
-    _atomic_write(path, proc.stdout)
-    return path
-
-
-def compiled_object(name: str) -> bytes:
-    """The BPF object file for ``SOURCE_DIR/<name>.bpf.c``, built if not cached.
-
-    Raises NotSupported when the kernel has no BTF or clang/bpftool are
-    missing, or when the program does not compile (the message names the
-    first compiler error).
-    """
-    source_path = SOURCE_DIR / f"{name}.bpf.c"
-    source = source_path.read_bytes()
-    clang = _tool("clang", "clang")
-    key = hashlib.blake2b(
-        source + _clang_identity(clang).encode() + kernel_btf_digest().encode(),
-        digest_size=12,
-    ).hexdigest()
-    obj_path = cache_dir() / f"{name}-{key}.bpf.o"
-    if obj_path.exists():
-        return obj_path.read_bytes()
-    header = vmlinux_header()
-    arch = _TARGET_ARCH.get(platform.machine(), platform.machine())
+def compile_object(name: str, clang: str, strip: str) -> bytes:
+    """The object for ``name``: clang -O2 -g with relative paths (the build
+    directory is not recorded), DWARF stripped and BTF kept (libbpf needs
+    BTF and the CO-RE relocations in .BTF.ext, not DWARF)."""
     with tempfile.TemporaryDirectory(prefix="kpeek-bpf-") as tmp:
-        out = Path(tmp) / "prog.o"
-        proc = subprocess.run(
+        out = Path(tmp) / f"{name}.bpf.o"
+        subprocess.run(
             [
-                clang, "-target", "bpf", "-O2", "-g", f"-D__TARGET_ARCH_{arch}",
-                "-I", str(header.parent), "-I", str(SOURCE_DIR),
-                "-Wno-unknown-attributes", "-Wno-compare-distinct-pointer-types",
-                "-c", str(source_path), "-o", str(out),
+                clang, "-target", "bpf", "-O2", "-g", f"-D__TARGET_ARCH_{TARGET_ARCH}",
+                f"-fdebug-prefix-map={HERE}=.", "-I", ".",
+                "-Wall", "-Werror", "-Wno-unused-function", "-Wno-compare-distinct-pointer-types",
+                "-c", f"{name}.bpf.c", "-o", str(out),
             ],
-            capture_output=True,
-            check=False,
+            cwd=HERE, check=True,
         )  # fmt: skip
-        if proc.returncode != 0:
-            errors = [
-                line
-                for line in proc.stderr.decode(errors="replace").splitlines()
-                if "error:" in line
-            ]
-            first = errors[0] if errors else "unknown error"
-            raise NotSupported(f"cannot compile BPF program {name}: {first}")
-        data = out.read_bytes()
-    _atomic_write(obj_path, data)
-    _prune(name)
-    return data
+        subprocess.run([strip, "-g", str(out)], check=True)
+        return out.read_bytes()
 
 
-def _prune(name: str, keep: int = 4) -> None:
-    """Drop all but the ``keep`` newest cached builds of one program (older
-    sources or other kernels); a kernel booted again just rebuilds."""
-    builds = sorted(cache_dir().glob(f"{name}-*.bpf.o"), key=lambda p: p.stat().st_mtime)
-    for old in builds[:-keep]:
-        old.unlink(missing_ok=True)
+def stale(manifest: dict) -> list[str]:
+    """Programs whose object is missing, changed by hand, or older than its inputs."""
+    found = []
+    for name in PROGRAMS:
+        entry = manifest.get("objects", {}).get(name, {})
+        path = object_path(name)
+        if (
+            not path.exists()
+            or entry.get("inputs") != inputs_digest(name)
+            or entry.get("object") != sha256(path.read_bytes())
+        ):
+            found.append(name)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kpeek.sources.bpf.build")
+    ap.add_argument("--force", action="store_true", help="rebuild every object")
+    ap.add_argument("--check", action="store_true", help="exit 1 if any object is stale")
+    args = ap.parse_args(argv)
+    manifest = load_manifest()
+    todo = list(PROGRAMS) if args.force else stale(manifest)
+    if args.check:
+        for name in todo:
+            print(f"{name}.bpf.o is stale: run python -m kpeek.sources.bpf.build", file=sys.stderr)
+        return 1 if todo else 0
+    if not todo:
+        return 0
+    clang = _tool("clang", "clang-14")
+    strip = _tool("llvm-strip", "llvm-strip-14")
+    manifest["compiler"] = compiler_version(clang)
+    for name in todo:
+        data = compile_object(name, clang, strip)
+        tmp = object_path(name).with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, object_path(name))
+        manifest.setdefault("objects", {})[name] = {
+            "inputs": inputs_digest(name),
+            "object": sha256(data),
+        }
+        print(f"built {object_path(name).name} ({len(data)} bytes)")
+    MANIFEST.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

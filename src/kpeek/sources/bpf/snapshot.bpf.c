@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /* kpeek's snapshot: one record per task (iter/task) and one per open
  * descriptor (iter/task_file), in fixed binary layouts that snapshot.py
- * unpacks. All field access is CO-RE; fields that only some kernels have
- * (task_struct.blocker, file.f_count vs f_ref) are probed with
- * bpf_core_field_exists so the program loads on either.
+ * unpacks. All field access is CO-RE against the hand-kept vmlinux.h, and
+ * one compiled object loads on every supported kernel (5.14 and later):
+ * fields and helpers that only some kernels have (task_struct.blocker,
+ * __state vs state, file.f_count vs f_ref, se.sched_delayed, bpf_loop) are
+ * probed with bpf_core_field_exists / bpf_core_enum_value_exists, and the
+ * record says what was there (has_blocker, has_stack).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -78,8 +81,16 @@ struct file___f_count {
 	atomic_long_t f_count;
 } __attribute__((preserve_access_index));
 
+/* 6.13+: file_ref_t (a typedef of this anonymous struct) */
 struct file___f_ref {
-	file_ref_t f_ref;
+	struct {
+		atomic_long_t refcnt;
+	} f_ref;
+} __attribute__((preserve_access_index));
+
+/* Before 5.14 the state was a long named "state". */
+struct task_struct___state {
+	long state;
 } __attribute__((preserve_access_index));
 
 struct kpeek_task_rec {
@@ -97,7 +108,7 @@ struct kpeek_task_rec {
 	char comm[16];
 	char wchan[WCHAN_MAX]; /* as /proc/PID/wchan shows it (%ps), "" for none */
 	__s32 stack_bytes; /* length of the stack text that follows, "%pB\n" a frame */
-	__u32 pad;
+	__u32 has_stack;   /* the kernel has the helpers that read stacks and wchan */
 };
 
 struct kpeek_file_rec {
@@ -193,8 +204,14 @@ static __always_inline int collect_stack(struct task_struct *task, struct kpeek_
 
 	*bufp = NULL;
 	walk.stacks = stacks;
+	/* bpf_loop (5.17+) walks the frames and bpf_snprintf (5.13+) formats
+	 * them: without either, no stack and no wchan (rec->has_stack 0). */
+	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_loop) ||
+	    !bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_snprintf))
+		return 0;
+	rec->has_stack = 1;
 	walk.want_wchan = rec->state != 0 && rec->state != TASK_WAKING &&
-			  task != bpf_get_current_task_btf();
+			  rec->pid != (__u32)bpf_get_current_pid_tgid();
 	if (walk.want_wchan && BPF_CORE_READ(task, on_rq)) {
 		struct task_struct___delayed *td = (void *)task;
 
@@ -239,7 +256,13 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 
 	rec.address = (__u64)task;
 	rec.start_boottime = BPF_CORE_READ(task, start_boottime);
-	rec.state = BPF_CORE_READ(task, __state);
+	if (bpf_core_field_exists(task->__state)) {
+		rec.state = BPF_CORE_READ(task, __state);
+	} else {
+		struct task_struct___state *old = (void *)task;
+
+		rec.state = BPF_CORE_READ(old, state);
+	}
 	rec.exit_state = BPF_CORE_READ(task, exit_state);
 	rec.flags = BPF_CORE_READ(task, flags);
 	rec.uid = BPF_CORE_READ(task, real_cred, uid.val);

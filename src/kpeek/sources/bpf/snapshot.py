@@ -21,6 +21,7 @@ from kpeek.errors import UsageError
 from kpeek.ids import keyed_id
 from kpeek.kernel.sched import state_letter
 from kpeek.model import FileDescriptor, Inode, Namespace, OpenFile, Snapshot, Task
+from kpeek.sources import proc_tasks
 from kpeek.sources.bpf import hidden
 from kpeek.sources.bpf.loaded import bpf_iterator, bpf_object
 from kpeek.sources.proc_files import O_CLOEXEC, file_type
@@ -65,11 +66,14 @@ def _task(rec: tuple, stack: tuple[str, ...] | None, stacks: bool, all_ns: bool)
     address, blocker, start_boottime, pid, tgid, ppid, pgid, sid = rec[:8]
     ns_pid, ns_tgid, ns_ppid, ns_pgid, ns_sid, pidns, state, exit_state, uid = rec[8:17]
     ns_inums = rec[19:26]
-    has_blocker, comm, wchan_raw = rec[26], rec[27], rec[28]
+    has_blocker, comm, wchan_raw, has_stack = rec[26], rec[27], rec[28], rec[30]
     letter = state_letter(state, exit_state)
-    wchan = wchan_raw.split(b"\0", 1)[0].decode("ascii", "replace")
-    if wchan.startswith("0x"):  # no symbol there: /proc/PID/wchan says "0"
-        wchan = ""
+    if has_stack:
+        wchan = wchan_raw.split(b"\0", 1)[0].decode("ascii", "replace")
+        if wchan.startswith("0x"):  # no symbol there: /proc/PID/wchan says "0"
+            wchan = ""
+    else:  # the kernel lacks the helpers (bpf_loop): ask /proc, as procfs does
+        wchan, stack = _proc_wchan_stack(tgid, pid, stacks)
     namespaces: tuple[Namespace, ...] = ()
     if all_ns:
         kinds = (("pid", pidns), *zip(_NS_KINDS, ns_inums, strict=True))
@@ -96,6 +100,16 @@ def _task(rec: tuple, stack: tuple[str, ...] | None, stacks: bool, all_ns: bool)
         blocker=blocker if has_blocker else None,
         address=address,
     )
+
+
+def _proc_wchan_stack(tgid: int, pid: int, stacks: bool) -> tuple[str, tuple[str, ...] | None]:
+    base = f"/proc/{tgid}/task/{pid}"
+    try:
+        wchan = proc_tasks.read_bytes(f"{base}/wchan").decode("ascii", "replace")
+        stack = proc_tasks.read_stack(base) if stacks else None
+    except OSError:  # exited, or not permitted
+        return "", None
+    return ("" if wchan == "0" else wchan), stack
 
 
 def _inode_id(dev: int, ino: int) -> str:
@@ -231,6 +245,11 @@ def take_snapshot(
         for rec in records
         if wanted is None or rec[4] in wanted
     ]
+    if records and not records[0][-1]:
+        notes.append(
+            "wait channels and kernel stacks read from /proc: this kernel's BPF lacks "
+            "bpf_loop (5.17+) or bpf_snprintf (5.13+)"
+        )
     if wanted is not None:
         fds = [d for d in fds if d.tgid in wanted]
     # Processes /proc listed before the walk (or that were asked for) and
