@@ -28,11 +28,13 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
 
 
+_print_buf = ctypes.create_string_buffer(1 << 18)  # a whole verifier log fits
+
+
 @_PRINT_FN
 def _capture_print(level: int, fmt: bytes, args: int) -> int:
-    buf = ctypes.create_string_buffer(1024)
-    _libc.vsnprintf(buf, len(buf), fmt, args)
-    _log.append(buf.value.decode(errors="replace").rstrip("\n"))
+    _libc.vsnprintf(_print_buf, len(_print_buf), fmt, args)
+    _log.extend(_print_buf.value.decode(errors="replace").rstrip("\n").split("\n"))
     del _log[:-200]  # keep the tail: the verifier's last words say what failed
     return 0
 
@@ -98,7 +100,10 @@ def _errno_of(ret: int) -> int:
 
 
 def _fail(what: str, err: int) -> NotSupported | NotPermitted:
-    if err in (errno.EPERM, errno.EACCES):
+    # The verifier refuses a program with EACCES too: that is this kernel
+    # saying no to the program, not to the user.
+    verifier = any("PROG LOAD LOG --" in line for line in _log)  # BEGIN or END
+    if err == errno.EPERM or (err == errno.EACCES and not verifier):
         return NotPermitted(
             f"{what}: {os.strerror(err)}; run as root (BPF iterators need CAP_BPF "
             "and CAP_PERFMON) or use --source procfs"
@@ -106,10 +111,11 @@ def _fail(what: str, err: int) -> NotSupported | NotPermitted:
     detail = ""
     for line in reversed(_log):
         text = line.strip()
-        if text and not text.startswith(("libbpf: prog", "-- END", "processed ")):
+        if text and not text.startswith(("libbpf:", "-- END", "processed ", "verification time")):
             detail = f" ({text[:160]})"
             break
-    return NotSupported(f"{what}: {os.strerror(err)}{detail}; use --source procfs")
+    why = "the kernel's verifier refused it" if verifier else os.strerror(err)
+    return NotSupported(f"{what}: {why}{detail}; use --source procfs")
 
 
 class BpfObject:

@@ -164,13 +164,17 @@ static long stack_frame(__u32 i, void *data)
 	struct stack_walk *walk = data;
 	__u32 zero = 0;
 	char *buf;
-	__u64 ip;
+	__u64 ip, idx = i;
 	long w;
 
 	buf = bpf_map_lookup_elem(&scratch, &zero);
 	if (!buf || i >= MAX_STACK_DEPTH || (long)i * 8 >= walk->nbytes)
 		return 1;
-	ip = ((__u64 *)buf)[i];
+	/* Masked behind a barrier (clang would drop a mask it can prove
+	 * redundant): 6.1's verifier loses the bound checked above on the
+	 * zero-extended copy of i. */
+	barrier_var(idx);
+	ip = ((__u64 *)buf)[idx & (MAX_STACK_DEPTH - 1)];
 	/* bpf_get_task_stack (stack_trace_save_tsk) already leaves out scheduler
 	 * and lock code, as get_wchan() does: the first frame is the wchan. */
 	if (walk->want_wchan) {
