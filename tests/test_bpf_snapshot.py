@@ -19,7 +19,7 @@ import pytest
 from capabilities import require
 from kpeek.errors import UsageError
 from kpeek.model import OpenFile, Snapshot
-from scenarios import PIPE_FORK_DUP2, children_of, family
+from scenarios import MUTEX_WAIT, PIPE_FORK_DUP2, children_of, family
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -396,43 +396,6 @@ def test_stopped_and_zombie_states_agree() -> None:
         "RSDTtPIDD"
     )
     assert state_letter(0, 0x20) == "Z" and state_letter(0, 0x10) == "X"
-
-
-# Two threads read one regular file. The first holds the file's f_pos_lock
-# (a mutex) while its copy to user memory waits on a userfaultfd page no one
-# serves; the second then sleeps in D on that mutex: task_struct.blocker.
-# SIGKILL ends both (the uffd wait is killable, then the mutex is free).
-MUTEX_WAIT = """
-import ctypes, fcntl, mmap, select, struct, tempfile, threading
-libc = ctypes.CDLL(None, use_errno=True)
-uffd = libc.syscall(323, os.O_CLOEXEC)                       # userfaultfd(2), x86-64
-assert uffd >= 0, ctypes.get_errno()
-fcntl.ioctl(uffd, 0xC018AA3F, bytearray(struct.pack("QQQ", 0xAA, 0, 0)))         # UFFDIO_API
-area = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-addr = ctypes.addressof(ctypes.c_char.from_buffer(area))
-fcntl.ioctl(uffd, 0xC020AA00, bytearray(struct.pack("QQQQ", addr, 4096, 1, 0)))  # REGISTER
-path = tempfile.mktemp(prefix="kpeek-mutex-")
-with open(path, "wb") as f:
-    f.write(b"x" * 100)
-fd = os.open(path, os.O_RDONLY)
-os.unlink(path)
-tids = {}
-def holder():
-    tids["holder"] = threading.get_native_id()
-    libc.read(fd, ctypes.c_void_p(addr), 100)
-def waiter():
-    tids["waiter"] = threading.get_native_id()
-    os.read(fd, 10)
-threading.Thread(target=holder, daemon=True).start()
-assert select.select([uffd], [], [], 10)[0]                  # the holder's fault is pending
-threading.Thread(target=waiter, daemon=True).start()
-while True:
-    w = tids.get("waiter")
-    if w and open(f"/proc/self/task/{w}/stat").read().rsplit(")", 1)[1].split()[0] == "D":
-        break
-    time.sleep(0.01)
-report(pid=os.getpid(), fd=fd, **tids)
-"""
 
 
 def test_blocker_names_the_mutex_a_task_waits_on() -> None:

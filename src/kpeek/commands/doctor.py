@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-kernel-memory", action="store_true",
                    help="do not read kernel memory with BPF (kernel locks stay unseen)")
     p.add_argument("--no-kernel-log", action="store_true", help="skip the kernel log")
+    p.add_argument("--explain-sources", action="store_true",
+                   help="say which facts come from where on this kernel (BPF, /proc, stack "
+                        "scan) and what is unavailable and why; then exit")
     p.set_defaults(func=run)
 
 
@@ -32,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from kpeek.diagnose.story import all_text, to_dot, to_json
     from kpeek.sources.procfs import take_snapshot
 
+    if args.explain_sources:
+        from kpeek.commands.sources import explain
+
+        return explain(args)
     if args.min_sleep < 0:
         raise UsageError("--min-sleep must be 0 or more seconds")
     kernel = None
