@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import NotPermitted, UsageError
-from kpeek.kernel.prstatus import cpu_registers
+from kpeek.kernel.prstatus import prstatus_registers
 from kpeek.kernel.unwind import cpu_current_task, kernel_unwinder, task_cpu
 from kpeek.render import text
 from kpeek.sources.proc_tasks import Vanished, read_stack
 from kpeek.targets import core_path, open_kernel
-from kpeek.targets.notes import elf_notes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,8 +58,7 @@ def unwound_stacks(args: argparse.Namespace) -> list[Shown]:
     kernel = open_kernel(args, "kpeek bt --unwind")
     unwinder = kernel_unwinder(kernel)
     symbols = kernel.symbols
-    core = core_path(args)
-    cpu_regs = cpu_registers(elf_notes(core) or b"") if core else []
+    cpu_regs = _cpu_registers(kernel)
     tasks = [(pid, kernel.task(pid)) for pid in args.pid]
     if not tasks:
         for cpu in _cpus_to_show(kernel, len(cpu_regs)):
@@ -81,6 +79,13 @@ def unwound_stacks(args: argparse.Namespace) -> list[Shown]:
             lines.append(f"(unwind stopped: {stack.note})")
         out.append(Shown(pid, task.member("comm").value(), tuple(lines), cpu))
     return out
+
+
+def _cpu_registers(kernel) -> list[dict[str, int]]:
+    """Each CPU's registers at the dump (its PRSTATUS notes), in CPU order."""
+    descs = getattr(getattr(kernel, "core", None), "prstatus", None) or []
+    regs = [prstatus_registers(d) for d in descs]
+    return [r for r in regs if r is not None]
 
 
 def _cpus_to_show(kernel, count: int) -> list[int]:

@@ -243,11 +243,15 @@ class Holder:
     file: int
 
 
-def files_held(kernel: Kernel, owners: set[int], max_fds: int = 1 << 16) -> dict[int, list[Holder]]:
+def files_held(kernel: Kernel, owners: set[int]) -> dict[int, list[Holder]]:
     """module address -> the open files (by task and fd) whose file_operations
     it owns, from a walk of every task's fd table (each table once)."""
+    from kpeek.kernel.fdtable import FileReader
     from kpeek.kernel.tasks import all_task_addresses
 
+    reader = FileReader(kernel)
+    fop_at = kernel.type("struct file").resolve().offsetof("f_op")
+    owner_at = kernel.type("struct file_operations").resolve().offsetof("owner")
     out: dict[int, list[Holder]] = {}
     seen_tables: set[int] = set()
     for address in all_task_addresses(kernel):
@@ -257,22 +261,21 @@ def files_held(kernel: Kernel, owners: set[int], max_fds: int = 1 << 16) -> dict
             if not files or files in seen_tables:
                 continue
             seen_tables.add(files)
-            fdt = kernel.object("struct files_struct", files).member("fdt").deref()
-            count = min(fdt.member("max_fds").value_int(), max_fds)
-            slots = kernel.memory.read(fdt.member("fd").value_int(), 8 * count)
-        except (MemoryReadError, ObjectError):
+            table = reader.table(files)
+        except (MemoryReadError, ValueError):
             continue
-        pid, comm = task.member("tgid").value_int(), task.member("comm").value()
-        for fd in range(count):
-            file = int.from_bytes(slots[8 * fd : 8 * fd + 8], "little")
-            if not file:
-                continue
+        for fd, file, _ in table:
             try:
-                fop = kernel.object("struct file", file).member("f_op").value_int()
-                owner = kernel.object("struct file_operations", fop).member("owner").value_int() \
-                    if fop else 0
+                fop = _word(kernel, file + fop_at)
+                owner = _word(kernel, fop + owner_at) if fop else 0
             except MemoryReadError:
                 continue
             if owner in owners:
-                out.setdefault(owner, []).append(Holder(pid, comm, fd, file))
+                holder = Holder(task.member("tgid").value_int(), task.member("comm").value(),
+                                fd, file)
+                out.setdefault(owner, []).append(holder)
     return out
+
+
+def _word(kernel: Kernel, address: int) -> int:
+    return int.from_bytes(kernel.memory.read(address, 8), "little")
