@@ -80,18 +80,19 @@ def _where_json(w: Where) -> dict:
             "cache": _cache_json(w.cache) if w.cache else None, "slab": hx(w.slab),
             "object": hx(w.object), "offset": w.offset, "index": w.index,
             "free": w.free, "free_on": w.free_on or None,
-            "page_flags": w.page_flags, "note": w.note or None}
+            "page_flags": w.page_flags, "page_type": w.page_type or None,
+            "page_refcount": w.page_refcount, "note": w.note or None}
 
 
 def _print_caches(caches: list[Cache]) -> None:
     out = sys.stdout
-    out.write(f"{'CACHE':<18} {'NAME':<28} {'OBJSIZE':>7} {'SLOT':>6} {'PER SLAB':>8} "
-              f"{'ALLOCATED':>9} {'TOTAL':>7} {'SLABS':>6}\n")
+    out.write(f"{'CACHE':<16} {'NAME':<28} {'OBJSIZE':>7} {'SLOT':>6} {'PER SLAB':>8} "
+              f"{'ACTIVE':>9} {'TOTAL':>7} {'SLABS':>6}\n")
     for c in caches:
         def n(v: int | None) -> str:
             return "-" if v is None else str(v)
 
-        out.write(f"{c.address:018x} {for_terminal(c.name):<28} {c.object_size:>7} "
+        out.write(f"{c.address:016x} {for_terminal(c.name):<28} {c.object_size:>7} "
                   f"{c.size:>6} {c.objects_per_slab:>8} {n(c.active_objects):>9} "
                   f"{n(c.total_objects):>7} {n(c.slabs):>6}\n")
 
@@ -101,15 +102,17 @@ def _print_where(w: Where) -> None:
     out.write(f"address 0x{w.address:x}\n")
     if w.page is not None:
         flags = ",".join(w.page_flags) or "none"
-        out.write(f"  page    0x{w.page:x}  pfn 0x{w.pfn:x}  flags {flags}\n")
+        kind = f"  type {w.page_type}" if w.page_type else ""
+        out.write(f"  page    0x{w.page:x}  pfn 0x{w.pfn:x}  flags {flags}{kind}  "
+                  f"refcount {w.page_refcount}\n")
     if w.cache is not None:
         c = w.cache
         out.write(f"  cache   {for_terminal(c.name)} (0x{c.address:x}): object size {c.object_size}"
                   f", slot {c.size}, {c.objects_per_slab} per slab\n")
         out.write(f"  slab    0x{w.slab:x}\n")
         if w.object is not None:
-            state = ("free (on the " + ("slab's" if w.free_on == "slab" else w.free_on + "'s")
-                     + " freelist)") if w.free else "allocated"
+            where = "the slab's" if w.free_on == "slab" else w.free_on + "'s"
+            state = f"free (on {where} freelist)" if w.free else "allocated"
             out.write(f"  object  0x{w.object:x} + {w.offset} (index {w.index}): {state}\n")
     if w.note:
         out.write(f"  note    {w.note}\n")

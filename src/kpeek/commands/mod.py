@@ -50,15 +50,15 @@ def run(args: argparse.Namespace) -> int:
                              "last_unloaded": gone or None})
         return 0
     out = sys.stdout
-    out.write(f"{'MODULE':<18} {'NAME':<20} {'TEXT':<35} {'SIZE':>8} {'REFS':>4} "
+    out.write(f"{'MODULE':<16} {'NAME':<20} {'TEXT':<35} {'SIZE':>8} {'REFS':>4} "
               f"{'TAINT':<5} {'STATE':<8} USED BY\n")
     for m in mods:
         text = " ".join(f"{lo:x}-{hi:x}" for lo, hi in m.text[:1]) or "-"
         refs = "-" if m.refcount is None else str(m.refcount)
-        out.write(f"{m.address:018x} {for_terminal(m.name):<20} {text:<35} {m.size:>8} "
+        out.write(f"{m.address:016x} {for_terminal(m.name):<20} {text:<35} {m.size:>8} "
                   f"{refs:>4} {m.taints or '-':<5} {m.state:<8} {','.join(m.used_by) or '-'}\n")
         for h in holders.get(m.address, []):
-            out.write(f"{'':<18} held open by pid {h.pid} ({for_terminal(h.comm)}) "
+            out.write(f"{'':<16} held open by pid {h.pid} ({for_terminal(h.comm)}) "
                       f"fd {h.fd}, file 0x{h.file:x}\n")
     if gone:
         out.write(f"last unloaded: {for_terminal(gone)}\n")

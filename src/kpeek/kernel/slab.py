@@ -57,6 +57,8 @@ class Where:
     free: bool | None = None
     free_on: str = ""  # which freelist: "slab", "cpu N"
     page_flags: list[str] = field(default_factory=list)
+    page_type: str = ""  # buddy (a free page), table, offline, ... when the page has one
+    page_refcount: int | None = None
     note: str = ""
 
     @property
@@ -169,7 +171,10 @@ class Slub:
         page = self.kernel.object(self.page_type, w.page)
         try:
             head = self._head(page)
-            w.page_flags = self._flags(self.kernel.object(self.page_type, head))
+            head_page = self.kernel.object(self.page_type, head)
+            w.page_flags = self._flags(head_page)
+            w.page_type = self._type_of(head_page)
+            w.page_refcount = head_page.member("_refcount.counter").value_int()
         except MemoryReadError as e:
             w.note = f"its struct page cannot be read: {e}"
             return w
@@ -177,7 +182,9 @@ class Slub:
         cache_address = slab.member("slab_cache").value_int()
         s = self.cache_objects().get(cache_address)
         if s is None:
-            w.note = "not a slab page"
+            w.note = "not a slab page" + (
+                ": a free page (in the buddy allocator)" if w.page_type == "buddy" else
+                ": free (refcount 0)" if w.page_refcount == 0 else "")
             return w
         w.slab = head
         w.cache = self.cache(s)
@@ -203,6 +210,25 @@ class Slub:
             else:
                 names.setdefault(e.value, e.name.removeprefix("PG_"))
         return [names[b] for b in sorted(names) if b < limit and flags >> b & 1]
+
+    def _type_of(self, page: Object) -> str:
+        """The page's type: 6.10+ keeps it in the top byte (enum pagetype); before,
+        a bit cleared under PAGE_TYPE_BASE marks it (PG_buddy, PG_table, ...)."""
+        try:
+            raw = page.member("page_type").value_int() & 0xFFFF_FFFF
+        except UnknownMember:
+            return ""
+        try:
+            kinds = self.kernel.type("enum pagetype").resolve().enumerators
+        except UnknownType:
+            if raw >> 28 != 0xF:
+                return ""
+            old = {0x80: "buddy", 0x100: "offline", 0x200: "table", 0x400: "guard"}
+            return ",".join(n for bit, n in old.items() if not raw & bit)
+        for e in kinds:
+            if e.name.startswith("PGTY_") and raw >> 24 == e.value:
+                return e.name.removeprefix("PGTY_")
+        return ""
 
     def _locate(self, w: Where, s: Object, slab: Object) -> None:
         assert w.slab is not None and w.cache is not None
@@ -230,7 +256,7 @@ class Slub:
                 continue
             if w.object in self._chain(c.member("freelist").value_int(), free_ptr_at, random,
                                        lo, hi):
-                w.free, w.free_on = True, f"cpu {cpu}"
+                w.free, w.free_on = True, f"CPU {cpu}"
                 return
         w.free = False
 
