@@ -24,6 +24,7 @@ def walk():
             return {t.pid.value_(): t.comm.string_().decode() for t in for_each_task(prog)}
         except FaultError as e:
             print("RETRY", e)
+            kernel.reread()
 
 print("TASKS " + json.dumps(walk()))
 print("SIZE", prog.type("struct task_struct").size)

@@ -304,6 +304,12 @@ def program(kernel: Kernel, symbols: Kallsyms | None = None,
         def read(address: int, count: int, offset: int, physical: bool) -> bytes:
             try:
                 return memory.read(address, count)
+            except MemoryReadError:
+                pass
+            # a live kernel moves on: a pointer read from a cached page may be stale
+            kernel.reread()
+            try:
+                return memory.read(address, count)
             except MemoryReadError as e:
                 raise drgn.FaultError(str(e), address) from None
 
