@@ -260,7 +260,7 @@ def test_stacks_and_wchan_unwound_from_memory() -> None:
             mine = {t.pid: (t.wchan, t.kernel_stack) for t in m.tasks}
             assert _where(mine) == _where({t.pid: (t.wchan, t.kernel_stack) for t in p.tasks})
             assert all(w and stack for w, stack in mine.values())
-            plain = _memory(tgids, files=False)
+            plain = _memory(tgids, files=False, wchan=True)
             assert {t.pid: (t.wchan, t.kernel_stack) for t in plain.tasks} == \
                 {pid: (w, None) for pid, (w, _) in mine.items()}
         finally:

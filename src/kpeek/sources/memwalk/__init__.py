@@ -23,12 +23,12 @@ from kpeek.errors import UsageError
 from kpeek.ids import keyed_id
 from kpeek.kernel.fdtable import FileFacts, FileReader
 from kpeek.kernel.fs import PathError, PathResolver, read_root
-from kpeek.kernel.lists import BROKEN_BACKLINK, DEFAULT_MAX
+from kpeek.kernel.lists import DEFAULT_MAX
 from kpeek.kernel.memory import MemoryReadError
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.tasks import find_init_task, thread_addresses
 from kpeek.model import FileDescriptor, Inode, OpenFile, Snapshot, Task
-from kpeek.sources.memwalk.stacks import StackReader, wchan
+from kpeek.sources.memwalk.stacks import StackReader, first_function
 from kpeek.sources.memwalk.tasks import TaskReader
 from kpeek.sources.proc_files import O_CLOEXEC, file_type
 
@@ -46,6 +46,7 @@ def take_snapshot(
     all_namespaces: bool = False,
     seed: int | None = None,
     root_pid: int | None = None,
+    wchan: bool | None = None,
 ) -> Snapshot:
     """Tasks (and, with ``files``, descriptor tables) of ``pids`` or of all.
 
@@ -53,8 +54,11 @@ def take_snapshot(
     UsageError. ``seed`` is any task_struct address, for a kernel whose
     symbols do not give init_task. Paths are relative to the root directory
     of ``root_pid`` (default: this process on the live kernel, as /proc
-    shows them; pid 1 in a dump).
+    shows them; pid 1 in a dump). Wait channels come from unwinding each
+    sleeper's stack: by default in a dump, or with ``stacks`` (``wchan``
+    forces either way; live, /proc and BPF give them for far less).
     """
+    unwind = stacks or (not kernel.live if wchan is None else wchan)
     walk = _Walk(kernel)
     addresses = walk.task_addresses(find_init_task(kernel, seed).address)
     wanted = set(pids) if pids is not None else None
@@ -66,7 +70,8 @@ def take_snapshot(
                 continue  # the idle task is no process (/proc does not list it)
             if not threads and rt.pid != rt.tgid:
                 continue
-            tasks.append(walk.with_stack(walk.tasks.task(rt, all_namespaces), stacks))
+            task = walk.tasks.task(rt, all_namespaces)
+            tasks.append(walk.with_stack(task, stacks) if unwind else task)
         except _SKIPPED as e:
             walk.skip("task", e)
     if wanted is not None:
@@ -114,7 +119,8 @@ class _Walk:
         except _SKIPPED as e:
             self.skip("kernel stack", e)
             return task
-        return replace(task, wchan=wchan(frames), kernel_stack=frames if stacks else None)
+        return replace(task, wchan=first_function(frames),
+                       kernel_stack=frames if stacks else None)
 
     def skip(self, what: str, error: Exception) -> None:
         self.skipped[what] += 1
@@ -133,15 +139,17 @@ class _Walk:
     def task_addresses(self, init_task: int) -> list[int]:
         """init_task, every process leader on its ``tasks`` list, and their threads."""
         k = self.kernel
-        leaders = k.list_entries(k.object("struct task_struct", init_task).member("tasks"),
-                                 "struct task_struct", "tasks", max_entries=DEFAULT_MAX)
-        finding = leaders.finding
-        # Live, a back-link can change between two reads (a task forked or
-        # exited meanwhile): that is the kernel moving, not corruption.
-        if finding is not None and not (k.live and finding.kind == BROKEN_BACKLINK):
-            self.notes.append(f"task list walk stopped early: {finding.message}")
+        head = init_task + self.tasks.tasks_at
+        if k.live:  # the list moves while we read it: follow next pointers, do not judge
+            leaders = _follow(k, head)
+        else:
+            walk = k.list_entries(head, max_entries=DEFAULT_MAX)
+            if walk.finding is not None:
+                self.notes.append(f"task list walk stopped early: {walk.finding.message}")
+            leaders = walk.entries
         out = [init_task]
-        for leader in leaders.entries:
+        for node in leaders:
+            leader = node - self.tasks.tasks_at
             try:
                 out.extend(thread_addresses(k, k.object("struct task_struct", leader)))
             except _SKIPPED as e:
@@ -200,3 +208,20 @@ def _inode(inode_id: str, facts: FileFacts, path: str) -> Inode:
     return Inode(id=inode_id, dev=os.makedev(facts.s_dev >> 20, facts.s_dev & 0xFFFFF),
                  ino=facts.ino, type=file_type(facts.i_mode, path), nlink=facts.nlink,
                  size=facts.size, address=facts.inode)
+
+
+def _follow(kernel: Kernel, head: int, bound: int = DEFAULT_MAX) -> list[int]:
+    """The nodes of a live list_head list by next pointers alone (bounded,
+    cycle-checked): a task that forks or exits meanwhile breaks back-links,
+    and a strict walk would stop there and lose every task after it."""
+    nodes: list[int] = []
+    seen = {head}
+    try:
+        node = int.from_bytes(kernel.memory.read(head, 8), "little")
+        while node not in seen and node and len(nodes) < bound:
+            seen.add(node)
+            nodes.append(node)
+            node = int.from_bytes(kernel.memory.read(node, 8), "little")
+    except MemoryReadError:
+        pass  # an entry freed under us: what came before it is still good
+    return nodes

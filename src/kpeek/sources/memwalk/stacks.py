@@ -37,7 +37,7 @@ class StackReader:
         return tuple(("" if f.reliable else "? ") + self.symbols.format(f.ip) for f in frames)
 
 
-def wchan(stack: tuple[str, ...]) -> str | None:
+def first_function(stack: tuple[str, ...]) -> str | None:
     """The function a sleeping task waits in: its stack's first sure frame."""
     for line in stack:
         if not line.startswith(("?", "0x")):

@@ -62,6 +62,7 @@ class TaskReader:
         t = self._task = Layout(btf, "struct task_struct")
         self._state = t.first("__state", "state")  # __state since 5.14
         self._span = t.span(*TASK_FIELDS)
+        self.tasks_at = t.off("tasks")
         self._signal = Layout(btf, "struct signal_struct")
         self._pids_at = self._signal.off("pids")
         enum = btf.lookup("enum pid_type").resolve()
