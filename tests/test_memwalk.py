@@ -285,7 +285,7 @@ def test_doctor_on_a_walked_kernel_reads_its_locks_in_that_kernel() -> None:
         b = mnt.spawn(f"import os; os.truncate({mnt.path('a')!r}, 0)")
         wait_for(lambda: state(b.pid) == "D", 15, "B in D state")
         kernel = open_live()
-        snap = memwalk.take_snapshot(kernel, stacks=True)
+        snap = memwalk.take_snapshot(kernel, [a.pid, b.pid], stacks=True)  # a busy host
         diag = diagnose(snap, kernel=kernel, kernel_log=False, min_sleep=0)
         (edge,) = [e for e in diag.graph.edges if e.waiter == f"task:{b.pid}"]
         assert edge.kind == "rwsem" and edge.holder == f"task:{a.pid}"
