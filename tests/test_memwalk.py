@@ -11,6 +11,7 @@ share one open file.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -204,6 +205,16 @@ def test_whole_system_walk_sees_every_stable_process() -> None:
     after = {int(n) for n in os.listdir("/proc") if n.isdigit()}
     assert before & after <= {t.tgid for t in m.processes()}
     assert 0 not in {t.pid for t in m.tasks}  # the idle task is not a process
+    # Names as /proc shows them: kernel threads' full names, rescuers by their
+    # workqueue; a busy worker's "+desc"/"-desc" changes by the moment, so not those.
+    for t in m.tasks:
+        try:
+            shown = Path(f"/proc/{t.tgid}/task/{t.pid}/comm").read_text().rstrip("\n")
+        except OSError:
+            continue  # gone since
+        if not shown.startswith("kworker/") or shown.startswith("kworker/R-"):
+            assert t.comm == shown, (t.pid, t.comm, shown)
+    assert any(len(t.comm) > 15 for t in m.tasks)  # longer than task_struct.comm holds
 
 
 def test_ps_and_files_verbs_with_the_memory_source(capsys) -> None:

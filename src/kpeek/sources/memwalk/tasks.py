@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from kpeek.kernel.layout import Layout
+from kpeek.kernel.memory import MemoryReadError
 from kpeek.kernel.pids import PidReader
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.sched import state_letter
@@ -28,7 +29,11 @@ NSPROXY = (("mnt_ns", "struct mnt_namespace", "mnt"), ("net_ns", "struct net", "
            ("time_ns", "struct time_namespace", "time"))
 TASK_FIELDS = ("pid", "tgid", "comm", "__state", "state", "exit_state", "real_parent",
                "thread_pid", "signal", "real_cred", "nsproxy", "start_boottime", "files", "fs",
-               "blocker")
+               "blocker", "flags", "worker_private", "set_child_tid")
+# include/linux/sched.h (#defines, not in BTF)
+PF_WQ_WORKER = 0x00000020
+PF_KTHREAD = 0x00200000
+TASK_COMM_SHOWN = 63  # /proc's 64-byte buffer for a task's name
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,8 @@ class RawTask:
     files: int
     fs: int
     blocker: int | None
+    flags: int
+    kthread: int  # struct kthread of a kernel thread (worker_private; set_child_tid before 5.17)
 
 
 class TaskReader:
@@ -63,6 +70,9 @@ class TaskReader:
         self._state = t.first("__state", "state")  # __state since 5.14
         self._span = t.span(*TASK_FIELDS)
         self.tasks_at = t.off("tasks")
+        self._kthread = t.first("worker_private", "set_child_tid")
+        self._kthread_struct = Layout(btf, "struct kthread")
+        self._worker = Layout(btf, "struct worker")
         self._signal = Layout(btf, "struct signal_struct")
         self._pids_at = self._signal.off("pids")
         enum = btf.lookup("enum pid_type").resolve()
@@ -84,6 +94,7 @@ class TaskReader:
                 t.int(raw, "thread_pid"), t.int(raw, "signal"), t.int(raw, "real_cred"),
                 t.int(raw, "nsproxy"), t.int(raw, "start_boottime"), t.int(raw, "files"),
                 t.int(raw, "fs"), t.int(raw, "blocker") if t.has("blocker") else None,
+                t.int(raw, "flags"), t.int(raw, self._kthread),
             )  # fmt: skip
             self.raw[address] = found
         return found
@@ -138,6 +149,36 @@ class TaskReader:
                 out.append(Namespace(kind, inum))
         return tuple(out)
 
+    def name(self, rt: RawTask) -> bytes:
+        """The name /proc shows (proc_task_name): a kernel thread's full name, a
+        workqueue worker's comm with "+desc" (busy) or "-desc"; else comm."""
+        comm = rt.comm.split(b"\0", 1)[0]
+        if not rt.flags & PF_KTHREAD or not rt.kthread:
+            return comm
+        k = self._kthread_struct
+        try:
+            raw = self.memory.read(rt.kthread, k.span("data", "full_name"))
+            if rt.flags & PF_WQ_WORKER:
+                w, worker = self._worker, k.int(raw, "data")
+                wraw = self.memory.read(worker, w.span("pool", "desc", "current_work",
+                                                       "rescue_wq"))
+                desc = w.bytes(wraw, "desc").split(b"\0", 1)[0]
+                rescuer = w.has("rescue_wq") and w.int(wraw, "rescue_wq")
+                if rescuer and comm.startswith(b"kworker/R-"):
+                    # 6.10+ (format_worker_id) names a rescuer "kworker/R-" and its
+                    # workqueue's name; before, its comm was the name itself
+                    wq = w.int(wraw, "rescue_wq")
+                    wql = Layout(self.btf, "struct workqueue_struct")
+                    name = self.memory.read(wq, wql.span("name"))[wql.off("name"):]
+                    comm = b"kworker/R-" + name.split(b"\0", 1)[0]
+                if w.int(wraw, "pool") and desc:
+                    comm += (b"+" if w.int(wraw, "current_work") else b"-") + desc
+            elif k.has("full_name") and (full := k.int(raw, "full_name")):
+                comm = self.memory.read(full, TASK_COMM_SHOWN + 1).split(b"\0", 1)[0]
+        except MemoryReadError:
+            pass  # the short name is still right
+        return comm[:TASK_COMM_SHOWN]
+
     def task(self, rt: RawTask, all_namespaces: bool) -> Task:
         """The model Task of a read task_struct (raises MemoryReadError, ValueError)."""
         pids = self.pids
@@ -158,7 +199,7 @@ class TaskReader:
             ppid=parent.tgid if parent and rt.thread_pid else 0,
             pgid=pids.global_nr(pgrp),
             sid=pids.global_nr(session),
-            comm=decode(rt.comm.split(b"\0", 1)[0]),
+            comm=decode(self.name(rt)),
             state=state_letter(rt.state, rt.exit_state),
             pidns=pidns,
             ns_pid=ns_pid,
