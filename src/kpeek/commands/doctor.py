@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         snapshot = take_snapshot(stacks=True)
     diag = diagnose(snapshot, min_sleep=args.min_sleep,
                     kernel_memory=not args.no_kernel_memory,
-                    kernel_log=not args.no_kernel_log and not args.pid and kernel is None,
+                    kernel_log=not args.no_kernel_log and not args.pid,
                     kernel=kernel)
     if args.pid:
         missing = [p for p in args.pid if not any(t.tgid == p for t in snapshot.tasks)]

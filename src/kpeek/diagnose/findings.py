@@ -165,7 +165,7 @@ def diagnose(
     clock = SchedClock() if kernel is None else RunqueueClock(kernel)
     diag.hung = _hung(graph, stuck, in_cycle, never_eof_readers, min_sleep, diag.asleep, clock)
     if kernel_log:
-        diag.reports, note = recent_reports()
+        diag.reports, note = recent_reports(kernel)
         if note:
             diag.notes.append(note)
     return diag
@@ -322,18 +322,26 @@ def who(graph: WaitGraph, node: str) -> str:
     return _who(t) if t else f"task {pid}"
 
 
-def recent_reports() -> tuple[list[KernelReport], str | None]:
-    """Kernel reports (oops, BUG, WARNING, hung task...) in the kernel log."""
+def recent_reports(kernel: Kernel | None = None) -> tuple[list[KernelReport], str | None]:
+    """Kernel reports (oops, BUG, WARNING, hung task...) in the kernel log: the
+    live one, or the printk ring buffer in ``kernel``'s memory (a dump's)."""
     try:
         from kpeek.reports import parse_reports, read_kmsg
     except ImportError:
         return [], "the kernel log was not read (kpeek.reports.read_kmsg is not available)"
     try:
-        text = read_kmsg()
+        text = read_kmsg() if kernel is None else _ring_text(kernel)
     except Exception as e:  # the log is optional: say why it is missing
         return [], f"the kernel log could not be read ({e})"
     reports = parse_reports(text)
     return [KernelReport(r.title, r.kind, r.start_line) for r in reports], None
+
+
+def _ring_text(kernel: Kernel) -> str:
+    """The printk ring buffer in ``kernel``'s memory, as dmesg prints it."""
+    from kpeek.kernel.printk import format_record, read_log
+
+    return "\n".join(format_record(r) for r in read_log(kernel)) + "\n"
 
 
 __all__ = ["Deadlock", "Diagnosis", "HungTask", "NeverEof", "build_graph", "diagnose",
