@@ -303,3 +303,59 @@ def test_doctor_on_a_walked_kernel_reads_its_locks_in_that_kernel() -> None:
         assert edge.resource == f"the i_rwsem of {mnt.path('a')}"
         assert not [e for e in diag.graph.edges if e.kind == "fuse"]
         assert any("not seen in a dump" in n for n in diag.notes)
+
+
+def test_corrupt_objects_are_skipped_and_counted() -> None:
+    """Kernel memory as a corrupted kernel (or a freed-and-reused slab slot)
+    would show it: a dentry chain that loops and an fd table that claims a
+    billion slots. Each costs only its own file or table, named in the notes."""
+    from kpeek.kernel.fdtable import FileReader
+    from kpeek.kernel.layout import Layout
+    from kpeek.sources import memwalk
+    from kpeek.targets.live import open_live
+
+    with family(PIPE_FORK_DUP2) as fam:
+        info = fam.info
+        parent, child = info["parent"], info["child"]
+        try:
+            _wait_sleeping([parent, child])
+            whole = _memory([parent, child])
+            kernel = open_live()
+            real = kernel.memory
+            (shared,) = [whole.open_files[d.open_file].address for d in whole.fds
+                         if (d.tgid, d.fd) == (parent, info["shared"])]
+            file_dentry = FileReader(kernel).file(shared).dentry
+            d = Layout(kernel.types, "struct dentry")
+            parent_dentry = d.int(real.read(file_dentry, d.size), "d_parent")
+            fdt_at = Layout(kernel.types, "struct files_struct").off("fdt")
+            files = Layout(kernel.types, "struct task_struct").off("files")
+            (child_task,) = [t.address for t in whole.tasks if t.pid == child]
+            files_struct = int.from_bytes(real.read(child_task + files, 8), "little")
+            fdt = int.from_bytes(real.read(files_struct + fdt_at, 8), "little")
+            patches = {  # address -> bytes seen there instead
+                parent_dentry + d.off("d_parent"): file_dentry.to_bytes(8, "little"),
+                fdt + Layout(kernel.types, "struct fdtable").off("max_fds"):
+                    (1 << 30).to_bytes(4, "little"),
+            }
+
+            class Corrupt:
+                def read(self, address: int, size: int) -> bytes:
+                    data = bytearray(real.read(address, size))
+                    for at, value in patches.items():
+                        if address <= at and at + len(value) <= address + size:
+                            data[at - address : at - address + len(value)] = value
+                    return bytes(data)
+
+            kernel.memory = Corrupt()
+            bad = memwalk.take_snapshot(kernel, [parent, child])
+            assert not bad.fds_of(child)  # its table claimed 2**30 slots
+            # The three open files of the path whose dentry chain loops are lost
+            looping = {(d.tgid, d.fd) for d in whole.fds if d.tgid == parent
+                       and whole.open_files[d.open_file].path == info["path"]}
+            assert len(looping) == 3
+            assert {(d.tgid, d.fd) for d in bad.fds} == \
+                {(d.tgid, d.fd) for d in whole.fds if d.tgid == parent} - looping
+            assert any(n.startswith("1 descriptor table skipped") for n in bad.notes)
+            assert any(n.startswith("3 open files skipped") and "loops" in n for n in bad.notes)
+        finally:
+            os.unlink(info["path"])
