@@ -215,10 +215,12 @@ def with_module_symbols(kernel: Kernel) -> Kallsyms | None:
     if base is None or base.has_module_symbols:
         return base
     extra: list[tuple[int, str, str, str]] = []
+    ends: list[int] = []
     for mod in module_objects(kernel):
         name = mod.member("name").value()
         extra += [(a, k, n, name) for a, k, n in module_symbols(kernel, mod)]
-    return base.extended(extra) if extra else base
+        ends += [hi for _, hi in _layout(kernel, mod)[0]]
+    return base.extended(extra, ends) if extra else base
 
 
 def last_unloaded(kernel: Kernel) -> str | None:

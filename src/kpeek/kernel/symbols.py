@@ -81,6 +81,7 @@ class Kallsyms:
             picks.append(i)
         self._addrs = addrs
         self._picks = picks
+        self._ends: list[int] = []  # where a section ends: no symbol reaches past one
 
     @property
     def _by_name(self) -> dict[str, int]:
@@ -142,15 +143,20 @@ class Kallsyms:
             raise NotPermitted(f"kernel symbol addresses are hidden ({source} shows zeros): {fix}")
         return cls(addrs, kinds, names, modules)
 
-    def extended(self, extra: list[tuple[int, str, str, str | None]]) -> Kallsyms:
-        """These symbols plus ``extra`` (address, type letter, name, module) ones."""
+    def extended(self, extra: list[tuple[int, str, str, str | None]],
+                 ends: list[int] | None = None) -> Kallsyms:
+        """These symbols plus ``extra`` (address, type letter, name, module) ones;
+        ``ends`` are addresses where text ends (a module's), which cap the size
+        of the symbol before them as the kernel's own lookup does."""
         addresses, kinds, names, modules = (list(x) for x in self._names_raw)
         for address, kind, name, module in extra:
             addresses.append(address)
             kinds.append(kind)
             names.append(name)
             modules.append(module)
-        return Kallsyms(addresses, kinds, names, modules)
+        out = Kallsyms(addresses, kinds, names, modules)
+        out._ends = sorted({*self._ends, *(ends or [])})
+        return out
 
     @property
     def has_module_symbols(self) -> bool:
@@ -172,6 +178,10 @@ class Kallsyms:
         addresses, kinds, names, modules = self._names_raw
         addr = addresses[raw]
         size = self._addrs[index + 1] - addr if index + 1 < len(self._addrs) else 0
+        if self._ends:
+            at = bisect.bisect_right(self._ends, addr)
+            if at < len(self._ends) and (not size or self._ends[at] - addr < size):
+                size = self._ends[at] - addr
         return Symbol(names[raw], addr, size, modules[raw], kinds[raw])
 
     def lookup(self, address: int) -> Symbol | None:
