@@ -45,7 +45,7 @@ class FileReader:
         self._fdt = Layout(btf, "struct fdtable")
         self._file = Layout(btf, "struct file")
         self._count = self._file.first("f_ref.refcnt.counter", "f_count.counter")
-        self._file_span = self._file.span("f_pos", "f_flags", "f_mode", "f_inode",
+        self.file_span = self._file.span("f_pos", "f_flags", "f_mode", "f_inode",
                                           "f_path.mnt", "f_path.dentry", self._count)
         self._inode = Layout(btf, "struct inode")
         self._inode_span = self._inode.span("i_ino", "i_sb", "i_mode", "i_nlink", "i_size")
@@ -84,7 +84,7 @@ class FileReader:
     def file(self, address: int) -> FileFacts:
         """The struct file at ``address`` with its inode's facts (raises MemoryReadError)."""
         f = self._file
-        raw = self.memory.read(address, self._file_span)
+        raw = self.memory.read(address, self.file_span)
         count = f.int(raw, self._count)
         if self._count.startswith("f_ref"):
             count += 1  # file_ref_t counts from 0 for one reference

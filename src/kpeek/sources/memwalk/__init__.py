@@ -63,6 +63,7 @@ def take_snapshot(
     addresses = walk.task_addresses(find_init_task(kernel, seed).address)
     wanted = set(pids) if pids is not None else None
     tasks: list[Task] = []
+    walk.prefetch([(a, walk.tasks.span) for a in addresses])
     for address in addresses:
         try:
             rt = walk.tasks.read(address)
@@ -122,6 +123,13 @@ class _Walk:
         return replace(task, wchan=first_function(frames),
                        kernel_stack=frames if stacks else None)
 
+    def prefetch(self, ranges: list[tuple[int, int]]) -> None:
+        """Read many objects in as few round trips as the memory allows (the
+        BPF reader batches pages; a dump reads them when asked anyway)."""
+        read_many = getattr(self.kernel.memory, "read_many", None)
+        if read_many is not None and len(ranges) > 1:
+            read_many(ranges)
+
     def skip(self, what: str, error: Exception) -> None:
         self.skipped[what] += 1
         self.reasons.setdefault(what, str(error))
@@ -178,6 +186,8 @@ class _Walk:
         except _SKIPPED as e:
             self.skip("descriptor table", e)
             return
+        self.prefetch([(file, self.files.file_span) for _, file, _ in table
+                       if file not in self._file_ids])
         for fd, file, cloexec in table:
             file_id = self._file_ids.get(file)
             if file_id is None:

@@ -68,7 +68,7 @@ class TaskReader:
         self.pids = PidReader(btf, kernel.memory)
         t = self._task = Layout(btf, "struct task_struct")
         self._state = t.first("__state", "state")  # __state since 5.14
-        self._span = t.span(*TASK_FIELDS)
+        self.span = t.span(*TASK_FIELDS)
         self.tasks_at = t.off("tasks")
         self._kthread = t.first("worker_private", "set_child_tid")
         self._kthread_struct = Layout(btf, "struct kthread")
@@ -87,7 +87,7 @@ class TaskReader:
         """The task_struct at ``address`` (cached; raises MemoryReadError)."""
         found = self.raw.get(address)
         if found is None:
-            t, raw = self._task, self.memory.read(address, self._span)
+            t, raw = self._task, self.memory.read(address, self.span)
             found = RawTask(
                 address, t.int(raw, "pid"), t.int(raw, "tgid"), t.bytes(raw, "comm"),
                 t.int(raw, self._state), t.int(raw, "exit_state"), t.int(raw, "real_parent"),
