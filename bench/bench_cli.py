@@ -48,10 +48,16 @@ OOPS_LOG = (
 
 
 def run(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one run, output thrown away."""
+    """(wall seconds, peak RSS MiB) of one run, output thrown away. A first
+    word NAME=VALUE sets that variable (PYTHONPATH=... for --before rows)."""
+    env = dict(os.environ)
+    while "=" in cmd[0]:
+        name, _, value = cmd[0].partition("=")
+        env[name] = value
+        cmd = cmd[1:]
     start = time.perf_counter()
     pid = os.posix_spawnp(
-        cmd[0], cmd, os.environ,
+        cmd[0], cmd, env,
         file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)],
     )  # fmt: skip
     _, status, usage = os.wait4(pid, 0)
@@ -78,16 +84,22 @@ def table(title: str, peer: list[str], rows: list[tuple[str, list[str]]], repeat
             walls[name].append(w)
             rss[name] = max(rss[name], r)
     peer_s = min(walls[cmds[0][0]])
-    out = [title, f"  {'command':<58} {'best s':>8} {unit:>9} {'RSS MiB':>8} {'x peer':>7}"]
+    out = [title, f"  {'command':<60} {'best s':>8} {unit:>9} {'RSS MiB':>8} {'x peer':>7}"]
     for name, _ in cmds:
         b = min(walls[name])
         per = f"{b / max(count, 1) * 1e6:.2f}" if count else ""
-        out.append(f"  {name:<58} {b:>8.3f} {per:>9} {rss[name]:>8.0f} {b / peer_s:>7.2f}")
+        out.append(f"  {name:<60} {b:>8.3f} {per:>9} {rss[name]:>8.0f} {b / peer_s:>7.2f}")
     return out
 
 
-def kpeek(*args: str) -> tuple[str, list[str]]:
-    return "kpeek " + " ".join(args), [*KPEEK, *args]
+BEFORE: list[str] = []  # a source tree to time too, e.g. the main checkout's src
+
+
+def kpeek(*args: str) -> list[tuple[str, list[str]]]:
+    rows = [("kpeek " + " ".join(args), [*KPEEK, *args])]
+    for src in BEFORE:
+        rows.append((f"  before: {' '.join(args)}", [f"PYTHONPATH={src}", *KPEEK, *args]))
+    return rows
 
 
 def startup(repeat: int) -> list[str]:
@@ -96,11 +108,11 @@ def startup(repeat: int) -> list[str]:
     os.close(fd)
     try:
         rows = [
-            kpeek("ps", "-p", "1"),
-            kpeek("files", str(os.getpid())),
-            kpeek("sym", "schedule"),
-            kpeek("struct", "list_head"),
-            kpeek("oops", log),
+            *kpeek("ps", "-p", "1"),
+            *kpeek("files", str(os.getpid())),
+            *kpeek("sym", "schedule"),
+            *kpeek("struct", "list_head"),
+            *kpeek("oops", log),
         ]
         return table("start-up, idle machine", [PY, "-c", "pass"], rows, repeat, "", 0)
     finally:
@@ -118,16 +130,16 @@ def at_scale(processes: int, repeat: int) -> list[str]:
         lines = [f"family of {processes} processes x 10 fds (built in {built:.1f} s); "
                  f"about {tasks} tasks and {fds} descriptors on the machine", ""]
         lines += table(f"ps, {processes} processes (us per task)", ["ps", "aux"],
-                       [kpeek("ps"), kpeek("ps", "--json")], repeat, "us/task", tasks)
+                       [*kpeek("ps"), *kpeek("ps", "--json")], repeat, "us/task", tasks)
         lines.append("")
         lines += table(
             f"files, whole system, {processes} processes (us per fd)", ["lsof", "-n", "-P"],
             [
                 ("raw BPF iterator read (load + read, no model)", [sys.executable, "-c", RAW_READ]),
-                kpeek("files", "--json", "--source", "bpf"),
-                kpeek("files", "--source", "bpf"),
-                kpeek("files", "--json", "--source", "procfs"),
-                kpeek("files", "--source", "procfs"),
+                *kpeek("files", "--json", "--source", "bpf"),
+                *kpeek("files", "--source", "bpf"),
+                *kpeek("files", "--json", "--source", "procfs"),
+                *kpeek("files", "--source", "procfs"),
             ],
             repeat, "us/fd", fds,
         )  # fmt: skip
@@ -141,7 +153,11 @@ def main() -> int:
     ap.add_argument("--processes", default="1000,5000")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", choices=("startup", "scale"))
+    ap.add_argument("--before", metavar="SRC", action="append", default=[],
+                    help="also time kpeek from this source tree (PYTHONPATH), e.g. a main checkout")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    BEFORE.extend(args.before)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     lines = [
         f"kpeek bench_cli  {time.strftime('%Y-%m-%d %H:%M:%S')}  kernel {platform.release()}  "
@@ -158,8 +174,8 @@ def main() -> int:
             print("\n".join(block), flush=True)
             lines += [*block, ""]
     text = "\n".join(lines)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(text + "\n")
     return 0
 
 

@@ -9,7 +9,6 @@ from typing import Any
 from kpeek.errors import NotPermitted
 from kpeek.model import Snapshot
 from kpeek.sources import SOURCES, take_snapshot
-from kpeek.targets import core_path, open_kernel
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +45,9 @@ def raw_pointers_allowed(args: argparse.Namespace) -> bool:
 def snapshot(args: argparse.Namespace, **kwargs: Any) -> Snapshot:
     """The verb's snapshot: kernel objects walked in the dump given with -c,
     else from the live source chosen with --source."""
-    if core_path(args) is None:
+    if getattr(args, "core", None) is None:  # live: spare ps and files the kernel layer
         return take_snapshot(getattr(args, "source", "auto"), **kwargs)
     from kpeek.sources import memwalk
+    from kpeek.targets import open_kernel
 
     return memwalk.take_snapshot(open_kernel(args, "reading tasks"), **kwargs)

@@ -7,9 +7,12 @@ rewrite), the kernels kpeek reads.
 
 from __future__ import annotations
 
-from kpeek.kernel.layout import Layout
-from kpeek.kernel.program import Kernel
+from typing import TYPE_CHECKING
+
 from kpeek.model import Task
+
+if TYPE_CHECKING:  # the BPF source needs state_letter only, not the kernel layer
+    from kpeek.kernel.program import Kernel
 
 TASK_REPORT = 0x7F
 TASK_IDLE = 0x0402  # TASK_UNINTERRUPTIBLE | TASK_NOLOAD
@@ -49,6 +52,8 @@ class RunqueueClock:
         nr = kernel.symbol_address("nr_cpu_ids")
         if runqueues is None or offsets is None:
             return
+        from kpeek.kernel.layout import Layout
+
         rq = Layout(kernel.types, "struct rq")
         self._task = Layout(kernel.types, "struct task_struct")
         self._cpu = self._task.first("cpu", "thread_info.cpu")

@@ -28,25 +28,28 @@ def take_snapshot(source: str = "auto", **kwargs: Any) -> Snapshot:
     falls back to procfs; the reason and the facts lost are kept in
     Snapshot.notes.
     """
-    # Imported here: loading the BPF machinery costs time that verbs which
-    # never take a snapshot should not pay.
-    from kpeek.sources import procfs
-    from kpeek.sources.bpf import snapshot as bpf
-
+    # Imported here, each only when used: loading a source costs time that
+    # verbs which never take a snapshot (or use another source) should not pay.
     if source not in SOURCES:
         raise UsageError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     if source == "procfs":
+        from kpeek.sources import procfs
+
         return procfs.take_snapshot(**kwargs)
     if source == "memory":
         from kpeek.sources import memwalk
         from kpeek.targets.live import open_live
 
         return memwalk.take_snapshot(open_live(), **kwargs)
+    from kpeek.sources.bpf import snapshot as bpf
+
     try:
         return bpf.take_snapshot(**kwargs)
     except KpeekError as e:
         if source == "bpf":
             raise
+        from kpeek.sources import procfs
+
         snap = procfs.take_snapshot(**kwargs)
         note = f"bpf source unavailable ({e}); used procfs, without {LOST_WITHOUT_BPF}"
         return dataclasses.replace(snap, notes=(*snap.notes, note))
