@@ -17,6 +17,13 @@ def _strict() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def time_scale() -> float:
+    """How much slower than this machine the tests run (KPEEK_TEST_TIME_SCALE:
+    a guest kernel under TCG runs each Python start in seconds); waits for a
+    real state to appear are multiplied by it."""
+    return float(os.environ.get("KPEEK_TEST_TIME_SCALE", "1"))
+
+
 def have_root() -> bool:
     return os.geteuid() == 0
 

@@ -19,13 +19,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from capabilities import time_scale
+
 SERVER = Path(__file__).with_name("fuse_test_server.py")
 FUSECTL = "/sys/fs/fuse/connections"
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
     """Poll ``condition`` until true; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * time_scale()
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
             if condition():

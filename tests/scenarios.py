@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capabilities import time_scale
+
 # Prepended to every scenario script: report() prints the description and
 # blocks; children that call report() too would garble stdout, so only the
 # top process reports (children pause).
@@ -50,7 +52,7 @@ class Family:
 
 def _read_line(proc: subprocess.Popen, timeout: float) -> str:
     assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    ready, _, _ = select.select([proc.stdout], [], [], timeout * time_scale())
     if not ready:
         raise TimeoutError("scenario did not report within the timeout")
     line = proc.stdout.readline()

@@ -40,7 +40,9 @@ BLOCKER_TYPES = {0: "mutex", 1: "semaphore", 2: "rwsem", 3: "rwsem"}
 THREAD_SIZE = 16384  # x86-64 and arm64 without KASAN; doubled if the saved sp says so
 MAX_LIST = 256
 MAX_TASKS = 512
-KERNEL_MIN = 0xFFFF800000000000
+# The kernel half of x86-64 with 5-level paging (LA57: the direct map at
+# 0xff11..., vmalloc at 0xffa0...); with 4 levels it starts at 0xffff8...
+KERNEL_MIN = 0xFF00000000000000
 
 LOCK_TYPES = {"mutex": "struct mutex", "rwsem": "struct rw_semaphore",
               "semaphore": "struct semaphore"}

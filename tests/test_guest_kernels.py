@@ -1,0 +1,80 @@
+"""The real-state tests that matter most, run again inside other kernels.
+
+One QEMU guest per kernel and test session (Debian 12's 6.1 cloud kernel,
+fetched by the lab) boots with this machine's root file system shared
+read-only (see lab/hostroot.py) and runs this checkout's own tests there with
+pytest, under CI=true so that nothing skips. Each test here passes when its
+twin passed inside the guest, and fails with the guest's output otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from capabilities import require
+
+# Run inside the guest (pytest node ids; a parametrized test counts as
+# passed when every one of its cases passed).
+GUEST_TESTS = (
+    "tests/test_bpf_snapshot.py::test_pipe_fork_dup2_family_agrees",
+    "tests/test_bpf_snapshot.py::test_sockets_memfd_cloexec_thread_family_agrees",
+    "tests/test_bpf_snapshot.py::test_stacks_wchan_blocker_and_addresses",
+    "tests/test_bpf_reader.py::test_fields_at_btf_offsets_match_proc",
+    "tests/test_doctor.py::test_flock_abba_is_a_deadlock",
+    "tests/test_doctor.py::test_missing_close_names_the_childs_fd",
+    "tests/test_doctor.py::test_fuse_writer_holds_i_rwsem_and_truncate_hangs",
+    "tests/test_kernlocks.py::test_mutex_waiter_holder_and_route",
+    "tests/test_kmem_cli.py::test_task_and_struct_members_match_proc",
+    "tests/test_lists.py::test_children_and_thread_lists_of_a_real_process",
+    "tests/test_sources_explained.py",
+)
+ROOT = Path(__file__).resolve().parents[1]
+OUTCOME = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (\S+)", re.M)
+
+
+class GuestRun:
+    def __init__(self, kernel: str, rc: int, output: str) -> None:
+        self.kernel = kernel
+        self.rc = rc
+        self.output = output
+        self.outcomes: dict[str, str] = {}
+        for outcome, node in OUTCOME.findall(output):
+            self.outcomes.setdefault(node.split(" ")[0], outcome)
+
+    def of(self, prefix: str) -> dict[str, str]:
+        return {n: o for n, o in self.outcomes.items() if n == prefix or n.startswith(
+            (prefix + "[", prefix + "::"))}
+
+
+@pytest.fixture(scope="session")
+def debian_61() -> GuestRun:
+    require("qemu")
+    from lab.hostroot import HostRootGuest
+    from lab.kernels import debian_kernel
+
+    tree = debian_kernel()
+    # The venv's interpreter (a symlink to a real binary, never a shell shim
+    # such as pyenv's: each exec of one costs seconds under TCG).
+    argv = [sys.executable, "-m", "pytest", "-q", "-rA", "--color=no", "-p", "no:cacheprovider",
+            "--timeout", "600", *GUEST_TESTS]
+    log = Path(os.environ.get("KPEEK_GUEST_LOG", "/tmp/kpeek-guest-6.1.log"))
+    log.unlink(missing_ok=True)
+    with HostRootGuest(tree, log_path=log) as guest:
+        env = {"CI": "true", "KPEEK_TEST_TIME_SCALE": "6",
+               "PATH": f"{ROOT}/.venv/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        rc, output = guest.run(argv, env=env, timeout=900)
+    return GuestRun(tree.version, rc, output)
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("node", GUEST_TESTS)
+def test_passes_inside_debian_61(debian_61: GuestRun, node: str) -> None:
+    found = debian_61.of(node)
+    assert found, f"{node} did not run in the {debian_61.kernel} guest:\n{debian_61.output[-3000:]}"
+    failed = {n: o for n, o in found.items() if o != "PASSED"}
+    assert not failed, f"in the {debian_61.kernel} guest: {failed}\n{debian_61.output[-6000:]}"
