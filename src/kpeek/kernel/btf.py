@@ -23,6 +23,7 @@ import hashlib
 import os
 import pickle
 import struct
+import sys
 import tempfile
 from array import array
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from kpeek.errors import NotSupported, UsageError
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 BTF_MAGIC = 0xEB9F
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: (offsets, name offsets) arrays, no name dict
 
 
 class Kind(IntEnum):
@@ -422,6 +423,73 @@ def _split_path(path: str) -> list[str | int]:
     return out
 
 
+class _NameIndex:
+    """Type ids by name, without a dict of every name (building one cost more
+    than the rest of a cold ``kpeek struct``): a name's string offsets are
+    found in the string table, then the ids whose name is there, by a byte
+    search of the name-offset array. Past a few lookups a dict pays off and
+    is built once.
+    """
+
+    _SCANS = 32
+
+    def __init__(self, btf: Btf, name_offs: array) -> None:
+        self._btf = btf
+        self.name_offs = name_offs
+        self._raw = name_offs.tobytes()
+        self._dict: dict[str, list[int]] | None = None
+        self._lookups = 0
+
+    def get(self, name: str, default: tuple[()] = ()) -> list[int] | tuple[()]:
+        if self._dict is None:
+            self._lookups += 1
+            if self._lookups > self._SCANS:
+                self._dict = self._build()
+        if self._dict is not None:
+            return self._dict.get(name, default)
+        return self._scan(name) or default
+
+    def _string_offsets(self, name: str) -> list[int]:
+        btf = self._btf
+        key = b"\0" + name.encode("utf-8", "surrogateescape") + b"\0"
+        found = []
+        tables = [(btf._strings, btf._base_strlen)]
+        if btf._base is not None:  # a split BTF's names may sit in its base's strings
+            tables.append((btf._base._strings, 0))
+        for strings, shift in tables:
+            at = strings.find(key)
+            while at >= 0:
+                found.append(at + 1 + shift)
+                at = strings.find(key, at + 1)
+        return found
+
+    def _scan(self, name: str) -> list[int]:
+        ids = []
+        raw, start = self._raw, self._btf._start
+        size = self.name_offs.itemsize
+        for off in self._string_offsets(name):
+            needle = off.to_bytes(size, sys.byteorder)  # the array holds native ints
+            at = raw.find(needle)
+            while at >= 0:
+                if at % size == 0:
+                    ids.append(start + at // size)
+                at = raw.find(needle, at + 1)
+        return sorted(ids)
+
+    def _build(self) -> dict[str, list[int]]:
+        by_off: dict[int, list[int]] = {}
+        start = self._btf._start
+        for i, off in enumerate(self.name_offs):
+            if off:
+                by_off.setdefault(off, []).append(start + i)
+        names: dict[str, list[int]] = {}
+        for off, ids in by_off.items():
+            names.setdefault(self._btf.string(off), []).extend(ids)
+        for ids in names.values():
+            ids.sort()
+        return names
+
+
 class Btf:
     """Parsed BTF: types by id and by name.
 
@@ -436,7 +504,7 @@ class Btf:
         *,
         base: Btf | None = None,
         offsets: array | None = None,
-        names: dict[str, list[int]] | None = None,
+        name_offs: array | None = None,
     ) -> None:
         self._base = base
         # local index i holds type id i + _start (index 0 is void / unused)
@@ -470,18 +538,19 @@ class Btf:
         self.pointer_size = 8
         self._cache: dict[int, Type] = {}
         self._decl_cache: dict[int, str] = {}
-        if offsets is None or names is None:
-            offsets, names = self._index()
+        if offsets is None or name_offs is None:
+            offsets, name_offs = self._index()
         self._offsets = offsets
-        self._names = names
+        self._names = _NameIndex(self, name_offs)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Btf:
         return cls(bytes(data))
 
     # -- parsing ---------------------------------------------------------------
-    def _index(self) -> tuple[array, dict[str, list[int]]]:
-        """One pass over the type section: where each type starts, and names."""
+    def _index(self) -> tuple[array, array]:
+        """One pass over the type section: where each type starts, and the
+        name offset of each named type of an indexed kind (0 for the others)."""
         types = self._types
         total = len(types)
         unpack = self._hdr.unpack_from
@@ -493,8 +562,8 @@ class Btf:
                   Kind.TYPEDEF, Kind.FUNC, Kind.VAR, Kind.DATASEC, Kind.FLOAT):
             indexed[k] = True
         offsets = array("I", [0])  # type id 0 is void
-        append = offsets.append
-        name_ids: dict[int, list[int]] = {}
+        name_offs = array("I", [0])
+        append, append_name = offsets.append, name_offs.append
         pos = 0
         tid = self._start
         while pos < total:
@@ -506,20 +575,12 @@ class Btf:
                 raise BtfError(f"unknown BTF kind {kind} at type {tid + 1}")
             tid += 1
             append(pos)
+            append_name(name_off if indexed[kind] else 0)
             fixed, per = extra[kind]
             pos += 12 + fixed + per * (info & 0xFFFF)
-            if name_off and indexed[kind]:
-                lst = name_ids.get(name_off)
-                if lst is None:
-                    name_ids[name_off] = [tid]
-                else:
-                    lst.append(tid)
         if pos != total:
             raise BtfError("BTF type section does not end on a type boundary")
-        names: dict[str, list[int]] = {}
-        for off, ids in name_ids.items():
-            names.setdefault(self.string(off), []).extend(ids)
-        return offsets, names
+        return offsets, name_offs
 
     # -- access ----------------------------------------------------------------
     def __len__(self) -> int:
@@ -755,10 +816,10 @@ def _load_cached(data: bytes, cache_file: Path, base: Btf | None = None) -> Btf 
             # only trust a cache this user wrote and nobody else can change
             if st.st_uid != os.geteuid() or st.st_mode & 0o022:
                 return None
-            fmt, offsets, names = pickle.load(f)
+            fmt, offsets, name_offs = pickle.load(f)
         if fmt != _CACHE_FORMAT:
             return None
-        return Btf(data, base=base, offsets=offsets, names=names)
+        return Btf(data, base=base, offsets=offsets, name_offs=name_offs)
     except Exception:  # a missing/corrupt/foreign cache is simply rebuilt
         return None
 
@@ -767,7 +828,7 @@ def _store_cached(btf: Btf, cache_file: Path) -> None:
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=cache_file.parent, delete=False) as f:
-            pickle.dump((_CACHE_FORMAT, btf._offsets, btf._names), f, protocol=5)
+            pickle.dump((_CACHE_FORMAT, btf._offsets, btf._names.name_offs), f, protocol=5)
         os.replace(f.name, cache_file)
     except OSError:
         pass  # a read-only home is fine: we just parse again next time

@@ -1,0 +1,34 @@
+"""The lazy BTF name index answers as the full name dict does, cached or not."""
+
+from __future__ import annotations
+
+import random
+
+from kpeek.kernel import btf as btfmod
+
+
+def test_scan_and_dict_agree_on_the_running_kernels_btf(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with open(btfmod.VMLINUX_BTF, "rb") as f:
+        data = f.read()
+    fresh = btfmod.Btf(data)
+    names = fresh._names._build()
+    # Names held by several types (struct + typedef + func...) and random ones.
+    shared = [n for n, ids in names.items() if len(ids) > 1][:100]
+    sample = shared + random.Random(13).sample(sorted(names), 300)
+    sample += ["task_struct", "list_head", "no_such_type_kpeek", "int"]
+    for name in sample:
+        assert fresh._names._scan(name) == names.get(name, [])
+    # Through the disk cache: a second load reads the arrays back.
+    btfmod._loaded.clear()
+    first = btfmod.load_btf(btfmod.VMLINUX_BTF)
+    btfmod._loaded.clear()
+    cached = btfmod.load_btf(btfmod.VMLINUX_BTF)
+    assert list(tmp_path.glob("kpeek/btf-*.pickle"))
+    assert cached._offsets == first._offsets
+    for name in sample:  # past _SCANS lookups the dict takes over: same answers
+        assert list(cached._names.get(name, ())) == names.get(name, [])
+    assert cached._names._dict is not None
+    t = cached.find("struct list_head")
+    assert t is not None and t.name == "list_head" and t.size == 16
+    btfmod._loaded.clear()
