@@ -30,6 +30,7 @@ print("TASKS " + json.dumps(walk()))
 print("SIZE", prog.type("struct task_struct").size)
 print("SYM", prog.symbol("do_sys_openat2").address)
 print("CONST", prog["PIDTYPE_PID"].value_())
+kpeek_bt(1)
 """
 
 
@@ -56,6 +57,7 @@ def test_shell_live_tasks_types_symbols():
     assert int(lines["SIZE"]) == load_vmlinux_btf().lookup("struct task_struct").size
     assert int(lines["SYM"]) == load_kallsyms().address_of("do_sys_openat2")
     assert int(lines["CONST"]) == 0
+    assert re.search(r"^(>>> )*#0  __schedule\+", out, re.M), out
 
 
 def test_shell_errors_are_one_line(tmp_path):

@@ -68,16 +68,22 @@ def unwound_stacks(args: argparse.Namespace) -> list[Shown]:
                 tasks.append((task.member("pid").value_int(), task))
     out = []
     for pid, task in tasks:
-        cpu: int | None = task_cpu(task)
-        if task.member("on_cpu").value_int() and cpu is not None and cpu < len(cpu_regs):
+        cpu = task_cpu(task)
+        running = bool(task.member("on_cpu").value_int())
+        from_registers = running and cpu < len(cpu_regs)
+        if from_registers:
             stack = unwinder.registers_stack(cpu_regs[cpu], task)
         else:
-            stack, cpu = unwinder.task_stack(task), None
+            stack = unwinder.task_stack(task)
         lines = [("" if f.reliable else "? ") + (symbols.format(f.ip) if symbols else f"0x{f.ip:x}")
                  for f in stack.frames]
         if not stack.complete and stack.note:
             lines.append(f"(unwind stopped: {stack.note})")
-        out.append(Shown(pid, task.member("comm").value(), tuple(lines), cpu))
+        if running and not from_registers:
+            # no saved registers for its CPU: its saved frame is from its last switch
+            lines.insert(0, f"(running on CPU {cpu}: the stack as of its last switch)")
+        out.append(Shown(pid, task.member("comm").value(), tuple(lines),
+                         cpu if from_registers else None))
     return out
 
 

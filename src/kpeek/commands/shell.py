@@ -8,8 +8,10 @@ dump, and on the live kernel through kpeek's BPF memory reader:
   >>> for t in for_each_task(prog): print(t.pid.value_(), t.comm.string_())
   >>> print_dmesg(prog)
 
-Globals: ``prog`` (the drgn Program), every drgn helper, and ``kernel``
-(kpeek's own Kernel). Commands can be piped in: ``kpeek -c vmcore shell < script``.
+Globals: ``prog`` (the drgn Program), every drgn helper, ``kernel``
+(kpeek's own Kernel) and ``kpeek_bt(pid)`` (a stack unwound with ORC, as
+``kpeek bt`` prints it: drgn's own unwinder needs debuginfo).
+Commands can be piped in: ``kpeek -c vmcore shell < script``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     def banner(default: str) -> str:
         where = core or "the live kernel (through the BPF memory reader)"
         return (f"{default}\nkpeek: {where}; types from BTF, symbols from kallsyms, "
-                "no debuginfo. Stacks: use `kpeek bt` (drgn's unwinder needs debuginfo).")
+                "no debuginfo. Stacks: kpeek_bt(pid) (drgn's unwinder needs debuginfo).")
 
     def add_globals(names: dict) -> dict:
         # drgn imports its Linux helpers only for programs it opened as a kernel itself
@@ -53,7 +55,21 @@ def run(args: argparse.Namespace) -> int:
         for name in linux.__all__:
             names.setdefault(name, getattr(linux, name))
         names["kernel"] = kernel
+        names["kpeek_bt"] = lambda pid: _print_stack(kernel, pid)
         return names
 
     drgn.cli.run_interactive(prog, banner_func=banner, globals_func=add_globals)
     return 0
+
+
+def _print_stack(kernel, pid: int) -> None:
+    """A task's stack unwound with the kernel's ORC tables (kpeek bt's way)."""
+    from kpeek.kernel.unwind import kernel_unwinder
+
+    stack = kernel_unwinder(kernel).task_stack(kernel.task(pid))
+    for i, frame in enumerate(stack.frames):
+        mark = "" if frame.reliable else "? "
+        where = kernel.symbols.format(frame.ip) if kernel.symbols else f"0x{frame.ip:x}"
+        print(f"#{i:<2} {mark}{where}")
+    if not stack.complete and stack.note:
+        print(f"(unwind stopped: {stack.note})")
