@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from kpeek.commands.task import state_letter
+from kpeek.kernel.sched import state_letter
 from kpeek.targets.dump import DumpKernel, open_dump
 from lab.fixtures import LabDumps
 
