@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from kpeek.errors import KpeekError, NotSupported
+from kpeek.errors import NotSupported
 from kpeek.kernel.btf import Btf, load_vmlinux_btf
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.symbols import Kallsyms, load_kallsyms
@@ -29,25 +29,12 @@ def open_kernel(args: argparse.Namespace, what: str, *, symbols: bool = True) ->
         if core not in _dumps:  # one open per run, however many times a verb asks
             from kpeek.targets.dump import open_dump
 
-            kernel = open_dump(core, vmlinux=getattr(args, "vmlinux", None))
-            _add_module_symbols(kernel)
-            _dumps[core] = kernel
+            _dumps[core] = open_dump(core, vmlinux=getattr(args, "vmlinux", None))
         return _dumps[core]
     from kpeek.targets.live import open_live, require_root
 
     require_root(what)
     return open_live(symbols=symbols)
-
-
-def _add_module_symbols(kernel: Kernel) -> None:
-    """Each loaded module's own symbols, merged in (a dump's kallsyms has only vmlinux's)."""
-    from kpeek.kernel.memory import MemoryReadError
-    from kpeek.kernel.modules import with_module_symbols
-
-    try:
-        kernel.symbols = with_module_symbols(kernel)
-    except (MemoryReadError, KpeekError) as e:
-        kernel.notes.append(f"module symbols not read: {e}")
 
 
 def open_types(args: argparse.Namespace) -> Btf:
