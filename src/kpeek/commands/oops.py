@@ -26,6 +26,7 @@ from kpeek.reports import Report, read_kmsg
 from kpeek.reports.details import Details
 from kpeek.reports.kinds import KINDS
 from kpeek.reports.parse import parse_log
+from kpeek.targets import core_path
 
 _MAX_INPUT = 1 << 30  # refuse logs over 1 GiB rather than exhaust memory
 _DEFAULT_FRAMES = 40
@@ -87,9 +88,28 @@ def _symbolize_live(text: str) -> str:
     return symbolize_log(text, syms.symbolize)
 
 
+def dump_log(core: str, args: argparse.Namespace) -> tuple[str, str, bool]:
+    """The log inside the dump given with -c, as dmesg would print it, symbolized
+    with the dump's own symbols."""
+    from kpeek.kernel.printk import format_record
+    from kpeek.kernel.printk import read_log as read_ring
+    from kpeek.reports.symbolize import symbolize_log
+    from kpeek.targets import open_kernel
+
+    kernel = open_kernel(args, "kpeek oops")
+    text = "\n".join(format_record(r) for r in read_ring(kernel)) + "\n"
+    if kernel.symbols is not None:
+        text = symbolize_log(text, kernel.symbols.symbolize)
+    return text, f"the log in {core}", False
+
+
 def run(args: argparse.Namespace) -> int:
     raw = raw_pointers_allowed(args)
-    log, source, live = read_log(args.file)
+    core = core_path(args)
+    if core is not None and args.file is None:
+        log, source, live = dump_log(core, args)
+    else:
+        log, source, live = read_log(args.file)
     parsed = parse_log(log)
     reports = parsed.reports
     if args.report is not None:

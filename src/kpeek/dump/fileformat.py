@@ -131,7 +131,31 @@ def _kdump(path: str, f, size: int) -> DumpFile:
         at, length = struct.unpack_from("<qQ", sub, 48)
         if 0 < length <= MAX_NOTES_SIZE and at + length <= size:
             notes = parse_notes(_read_at(f, at, length))
+    _check_kdump_size(path, f, head, size)
     return DumpFile(path, "kdump", notes, info or _vmcoreinfo(notes))
+
+
+def _check_kdump_size(path: str, f, head: bytes, size: int) -> None:
+    """A kdump file cut short (an interrupted copy) loses its last pages: the
+    last page descriptor (one per dumped page, in file order) says where the
+    data must end."""
+    if isinstance(f, io.BytesIO):  # the flattened stream's headers alone: no pages here
+        return
+    block_size, sub_blocks, bitmap_blocks = struct.unpack_from("<iiI", head, 428)
+    bitmaps_at = block_size * (1 + sub_blocks)
+    half = bitmap_blocks * block_size // 2
+    if bitmaps_at + 2 * half > size:
+        raise UsageError(f"{path}: truncated: the file ends inside its page bitmaps")
+    pages = int.from_bytes(_read_at(f, bitmaps_at + half, half), "little").bit_count()
+    descs_at = bitmaps_at + 2 * half
+    last = _read_at(f, descs_at + 24 * (pages - 1), 24) if pages else b""
+    if pages and len(last) < 24:
+        raise UsageError(f"{path}: truncated: the file ends inside its page table")
+    if pages:
+        offset, length = struct.unpack_from("<qI", last)
+        if offset + length > size:
+            raise UsageError(f"{path}: truncated: the dump needs {offset + length} bytes but "
+                             f"the file has {size} (an interrupted copy?)")
 
 
 def _vmcoreinfo(notes: list[Note]) -> VmcoreInfo | None:

@@ -47,6 +47,7 @@ class RunqueueClock:
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.now: dict[int, int] = {}  # cpu -> its task clock now (ns)
+        self.latest_ns = 0  # the most recent runqueue clock: time since boot (ns)
         runqueues = kernel.symbol_address("runqueues")
         offsets = kernel.symbol_address("__per_cpu_offset")
         nr = kernel.symbol_address("nr_cpu_ids")
@@ -63,7 +64,7 @@ class RunqueueClock:
             base = int.from_bytes(kernel.memory.read(offsets + 8 * cpu, 8), "little")
             raw = kernel.memory.read(runqueues + base, rq.span("clock", "clock_task"))
             clocks[cpu] = (rq.int(raw, "clock"), rq.int(raw, "clock_task"))
-        latest = max(clock for clock, _ in clocks.values())
+        latest = self.latest_ns = max(clock for clock, _ in clocks.values())
         self.now = {cpu: task + (latest - clock) for cpu, (clock, task) in clocks.items()}
 
     @property
