@@ -175,14 +175,14 @@ def _oops_and_panic(guest: Guest) -> str:
     return bytes(guest.machine.console[start:]).decode(errors="replace")
 
 
-def take_lab_dumps(where: Path) -> LabDumps:
+def take_lab_dumps(where: Path, *, memory: str = "256M") -> LabDumps:
     """Boot the lab guest, build every scenario, take the dumps into ``where``."""
     tree = debian_kernel()
     modules = [tree.module("qemu_fw_cfg")]
     modules += [build_module(tree, d) for d in sorted(MODULES_DIR.iterdir()) if d.is_dir()]
     initrd = build_initramfs(where / "initrd.cpio", modules=modules)
     console = where / "console.log"
-    with boot_busybox(tree, initrd, log_path=console) as guest:
+    with boot_busybox(tree, initrd, log_path=console, memory=memory) as guest:
         pids = _build_scenarios(guest)
         truth = _truth(guest, pids)
         vm = guest.machine

@@ -52,7 +52,7 @@ def _tokens(memory: KernelMemory, table: int, index: int) -> list[str]:
 def _names(memory: KernelMemory, address: int, count: int, tokens: list[str]) -> list[str]:
     stream = _Stream(memory, address)
     data = stream.need(CHUNK)
-    names, at = [], 0
+    spans, at = [], 0
     for _ in range(count):
         if at + 2 > len(data):
             data = stream.need(at + 2)
@@ -63,9 +63,14 @@ def _names(memory: KernelMemory, address: int, count: int, tokens: list[str]) ->
             at += 1
         if at + length > len(data):
             data = stream.need(at + length)
-        names.append("".join([tokens[t] for t in data[at : at + length]]))
+        spans.append((at, at + length))
         at += length
-    return names
+    # Expand every token at once: one str.translate over the token bytes of all
+    # names (as latin-1 code points), names kept apart by U+0100, outside the bytes.
+    text = data.decode("latin-1")
+    table: dict[int, str] = dict(enumerate(tokens))
+    table[0x100] = "\n"
+    return "\u0100".join([text[a:b] for a, b in spans]).translate(table).split("\n")
 
 
 def decode_kallsyms(memory: KernelMemory, info: VmcoreInfo, origin: str) -> Kallsyms:

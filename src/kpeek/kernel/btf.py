@@ -834,6 +834,18 @@ def _store_cached(btf: Btf, cache_file: Path) -> None:
         pass  # a read-only home is fine: we just parse again next time
 
 
+def parse_btf_cached(data: bytes) -> Btf:
+    """``Btf(data)`` with its index cached on disk under the bytes' own hash (a
+    dump's BTF: the same bytes always index the same way)."""
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    cache_file = _cache_dir() / f"btf-{digest}-{len(data)}.pickle"
+    btf = _load_cached(data, cache_file)
+    if btf is None:
+        btf = Btf(data)
+        _store_cached(btf, cache_file)
+    return btf
+
+
 def load_vmlinux_btf(*, disk_cache: bool = True) -> Btf:
     """The running kernel's BTF (/sys/kernel/btf/vmlinux), parsed once per process."""
     return load_btf(VMLINUX_BTF, disk_cache=disk_cache)
