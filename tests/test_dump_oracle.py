@@ -1,0 +1,64 @@
+"""The oracle: drgn with the kernel's full debuginfo (the -dbg package's vmlinux)
+reads the same lab dump; kpeek, with no debuginfo at all, must agree with it on
+tasks and their states, symbols, type layouts and the kernel log."""
+
+from __future__ import annotations
+
+import drgn
+import pytest
+
+from kpeek.kernel.printk import read_log
+from kpeek.kernel.sched import state_letter
+from kpeek.targets.dump import open_dump
+from lab.fixtures import LabDumps
+from lab.kernels import debug_vmlinux
+
+
+@pytest.fixture(scope="module")
+def oracle(lab_dumps: LabDumps) -> drgn.Program:
+    prog = drgn.Program()
+    prog.set_core_dump(str(lab_dumps.elf))
+    prog.load_debug_info([str(debug_vmlinux(lab_dumps.tree))])
+    return prog
+
+
+def test_tasks_and_states_agree(lab_dumps: LabDumps, oracle) -> None:
+    from drgn.helpers.linux.pid import for_each_task
+    from drgn.helpers.linux.sched import task_state_to_char
+
+    theirs = {int(t.pid): (t.comm.string_().decode(), task_state_to_char(t))
+              for t in for_each_task(oracle)}
+    k = open_dump(str(lab_dumps.elf))
+    ours = {}
+    for pid, address in k.tasks.addresses().items():
+        task = k.object("struct task_struct", address)
+        ours[pid] = (task.member("comm").value(),
+                     state_letter(task.member("__state").value_int(),
+                                  task.member("exit_state").value_int()))
+    theirs.setdefault(0, ours.get(0))  # drgn's for_each_task skips the idle task
+    assert ours == theirs
+
+
+def test_symbols_and_layouts_agree(lab_dumps: LabDumps, oracle) -> None:
+    k = open_dump(str(lab_dumps.elf))
+    for name in ("init_task", "jiffies", "prb", "modules", "_stext", "schedule",
+                 "__start_BTF", "linux_banner", "tainted_mask", "panic_cpu"):
+        assert k.symbols.address_of(name) == oracle.symbol(name).address, name
+    for struct_name, members in (("task_struct", ("pid", "comm", "tasks", "thread.sp")),
+                                 ("file", ("f_op", "f_pos", "f_inode")),
+                                 ("mutex", ("owner", "wait_list"))):
+        theirs = oracle.type(f"struct {struct_name}")
+        ours = k.type(f"struct {struct_name}").resolve()
+        assert ours.size == drgn.sizeof(theirs)
+        for member in members:
+            assert ours.offsetof(member) == drgn.offsetof(theirs, member), (struct_name, member)
+
+
+def test_log_agrees(lab_dumps: LabDumps, oracle) -> None:
+    from drgn.helpers.linux.printk import get_printk_records
+
+    theirs = [(r.seq, r.timestamp, r.text.decode(errors="replace"))
+              for r in get_printk_records(oracle)]
+    k = open_dump(str(lab_dumps.elf))
+    ours = [(r.seq, r.ts_nsec, r.text) for r in read_log(k)]
+    assert len(ours) > 100 and ours == theirs
