@@ -62,3 +62,12 @@ def test_log_agrees(lab_dumps: LabDumps, oracle) -> None:
     k = open_dump(str(lab_dumps.elf))
     ours = [(r.seq, r.ts_nsec, r.text) for r in read_log(k)]
     assert len(ours) > 100 and ours == theirs
+
+
+def test_vmlinux_btf_is_the_btf_in_memory(lab_dumps: LabDumps) -> None:
+    """--vmlinux gives types from a vmlinux's .BTF: for this build, the same bytes
+    the kernel keeps in memory."""
+    vmlinux = str(debug_vmlinux(lab_dumps.tree))
+    from_memory = open_dump(str(lab_dumps.elf))
+    from_file = open_dump(str(lab_dumps.elf), vmlinux=vmlinux)
+    assert from_file.types.data == from_memory.types.data
