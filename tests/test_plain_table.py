@@ -72,7 +72,8 @@ def test_ps_and_files_tables_match_the_rich_renderer(source):
         tasks = sorted(snap.processes(), key=lambda t: t.pid)
         assert len(tasks) == len(pids)
         rows = task_rows(tasks)
-        assert {r[-1] for r in rows} >= {"日本語", "tab\\there", "esc\\x1b[31m"}
+        comm = TASK_COLUMNS.index("COMM")
+        assert {r[comm] for r in rows} >= {"日本語", "tab\\there", "esc\\x1b[31m"}
         assert _plain(TASK_COLUMNS, rows) == _rich(TASK_COLUMNS, rows)
         wide = 0
         for t in tasks:

@@ -1,15 +1,54 @@
 """Keyed hashes for kernel pointers and identities.
 
 Kernel addresses are secrets (they defeat KASLR), so views show a keyed
-hash instead: stable within one run, meaningless across runs.
+hash instead: stable within one run, meaningless across runs. To compare
+two runs, give both the same key: ``--stable-ids`` (a key kept in
+``$XDG_CONFIG_HOME/kpeek/id-key``, made on first use, readable by its owner
+only) or ``KPEEK_ID_KEY`` in the environment. Anyone with the key can test a
+guessed address against a hash, so keep it as private as the addresses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
+
+from kpeek.errors import NotPermitted
 
 _RUN_KEY = os.urandom(16)
+KEY_ENV = "KPEEK_ID_KEY"
+
+
+def _key_from(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def key_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "kpeek" / "id-key"
+
+
+def use_stable_key() -> Path:
+    """Key this run's hashes with the user's kept key (made 0600 if missing); its path."""
+    global _RUN_KEY
+    path = key_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(16).hex() + "\n")
+    except FileExistsError:
+        pass
+    st = path.lstat()
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise NotPermitted(f"{path}: must be owned by you and private (chmod 600)")
+    _RUN_KEY = _key_from(path.read_text().strip())
+    return path
+
+
+if os.environ.get(KEY_ENV):
+    _RUN_KEY = _key_from(os.environ[KEY_ENV])
 
 
 def keyed_id(*parts: object, width: int = 12) -> str:

@@ -42,6 +42,17 @@ class Namespace:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """What ps shows besides ids: CPU time, memory, command line."""
+
+    utime: int  # clock ticks
+    stime: int  # clock ticks
+    rss: int  # bytes
+    vsz: int  # bytes
+    cmdline: tuple[str, ...] = ()  # empty for kernel threads and zombies
+
+
+@dataclass(frozen=True, slots=True)
 class Task:
     """A kernel task: a process (pid == tgid) or one of its threads.
 
@@ -70,6 +81,7 @@ class Task:
     kernel_stack: tuple[str, ...] | None = None  # "symbol+0xoff/0xsize" lines
     blocker: int | None = None  # task_struct.blocker, when a source can read it
     address: int | None = None  # task_struct address, when a source knows it
+    usage: Usage | None = None  # CPU time and memory, when read (kpeek ps)
 
     @property
     def is_thread(self) -> bool:
@@ -118,6 +130,66 @@ class FileDescriptor:
     open_file: str  # OpenFile.id
 
 
+@dataclass(frozen=True, slots=True)
+class Socket:
+    """What a socket inode is: as ss(8) and lsof show it.
+
+    ``state`` is the TCP state name (ESTABLISHED, LISTEN...) for TCP, and
+    "connected"/"unconnected" for datagram sockets. ``peer`` is the inode
+    number of the other end of a connected unix socket.
+    """
+
+    inode: int
+    family: str  # unix, inet, inet6, netlink, packet
+    type: str  # stream, dgram, seqpacket, raw
+    protocol: str = ""  # tcp, udp, icmp..., a netlink family, an ethertype
+    local: str = ""
+    remote: str = ""
+    state: str = ""
+    path: str = ""  # unix: the bound name (abstract names start with "@")
+    peer: int | None = None
+    interface: str = ""  # packet sockets
+
+
+@dataclass(frozen=True, slots=True)
+class FileLock:
+    """A lock from /proc/locks, with the descriptor that owns it when known.
+
+    ``end`` None means to end of file. ``owners`` are the (tgid, fd) whose
+    fdinfo lists the lock (every fd of the open file that placed it);
+    ``waiters`` are the pids blocked on it.
+    """
+
+    kind: str  # POSIX, OFDLCK, FLOCK, LEASE
+    mode: str  # READ, WRITE
+    inode: str  # Inode.id
+    pid: int  # as /proc/locks shows it (-1 for OFD locks)
+    start: int
+    end: int | None
+    owners: tuple[tuple[int, int], ...] = ()
+    waiters: tuple[int, ...] = ()
+
+    @property
+    def whole_file(self) -> bool:
+        return self.start == 0 and self.end is None
+
+    @property
+    def letter(self) -> str:
+        """lsof's lock column: r/w on part of the file, R/W on all of it."""
+        letter = "r" if self.mode == "READ" else "w"
+        return letter.upper() if self.whole_file else letter
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFile:
+    """A file a process holds without a descriptor: lsof's cwd, rtd, txt, mem rows."""
+
+    tgid: int
+    kind: str  # cwd, rtd, txt, mem
+    path: str
+    inode: str = ""  # Inode.id ("major:minor:ino") when known
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Everything one source saw at one moment.
@@ -135,6 +207,11 @@ class Snapshot:
     vanished: int = 0
     notes: tuple[str, ...] = ()
     taken_at: float = field(default_factory=time.time)
+    # Facts lsof shows beyond the three tables (filled by sources.fdfacts):
+    sockets: Mapping[int, Socket] = field(default_factory=dict)  # by inode number
+    locks: tuple[FileLock, ...] = ()
+    process_files: tuple[ProcessFile, ...] = ()
+    details: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # by OpenFile.id
 
     def processes(self) -> Iterator[Task]:
         """Thread-group leaders only."""

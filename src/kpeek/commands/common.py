@@ -9,6 +9,7 @@ from typing import Any
 from kpeek.errors import NotPermitted
 from kpeek.model import Snapshot
 from kpeek.sources import SOURCES, take_snapshot
+from kpeek.ids import use_stable_key
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:
@@ -31,15 +32,31 @@ def add_raw_pointers(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="show kernel addresses unhashed (root only)",
     )
+    parser.add_argument(
+        "--stable-ids",
+        action="store_true",
+        help="hash kernel addresses with your kept key (~/.config/kpeek/id-key, or "
+        "$KPEEK_ID_KEY), so two runs can be compared",
+    )
 
 
 def raw_pointers_allowed(args: argparse.Namespace) -> bool:
-    """Kernel pointers are secrets: raw only for root, and only when asked."""
+    """Kernel pointers are secrets: raw only for root, and only when asked.
+
+    With ``--stable-ids``, hashes are keyed with the user's kept key instead of
+    a fresh one (see kpeek.ids)."""
+    if getattr(args, "stable_ids", False):
+        use_stable_key()
     if not getattr(args, "raw_pointers", False):
         return False
     if os.geteuid() != 0:
         raise NotPermitted("--raw-pointers needs root: kernel addresses defeat KASLR")
     return True
+
+
+def is_live(args: argparse.Namespace) -> bool:
+    """True unless a dump was given with -c (without importing the kernel layer)."""
+    return getattr(args, "core", None) is None
 
 
 def snapshot(args: argparse.Namespace, **kwargs: Any) -> Snapshot:

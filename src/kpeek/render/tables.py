@@ -7,10 +7,12 @@ inode behind it.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 from kpeek.ids import show_pointer
 from kpeek.model import FileDescriptor, Inode, OpenFile, Snapshot, Task
+from kpeek.render.fdfacts import FdFacts
 from kpeek.render.fileflags import access_mode, flag_names
 
 
@@ -99,21 +101,39 @@ def inode_dict(inode: Inode, raw_pointers: bool = False) -> dict[str, Any]:
 
 
 def files_document(
-    snap: Snapshot, processes: list[Task], raw_pointers: bool = False
+    snap: Snapshot,
+    processes: list[Task],
+    raw_pointers: bool = False,
+    chosen: set[tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """The three tables of ``processes``: descriptor tables, open files, inodes.
 
     Linear in the number of descriptors: sharing is told once per open file
     (its ``holders``), not repeated in every descriptor that shares it.
+    ``chosen`` limits the descriptors to these (tgid, fd). Descriptors carry
+    optional keys (socket, locks, details, endpoints) where there is something
+    to say, and each process its ``process_files`` (cwd, rtd, txt, mem): both
+    added within schema version 1, which only ever gains keys.
     """
-    tables = [(t, snap.fds_of(t.tgid)) for t in processes]
+    tables = [
+        (t, [d for d in snap.fds_of(t.tgid) if chosen is None or (d.tgid, d.fd) in chosen])
+        for t in processes
+    ]
+    facts = FdFacts(snap)
+    others: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for pf in snap.process_files:
+        others[pf.tgid].append({"kind": pf.kind, "path": pf.path, "inode": pf.inode})
     file_ids = {d.open_file for _, fds in tables for d in fds}
     files = [snap.open_files[i] for i in sorted(file_ids)]
     inode_ids = sorted({f.inode for f in files})
     return {
         **snapshot_meta(snap),
         "processes": [
-            {**task_dict(t, raw_pointers), "fds": [fd_dict(snap, d) for d in fds]}
+            {
+                **task_dict(t, raw_pointers),
+                "fds": [{**fd_dict(snap, d), **facts.fd_extras(d)} for d in fds],
+                "process_files": others.get(t.tgid, []),
+            }
             for t, fds in tables
         ],
         "open_files": [open_file_dict(snap, f, raw_pointers) for f in files],

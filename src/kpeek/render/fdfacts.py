@@ -1,0 +1,238 @@
+"""Per-descriptor facts as lsof shows them: lock letters, socket names,
+anonymous inodes explained and endpoints (``lsof +E``), from the model only.
+
+Endpoints are the other descriptors that hold the other end of a pipe or
+FIFO (same inode), a connected unix socket (the peer inode), a pty pair
+(ptmx tty-index <-> /dev/pts/N) or an eventfd (same eventfd id).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from functools import cached_property
+from typing import Any
+
+from kpeek.model import FileDescriptor, FileLock, ProcessFile, Snapshot, Socket
+from kpeek.render.fileflags import access_mode
+
+_ACCESS_LETTER = {"O_RDONLY": "r", "O_WRONLY": "w", "O_RDWR": "u"}
+
+
+class FdFacts:
+    """Indexes over one snapshot, built once, for every descriptor's facts."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    @cached_property
+    def _process_files(self) -> dict[int, list[ProcessFile]]:
+        index: dict[int, list[ProcessFile]] = defaultdict(list)
+        for pf in self.snap.process_files:
+            index[pf.tgid].append(pf)
+        return index
+
+    def process_files(self, tgid: int) -> list[ProcessFile]:
+        """The cwd/rtd/txt/mem rows of one process."""
+        return self._process_files.get(tgid, [])
+
+    @cached_property
+    def _fds_by_inode(self) -> dict[str, list[FileDescriptor]]:
+        index: dict[str, list[FileDescriptor]] = defaultdict(list)
+        for d in self.snap.fds:
+            index[self.snap.open_files[d.open_file].inode].append(d)
+        return index
+
+    @cached_property
+    def _ino_of(self) -> dict[int, str]:
+        """Socket inode number -> Inode.id, for the sockets in the snapshot."""
+        return {i.ino: i.id for i in self.snap.inodes.values() if i.type == "socket"}
+
+    @cached_property
+    def _by_tty(self) -> tuple[dict[int, list[FileDescriptor]], dict[int, list[FileDescriptor]]]:
+        masters: dict[int, list[FileDescriptor]] = defaultdict(list)
+        slaves: dict[int, list[FileDescriptor]] = defaultdict(list)
+        for d in self.snap.fds:
+            f = self.snap.open_files[d.open_file]
+            details = self.snap.details.get(f.id)
+            if details and details.get("kind") == "ptmx":
+                masters[int(details["tty_index"])].append(d)  # type: ignore[call-overload]
+            elif (n := pts_index(f.path)) is not None:
+                slaves[n].append(d)
+        return masters, slaves
+
+    @cached_property
+    def _eventfds(self) -> dict[int, list[FileDescriptor]]:
+        index: dict[int, list[FileDescriptor]] = defaultdict(list)
+        for d in self.snap.fds:
+            details = self.snap.details.get(d.open_file)
+            if details and details.get("kind") == "eventfd" and "id" in details:
+                index[int(details["id"])].append(d)  # type: ignore[call-overload]
+        return index
+
+    @cached_property
+    def _locks_by_fd(self) -> dict[tuple[int, int], list[FileLock]]:
+        index: dict[tuple[int, int], list[FileLock]] = defaultdict(list)
+        for lock in self.snap.locks:
+            for owner in lock.owners:
+                index[owner].append(lock)
+        return index
+
+    def socket(self, d: FileDescriptor) -> Socket | None:
+        inode = self.snap.inodes.get(self.snap.open_files[d.open_file].inode)
+        return self.snap.sockets.get(inode.ino) if inode and inode.type == "socket" else None
+
+    def locks(self, d: FileDescriptor) -> list[FileLock]:
+        return self._locks_by_fd.get((d.tgid, d.fd), [])
+
+    def endpoints(self, d: FileDescriptor) -> list[FileDescriptor]:
+        """The descriptors at the other end of ``d`` (other processes' ends of a
+        pipe too), never ``d`` itself."""
+        f = self.snap.open_files[d.open_file]
+        inode = self.snap.inodes.get(f.inode)
+        kind = inode.type if inode else ""
+        others: list[FileDescriptor] = []
+        if kind in ("pipe", "fifo"):
+            others = self._fds_by_inode.get(f.inode, [])
+        elif kind == "socket":
+            s = self.snap.sockets.get(inode.ino) if inode else None
+            if s is not None and s.peer and (peer := self._ino_of.get(s.peer)):
+                others = self._fds_by_inode.get(peer, [])
+        details = self.snap.details.get(f.id) or {}
+        if details.get("kind") == "ptmx":
+            others = self._by_tty[1].get(int(details["tty_index"]), [])  # type: ignore[call-overload]
+        elif (n := pts_index(f.path)) is not None:
+            others = self._by_tty[0].get(n, [])
+        elif details.get("kind") == "eventfd" and "id" in details:
+            others = [e for e in self._eventfds.get(int(details["id"]), []) if e.tgid != d.tgid]  # type: ignore[call-overload]
+        return [o for o in others if (o.tgid, o.fd) != (d.tgid, d.fd)]
+
+    def endpoint_label(self, d: FileDescriptor) -> str:
+        """lsof +E's words: ``PID,COMM,FDmode`` for each other end."""
+        return " ".join(
+            f"{o.tgid},{self._comm(o.tgid)},{o.fd}{self._mode(o)}" for o in self.endpoints(d)
+        )
+
+    def _comm(self, tgid: int) -> str:
+        t = self.snap.task(tgid)
+        return t.comm if t else "?"
+
+    def _mode(self, d: FileDescriptor) -> str:
+        return _ACCESS_LETTER.get(access_mode(self.snap.open_files[d.open_file].flags), "")
+
+    def lock_label(self, d: FileDescriptor) -> str:
+        """lsof's lock letters (r/R read, w/W write; capital: whole file), with the
+        range of a partial lock and who waits."""
+        out = []
+        for lock in self.locks(d):
+            text = lock.letter
+            if not lock.whole_file:
+                text += f"[{lock.start}-{'EOF' if lock.end is None else lock.end}]"
+            if lock.kind != "POSIX":
+                text += f"({lock.kind.lower()})"
+            if lock.waiters:
+                text += "<-" + ",".join(map(str, lock.waiters))
+            out.append(text)
+        return " ".join(out)
+
+    def description(self, d: FileDescriptor) -> str:
+        """What the path alone does not say: socket addresses, anon inode details,
+        the other ends."""
+        parts = []
+        if (s := self.socket(d)) is not None:
+            parts.append(socket_name(s))
+        details = self.snap.details.get(d.open_file)
+        if details and (text := summary(dict(details))):
+            parts.append(text)
+        if ends := self.endpoint_label(d):
+            parts.append("-> " + ends)
+        return " ".join(parts)
+
+    def fd_extras(self, d: FileDescriptor) -> dict[str, Any]:
+        """JSON keys added to a descriptor, only those that have something to say."""
+        out: dict[str, Any] = {}
+        if (s := self.socket(d)) is not None:
+            out["socket"] = socket_dict(s)
+        if locks := self.locks(d):
+            out["locks"] = [lock_dict(lock) for lock in locks]
+        if details := self.snap.details.get(d.open_file):
+            out["details"] = dict(details)
+        if ends := self.endpoints(d):
+            out["endpoints"] = [
+                {"pid": o.tgid, "comm": self._comm(o.tgid), "fd": o.fd, "mode": self._mode(o)}
+                for o in ends
+            ]
+        return out
+
+
+def socket_dict(s: Socket) -> dict[str, Any]:
+    return {
+        "family": s.family,
+        "type": s.type,
+        "protocol": s.protocol,
+        "local": s.local,
+        "remote": s.remote,
+        "state": s.state,
+        "path": s.path,
+        "peer_inode": s.peer,
+        "interface": s.interface,
+        "name": socket_name(s),
+    }
+
+
+def lock_dict(lock: FileLock) -> dict[str, Any]:
+    return {
+        "kind": lock.kind,
+        "mode": lock.mode,
+        "start": lock.start,
+        "end": lock.end,
+        "whole_file": lock.whole_file,
+        "letter": lock.letter,
+        "pid": lock.pid,
+        "waiters": list(lock.waiters),
+    }
+
+
+def socket_name(s: Socket) -> str:
+    """The socket as lsof's NAME column says it, e.g. ``127.0.0.1:40000->127.0.0.1:22
+    (ESTABLISHED)``."""
+    if s.family == "unix":
+        text = s.path or "(unnamed)"
+        return f"{text} type={s.type.upper()} ({s.state})"
+    if s.family == "netlink":
+        return f"netlink {s.protocol} {s.local}"
+    if s.family == "packet":
+        return f"packet {s.type} {s.protocol} on {s.interface}"
+    addresses = s.local + (f"->{s.remote}" if s.remote else "")
+    proto = s.protocol.upper() if s.protocol else "?"
+    return f"{proto} {addresses} ({s.state})"
+
+
+def summary(details: dict[str, Any]) -> str:
+    """One short line for a text table, in lsof's words where lsof has them."""
+    kind = details.get("kind")
+    if kind == "epoll":
+        fds = ",".join(str(w["fd"]) for w in details["watches"])
+        return f"[eventpoll:{fds}]" if fds else "[eventpoll]"
+    if kind == "eventfd":
+        ident = f":{details['id']}" if "id" in details else ""
+        return f"[eventfd{ident}] count={details['count']}"
+    if kind == "pidfd":
+        return f"[pidfd:{details['pid']}]"
+    if kind == "signalfd":
+        return "[signalfd] mask=" + (",".join(details["signals"]) or "none")
+    if kind == "timerfd":
+        expiry = details["next_expiry_s"]
+        when = f"next={expiry:.3f}s" if expiry else "disarmed"
+        return f"[timerfd] clock={details['clock']} {when}"
+    if kind == "inotify":
+        watched = ",".join(w["inode"] for w in details["watches"])
+        return f"[inotify] watches={watched or 'none'}"
+    if kind == "ptmx":
+        return f"->{details['pts']}"
+    return ""
+
+
+def pts_index(path: str) -> int | None:
+    """N for /dev/pts/N."""
+    head, _, tail = path.rpartition("/")
+    return int(tail) if head == "/dev/pts" and tail.isdigit() else None

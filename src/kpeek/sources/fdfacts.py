@@ -1,0 +1,173 @@
+"""Facts lsof shows beyond the three tables, added to a live Snapshot.
+
+Whichever source took the snapshot (BPF or /proc), these come from the live
+kernel's userspace views, read once per fact and matched to the snapshot by
+identity (inode numbers, fd numbers):
+
+- sockets: family, addresses, state, unix peer (sources.sockets);
+- locks: /proc/locks, each matched to the descriptors that own it through
+  their fdinfo ``lock:`` lines, with the pids waiting on it;
+- details of anonymous inodes and ptys from fdinfo (sources.fdinfo_details);
+- lsof's cwd, rtd, txt and mem rows (no descriptor: /proc/PID/cwd, root,
+  exe, maps).
+
+Everything here may vanish while read; a vanished fact is left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+
+from kpeek.model import FileLock, ProcessFile, Snapshot
+from kpeek.sources import fdinfo_details, sockets
+from kpeek.sources.statx import stat_cached
+from kpeek.textsafe import decode
+
+
+def enrich(snap: Snapshot, tgids: Iterable[int] | None = None) -> Snapshot:
+    """``snap`` with sockets, locks, details and process rows of ``tgids`` (default: all
+    processes in it)."""
+    shown = sorted(set(tgids) if tgids is not None else {t.tgid for t in snap.processes()})
+    return dataclasses.replace(
+        snap,
+        sockets=_sockets(snap),
+        locks=tuple(_locks(snap)),
+        details=_details(snap),
+        process_files=tuple(f for tgid in shown for f in process_files(tgid)),
+    )
+
+
+def _sockets(snap: Snapshot) -> dict:
+    holders: dict[int, int] = {}
+    for f in snap.open_files.values():
+        if f.path.startswith("socket:["):
+            inode = snap.inodes.get(f.inode)
+            if inode is not None and (fds := snap.holders(f.id)):
+                holders.setdefault(inode.ino, fds[0].tgid)
+    return sockets.describe(holders, holders)
+
+
+def _details(snap: Snapshot) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for f in snap.open_files.values():
+        if not (f.path.startswith("anon_inode:") or f.path in ("/dev/ptmx", "/dev/pts/ptmx")):
+            continue
+        fds = snap.holders(f.id)
+        raw = fdinfo_details.read_fdinfo(fds[0].tgid, fds[0].fd) if fds else None
+        if raw is not None and (d := fdinfo_details.parse(f.path, raw)) is not None:
+            out[f.id] = d
+    return out
+
+
+# -- locks ------------------------------------------------------------------
+
+
+def _lock_key(line: str) -> tuple[tuple, bool] | None:
+    """((kind, mode, pid, inode id, start, end), is_waiter) of a /proc/locks line."""
+    words = line.split()
+    waiter = len(words) > 1 and words[1] == "->"
+    words = words[2:] if waiter else words[1:]
+    if len(words) < 7:
+        return None
+    kind, _subtype, mode, pid, devino, start, end = words[:7]
+    try:
+        major, minor, ino = devino.split(":")
+        inode = f"{int(major, 16)}:{int(minor, 16)}:{int(ino)}"
+        return (kind, mode, int(pid), inode, int(start), None if end == "EOF" else int(end)), waiter
+    except ValueError:
+        return None
+
+
+def read_locks() -> list[tuple[tuple, list[int]]]:
+    """(lock key, waiting pids) for each lock in /proc/locks, in the kernel's order."""
+    try:
+        with open("/proc/locks", "rb") as f:
+            lines = f.read().decode("ascii", "replace").splitlines()
+    except OSError:
+        return []
+    locks: list[tuple[tuple, list[int]]] = []
+    for line in lines:
+        parsed = _lock_key(line)
+        if parsed is None:
+            continue
+        key, waiter = parsed
+        if waiter and locks:
+            locks[-1][1].append(key[2])
+        elif not waiter:
+            locks.append((key, []))
+    return locks
+
+
+def _locks(snap: Snapshot) -> list[FileLock]:
+    locks = [(k, w) for k, w in read_locks() if k[3] in snap.inodes]
+    if not locks:
+        return []
+    locked = {k[3] for k, _ in locks}
+    owners: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
+    for f in snap.open_files.values():
+        if f.inode not in locked:
+            continue
+        for d in snap.holders(f.id):
+            raw = fdinfo_details.read_fdinfo(d.tgid, d.fd)
+            for line in fdinfo_details.lock_lines(raw or b""):
+                parsed = _lock_key(line)
+                if parsed is not None:
+                    owners[parsed[0]].append((d.tgid, d.fd))
+    return [
+        FileLock(
+            kind=k[0],
+            mode=k[1],
+            pid=k[2],
+            inode=k[3],
+            start=k[4],
+            end=k[5],
+            owners=tuple(sorted(owners.get(k, ()))),
+            waiters=tuple(w),
+        )
+        for k, w in locks
+    ]
+
+
+# -- cwd, rtd, txt, mem -------------------------------------------------------
+
+
+def _inode_of(link: str) -> str:
+    try:
+        st = stat_cached(link)
+    except OSError:
+        return ""
+    return f"{os.major(st.dev)}:{os.minor(st.dev)}:{st.ino}"
+
+
+def process_files(tgid: int) -> list[ProcessFile]:
+    """The cwd, rtd (root), txt (executable) and mem (mapped files) rows of one
+    process; those it may not read are left out."""
+    rows = []
+    for kind, link in (("cwd", "cwd"), ("rtd", "root"), ("txt", "exe")):
+        try:
+            path = decode(os.readlink(f"/proc/{tgid}/{link}".encode()))
+        except OSError:
+            continue
+        rows.append(ProcessFile(tgid, kind, path, _inode_of(f"/proc/{tgid}/{link}")))
+    txt = {r.inode for r in rows if r.kind == "txt"}
+    try:
+        with open(f"/proc/{tgid}/maps", "rb") as f:
+            maps = f.read()
+    except OSError:
+        return rows
+    seen: set[str] = set()
+    for line in maps.splitlines():
+        # address perms offset dev inode path
+        fields = line.split(None, 5)
+        if len(fields) < 6 or fields[4] == b"0" or not fields[5].startswith(b"/"):
+            continue
+        major, _, minor = fields[3].partition(b":")
+        inode = f"{int(major, 16)}:{int(minor, 16)}:{int(fields[4])}"
+        if inode in seen or inode in txt:
+            continue
+        seen.add(inode)
+        rows.append(ProcessFile(tgid, "mem", decode(fields[5]), inode))
+    return rows

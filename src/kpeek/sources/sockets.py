@@ -1,0 +1,219 @@
+"""What a socket inode is: family, type, addresses, state, unix peer.
+
+Matched by inode number to the ``socket:[N]`` a descriptor names. The
+network files of /proc (/proc/PID/net/tcp, unix, netlink, packet, raw...)
+describe every socket of a network namespace; sock_diag (netlink, as
+``ss -p`` uses it, through pyroute2) adds what they lack: the inode of a
+connected unix socket's peer. Both see one network namespace at a time: the
+/proc files are read through a process in each namespace asked about,
+sock_diag answers for kpeek's own namespace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterable, Mapping
+
+from kpeek.model import Socket
+from kpeek.textsafe import decode
+
+TCP_STATES = {
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+    12: "NEW_SYN_RECV",
+}
+_TCP_ESTABLISHED = 1
+SOCK_TYPES = {1: "stream", 2: "dgram", 3: "raw", 4: "rdm", 5: "seqpacket", 6: "dccp", 10: "packet"}
+IP_PROTOCOLS = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp", 255: "raw"}
+NETLINK_PROTOCOLS = {
+    0: "route", 2: "usersock", 3: "firewall", 4: "sock_diag", 5: "nflog", 6: "xfrm",
+    7: "selinux", 8: "iscsi", 9: "audit", 10: "fib_lookup", 11: "connector", 12: "netfilter",
+    13: "ip6_fw", 14: "dnrtmsg", 15: "kobject_uevent", 16: "generic", 18: "scsitransport",
+    19: "ecryptfs", 20: "rdma", 21: "crypto", 22: "smc",
+}  # fmt: skip
+ETHERTYPES = {0x0003: "all", 0x0800: "ip", 0x0806: "arp", 0x86DD: "ipv6", 0x8100: "vlan"}
+# /proc/net/<file>: (family, protocol, type or None for "from the file")
+INET_FILES = {
+    "tcp": ("inet", "tcp", "stream"),
+    "tcp6": ("inet6", "tcp", "stream"),
+    "udp": ("inet", "udp", "dgram"),
+    "udp6": ("inet6", "udp", "dgram"),
+    "udplite": ("inet", "udplite", "dgram"),
+    "udplite6": ("inet6", "udplite", "dgram"),
+    "raw": ("inet", "", "raw"),
+    "raw6": ("inet6", "", "raw"),
+    "icmp": ("inet", "icmp", "dgram"),
+    "icmp6": ("inet6", "ipv6-icmp", "dgram"),
+}
+
+
+def describe(inodes: Iterable[int], holders: Mapping[int, int] | None = None) -> dict[int, Socket]:
+    """The sockets among ``inodes``, by inode number.
+
+    ``holders`` maps a socket inode to a pid holding it: sockets not found in
+    kpeek's own network namespace are looked up in that process's. Inodes
+    that no table lists (a socket of a family not handled here) are left out.
+    """
+    wanted = set(inodes)
+    found: dict[int, Socket] = {}
+    if not wanted:
+        return found
+    found.update(_from_proc_net("/proc/self/net", wanted))
+    if any(s.family == "unix" for s in found.values()):
+        for inode, peer in unix_peers().items():
+            if inode in found:
+                found[inode] = dataclasses.replace(found[inode], peer=peer)
+    missing = wanted - found.keys()
+    if missing and holders:
+        own = _netns("self")
+        tried = {own}
+        for inode in sorted(missing):
+            pid = holders.get(inode)
+            if pid is None or inode in found or (ns := _netns(str(pid))) in tried:
+                continue
+            tried.add(ns)
+            found.update(_from_proc_net(f"/proc/{pid}/net", wanted - found.keys()))
+    return found
+
+
+def _netns(pid: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def _lines(path: str) -> list[bytes]:
+    try:
+        with open(path, "rb") as f:
+            return f.read().splitlines()[1:]
+    except OSError:
+        return []
+
+
+def _from_proc_net(base: str, wanted: set[int]) -> dict[int, Socket]:
+    found: dict[int, Socket] = {}
+    for name, (family, protocol, kind) in INET_FILES.items():
+        for line in _lines(f"{base}/{name}"):
+            s = _inet_line(line, family, protocol, kind)
+            if s is not None and s.inode in wanted:
+                found[s.inode] = s
+    for line in _lines(f"{base}/unix"):
+        s = _unix_line(line)
+        if s is not None and s.inode in wanted:
+            found[s.inode] = s
+    for line in _lines(f"{base}/netlink"):
+        f = line.split()
+        if len(f) >= 10 and int(f[9]) in wanted:
+            proto = int(f[1])
+            found[int(f[9])] = Socket(
+                int(f[9]), "netlink", "raw", NETLINK_PROTOCOLS.get(proto, str(proto)),
+                local=f"pid {int(f[2])}",
+            )  # fmt: skip
+    for line in _lines(f"{base}/packet"):
+        f = line.split()
+        if len(f) >= 9 and int(f[8]) in wanted:
+            found[int(f[8])] = _packet(f)
+    return found
+
+
+def _packet(f: list[bytes]) -> Socket:
+    kind, proto, ifindex = int(f[2]), int(f[3], 16), int(f[4])
+    try:
+        iface = socket.if_indextoname(ifindex) if ifindex else "*"
+    except OSError:
+        iface = f"if{ifindex}"
+    return Socket(
+        int(f[8]),
+        "packet",
+        SOCK_TYPES.get(kind, str(kind)),
+        ETHERTYPES.get(proto, f"0x{proto:04x}"),
+        interface=iface,
+    )
+
+
+def _inet_line(line: bytes, family: str, protocol: str, kind: str) -> Socket | None:
+    f = line.split()
+    if len(f) < 10 or not f[0].endswith(b":"):
+        return None
+    local, lport = _address(f[1])
+    remote, rport = _address(f[2])
+    state = int(f[3], 16)
+    if kind == "raw":
+        protocol = IP_PROTOCOLS.get(lport, str(lport))  # a raw socket's "port" is its protocol
+        shown_local, shown_remote = _host(local), "" if remote.is_unspecified else _host(remote)
+    else:
+        shown_local = f"{_host(local)}:{lport or '*'}"
+        shown_remote = "" if remote.is_unspecified and not rport else f"{_host(remote)}:{rport}"
+    if protocol == "tcp":
+        shown_state = TCP_STATES.get(state, str(state))
+    else:
+        shown_state = "connected" if state == _TCP_ESTABLISHED else "unconnected"
+    return Socket(int(f[9]), family, kind, protocol, shown_local, shown_remote, shown_state)
+
+
+def _address(field: bytes) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """An address:port of /proc/net/tcp: the address in host-order 32-bit words."""
+    addr, _, port = field.partition(b":")
+    words = bytes.fromhex(addr.decode())
+    packed = b"".join(
+        struct.pack(">I", struct.unpack("=I", words[i : i + 4])[0]) for i in range(0, len(words), 4)
+    )
+    ip = ipaddress.ip_address(packed)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip, int(port, 16)
+
+
+def _host(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if ip.is_unspecified:
+        return "*"
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+_UNIX_STATES = {1: "unconnected", 2: "connecting", 3: "connected", 4: "disconnecting"}
+_UNIX_LISTENING = 0x10000
+
+
+def _unix_line(line: bytes) -> Socket | None:
+    # Num RefCount Protocol Flags Type St Inode [Path]
+    f = line.split(None, 7)
+    if len(f) < 7:
+        return None
+    kind, st, flags = int(f[4], 16), int(f[5], 16), int(f[3], 16)
+    path = decode(f[7]) if len(f) > 7 else ""
+    state = "LISTEN" if flags & _UNIX_LISTENING else _UNIX_STATES.get(st, str(st))
+    return Socket(int(f[6]), "unix", SOCK_TYPES.get(kind, str(kind)), path=path, state=state)
+
+
+def unix_peers() -> dict[int, int]:
+    """Inode -> peer inode of every connected unix socket in kpeek's network
+    namespace, from sock_diag; empty when sock_diag is not available."""
+    try:
+        from pyroute2.netlink.diag import DiagSocket
+    except ImportError:
+        return {}
+    peers: dict[int, int] = {}
+    try:
+        with DiagSocket() as ds:
+            ds.bind()
+            for msg in ds.get_sock_stats(family=socket.AF_UNIX):
+                peer = dict(msg["attrs"]).get("UNIX_DIAG_PEER")
+                if peer:
+                    peers[msg["udiag_ino"]] = peer
+    except OSError:
+        return {}
+    return peers
