@@ -7,9 +7,9 @@ import os
 from typing import Any
 
 from kpeek.errors import NotPermitted
+from kpeek.ids import use_stable_key
 from kpeek.model import Snapshot
 from kpeek.sources import SOURCES, take_snapshot
-from kpeek.ids import use_stable_key
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:
