@@ -92,6 +92,7 @@ def test_other_users_process_is_not_permitted(verb):
     with family("report(pid=os.getpid())") as fam:
         source = ["--source", "procfs"] if verb == "files" else []
         code, err = _as_nobody([verb, str(fam.info["pid"]), *source])
-    assert code == 3, err
+    # files goes on with the other pids, as lsof does, and exits 1; bt stops (3).
+    assert code == (1 if verb == "files" else 3), err
     assert err.startswith("kpeek: ") and err.count("\n") == 1
     assert "root" in err

@@ -194,8 +194,9 @@ def test_snapshot_survives_exiting_tasks():
             assert len({t.pid for t in snap.tasks}) == len(snap.tasks)
 
 
-def test_unknown_pid_is_a_usage_error(capsys):
-    assert main(["files", "--source", "procfs", "999999999"]) == 2
+def test_unknown_pid_is_reported_and_exits_1(capsys):
+    # As lsof: the pid is told on stderr, the others (none here) shown, exit 1.
+    assert main(["files", "--source", "procfs", "999999999"]) == 1
     assert capsys.readouterr().err.strip() == "kpeek: no such process: 999999999"
 
 

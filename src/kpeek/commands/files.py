@@ -266,7 +266,7 @@ def _print_tables(
         title = f"PID {t.pid} {t.comm}  (pid {t.ns_pid} in pidns {namespace_id(t.pidns)})"
         plain.bold(out, for_terminal(title))
         if rows:
-            plain.table(*_drop_empty(COLUMNS, rows), out)
+            plain.table(*drop_empty(COLUMNS, rows), out)
         else:
             plain.line(out, "  (no descriptors)")
         plain.line(out)
@@ -320,7 +320,7 @@ def fd_rows(
     return rows
 
 
-def _drop_empty(
+def drop_empty(
     columns: tuple[str, ...], rows: list[tuple[object, ...]]
 ) -> tuple[tuple[str, ...], list[tuple[object, ...]]]:
     """Leave out LOCK and DETAILS when no row has one (most tables)."""

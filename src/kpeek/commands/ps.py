@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="columns",
         action="append",
         metavar="COLS",
-        help=f"columns to show, comma separated: {COLUMN_HELP} "
+        help=f"columns to show, comma separated: {COLUMN_HELP.replace('%', '%%')} "
         "(and ps's aliases: cmd, command, pcpu, pmem, tid...)",
     )
     p.add_argument(
