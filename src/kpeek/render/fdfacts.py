@@ -211,7 +211,7 @@ def summary(details: dict[str, Any]) -> str:
     """One short line for a text table, in lsof's words where lsof has them."""
     kind = details.get("kind")
     if kind == "epoll":
-        fds = ",".join(str(w["fd"]) for w in details["watches"])
+        fds = ",".join(str(fd) for fd in sorted(w["fd"] for w in details["watches"]))  # as lsof
         return f"[eventpoll:{fds}]" if fds else "[eventpoll]"
     if kind == "eventfd":
         ident = f":{details['id']}" if "id" in details else ""
