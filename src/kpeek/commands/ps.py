@@ -13,6 +13,7 @@ from kpeek.commands.common import (
     add_json,
     add_raw_pointers,
     add_source,
+    is_live,
     raw_pointers_allowed,
     snapshot,
 )
@@ -21,7 +22,6 @@ from kpeek.model import STATE_NAMES, Task
 from kpeek.render import plain, ps_columns
 from kpeek.render.tables import namespace_id, snapshot_meta, task_dict
 from kpeek.sources.proc_usage import with_usage
-from kpeek.targets import core_path
 from kpeek.textsafe import for_terminal
 
 COLUMN_HELP = ", ".join(ps_columns.COLUMNS)
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     )
     clock = ps_columns.Clock.read()
     tasks = select(list(snap.tasks), args)
-    if core_path(args) is None:  # CPU, memory and command lines of the live system
+    if is_live(args):  # CPU, memory and command lines of the live system
         tasks = with_usage(tasks)
     tasks = _sorted(tasks, args.sort, clock)
     rows = _forest(tasks) if args.forest else [(t, 0) for t in tasks]

@@ -3,7 +3,7 @@
 Matched by inode number to the ``socket:[N]`` a descriptor names. The
 network files of /proc (/proc/PID/net/tcp, unix, netlink, packet, raw...)
 describe every socket of a network namespace; sock_diag (netlink, as
-``ss -p`` uses it, through pyroute2) adds what they lack: the inode of a
+``ss -x`` uses it) adds what they lack: the inode of a
 connected unix socket's peer. Both see one network namespace at a time: the
 /proc files are read through a process in each namespace asked about,
 sock_diag answers for kpeek's own namespace.
@@ -199,21 +199,60 @@ def _unix_line(line: bytes) -> Socket | None:
     return Socket(int(f[6]), "unix", SOCK_TYPES.get(kind, str(kind)), path=path, state=state)
 
 
+# sock_diag (linux/sock_diag.h, linux/unix_diag.h): a stable netlink ABI, asked
+# directly: a general netlink library costs more to import than the whole query.
+NETLINK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+UDIAG_SHOW_PEER = 0x4
+UNIX_DIAG_PEER = 2
+_NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_REQ = struct.Struct("=BBHIII8x")  # family, protocol, pad, states, ino, show, cookie
+_MSG = struct.Struct("=BBBxI8x")  # family, type, state, ino, cookie
+_RTA = struct.Struct("=HH")
+
+
 def unix_peers() -> dict[int, int]:
     """Inode -> peer inode of every connected unix socket in kpeek's network
-    namespace, from sock_diag; empty when sock_diag is not available."""
-    try:
-        from pyroute2.netlink.diag import DiagSocket
-    except ImportError:
-        return {}
+    namespace, from sock_diag (as ``ss -x`` asks it); empty where sock_diag
+    cannot be used. One dump request, answered in as many reads as it takes."""
     peers: dict[int, int] = {}
     try:
-        with DiagSocket() as ds:
-            ds.bind()
-            for msg in ds.get_sock_stats(family=socket.AF_UNIX):
-                peer = dict(msg["attrs"]).get("UNIX_DIAG_PEER")
-                if peer:
-                    peers[msg["udiag_ino"]] = peer
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_DIAG)
     except OSError:
-        return {}
+        return peers
+    try:
+        _dump_unix(s, peers)
+    except (OSError, struct.error):
+        pass  # what was read so far stands
+    finally:
+        s.close()
     return peers
+
+
+def _dump_unix(s: socket.socket, peers: dict[int, int]) -> None:
+    s.settimeout(5.0)  # the kernel answers at once; never wait for good
+    body = _REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, UDIAG_SHOW_PEER)
+    header = _NLMSG.pack(
+        _NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
+    )
+    s.sendto(header + body, (0, 0))
+    while True:
+        data = s.recv(1 << 16)
+        off = 0
+        while off + _NLMSG.size <= len(data):
+            length, kind, _, _, _ = _NLMSG.unpack_from(data, off)
+            if kind in (NLMSG_DONE, NLMSG_ERROR) or length < _NLMSG.size:
+                return
+            msg = off + _NLMSG.size
+            ino = _MSG.unpack_from(data, msg)[3]
+            attr, end = msg + _MSG.size, off + length
+            while attr + _RTA.size <= end:
+                alen, atype = _RTA.unpack_from(data, attr)
+                if alen < _RTA.size:
+                    break
+                if atype == UNIX_DIAG_PEER and alen >= 8:
+                    peers[ino] = struct.unpack_from("=I", data, attr + 4)[0]
+                attr += (alen + 3) & ~3
+            off += (length + 3) & ~3
