@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,14 @@ os.read(r, 1)
 """
 
 
+def _until_asleep_in_read(pid: int) -> None:
+    """The child reports before its parent reaches read(): wait for the parent."""
+    deadline = time.monotonic() + 20
+    while not Path(f"/proc/{pid}/wchan").read_text().endswith("pipe_read"):
+        assert time.monotonic() < deadline, "the reader never blocked in read()"
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize("source", ["procfs", "bpf"])
 def test_stacks_threads_and_filters(capsys, source):
     require("root")
@@ -28,6 +38,7 @@ def test_stacks_threads_and_filters(capsys, source):
         require("bpf")
     with family(PIPE_READER) as fam:
         reader = fam.info["parent"]
+        _until_asleep_in_read(reader)
         argv = ["ps", "--json", "--stacks", "-t", "-p", str(reader), "--source", source]
         assert main(argv) == 0
         doc = json.loads(capsys.readouterr().out)
