@@ -63,7 +63,8 @@ def module_objects(kernel: Kernel) -> list[Object]:
     if head is None:
         return []
     walk = kernel.list_entries(head, "struct module", "list")
-    return [kernel.object("struct module", a) for a in walk.entries]
+    t = kernel.type("struct module")
+    return [kernel.object(t, a) for a in walk.entries]
 
 
 def read_module(kernel: Kernel, mod: Object) -> Module:
@@ -139,11 +140,12 @@ def _uses(kernel: Kernel, mod: Object, head: str, other: str) -> list[str]:
     except (UnknownType, UnknownMember):
         node_at, other_at = _MODULE_USE[head], _MODULE_USE[other]
     names = []
+    module_type = kernel.type("struct module")
     walk = kernel.list_entries(list_head)
     for node in walk.entries:
         try:
             target = int.from_bytes(kernel.memory.read(node - node_at + other_at, 8), "little")
-            names.append(kernel.object("struct module", target).member("name").value())
+            names.append(kernel.object(module_type, target).member("name").value())
         except (MemoryReadError, ObjectError):
             names.append("?")
     return names
@@ -256,8 +258,9 @@ def files_held(kernel: Kernel, owners: set[int]) -> dict[int, list[Holder]]:
     owner_at = kernel.type("struct file_operations").resolve().offsetof("owner")
     out: dict[int, list[Holder]] = {}
     seen_tables: set[int] = set()
+    task_type = kernel.type("struct task_struct")
     for address in all_task_addresses(kernel):
-        task = kernel.object("struct task_struct", address)
+        task = kernel.object(task_type, address)
         try:
             files = task.member("files").value_int()
             if not files or files in seen_tables:

@@ -109,7 +109,8 @@ class Slub:
         if self._caches is None:
             k = self.kernel
             walk = k.list_entries(k.symbol_address("slab_caches"), "struct kmem_cache", "list")
-            self._caches = {a: k.object("struct kmem_cache", a) for a in walk.entries}
+            t = k.type("struct kmem_cache")  # looked up once: a name lookup is not free
+            self._caches = {a: k.object(t, a) for a in walk.entries}
         return self._caches
 
     def cache(self, s: Object, *, counts: bool = False) -> Cache:
@@ -267,9 +268,10 @@ class Slub:
         assert offsets is not None
         raw = k.memory.read(offsets, 8 * len(self.cpus))
         out = []
+        t = k.type("struct kmem_cache_cpu")
         for cpu in self.cpus:
             off = int.from_bytes(raw[8 * cpu : 8 * cpu + 8], "little")
-            out.append((cpu, k.object("struct kmem_cache_cpu", (per_cpu + off) & _MASK)))
+            out.append((cpu, k.object(t, (per_cpu + off) & _MASK)))
         return out
 
     def _chain(self, first: int, free_ptr_at: int, random: int, lo: int, hi: int) -> set[int]:

@@ -149,12 +149,23 @@ class Kallsyms:
         ``ends`` are addresses where text ends (a module's), which cap the size
         of the symbol before them as the kernel's own lookup does."""
         addresses, kinds, names, modules = (list(x) for x in self._names_raw)
+        extra = sorted(extra)
+        base = len(addresses)
         for address, kind, name, module in extra:
             addresses.append(address)
             kinds.append(kind)
             names.append(name)
             modules.append(module)
-        out = Kallsyms(addresses, kinds, names, modules)
+        if extra and self._addrs and extra[0][0] > self._addrs[-1]:
+            # modules live above the kernel image: keep this index, index only the new
+            tail = Kallsyms(addresses[base:], kinds[base:], names[base:], modules[base:])
+            out = Kallsyms.__new__(Kallsyms)
+            out._by_name_cache = None
+            out._names_raw = (addresses, kinds, names, modules)
+            out._addrs = self._addrs + tail._addrs
+            out._picks = self._picks + [base + i for i in tail._picks]
+        else:
+            out = Kallsyms(addresses, kinds, names, modules)
         out._ends = sorted({*self._ends, *(ends or [])})
         return out
 
