@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 apt_packages=(clang llvm libbpf-dev bpftool graphviz fuse3 libfuse2 lsof chromium psmisc procps
-  qemu-system-x86 makedumpfile busybox-static cpio gcc-12 make)
+  qemu-system-x86 makedumpfile busybox-static cpio gcc-12 make
+  e2fsprogs util-linux mount gcc libc6-dev)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

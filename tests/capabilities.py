@@ -41,6 +41,26 @@ def have_fuse() -> bool:
     return have_root() and os.path.exists("/dev/fuse")
 
 
+def have_cgroup_freeze() -> bool:
+    """cgroup v2 mounted somewhere with its freezer (cgroup.freeze)."""
+    if not have_root():
+        return False
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mounts = [x.partition(" - ")[0].split()[4] for x in f
+                      if x.partition(" - ")[2].startswith("cgroup2 ")]
+    except OSError:
+        return False
+    return any(os.access(m, os.W_OK) and os.path.exists(os.path.join(m, "cgroup.procs"))
+               for m in mounts)
+
+
+def have_fsfreeze() -> bool:
+    """fsfreeze, mkfs.ext4 and loop devices: a small ext4 to freeze."""
+    return (have_root() and all(shutil.which(t) for t in ("fsfreeze", "mkfs.ext4", "losetup"))
+            and os.path.exists("/dev/loop-control"))
+
+
 def have_graphviz() -> bool:
     return shutil.which("dot") is not None
 
@@ -63,6 +83,8 @@ CAPABILITIES = {
     "clang": have_clang,
     "fuse": have_fuse,
     "graphviz": have_graphviz,
+    "cgroup-freeze": have_cgroup_freeze,
+    "fsfreeze": have_fsfreeze,
     "chromium": have_chromium,
     "qemu": have_qemu,
 }

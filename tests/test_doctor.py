@@ -468,5 +468,6 @@ def test_chain_ends_at_a_stopped_fuse_server():
         diag = doctor(b.pid, min_sleep=0)
         [h] = [h for h in diag.hung if h.task.pid == b.pid]
         assert [e.kind for e in h.chain] == ["rwsem", "fuse"]
-        assert h.root == f"{comm(m.server.pid)} (pid {m.server.pid}), which is stopped " \
-                         "(SIGSTOP or a tracer)"
+        assert h.root == f"{comm(m.server.pid)} (pid {m.server.pid}), stopped by a signal " \
+                         "(SIGSTOP, SIGTSTP...)"
+        assert h.fix == f"kill -CONT {m.server.pid}"

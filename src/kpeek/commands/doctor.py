@@ -4,6 +4,7 @@ reach end-of-file, and recent kernel reports. Exit 1 when it finds any."""
 from __future__ import annotations
 
 import argparse
+import os
 
 from kpeek import jsonout
 from kpeek.commands.common import add_json
@@ -20,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json(p)
     p.add_argument("--dot", metavar="FILE", help="write the wait-for graph for Graphviz to FILE")
     p.add_argument("--min-sleep", type=float, default=1.0, metavar="SECONDS",
-                   help="a D-state task counts as hung after this long asleep (default 1)")
+                   help="a D-state task counts as hung after this long asleep, and becomes "
+                        "the stuck root of the waits behind it (default 1); waits on a "
+                        "stopped or frozen root are told at once")
     p.add_argument("--no-kernel-memory", action="store_true",
                    help="do not read kernel memory with BPF (kernel locks stay unseen)")
     p.add_argument("--no-kernel-log", action="store_true", help="skip the kernel log")
@@ -39,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
         from kpeek.commands.sources import explain
 
         return explain(args)
-    if args.min_sleep < 0:
-        raise UsageError("--min-sleep must be 0 or more seconds")
+    if not (args.min_sleep >= 0):  # also refuses nan, which compares false to anything
+        raise UsageError("--min-sleep must be a number of seconds, 0 or more")
     kernel = None
     if core_path(args) is not None:  # a dump: every fact from its kernel objects
         from kpeek.sources import memwalk
@@ -64,17 +67,28 @@ def run(args: argparse.Namespace) -> int:
                 f.write(to_dot(diag))
         except OSError as e:
             raise UsageError(f"cannot write {args.dot}: {e.strerror}") from e
+    blind = kernel is None and os.geteuid() != 0  # a dump shows everything to anyone
     if args.json:
-        jsonout.emit("doctor", to_json(diag))
+        doc = to_json(diag)
+        if blind:
+            doc["notes"].insert(0, BLIND)
+        jsonout.emit("doctor", doc)
     else:
-        _print(diag, all_text(diag))
+        _print(diag, all_text(diag), blind)
     return EXIT_FINDINGS if diag.found_problems else EXIT_OK
 
 
-def _print(diag, blocks: list[list[str]]) -> None:
+BLIND = ("not root: other users' kernel stacks and descriptors, and kernel memory, are not "
+         "visible, so their waits are unknown (run as root to see them)")
+
+
+def _print(diag, blocks: list[list[str]], blind: bool) -> None:
     out = text.console()
+    if blind:
+        out.print(f"note: {BLIND}", style="yellow")
     if not blocks:
-        out.print("[green]No problems found[/green]: no deadlock, no hung task, "
+        among = " among what could be seen" if blind else ""
+        out.print(f"[green]No problems found[/green]{among}: no deadlock, no hung task, "
                   "no pipe that never ends, no kernel report.")
     for block in blocks:
         head, *rest = block
@@ -82,7 +96,7 @@ def _print(diag, blocks: list[list[str]]) -> None:
         for line in rest:
             out.print(text.name(line))
         out.print()
-    edges = len(diag.graph.edges)
+    edges = len(diag.edges())
     out.print(f"[dim]{len(diag.graph.snapshot.tasks)} tasks examined, {edges} waits in the "
               "wait-for graph[/dim]")
     for note in dict.fromkeys(diag.notes):

@@ -16,11 +16,14 @@ def child_wait_edges(graph: WaitGraph) -> None:
     When wait4's pid argument names one child, only that child is linked.
     """
     snapshot = graph.snapshot
+    # A tracer's wait4 returns when a tracee stops: a tracer with a stopped
+    # tracee is about to wake, not blocked by it (strace, gdb, kpeek trace).
+    tracers = {r.by for r in graph.roots.values() if r.kind == "traced"}
     children: dict[int, list[int]] = {}
     for p in snapshot.processes():
         children.setdefault(p.ppid, []).append(p.pid)
     for t in snapshot.tasks:
-        if t.wchan != "do_wait":
+        if t.wchan != "do_wait" or t.tgid in tracers:
             continue
         kids = children.get(t.tgid, [])
         call = read_syscall(t)

@@ -4,22 +4,27 @@ end-of-file, and recent kernel reports, computed from one wait-for graph.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from kpeek.diagnose.children import child_wait_edges
 from kpeek.diagnose.filelocks import file_lock_edges
 from kpeek.diagnose.fuse import fuse_edges, is_idle_server_thread
 from kpeek.diagnose.graph import (
+    Root,
     WaitEdge,
     WaitGraph,
     elementary_cycles,
     node_pid,
+    proc_node,
     strongly_connected,
     stuck_nodes,
     task_node,
 )
 from kpeek.diagnose.pipes import PipeWait, pipe_edges, relation
-from kpeek.diagnose.procinfo import SchedClock
+from kpeek.diagnose.procinfo import SchedClock, forget_syscalls
+from kpeek.diagnose.roots import find_roots
+from kpeek.diagnose.waits import general_edges, is_kernel_thread
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.sched import RunqueueClock
 from kpeek.model import Snapshot, Task
@@ -49,6 +54,7 @@ class HungTask:
     chain: tuple[WaitEdge, ...]
     root: str
     stuck: bool  # can never wake given what we see (part of or behind a deadlock)
+    fix: str | None = None  # what would release the root
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,18 @@ class Diagnosis:
     reports: list[KernelReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     asleep: dict[int, float] = field(default_factory=dict)  # tid -> seconds, D-state tasks
+    focus: set[str] | None = None  # the nodes on chains through the tasks asked about
+
+    def edges(self) -> list[WaitEdge]:
+        """The graph's edges, only those on chains through ``focus`` if set."""
+        if self.focus is None:
+            return self.graph.edges
+        return [e for e in self.graph.edges
+                if e.waiter in self.focus and (e.holder is None or e.holder in self.focus)]
+
+    def nodes(self) -> set[str]:
+        found = {e.waiter for e in self.edges()} | {e.holder for e in self.edges() if e.holder}
+        return found if self.focus is not None else found | self.graph.nodes()
 
     @property
     def found_problems(self) -> bool:
@@ -112,18 +130,45 @@ class Diagnosis:
             hung=hung,
             pipes=[p for p in self.pipes
                    if p.wait.reader.tgid in tgids or any(c.tgid in tgids for c in p.culprits)],
-            reports=[], notes=self.notes, asleep=self.asleep)
+            reports=[], notes=self.notes, asleep=self.asleep, focus=self._through(tgids))
+
+    def _through(self, tgids: set[int]) -> set[str]:
+        """Every node on a wait chain that passes through one of ``tgids``: what
+        they wait on, down to the roots, and who waits on them."""
+        start = {task_node(t.pid) for t in self.graph.snapshot.tasks if t.tgid in tgids}
+        start |= {proc_node(tgid) for tgid in tgids}
+        out, into = defaultdict(list), defaultdict(list)
+        for e in self.graph.edges:
+            if e.holder:
+                out[e.waiter].append(e.holder)
+                into[e.holder].append(e.waiter)
+        found = set(start)
+        for step in (out, into):
+            seen, work = set(start), list(start)
+            while work:
+                for nxt in step.get(work.pop(), ()):
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        work.append(nxt)
+            found |= seen
+        return found
 
 
 def build_graph(snapshot: Snapshot, *, kernel_memory: bool = True,
-                kernel: Kernel | None = None) -> tuple[WaitGraph, dict]:
+                kernel: Kernel | None = None,
+                asleep: dict[int, float] | None = None,
+                min_sleep: float = 1.0) -> tuple[WaitGraph, dict]:
     """The wait-for graph of a snapshot (taken with stacks=True for best
     results). Returns the graph and, per FUSE server node, its idle threads.
     ``kernel`` is the kernel the snapshot was walked in (a dump): its memory
-    is where kernel locks are read."""
+    is where kernel locks are read. ``asleep`` (tid -> seconds, D-state
+    tasks) makes a D-state task with no known wait, asleep ``min_sleep`` or
+    more, a root: stuck itself."""
+    forget_syscalls()
     graph = WaitGraph(snapshot)
     graph.notes.extend(snapshot.notes)
     idle: dict = {}
+    find_roots(graph, live=kernel is None)
     if kernel is None:
         file_lock_edges(graph)
     pipe_edges(graph)
@@ -140,6 +185,16 @@ def build_graph(snapshot: Snapshot, *, kernel_memory: bool = True,
     elif any(t.state == "D" for t in snapshot.tasks):
         graph.notes.append("kernel memory not read (--no-kernel-memory): the kernel locks "
                            "that D-state tasks sleep on are not seen")
+    if kernel is None:  # system calls, fd sets and futex words come from the live /proc
+        general_edges(graph)
+    waiting = {e.waiter for e in graph.edges}
+    for tid, seconds in (asleep or {}).items():
+        node = task_node(tid)
+        t = graph.task(tid)
+        if t is not None and seconds >= min_sleep and node not in waiting \
+                and node not in graph.roots:
+            graph.roots[node] = Root("stuck", _d_sleep(graph, t) + f" for {seconds:.1f} s",
+                                     f"its kernel stack says where: kpeek bt {t.pid}")
     graph.link_processes()
     return graph, idle
 
@@ -155,20 +210,45 @@ def diagnose(
     """Every finding on ``snapshot``. ``min_sleep`` is how long (seconds) a
     D-state task must have slept to count as hung when nothing proves it
     stuck (short D sleeps are normal disk waits)."""
-    graph, idle = build_graph(snapshot, kernel_memory=kernel_memory, kernel=kernel)
-    stuck = stuck_nodes(graph, idle)
-    diag = Diagnosis(graph, stuck, notes=graph.notes)
-    diag.deadlocks = _deadlocks(graph, stuck)
-    in_cycle = {n for d in diag.deadlocks for n in d.nodes}
-    diag.pipes = _never_eof(graph, stuck - in_cycle)  # a reader in a deadlock is told there
-    never_eof_readers = {task_node(p.wait.reader.pid) for p in diag.pipes}
     clock = SchedClock() if kernel is None else RunqueueClock(kernel)
-    diag.hung = _hung(graph, stuck, in_cycle, never_eof_readers, min_sleep, diag.asleep, clock)
+    asleep = {}
+    for t in snapshot.tasks:
+        if t.state == "D":
+            seconds = clock.asleep_seconds(t)
+            if seconds is not None:
+                asleep[t.pid] = seconds
+    graph, idle = build_graph(snapshot, kernel_memory=kernel_memory, kernel=kernel,
+                              asleep=asleep, min_sleep=min_sleep)
+    stuck = stuck_nodes(graph, idle)
+    # Circles alone (no stopped or frozen root needed): deadlocks and pipes
+    # that never end; a wait stuck only on a root is told with that root.
+    circular = stuck_nodes(graph, idle, roots=False)
+    diag = Diagnosis(graph, stuck, notes=graph.notes, asleep=asleep)
+    diag.deadlocks = _deadlocks(graph, circular)
+    in_cycle = {n for d in diag.deadlocks for n in d.nodes}
+    # A reader on a circle of waits never sees end-of-file; one merely behind
+    # such a circle is told as a wait on it.
+    diag.pipes = _never_eof(graph, on_circles(graph, circular) - in_cycle)
+    never_eof_readers = {task_node(p.wait.reader.pid) for p in diag.pipes}
+    diag.hung = _hung(graph, stuck, in_cycle, never_eof_readers, min_sleep, clock, asleep)
     if kernel_log:
         diag.reports, note = recent_reports(kernel)
         if note:
             diag.notes.append(note)
     return diag
+
+
+def on_circles(graph: WaitGraph, nodes: set[str]) -> set[str]:
+    """The nodes among ``nodes`` that lie on a circle of waits among them."""
+    succ: dict[str, list[str]] = defaultdict(list)
+    for e in graph.edges:
+        if e.waiter in nodes and e.holder in nodes:
+            succ[e.waiter].append(e.holder)
+    found = set()
+    for component in strongly_connected(nodes, succ):
+        if len(component) > 1 or component[0] in succ.get(component[0], ()):
+            found.update(component)
+    return found
 
 
 def _deadlocks(graph: WaitGraph, stuck: set[str]) -> list[Deadlock]:
@@ -222,61 +302,109 @@ def _never_eof(graph: WaitGraph, stuck: set[str]) -> list[NeverEof]:
 
 
 def _hung(graph: WaitGraph, stuck: set[str], in_cycle: set[str], eof_readers: set[str],
-          min_sleep: float, asleep_of: dict[int, float],
-          clock: SchedClock | RunqueueClock) -> list[HungTask]:
+          min_sleep: float, clock: SchedClock | RunqueueClock,
+          asleep_of: dict[int, float]) -> list[HungTask]:
+    """``asleep_of`` holds the D-state sleeps measured right after the clock
+    was calibrated: a guest's scheduler clock may drift from CLOCK_MONOTONIC
+    while the graph is built (seconds, with BPF), so they are not measured
+    again."""
     found = []
     explained = {n: "part of a deadlock (see above)" for n in in_cycle}
     explained |= {n: "reads a pipe that never reaches end-of-file (see above)"
                   for n in eof_readers}
     for t in graph.snapshot.tasks:
         node = task_node(t.pid)
+        root = graph.roots.get(node)
+        if root is not None and root.kind != "stuck":
+            continue  # stopped or frozen: the end of chains, not a wait of its own
         is_d = t.state == "D"
         is_stuck = node in stuck and node not in eof_readers
-        if not (is_d or is_stuck):
+        if not (is_d or is_stuck) or (is_stuck and not is_d and is_kernel_thread(t)):
             continue
-        asleep = clock.asleep_seconds(t)
-        if asleep is not None and is_d:
-            asleep_of[t.pid] = asleep
         if node in in_cycle:
             continue  # told with its deadlock
+        asleep = asleep_of[t.pid] if t.pid in asleep_of else clock.asleep_seconds(t)
         too_short = asleep is None or asleep < min_sleep
         if is_d and not is_stuck and too_short:
             continue
-        chain, root = holder_chain(graph, node, explained)
-        found.append(HungTask(t, asleep, tuple(chain), root, node in stuck))
+        chain, root_text, fix = holder_chain(graph, node, explained, stuck)
+        found.append(HungTask(t, asleep, tuple(chain), root_text, node in stuck, fix))
     found.sort(key=lambda h: -(h.asleep or 0))
     return found
 
 
 def holder_chain(graph: WaitGraph, start: str, explained: dict[str, str],
-                 limit: int = 32) -> tuple[list[WaitEdge], str]:
+                 stuck: set[str] | None = None,
+                 limit: int = 32) -> tuple[list[WaitEdge], str, str | None]:
     """The waits from ``start`` to the node that everything behind it waits
-    for, and that root in words. ``explained`` maps nodes already told as
-    findings (deadlocks, never-ending pipes) to a pointer to that finding."""
+    for, that root in words, and what would release it. ``explained`` maps
+    nodes already told as findings (deadlocks, never-ending pipes) to a
+    pointer to that finding; ``stuck`` steers the chain toward stuck nodes."""
     out = graph.out_edges()
+    stuck = stuck or set()
     chain: list[WaitEdge] = []
     seen = {start}
     node = start
     while len(chain) < limit:
         edges = out.get(node, [])
-        if not edges:
-            break
-        # Prefer an edge with a holder, and among those one already explained.
-        edge = next((e for e in edges if e.holder and e.holder in explained), None) or next(
-            (e for e in edges if e.holder), edges[0])
+        if not edges or _root_of(graph, node) is not None:
+            break  # a root, or a process held up by a stopped or frozen thread
+        edge = min(edges, key=lambda e: _preference(e, explained, stuck, seen, out))
         chain.append(edge)
         if edge.holder is None:
-            return chain, edge.note or "no single holder"
+            return chain, edge.note or "no single holder", None
         if edge.holder in explained:
-            return chain, f"{who(graph, edge.holder)}: {explained[edge.holder]}"
+            return chain, f"{who(graph, edge.holder)}: {explained[edge.holder]}", None
         if edge.holder in seen:
-            return chain, "a circle of waits that can never end"
+            return chain, "a circle of waits that can never end", None
         seen.add(edge.holder)
         node = edge.holder
-    return chain, describe_root(graph, node)
+    return (chain, *describe_root(graph, node))
 
 
-def describe_root(graph: WaitGraph, node: str) -> str:
+def _preference(e: WaitEdge, explained: dict[str, str], stuck: set[str], seen: set[str],
+                out: dict[str, list[WaitEdge]]) -> int:
+    """Which wait a chain follows (lowest first): one already told as a
+    finding, then one to a stuck node, then a new node, and last a thread
+    that only waits on a futex of its own process (an idle worker: the weakest
+    explanation), a node seen already, or no holder at all."""
+    if e.holder is None:
+        return 6
+    if e.holder in explained:
+        return 0
+    if e.holder in seen:
+        return 5
+    if e.holder in stuck:
+        return 1
+    waits = out.get(e.holder, [])
+    if e.kind == "thread" and waits and all(w.kind == "futex" and w.any_of for w in waits):
+        return 3
+    return 2
+
+
+def _root_of(graph: WaitGraph, node: str) -> tuple[str, Root] | None:
+    """The root at ``node``: itself, or for a process one of its threads."""
+    if node in graph.roots:
+        return node, graph.roots[node]
+    if node.startswith("proc:"):
+        for t in graph.threads_of(node_pid(node)):
+            if task_node(t.pid) in graph.roots:
+                return task_node(t.pid), graph.roots[task_node(t.pid)]
+    return None
+
+
+def describe_root(graph: WaitGraph, node: str) -> tuple[str, str | None]:
+    """A chain's last node in words, and what would release it (None: not known)."""
+    found = _root_of(graph, node)
+    if found is not None:
+        where, root = found
+        if where.startswith(("task:", "proc:")):
+            return f"{who(graph, where)}, {root.why}", root.fix
+        return root.why, root.fix
+    return _describe(graph, node), None
+
+
+def _describe(graph: WaitGraph, node: str) -> str:
     pid = node_pid(node)
     if node.startswith("proc:"):
         threads = graph.threads_of(pid)
@@ -299,12 +427,16 @@ def describe_root(graph: WaitGraph, node: str) -> str:
     if t.state in "Tt":
         return f"{_who(t)}, which is stopped (SIGSTOP or a tracer)"
     if t.state == "D":
-        frames = (t.wchan or "", *(t.kernel_stack or ())[:3])
-        if any(f.startswith(IO_WAITS) for f in frames):
-            return f"{_who(t)}, waiting for I/O in {t.wchan} (the disk or a page lock)"
-        return f"{_who(t)}, in uninterruptible sleep in {t.wchan or '?'} (what it waits for is " \
-               "not visible" + ("" if graph.kernel_memory_read else " without kernel memory") + ")"
+        return f"{_who(t)}, {_d_sleep(graph, t)}"
     return f"{_who(t)}, sleeping in {t.wchan or '?'}"
+
+
+def _d_sleep(graph: WaitGraph, t: Task) -> str:
+    frames = (t.wchan or "", *(t.kernel_stack or ())[:3])
+    if any(f.startswith(IO_WAITS) for f in frames):
+        return f"waiting for I/O in {t.wchan} (the disk or a page lock)"
+    return f"in uninterruptible sleep in {t.wchan or '?'} (what it waits for is not visible" + \
+        ("" if graph.kernel_memory_read else " without kernel memory") + ")"
 
 
 def _who(t: Task) -> str:
@@ -314,6 +446,9 @@ def _who(t: Task) -> str:
 
 def who(graph: WaitGraph, node: str) -> str:
     """A node in words: "comm (pid N)" or "process comm (pid N)"."""
+    if not node.startswith(("task:", "proc:")):
+        root = graph.roots.get(node)
+        return root.why if root else node
     pid = node_pid(node)
     if node.startswith("proc:"):
         t = graph.task(pid)

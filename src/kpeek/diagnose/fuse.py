@@ -2,7 +2,7 @@
 process that serves its FUSE connection.
 
 A connection is numbered by the mount's device number (the directory name
-under /sys/fs/fuse/connections, kernel dev_t encoding: major << 20 | minor).
+under /sys/fs/fuse/connections when fusectl is mounted, kernel dev_t encoding: major << 20 | minor).
 Its server is whoever holds a /dev/fuse descriptor whose fdinfo says
 ``fuse_connection: N`` (kernels >= 6.x print it); where fdinfo does not say,
 the sole /dev/fuse holder is taken, and the guess is said.
@@ -15,7 +15,6 @@ and are ignored when deciding whether the wait can end.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, proc_node, task_node
@@ -73,23 +72,15 @@ def fuse_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[int, list[str]]
     return found
 
 
-def ensure_fusectl() -> bool:
-    """Whether /sys/fs/fuse/connections is mounted (mounting it as root)."""
-    if os.path.isdir(FUSECTL) and os.listdir(FUSECTL):
-        return True
+def fusectl_mounted() -> bool:
+    """Whether /sys/fs/fuse/connections is mounted. The doctor never mounts
+    it (it changes nothing on the machine): without it, only the count of
+    requests waiting on each connection is unseen."""
     try:
         with open("/proc/self/mounts", "rb") as f:
-            if b" fusectl " in f.read():
-                return True
+            return b" fusectl " in f.read()
     except OSError:
         return False
-    if os.geteuid() != 0 or not os.path.isdir(FUSECTL):
-        return False
-    import subprocess
-
-    done = subprocess.run(["mount", "-t", "fusectl", "none", FUSECTL],
-                          capture_output=True, check=False, timeout=10)
-    return done.returncode == 0
 
 
 def _fdinfo_connection(tgid: int, fd: int) -> int | None:
@@ -162,8 +153,9 @@ def fuse_edges(graph: WaitGraph) -> dict[str, set[int]]:
     waiters = [t for t in snapshot.tasks if is_fuse_waiter(t)]
     if not waiters:
         return {}
-    if not ensure_fusectl():
-        graph.notes.append("fusectl is not mounted and could not be: FUSE connections unseen")
+    if not fusectl_mounted():
+        graph.notes.append("fusectl is not mounted (doctor does not mount it): the requests "
+                           "waiting on each FUSE connection are not counted")
     conns = connections(snapshot)
     idle: dict[str, set[int]] = {}
     for t in waiters:

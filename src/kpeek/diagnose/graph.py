@@ -38,7 +38,27 @@ def proc_node(tgid: int) -> str:
 
 
 def node_pid(node: str) -> int:
-    return int(node.split(":", 1)[1])
+    """The pid of a task or process node; -1 for the other nodes (a frozen
+    file system, an end nobody holds: see :class:`Root`)."""
+    kind, _, rest = node.partition(":")
+    return int(rest) if kind in ("task", "proc") else -1
+
+
+def is_task_or_proc(node: str) -> bool:
+    return node.startswith(("task:", "proc:"))
+
+
+@dataclass(frozen=True, slots=True)
+class Root:
+    """A node that cannot make progress by itself: a task stopped by a
+    signal, stopped by its tracer, in a frozen cgroup, or stuck itself; a
+    frozen file system; the other end of a pipe or socket that nobody holds.
+    ``why`` says which, in words; ``fix`` what would release it."""
+
+    kind: str  # stopped traced frozen-cgroup stuck frozen-fs nobody
+    why: str
+    fix: str
+    by: int | None = None  # the tracer's pid, for "traced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +81,7 @@ class WaitEdge:
     note: str | None = None
     certain: bool = True
     source: str = ""  # where the evidence came from
+    relation: str | None = None  # how the holder relates to it ("the write end held by")
 
 
 @dataclass
@@ -72,6 +93,7 @@ class WaitGraph:
     notes: list[str] = field(default_factory=list)
     pipe_waits: list = field(default_factory=list)  # pipes.PipeWait, filled by pipe_edges
     kernel_memory_read: bool = False  # set when kernel locks could be examined
+    roots: dict[str, Root] = field(default_factory=dict)  # node -> why it cannot go on
 
     def __post_init__(self) -> None:
         self._seen: set[WaitEdge] = set(self.edges)
@@ -117,30 +139,40 @@ class WaitGraph:
             out[e.waiter].append(e)
         return out
 
+    def all_descriptors_seen(self) -> bool:
+        """Whether every process's descriptor table was read: only then can
+        "no process holds the other end" be said."""
+        return not any(n.startswith("descriptors of") for n in self.snapshot.notes)
+
     def nodes(self) -> set[str]:
         found = {e.waiter for e in self.edges}
         found |= {e.holder for e in self.edges if e.holder}
         return found
 
 
-# Threads that are free to act even though they sleep: nothing they wait for
-# is in the graph. Used for process nodes whose threads we cannot all see.
-def stuck_nodes(graph: WaitGraph, ignore_idle: dict[str, set[int]] | None = None) -> set[str]:
+def stuck_nodes(graph: WaitGraph, ignore_idle: dict[str, set[int]] | None = None,
+                roots: bool = True) -> set[str]:
     """Nodes that can never wake again, given the edges we know.
 
-    A task node with all-of edges is stuck when any holder is stuck (and
-    every all-of edge has a holder); with only any-of edges, when every
-    target is stuck. A process node is stuck when every thread is stuck,
-    except threads listed in ``ignore_idle[node]`` (FUSE threads idle in
-    the request read cannot answer a request already taken). Tasks with no
+    A root (``graph.roots``: stopped, frozen, nobody) is stuck. A task node
+    with all-of edges is stuck when any holder is stuck (and every all-of
+    edge has a holder); with only any-of edges, when every target is stuck
+    (an any-of edge without a holder is a waker outside what we see: never
+    stuck). A process node is stuck when every thread is stuck, except
+    threads listed in ``ignore_idle[node]`` (FUSE threads idle in the
+    request read cannot answer a request already taken). Tasks with no
     known wait are never stuck. Greatest fixpoint: start from "all waiting
-    nodes stuck" and clear nodes until nothing changes.
+    nodes stuck" and clear nodes until nothing changes. ``roots=False``
+    leaves the roots out: what is stuck by circles of waits alone.
     """
     ignore_idle = ignore_idle or {}
     out = graph.out_edges()
-    stuck = {n for n in graph.nodes() if n in out or n.startswith("proc:")}
+    fixed = set(graph.roots) if roots else set()
+    stuck = {n for n in graph.nodes() if n in out or n.startswith("proc:")} | fixed
 
     def still_stuck(node: str) -> bool:
+        if node in fixed:
+            return True
         if node.startswith("proc:"):
             idle = ignore_idle.get(node, set())
             threads = [t for t in graph.threads_of(node_pid(node)) if t.pid not in idle]
@@ -156,17 +188,25 @@ def stuck_nodes(graph: WaitGraph, ignore_idle: dict[str, set[int]] | None = None
             if any(e.holder is None for e in all_of):
                 return False  # no single holder: we cannot say it never ends
             return any(e.holder in stuck for e in all_of)
-        return all(e.holder in stuck for e in any_of if e.holder) and any(
-            e.holder for e in any_of
-        )
+        return all(e.holder in stuck for e in any_of)
 
-    changed = True
-    while changed:
-        changed = False
-        for node in sorted(stuck):
-            if not still_stuck(node):
-                stuck.discard(node)
-                changed = True
+    # Worklist: when a node is cleared, only the nodes that wait on it (and a
+    # thread's process) need another look, so the fixpoint stays linear.
+    waiters_of: dict[str, set[str]] = defaultdict(set)
+    for e in graph.edges:
+        if e.holder:
+            waiters_of[e.holder].add(e.waiter)
+    work = sorted(stuck)
+    while work:
+        node = work.pop()
+        if node not in stuck or still_stuck(node):
+            continue
+        stuck.discard(node)
+        work.extend(waiters_of.get(node, ()))
+        if node.startswith("task:"):
+            t = graph.task(node_pid(node))
+            if t is not None:
+                work.append(proc_node(t.tgid))
     return stuck
 
 

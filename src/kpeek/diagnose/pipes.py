@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from kpeek.diagnose.graph import WaitEdge, WaitGraph, proc_node, task_node
+from kpeek.diagnose.graph import Root, WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import open_file_of, syscall_target
 from kpeek.model import FileDescriptor, Snapshot, Task
 
@@ -90,6 +90,19 @@ def pipe_edges(graph: WaitGraph) -> list[PipeWait]:
     """Add any-of edges reader -> each process holding the write end."""
     waits = graph.pipe_waits = pipe_waits(graph.snapshot)
     for w in waits:
+        if not w.writers and not graph.all_descriptors_seen():
+            continue  # the write end may be in a table we could not read
+        if not w.writers:  # the write end is in no process: in flight in a message?
+            node = f"none:pipe:{w.inode}"
+            graph.roots[node] = Root(
+                "nobody", f"no process holds the write end of {w.path}",
+                "nothing will ever write to it: end the reader (the write end may sit "
+                "unreceived in a unix socket message)")
+            graph.add(WaitEdge(task_node(w.reader.pid), node, "pipe",
+                               f"data or end-of-file on {w.path}", any_of=True, path=w.path,
+                               note="no process holds the write end",
+                               source="wchan pipe_read, fd table"))
+            continue
         by_process: dict[int, list[int]] = {}
         for d in w.writers:
             by_process.setdefault(d.tgid, []).append(d.fd)

@@ -41,6 +41,30 @@ _PATH_SYSCALLS = {
 }
 
 
+# The system calls whose sleep the doctor explains, by number.
+SYSCALL_NAMES = {
+    "x86_64": {0: "read", 1: "write", 7: "poll", 17: "pread64", 18: "pwrite64", 19: "readv",
+               20: "writev", 23: "select", 34: "pause", 35: "nanosleep", 43: "accept",
+               42: "connect", 44: "sendto", 45: "recvfrom", 46: "sendmsg", 47: "recvmsg",
+               56: "clone", 57: "fork", 58: "vfork", 61: "wait4", 202: "futex",
+               230: "clock_nanosleep", 232: "epoll_wait", 247: "waitid", 270: "pselect6",
+               271: "ppoll", 275: "splice", 281: "epoll_pwait", 288: "accept4",
+               299: "recvmmsg", 307: "sendmmsg", 435: "clone3", 441: "epoll_pwait2",
+               449: "futex_waitv", 2: "open", 257: "openat", 130: "rt_sigsuspend",
+               128: "rt_sigtimedwait", 295: "preadv", 296: "pwritev", 327: "preadv2",
+               328: "pwritev2"},
+    "aarch64": {63: "read", 64: "write", 67: "pread64", 68: "pwrite64", 65: "readv",
+                66: "writev", 72: "pselect6", 73: "ppoll", 101: "nanosleep", 202: "accept",
+                203: "connect", 206: "sendto", 207: "recvfrom", 211: "sendmsg",
+                212: "recvmsg", 220: "clone", 260: "wait4", 98: "futex",
+                115: "clock_nanosleep", 95: "waitid", 76: "splice", 22: "epoll_pwait",
+                242: "accept4", 243: "recvmmsg", 269: "sendmmsg", 435: "clone3",
+                441: "epoll_pwait2", 449: "futex_waitv", 56: "openat", 133: "rt_sigsuspend",
+                137: "rt_sigtimedwait", 69: "preadv", 70: "pwritev", 286: "preadv2",
+                287: "pwritev2"},
+}
+
+
 @dataclass(frozen=True, slots=True)
 class SyscallTarget:
     """What a sleeping task's current system call works on."""
@@ -55,9 +79,25 @@ def _machine() -> str:
     return "aarch64" if m in ("arm64", "aarch64") else m
 
 
+# One read of /proc/.../syscall per task and diagnosis: several finders ask.
+_syscalls: dict[tuple[int, int], tuple[int, list[int]] | None] = {}
+
+
+def forget_syscalls() -> None:
+    """Start a new diagnosis: system calls read before are stale."""
+    _syscalls.clear()
+
+
 def read_syscall(task: Task) -> tuple[int, list[int]] | None:
     """(number, arguments) from /proc/TGID/task/TID/syscall; None when running,
     outside a system call, gone, or not readable."""
+    key = (task.tgid, task.pid)
+    if key not in _syscalls:
+        _syscalls[key] = _read_syscall(task)
+    return _syscalls[key]
+
+
+def _read_syscall(task: Task) -> tuple[int, list[int]] | None:
     try:
         with open(f"/proc/{task.tgid}/task/{task.pid}/syscall", "rb") as f:
             fields = f.read().split()
@@ -71,17 +111,40 @@ def read_syscall(task: Task) -> tuple[int, list[int]] | None:
         return None
 
 
-def _read_user_string(task: Task, address: int, limit: int = 4096) -> str | None:
+def syscall_name(task: Task) -> tuple[str, list[int]] | None:
+    """(name, arguments) of the system call a task sleeps in, for the calls
+    the doctor knows (see SYSCALL_NAMES); the number as text otherwise."""
+    call = read_syscall(task)
+    if call is None:
+        return None
+    nr, args = call
+    return SYSCALL_NAMES.get(_machine(), {}).get(nr, str(nr)), args
+
+
+def read_user(task: Task, address: int, size: int) -> bytes | None:
+    """``size`` bytes of the task's own memory at ``address`` (through
+    /proc/PID/mem: a user process's memory, never the kernel's)."""
+    if not address:
+        return None
     try:
         fd = os.open(f"/proc/{task.tgid}/task/{task.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        raw = os.pread(fd, limit, address)
+        raw = os.pread(fd, size, address)
     except OSError:
         return None
     finally:
         os.close(fd)
+    return raw if len(raw) == size else None
+
+
+def _read_user_string(task: Task, address: int, limit: int = 4096) -> str | None:
+    raw = read_user(task, address, limit)
+    if raw is None:  # a string near the end of a mapping: read less
+        raw = read_user(task, address, 256)
+    if raw is None:
+        return None
     end = raw.find(b"\0")
     return decode(raw[:end]) if end >= 0 else None
 

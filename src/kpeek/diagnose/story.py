@@ -16,7 +16,9 @@ SLEEP_SOURCE = ("time since it last ran: se.exec_start of /proc/PID/sched, "
 
 def edge_words(graph: WaitGraph, e: WaitEdge) -> str:
     """ "waits for <resource>, held by <holder>" for one edge."""
-    if e.kind == "fuse":
+    if e.holder and not e.holder.startswith(("task:", "proc:")):
+        text = f"waits for {e.resource}"  # a frozen file system, an end nobody holds
+    elif e.kind == "fuse":
         text = f"waits for an answer on {e.resource}"
         if e.holder:
             text += f", served by {who(graph, e.holder)}"
@@ -29,6 +31,9 @@ def edge_words(graph: WaitGraph, e: WaitEdge) -> str:
             "waits for a child"
     elif e.kind == "thread":
         return f"acts through its thread {who(graph, e.holder)}" if e.holder else ""
+    elif e.relation:
+        text = f"waits for {e.resource}"
+        text += f", {e.relation} {who(graph, e.holder)}" if e.holder else ""
     else:
         text = f"waits for {e.resource}"
         text += f", held by {who(graph, e.holder)}" if e.holder else ""
@@ -92,9 +97,12 @@ def hung_text(graph: WaitGraph, h: HungTask) -> list[str]:
     state = "in D state" if h.task.state == "D" else f"blocked for good (state {h.task.state})"
     since = f", asleep {h.asleep:.1f} s" if h.asleep is not None else ""
     wchan = f" (in {h.task.wchan})" if h.task.wchan else ""
-    out = [f"HUNG: {who(graph, f'task:{h.task.pid}')} {state}{since}{wchan}"]
+    head = "HUNG" if h.task.state == "D" else "STUCK"
+    out = [f"{head}: {who(graph, f'task:{h.task.pid}')} {state}{since}{wchan}"]
     out.extend(f"    {line}" for line in chain_lines(graph, h.chain))
     out.append(f"    root: {h.root}")
+    if h.fix:
+        out.append(f"    fix: {h.fix}")
     return out
 
 
@@ -126,22 +134,26 @@ def all_text(diag: Diagnosis) -> list[list[str]]:
 def _edge_json(e: WaitEdge) -> dict[str, Any]:
     return {"waiter": e.waiter, "holder": e.holder, "kind": e.kind, "resource": e.resource,
             "any_of": e.any_of, "path": e.path, "detail": e.detail, "note": e.note,
-            "certain": e.certain, "source": e.source}
+            "certain": e.certain, "source": e.source, "relation": e.relation}
 
 
 def _node_json(graph: WaitGraph, node: str, stuck: set[str]) -> dict[str, Any]:
     t = graph.task(node_pid(node))
-    return {"id": node, "pid": node_pid(node), "comm": t.comm if t else None,
+    root = graph.roots.get(node) or next(
+        (graph.roots[f"task:{x.pid}"] for x in graph.threads_of(node_pid(node))
+         if node.startswith("proc:") and f"task:{x.pid}" in graph.roots), None)
+    return {"id": node, "pid": node_pid(node) if t else None, "comm": t.comm if t else None,
             "state": t.state if t else None, "wchan": t.wchan if t else None,
-            "stuck": node in stuck}
+            "stuck": node in stuck,
+            "root": {"kind": root.kind, "why": root.why, "fix": root.fix} if root else None}
 
 
 def to_json(diag: Diagnosis) -> dict[str, Any]:
     g = diag.graph
     return {
         "problems": diag.found_problems,
-        "graph": {"nodes": [_node_json(g, n, diag.stuck) for n in sorted(g.nodes())],
-                  "edges": [_edge_json(e) for e in g.edges]},
+        "graph": {"nodes": [_node_json(g, n, diag.stuck) for n in sorted(diag.nodes())],
+                  "edges": [_edge_json(e) for e in diag.edges()]},
         "deadlocks": [{"nodes": list(d.nodes),
                        "cycles": [[_edge_json(e) for e in c] for c in d.cycles],
                        "story": deadlock_text(g, d, asleep=diag.asleep)}
@@ -149,6 +161,7 @@ def to_json(diag: Diagnosis) -> dict[str, Any]:
         "hung": [{"pid": h.task.pid, "tgid": h.task.tgid, "comm": h.task.comm,
                   "state": h.task.state, "wchan": h.task.wchan, "asleep_seconds": h.asleep,
                   "asleep_source": SLEEP_SOURCE, "stuck": h.stuck, "root": h.root,
+                  "fix": h.fix,
                   "chain": [_edge_json(e) for e in h.chain], "story": hung_text(g, h)}
                  for h in diag.hung],
         "pipes": [{"reader": p.wait.reader.pid, "comm": p.wait.reader.comm,
@@ -174,19 +187,21 @@ def to_dot(diag: Diagnosis) -> str:
     cycle_edges = {(e.waiter, e.holder, e.kind) for d in diag.deadlocks for c in d.cycles
                    for e in c}
     lines = ["digraph waits {", "  rankdir=LR;", '  node [shape=box, fontname="monospace"];']
-    for n in sorted(g.nodes()):
+    for n in sorted(diag.nodes()):
         t = g.task(node_pid(n))
         what = "process" if n.startswith("proc:") else "task"
         label = f"{t.comm if t else '?'} ({what} {node_pid(n)})"
         if t and what == "task":
             label += f" {t.state} {t.wchan or ''}"
+        if n in g.roots:
+            label = who(g, n) if t is None else f"{label}: {g.roots[n].why}"
         attrs = [f"label={_dot(label)}"]
         if n in diag.stuck:
             attrs.append("color=red, fontcolor=red")
         if what == "process":
             attrs.append("shape=ellipse")
         lines.append(f"  {_dot(n)} [{', '.join(attrs)}];")
-    for i, e in enumerate(g.edges):
+    for i, e in enumerate(diag.edges()):
         target = e.holder
         if target is None:
             target = f"nobody{i}"

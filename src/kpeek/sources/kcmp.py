@@ -11,6 +11,7 @@ import os
 import platform
 
 KCMP_FILE = 0
+KCMP_VM = 1
 
 _SYSCALL_NUMBERS = {"x86_64": 312, "aarch64": 272, "riscv64": 272, "ppc64le": 354, "s390x": 343}
 
@@ -42,3 +43,11 @@ def compare_files(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
             raise KcmpUnavailable(err, f"kcmp: {os.strerror(err)}")
         raise OSError(err, os.strerror(err))
     return {0: 0, 1: -1, 2: 1}.get(r, 1)
+
+
+def same_vm(pid1: int, pid2: int) -> bool:
+    """Whether two tasks share one address space (a vfork child and its
+    parent before exec); False when kcmp cannot tell."""
+    if _NR_KCMP is None:
+        return False
+    return _syscall(_NR_KCMP, pid1, pid2, KCMP_VM, 0, 0) == 0

@@ -1,0 +1,147 @@
+"""Who could wake a task that waits on one descriptor: the other end.
+
+A reader of an empty pipe is woken by a write (or the last close) through a
+write end; a writer to a full pipe by a read through a read end; a socket by
+its peer socket, wherever that is held. :func:`Ends.wakers` answers for one
+descriptor and one direction ("in": data to read, "out": room to write)
+with either the processes holding the other end, or the reason something
+outside the processes we see could wake it (a remote peer, a terminal, a
+listening socket, anyone who may open a FIFO), or neither: nobody holds the
+other end at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from kpeek.model import OpenFile, Snapshot, Socket, Task
+
+
+@dataclass(frozen=True)
+class Wake:
+    """The wakers of one wait on one descriptor."""
+
+    resource: str  # what is waited for, in words ("data on pipe:[12] (fd 3)")
+    other_end: str  # "the write end", "the peer socket:[9]"
+    holders: dict[int, tuple[int, ...]] = field(default_factory=dict)  # tgid -> fds
+    outside: str | None = None  # why something we cannot see may wake it
+    kind: str = "pipe"  # pipe fifo socket
+
+
+def _writable(flags: int) -> bool:
+    return (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+
+
+def _readable(flags: int) -> bool:
+    return (flags & os.O_ACCMODE) in (os.O_RDONLY, os.O_RDWR)
+
+
+def socket_inode(f: OpenFile) -> int | None:
+    if f.path.startswith("socket:[") and f.path.endswith("]"):
+        try:
+            return int(f.path[8:-1])
+        except ValueError:
+            return None
+    return None
+
+
+class Ends:
+    """Indexes over one snapshot for finding the other end of descriptors."""
+
+    def __init__(self, snapshot: Snapshot, notes: list[str]) -> None:
+        self.snapshot = snapshot
+        self.notes = notes
+        self.fd_file = {(d.tgid, d.fd): d.open_file for d in snapshot.fds}
+        self.by_inode: dict[str, list[tuple[int, int, int]]] = {}  # inode -> (tgid, fd, flags)
+        self.by_socket: dict[int, list[tuple[int, int]]] = {}
+        for d in snapshot.fds:
+            f = snapshot.open_files.get(d.open_file)
+            if f is None:
+                continue
+            self.by_inode.setdefault(f.inode, []).append((d.tgid, d.fd, f.flags))
+            ino = socket_inode(f)
+            if ino is not None:
+                self.by_socket.setdefault(ino, []).append((d.tgid, d.fd))
+        self._sockets: dict[int, Socket] | None = None
+
+    def file(self, tgid: int, fd: int) -> OpenFile | None:
+        return self.snapshot.open_files.get(self.fd_file.get((tgid, fd), ""))
+
+    def sockets(self) -> dict:
+        """Socket inode -> model.Socket for every socket a descriptor holds,
+        with ``peer`` set for unix connections (sock_diag) and for TCP
+        connections whose other end is on this machine (the same two
+        addresses, swapped)."""
+        if self._sockets is None:
+            from kpeek.sources.sockets import describe
+
+            holders = {ino: held[0][0] for ino, held in self.by_socket.items()}
+            found = describe(holders, holders)
+            ends = {(s.local, s.remote): s for s in found.values()
+                    if s.protocol == "tcp" and s.remote and s.state != "LISTEN"}
+            for ino, s in found.items():
+                other = ends.get((s.remote, s.local)) if s.protocol == "tcp" else None
+                if other is not None and other.inode != ino:
+                    found[ino] = dataclasses.replace(s, peer=other.inode)
+            self._sockets = found
+        return self._sockets
+
+    def wakers(self, task: Task, fd: int, direction: str) -> Wake | None:
+        """The wakers of ``task`` waiting on its ``fd`` for ``direction``;
+        None when the descriptor is not in the snapshot."""
+        f = self.file(task.tgid, fd)
+        if f is None:
+            return None
+        inode = self.snapshot.inodes.get(f.inode)
+        kind = inode.type if inode else ""
+        if kind in ("pipe", "fifo"):
+            return self._pipe(f, fd, direction, kind)
+        if kind == "socket" or socket_inode(f) is not None:
+            return self._socket(f, fd, direction)
+        what = f"{f.path} (fd {fd})"
+        return Wake(f"{'data on' if direction == 'in' else 'room in'} {what}", "", kind=kind,
+                    outside=f"{what} is woken by events outside the processes")
+
+    def _pipe(self, f: OpenFile, fd: int, direction: str, kind: str) -> Wake:
+        want = _writable if direction == "in" else _readable
+        holders: dict[int, list[int]] = {}
+        for tgid, other_fd, flags in self.by_inode.get(f.inode, ()):
+            if want(flags):
+                holders.setdefault(tgid, []).append(other_fd)
+        end = "the write end" if direction == "in" else "the read end"
+        what = "data or end-of-file on" if direction == "in" else "room to write in"
+        outside = None
+        if kind == "fifo":  # anyone may still open a named FIFO: never stuck
+            outside = f"any process may open the FIFO {f.path}"
+        return Wake(f"{what} {f.path} (fd {fd})", end,
+                    {k: tuple(v) for k, v in sorted(holders.items())}, outside, kind)
+
+    def _socket(self, f: OpenFile, fd: int, direction: str) -> Wake:
+        ino = socket_inode(f)
+        info = self.sockets().get(ino) if ino is not None else None
+        what = "data on" if direction == "in" else "room to send on"
+        if info is None:
+            return Wake(f"{what} {f.path} (fd {fd})", "", kind="socket",
+                        outside="a socket sock_diag does not list (another network namespace, "
+                                "or not unix or TCP)")
+        label = f"{f.path} (fd {fd}, {info.protocol or info.family} {info.type})"
+        if info.state == "LISTEN":
+            return Wake(f"a connection on {label}", "", kind="socket",
+                        outside="connections come from anywhere")
+        if info.peer is None:
+            if info.remote:
+                return Wake(f"{what} {label}", "", kind="socket",
+                            outside=f"its peer {info.remote} is not a socket of this machine "
+                                    "that we see")
+            return Wake(f"{what} {label}", "", kind="socket",
+                        outside="an unconnected socket: anyone may send to it")
+        holders: dict[int, list[int]] = {}
+        for tgid, other_fd in self.by_socket.get(info.peer, ()):
+            holders.setdefault(tgid, []).append(other_fd)
+        if not holders:  # in a listener's accept queue, or in flight in a message
+            return Wake(f"{what} {label}", "", kind="socket",
+                        outside=f"its peer socket:[{info.peer}] is in no descriptor table")
+        return Wake(f"{what} {label}", f"its peer socket:[{info.peer}]",
+                    {k: tuple(v) for k, v in sorted(holders.items())}, None, "socket")
