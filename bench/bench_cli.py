@@ -6,8 +6,9 @@ given: ``kpeek ps`` (text and --json) against ``ps aux``, and whole-system
 ``kpeek files`` (text, --json, both sources) against ``lsof -n -P`` and
 against the raw BPF iterator read (a process that only loads the programs
 and reads the two iterators' bytes). Prints best-of-R wall seconds, µs per
-task or per descriptor (costs must grow linearly), peak RSS and the ratio
-to the peer of each row. The family is killed and reaped at the end.
+task or per descriptor (costs must grow linearly), the ratio to the peer
+of each row, best-of-R CPU seconds (user + system: steadier than wall time
+on a shared machine) and its ratio, and peak RSS. The family is killed and reaped at the end.
 
     .venv/bin/python bench/bench_cli.py [--processes 1000,5000,20000] [--repeat 3]
 
@@ -47,8 +48,8 @@ OOPS_LOG = (
 )
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one run, output thrown away. A first
+def run(cmd: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds) of one run, output thrown away. A first
     word NAME=VALUE sets that variable (PYTHONPATH=... for --before rows)."""
     env = dict(os.environ)
     while "=" in cmd[0]:
@@ -64,12 +65,7 @@ def run(cmd: list[str]) -> tuple[float, float]:
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) not in (0, 1):
         raise SystemExit(f"failed: {shlex.join(cmd)}")
-    return wall, usage.ru_maxrss / 1024
-
-
-def best(cmd: list[str], repeat: int) -> tuple[float, float]:
-    runs = [run(cmd) for _ in range(repeat)]
-    return min(w for w, _ in runs), max(r for _, r in runs)
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def table(title: str, peer: list[str], rows: list[tuple[str, list[str]]], repeat: int,
@@ -77,18 +73,22 @@ def table(title: str, peer: list[str], rows: list[tuple[str, list[str]]], repeat
     """Rows timed in turn with their peer (interleaved: the machine changes)."""
     cmds = [("peer: " + shlex.join(peer), peer), *rows]
     walls: dict[str, list[float]] = {name: [] for name, _ in cmds}
+    cpus: dict[str, list[float]] = {name: [] for name, _ in cmds}
     rss: dict[str, float] = {name: 0.0 for name, _ in cmds}
     for _ in range(repeat):
         for name, cmd in cmds:
-            w, r = run(cmd)
+            w, r, c = run(cmd)
             walls[name].append(w)
+            cpus[name].append(c)
             rss[name] = max(rss[name], r)
-    peer_s = min(walls[cmds[0][0]])
-    out = [title, f"  {'command':<60} {'best s':>8} {unit:>9} {'RSS MiB':>8} {'x peer':>7}"]
+    peer_s, peer_cpu = min(walls[cmds[0][0]]), min(cpus[cmds[0][0]])
+    out = [title, f"  {'command':<60} {'best s':>7} {unit:>9} {'x peer':>6} "
+                  f"{'CPU s':>7} {'x peer':>6} {'RSS MiB':>7}"]
     for name, _ in cmds:
-        b = min(walls[name])
+        b, c = min(walls[name]), min(cpus[name])
         per = f"{b / max(count, 1) * 1e6:.2f}" if count else ""
-        out.append(f"  {name:<60} {b:>8.3f} {per:>9} {rss[name]:>8.0f} {b / peer_s:>7.2f}")
+        out.append(f"  {name:<60} {b:>7.3f} {per:>9} {b / peer_s:>6.2f} "
+                   f"{c:>7.3f} {c / max(peer_cpu, 1e-6):>6.2f} {rss[name]:>7.0f}")
     return out
 
 

@@ -125,4 +125,14 @@ def dumps(kind: str, payload: dict[str, Any]) -> str:
 
 
 def emit(kind: str, payload: dict[str, Any], out: TextIO | None = None) -> None:
-    (out or sys.stdout).write(dumps(kind, payload) + "\n")
+    out = out or sys.stdout
+    doc = {"schema": f"kpeek.{kind}/{SCHEMA_VERSION}", **payload}
+    raw = getattr(out, "buffer", None)
+    if raw is None:  # a StringIO (tests): text it is
+        out.write(encode(doc).decode("ascii") + "\n")
+        return
+    # Bytes straight out: no str copy of a document of tens of MB.
+    out.flush()
+    raw.write(encode(doc))
+    raw.write(b"\n")
+    raw.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -42,6 +43,12 @@ def access_mode(flags: int) -> str:
 
 def flag_names(flags: int) -> list[str]:
     """Names of the status flags set in ``flags`` (access mode excluded)."""
+    return list(_flag_names(flags))  # a fresh list: callers may change it
+
+
+# A system has a few dozen distinct flag words among 50,000 descriptors.
+@functools.lru_cache(maxsize=1024)
+def _flag_names(flags: int) -> tuple[str, ...]:
     names = []
     seen = 0
     for bit, n in _FLAG_NAMES:
@@ -51,4 +58,4 @@ def flag_names(flags: int) -> list[str]:
     rest = flags & ~os.O_ACCMODE & ~seen
     if rest:
         names.append(f"0{rest:o}")
-    return names
+    return tuple(names)

@@ -58,21 +58,34 @@ def fd_dict(snap: Snapshot, d: FileDescriptor) -> dict[str, Any]:
     ``sharers`` counts every descriptor (this one included) on the open file;
     who they are is in the open file table (see :func:`files_document`).
     """
-    f = snap.open_files[d.open_file]
-    inode = snap.inodes.get(f.inode)
-    return {
-        "fd": d.fd,
-        "cloexec": d.cloexec,
-        "open_file": d.open_file,
-        "pos": f.pos,
-        "flags": f.flags,
-        "access": access_mode(f.flags),
-        "flag_names": flag_names(f.flags),
-        "type": inode.type if inode else "unknown",
-        "path": f.path,
-        "inode": f.inode,
-        "sharers": len(snap.holders(d.open_file)),
-    }
+    return {"fd": d.fd, "cloexec": d.cloexec, **_fd_file_part(snap, d.open_file)}
+
+
+# What fd_dict repeats for every holder of an open file, made once per file
+# of the last snapshot seen (a whole-system document has 3 fds per file).
+_parts: tuple[Snapshot | None, dict[str, dict[str, Any]]] = (None, {})
+
+
+def _fd_file_part(snap: Snapshot, file_id: str) -> dict[str, Any]:
+    global _parts
+    if _parts[0] is not snap:
+        _parts = (snap, {})
+    part = _parts[1].get(file_id)
+    if part is None:
+        f = snap.open_files[file_id]
+        inode = snap.inodes.get(f.inode)
+        part = _parts[1][file_id] = {
+            "open_file": file_id,
+            "pos": f.pos,
+            "flags": f.flags,
+            "access": access_mode(f.flags),
+            "flag_names": flag_names(f.flags),
+            "type": inode.type if inode else "unknown",
+            "path": f.path,
+            "inode": f.inode,
+            "sharers": len(snap.holders(file_id)),
+        }
+    return part
 
 
 def open_file_dict(snap: Snapshot, f: OpenFile, raw_pointers: bool = False) -> dict[str, Any]:
