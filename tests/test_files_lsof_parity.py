@@ -448,3 +448,14 @@ def _python() -> str:
     import sys
 
     return sys.executable
+
+
+def test_diagram_labels_carry_the_facts(scene, tmp_path):
+    require("graphviz")
+    info = scene.info
+    out = tmp_path / "d.dot"
+    assert main(["files", "--dot", str(out), str(info["parent"])]) == 0
+    text = out.read_text()
+    assert f"TCP 127.0.0.1:{info['port']}" in text  # the accepted connection's inode
+    assert "lock W(flock)" in text and "lock w[5-14]" in text
+    assert f"[pidfd:{info['child']}]" in text and "[eventpoll:" in text

@@ -24,11 +24,13 @@ from kpeek.errors import UsageError
 from kpeek.model import OpenFile, Snapshot, Task
 from kpeek.render import dot
 from kpeek.render.diagram_pipes import PIPE_TYPES, BlockingEnd, blocking_write_ends
+from kpeek.render.fdfacts import lock_text, socket_name, summary
 from kpeek.render.fileflags import access_mode, flag_names
 
 FORMATS = ("dot", "svg", "html")
 
 _PATH_LIMIT = 44
+_FACTS_LIMIT = 60
 # Past this many open files, entries become one line each: a 20-process,
 # 200-fd drawing stays a few screens tall instead of a poster.
 COMPACT_AFTER = 24
@@ -303,13 +305,19 @@ def _file_node(name: str, snap: Snapshot, f: OpenFile, holders: list[tuple[int, 
     refs = f"refcount {f.refcount}" if f.refcount is not None else None
     shown = f"{len(holders)} fd{'s' if len(holders) != 1 else ''} here"
     count = f"{refs} &#183; {shown}" if refs else shown
+    facts = _file_facts(snap, f, holders)
+    fact_text = '<FONT POINT-SIZE="8">' + dot.label_text(facts, _FACTS_LIMIT) + "</FONT>"
     if compact:
         line = f"{head} &#183; {offset}" + (f" {flag_text}" if flags else "") + f" &#183; {count}"
+        if facts:
+            line += f" &#183; {fact_text}"
         rows = [_cell(line, bg=bg, title=dot.label_text(f.path))]
     else:
         rows = [_cell(head, bg=bg, title=dot.label_text(f.path)), _cell(offset)]
         if flags:
             rows.append(_cell(flag_text))
+        if facts:
+            rows.append(_cell(fact_text))
         rows.append(_cell(count))
     if kind in PIPE_TYPES:
         who: dict[int, list[int]] = defaultdict(list)
@@ -336,14 +344,30 @@ def _file_node(name: str, snap: Snapshot, f: OpenFile, holders: list[tuple[int, 
     return f'{name} [id="file-{name}", class="{cls}", label=<{_table(rows, colour)}>];'
 
 
+def _file_facts(snap: Snapshot, f: OpenFile, holders: list[tuple[int, int]]) -> str:
+    """What lsof would add for this open file: anon inode details, its locks."""
+    parts = []
+    details = snap.details.get(f.id)
+    if details and (text := summary(dict(details))):
+        parts.append(text)
+    held = set(holders)
+    for lock in snap.locks:
+        if held.intersection(lock.owners):
+            parts.append(f"lock {lock_text(lock)}")
+    return " ".join(parts)
+
+
 def _inode_node(name: str, snap: Snapshot, inode_id: str, path: str,
                 compact: bool = False) -> str:
     inode = snap.inodes.get(inode_id)
     kind = inode.type if inode else "?"
     colour = _TYPE_COLOURS.get(kind, "#ffffff")
+    sock = snap.sockets.get(inode.ino) if inode is not None and kind == "socket" else None
+    sock_text = dot.label_text(socket_name(sock), _FACTS_LIMIT) if sock else ""
     if compact:
         line = (f"<B>{dot.escape(kind)}</B> {dot.label_text(path, _PATH_LIMIT)}"
-                f' <FONT POINT-SIZE="8">inode {dot.escape(inode_id)}</FONT>')
+                f' <FONT POINT-SIZE="8">inode {dot.escape(inode_id)}'
+                + (f" &#183; {sock_text}" if sock_text else "") + "</FONT>")
         rows = [_cell(line, bg=colour, title=dot.label_text(path))]
         return f'{name} [id="inode-{name}", class="inode", label=<{_table(rows)}>];'
     rows = [
@@ -355,5 +379,7 @@ def _inode_node(name: str, snap: Snapshot, inode_id: str, path: str,
         facts.append(f"size {inode.size}")
     if inode is not None and inode.nlink is not None and kind in ("regular", "memfd", "dir"):
         facts.append(f"links {inode.nlink}")
+    if sock_text:
+        facts.append(sock_text)
     rows.append(_cell('<FONT POINT-SIZE="8">' + " &#183; ".join(facts) + "</FONT>"))
     return f'{name} [id="inode-{name}", class="inode", label=<{_table(rows)}>];'

@@ -122,17 +122,7 @@ class FdFacts:
     def lock_label(self, d: FileDescriptor) -> str:
         """lsof's lock letters (r/R read, w/W write; capital: whole file), with the
         range of a partial lock and who waits."""
-        out = []
-        for lock in self.locks(d):
-            text = lock.letter
-            if not lock.whole_file:
-                text += f"[{lock.start}-{'EOF' if lock.end is None else lock.end}]"
-            if lock.kind != "POSIX":
-                text += f"({lock.kind.lower()})"
-            if lock.waiters:
-                text += "<-" + ",".join(map(str, lock.waiters))
-            out.append(text)
-        return " ".join(out)
+        return " ".join(lock_text(lock) for lock in self.locks(d))
 
     def description(self, d: FileDescriptor) -> str:
         """What the path alone does not say: socket addresses, anon inode details,
@@ -162,6 +152,18 @@ class FdFacts:
                 for o in ends
             ]
         return out
+
+
+def lock_text(lock: FileLock) -> str:
+    """``w[5-14]``, ``W(flock)``, ``R<-1234`` (1234 waits for it)."""
+    text = lock.letter
+    if not lock.whole_file:
+        text += f"[{lock.start}-{'EOF' if lock.end is None else lock.end}]"
+    if lock.kind != "POSIX":
+        text += f"({lock.kind.lower()})"
+    if lock.waiters:
+        text += "<-" + ",".join(map(str, lock.waiters))
+    return text
 
 
 def socket_dict(s: Socket) -> dict[str, Any]:
