@@ -71,3 +71,31 @@ def test_vmlinux_btf_is_the_btf_in_memory(lab_dumps: LabDumps) -> None:
     from_memory = open_dump(str(lab_dumps.elf))
     from_file = open_dump(str(lab_dumps.elf), vmlinux=vmlinux)
     assert from_file.types.data == from_memory.types.data
+
+
+def test_old_vmcoreinfo_takes_symbols_from_vmlinux(lab_dumps: LabDumps, tmp_path) -> None:
+    """A dump whose VMCOREINFO does not locate kallsyms (kernels before 5.19): the
+    vmlinux's symbol table, moved by KERNELOFFSET, stands in."""
+    import subprocess
+    import sys
+
+    old = tmp_path / "old.vmcore"
+    data = bytearray(lab_dumps.elf.read_bytes())
+    at = data.find(b"VMCOREINFO")
+    end = data.find(b"\0", data.find(b"OSRELEASE=", at))
+    data[at:end] = data[at:end].replace(b"SYMBOL(kallsyms_", b"SYMBOL(xallsyms_")
+    old.write_bytes(data)
+    del data
+
+    def kpeek(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "kpeek", "-c", str(old), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    refused = kpeek("sym", "init_task")
+    assert refused.returncode == 3 and "5.19" in refused.stderr and "--vmlinux" in refused.stderr
+    vmlinux = str(debug_vmlinux(lab_dumps.tree))
+    done = kpeek("--vmlinux", vmlinux, "sym", "init_task", "jiffies")
+    assert done.returncode == 0, done.stderr
+    for name in ("init_task", "jiffies"):
+        assert f"{lab_dumps.truth.symbols[name]:x}" in done.stdout
+    assert kpeek("--vmlinux", vmlinux, "sys").returncode == 0

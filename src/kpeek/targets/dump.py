@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from kpeek.dump.fileformat import DumpFile, identify
 from kpeek.dump.kallsyms import decode_kallsyms
 from kpeek.dump.memory import DumpMemory
-from kpeek.dump.types import btf_from_memory, btf_from_vmlinux
+from kpeek.dump.types import btf_from_memory
+from kpeek.dump.vmlinux import vmlinux_btf, vmlinux_symbols
 from kpeek.errors import NotSupported
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.tasks import WalkedTaskIndex
@@ -39,9 +40,18 @@ def open_dump(path: str, *, vmlinux: str | None = None) -> DumpKernel:
             "or take the dump with kdump)")
     origin = f"the dump {path}"
     memory = DumpMemory(path)
-    symbols = decode_kallsyms(memory, core.vmcoreinfo, origin)
-    types = btf_from_vmlinux(vmlinux) if vmlinux else btf_from_memory(memory, symbols, origin)
-    kernel = DumpKernel(types, symbols, memory, live=False, origin=origin, core=core)
+    notes = []
+    try:
+        symbols = decode_kallsyms(memory, core.vmcoreinfo, origin)
+    except NotSupported:
+        if not vmlinux:
+            raise
+        # before 5.19: the vmlinux's own symbol table, moved by the KASLR offset
+        symbols = vmlinux_symbols(vmlinux, core.vmcoreinfo.kernel_offset)
+        notes.append(f"symbols from {vmlinux}: VMCOREINFO does not locate kallsyms")
+    types = vmlinux_btf(vmlinux) if vmlinux else btf_from_memory(memory, symbols, origin)
+    kernel = DumpKernel(types, symbols, memory, live=False, origin=origin, notes=notes,
+                        core=core)
     kernel.tasks = WalkedTaskIndex(kernel)
     _add_module_symbols(kernel)
     return kernel
