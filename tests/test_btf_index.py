@@ -32,3 +32,30 @@ def test_scan_and_dict_agree_on_the_running_kernels_btf(tmp_path, monkeypatch):
     t = cached.find("struct list_head")
     assert t is not None and t.name == "list_head" and t.size == 16
     btfmod._loaded.clear()
+
+
+def test_names_in_shared_tails_and_in_the_bases_strings():
+    import struct
+
+    from kpeek.kernel.btf import Btf, Kind
+    from test_btf import _Builder
+
+    b = _Builder()
+    int_id = b.add("int", Kind.INT, 0, 4, struct.pack("<I", 32))
+    b.add("hlist_head", Kind.STRUCT, 0, 8)
+    # "list_head" named by pointing into the tail of "hlist_head", as deduped
+    # string tables may do.
+    tail = b.strings.index(b"hlist_head\0") + 1
+    b.types += struct.pack("<III", tail, (Kind.STRUCT << 24), 16)
+    b.count += 1
+    tail_id = b.count
+    base = Btf(b.blob())
+    assert base.find("struct list_head").id == tail_id
+    assert base._names._scan("list_head") == base._names._build()["list_head"] == [tail_id]
+    # A module type named with an offset into its base's strings.
+    split = _Builder(first_id=len(base), str_base=len(base._strings))
+    split.types += struct.pack("<III", tail, (Kind.TYPEDEF << 24), int_id)
+    split.count += 1
+    mod = Btf(split.blob(), base=base)
+    assert mod._names._scan("list_head") == [len(base)]
+    assert mod.find("list_head", (Kind.TYPEDEF,)).id == len(base)

@@ -451,7 +451,9 @@ class _NameIndex:
 
     def _string_offsets(self, name: str) -> list[int]:
         btf = self._btf
-        key = b"\0" + name.encode("utf-8", "surrogateescape") + b"\0"
+        # A name may start inside another string (a shared tail): every
+        # place the name ends at a NUL is a possible name offset.
+        key = name.encode("utf-8", "surrogateescape") + b"\0"
         found = []
         tables = [(btf._strings, btf._base_strlen)]
         if btf._base is not None:  # a split BTF's names may sit in its base's strings
@@ -459,7 +461,7 @@ class _NameIndex:
         for strings, shift in tables:
             at = strings.find(key)
             while at >= 0:
-                found.append(at + 1 + shift)
+                found.append(at + shift)
                 at = strings.find(key, at + 1)
         return found
 
