@@ -93,3 +93,6 @@ def test_doctor_on_a_dump_finds_the_abba_deadlock(capsys, lab_dumps: LabDumps,
     story = json.dumps(deadlock["story"])
     slept = [float(x) for x in re.findall(r"asleep ([0-9.]+) s", story)]
     assert len(slept) == 2 and all(2 < s < truth.uptime + 60 for s in slept), story
+    # The dump's own kernel log: the guest's hung-task reports, not this host's.
+    titles = [r["title"] for r in doc["kernel_reports"]]
+    assert "INFO: task hung in kpeek_take_a_then_b" in titles, titles
