@@ -18,6 +18,7 @@ import pytest
 from capabilities import require
 from kpeek.errors import UsageError
 from kpeek.model import Snapshot
+from kpeek.textsafe import decode
 from scenarios import PIPE_FORK_DUP2, children_of, family
 from test_bpf_snapshot import (
     PID_NAMESPACE,
@@ -209,7 +210,7 @@ def test_whole_system_walk_sees_every_stable_process() -> None:
     # workqueue; a busy worker's "+desc"/"-desc" changes by the moment, so not those.
     for t in m.tasks:
         try:
-            shown = Path(f"/proc/{t.tgid}/task/{t.pid}/comm").read_text().rstrip("\n")
+            shown = decode(Path(f"/proc/{t.tgid}/task/{t.pid}/comm").read_bytes()[:-1])
         except OSError:
             continue  # gone since
         if not shown.startswith("kworker/") or shown.startswith("kworker/R-"):
