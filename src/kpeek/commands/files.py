@@ -134,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
     failed = bool(paths) and len(file_tests) < len(paths) + len(args.inet or ()) + len(
         args.dirs or ()
     )
-    usable = _readable(pids) if pids else None
+    usable = None
+    if pids:  # a dump's pids are not this host's /proc: the walk says which it lacks
+        usable = _readable(pids) if is_live(args) else list(dict.fromkeys(pids))
     if usable is not None and len(usable) < len(pids):
         failed = True
     if usable == []:
