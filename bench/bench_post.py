@@ -8,6 +8,7 @@ Writes bench/results/bench_post.txt.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,9 @@ def main() -> None:
         rows.append(f"{verb:<10} kpeek {k:6.2f} s   drgn+debuginfo {g:6.2f} s   "
                     f"kpeek is {g / k:4.1f}x faster")
     size = Path(dump).stat().st_size / (1 << 20)
-    text = f"dump {Path(dump).name} ({size:.0f} MiB), best of {REPEAT}, fresh process each\n"
+    load = os.getloadavg()[0]
+    text = (f"dump {Path(dump).name} ({size:.0f} MiB), best of {REPEAT}, fresh process each, "
+            f"load average {load:.1f} on {os.cpu_count()} CPUs\n")
     text += "\n".join(rows) + "\n"
     sys.stdout.write(text)
     RESULTS.parent.mkdir(exist_ok=True)

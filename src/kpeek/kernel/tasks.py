@@ -48,10 +48,9 @@ def thread_addresses(kernel: Kernel, leader: Object) -> list[int]:
     """Addresses of the threads of ``leader``'s process, leader included."""
     try:
         head = leader.member("signal").deref().member("thread_head")
-        walk = kernel.list_entries(head, "struct task_struct", "thread_node")
+        walk = kernel.list_entries(head, leader.type, "thread_node")
     except UnknownMember:  # before 6.7: a ring through task_struct.thread_group
-        ring = kernel.list_entries(leader.member("thread_group"), "struct task_struct",
-                                   "thread_group")
+        ring = kernel.list_entries(leader.member("thread_group"), leader.type, "thread_group")
         return [leader.address, *ring.entries]
     return list(walk.entries) or [leader.address]
 
@@ -67,8 +66,9 @@ def all_task_addresses(kernel: Kernel, start: Object | None = None,
     leaders = kernel.list_entries(first.member("tasks"), "struct task_struct", "tasks",
                                   max_entries=max_tasks)
     out = [first.address]
+    task_type = first.type  # one lookup: by-name lookups per task add up (BTF index)
     for address in leaders.entries:
-        out.extend(thread_addresses(kernel, kernel.object("struct task_struct", address)))
+        out.extend(thread_addresses(kernel, kernel.object(task_type, address)))
     return out
 
 
