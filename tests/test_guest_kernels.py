@@ -1,7 +1,7 @@
 """The real-state tests that matter most, run again inside other kernels.
 
 One QEMU guest per kernel and test session (Debian 12's 6.1 cloud kernel,
-fetched by the lab) boots with this machine's root file system shared
+fetched by the lab, and its 6.12 backports kernel) boots with this machine's root file system shared
 read-only (see lab/hostroot.py) and runs this checkout's own tests there with
 pytest, under CI=true so that nothing skips. Each test here passes when its
 twin passed inside the guest, and fails with the guest's output otherwise.
@@ -51,18 +51,26 @@ class GuestRun:
             (prefix + "[", prefix + "::"))}
 
 
-@pytest.fixture(scope="session")
-def debian_61() -> GuestRun:
-    require("qemu")
-    from lab.hostroot import HostRootGuest
-    from lab.kernels import debian_kernel
+# Debian 12's backports kernel (6.12: delayed dequeue, still no blocker or
+# f_ref): the tests whose answers depend most on the kernel's internals.
+BACKPORTS_TESTS = (
+    "tests/test_bpf_snapshot.py::test_pipe_fork_dup2_family_agrees",
+    "tests/test_bpf_snapshot.py::test_stacks_wchan_blocker_and_addresses",
+    "tests/test_doctor.py::test_flock_abba_is_a_deadlock",
+    "tests/test_doctor.py::test_fuse_writer_holds_i_rwsem_and_truncate_hangs",
+    "tests/test_kernlocks.py::test_mutex_waiter_holder_and_route",
+    "tests/test_sources_explained.py::test_root_on_this_kernel",
+)
 
-    tree = debian_kernel()
+
+def _run_inside(tree, tests: tuple[str, ...]) -> GuestRun:
+    from lab.hostroot import HostRootGuest
+
     # The venv's interpreter (a symlink to a real binary, never a shell shim
     # such as pyenv's: each exec of one costs seconds under TCG).
     argv = [sys.executable, "-m", "pytest", "-q", "-rA", "--color=no", "-p", "no:cacheprovider",
-            "--timeout", "600", *GUEST_TESTS]
-    log = Path(os.environ.get("KPEEK_GUEST_LOG", "/tmp/kpeek-guest-6.1.log"))
+            "--timeout", "600", *tests]
+    log = Path(os.environ.get("KPEEK_GUEST_LOG_DIR", "/tmp")) / f"kpeek-guest-{tree.version}.log"
     log.unlink(missing_ok=True)
     with HostRootGuest(tree, log_path=log) as guest:
         env = {"CI": "true", "KPEEK_TEST_TIME_SCALE": "6",
@@ -71,10 +79,36 @@ def debian_61() -> GuestRun:
     return GuestRun(tree.version, rc, output)
 
 
+def _assert_passed(run: GuestRun, node: str) -> None:
+    found = run.of(node)
+    assert found, f"{node} did not run in the {run.kernel} guest:\n{run.output[-3000:]}"
+    failed = {n: o for n, o in found.items() if o != "PASSED"}
+    assert not failed, f"in the {run.kernel} guest: {failed}\n{run.output[-6000:]}"
+
+
+@pytest.fixture(scope="session")
+def debian_61() -> GuestRun:
+    require("qemu")
+    from lab.kernels import debian_kernel
+
+    return _run_inside(debian_kernel(), GUEST_TESTS)
+
+
+@pytest.fixture(scope="session")
+def debian_612() -> GuestRun:
+    require("qemu")
+    from lab.hostroot import image_kernel
+
+    return _run_inside(image_kernel(), BACKPORTS_TESTS)
+
+
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("node", GUEST_TESTS)
 def test_passes_inside_debian_61(debian_61: GuestRun, node: str) -> None:
-    found = debian_61.of(node)
-    assert found, f"{node} did not run in the {debian_61.kernel} guest:\n{debian_61.output[-3000:]}"
-    failed = {n: o for n, o in found.items() if o != "PASSED"}
-    assert not failed, f"in the {debian_61.kernel} guest: {failed}\n{debian_61.output[-6000:]}"
+    _assert_passed(debian_61, node)
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("node", BACKPORTS_TESTS)
+def test_passes_inside_debian_612(debian_612: GuestRun, node: str) -> None:
+    _assert_passed(debian_612, node)
