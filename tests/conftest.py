@@ -5,6 +5,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
 
+from capabilities import time_scale
 from lab.fixtures import lab_dumps  # noqa: F401  (the QEMU lab's session fixture)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Stretch each test's own timeout by KPEEK_TEST_TIME_SCALE (a guest
+    kernel under TCG runs the same real states several times slower)."""
+    scale = time_scale()
+    if scale == 1:
+        return
+    for item in items:
+        mark = item.get_closest_marker("timeout")
+        if mark and mark.args:
+            item.add_marker(pytest.mark.timeout(mark.args[0] * scale), append=False)

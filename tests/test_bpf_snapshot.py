@@ -220,6 +220,30 @@ def test_stacks_wchan_blocker_and_addresses() -> None:
         os.unlink(fam.info["path"])
 
 
+def test_a_kernel_without_bpf_loop_gets_stacks_from_proc() -> None:
+    """A task record without has_stack (what the program writes on a kernel
+    lacking bpf_loop, such as 5.15) takes its wait channel and stack from
+    /proc, exactly as the procfs source shows them."""
+    from kpeek.sources import procfs
+    from kpeek.sources.bpf import snapshot as bpf
+
+    with family(PIPE_FORK_DUP2) as fam:
+        parent = fam.info["parent"]
+        _wait_sleeping([parent])
+        with bpf._run_lock:
+            bpf._set_filter([parent], False, False)
+            try:
+                records, _ = bpf._run_tasks()
+            finally:
+                bpf._clear_filter([parent])
+        (rec,) = [r for r in records if r[3] == parent]
+        assert rec[-1] == 1  # this kernel has the helpers
+        task = bpf._task((*rec[:-1], 0), None, True, False)
+        (pt,) = procfs.take_snapshot([parent], threads=False, stacks=True).tasks
+        assert task.wchan and task.wchan == pt.wchan
+        assert task.kernel_stack and task.kernel_stack == pt.kernel_stack
+
+
 def test_filters_and_errors() -> None:
     from kpeek.sources import take_snapshot
     from kpeek.sources.bpf import snapshot as bpf

@@ -9,7 +9,6 @@ twin passed inside the guest, and fails with the guest's output otherwise.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -63,15 +62,14 @@ BACKPORTS_TESTS = (
 )
 
 
-def _run_inside(tree, tests: tuple[str, ...]) -> GuestRun:
+def _run_inside(tree, tests: tuple[str, ...], logs: Path) -> GuestRun:
     from lab.hostroot import HostRootGuest
 
     # The venv's interpreter (a symlink to a real binary, never a shell shim
     # such as pyenv's: each exec of one costs seconds under TCG).
     argv = [sys.executable, "-m", "pytest", "-q", "-rA", "--color=no", "-p", "no:cacheprovider",
             "--timeout", "600", *tests]
-    log = Path(os.environ.get("KPEEK_GUEST_LOG_DIR", "/tmp")) / f"kpeek-guest-{tree.version}.log"
-    log.unlink(missing_ok=True)
+    log = logs / f"guest-{tree.version}.log"  # the whole console, for a failure's post-mortem
     with HostRootGuest(tree, log_path=log) as guest:
         env = {"CI": "true", "KPEEK_TEST_TIME_SCALE": "6",
                "PATH": f"{ROOT}/.venv/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -87,19 +85,19 @@ def _assert_passed(run: GuestRun, node: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def debian_61() -> GuestRun:
+def debian_61(tmp_path_factory) -> GuestRun:
     require("qemu")
     from lab.kernels import debian_kernel
 
-    return _run_inside(debian_kernel(), GUEST_TESTS)
+    return _run_inside(debian_kernel(), GUEST_TESTS, tmp_path_factory.mktemp("guest"))
 
 
 @pytest.fixture(scope="session")
-def debian_612() -> GuestRun:
+def debian_612(tmp_path_factory) -> GuestRun:
     require("qemu")
     from lab.hostroot import image_kernel
 
-    return _run_inside(image_kernel(), BACKPORTS_TESTS)
+    return _run_inside(image_kernel(), BACKPORTS_TESTS, tmp_path_factory.mktemp("guest"))
 
 
 @pytest.mark.timeout(1200)
