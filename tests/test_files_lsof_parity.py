@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -459,3 +460,31 @@ def test_diagram_labels_carry_the_facts(scene, tmp_path):
     assert f"TCP 127.0.0.1:{info['port']}" in text  # the accepted connection's inode
     assert "lock W(flock)" in text and "lock w[5-14]" in text
     assert f"[pidfd:{info['child']}]" in text and "[eventpoll:" in text
+
+
+# Raw, packet and netlink sockets: protocol, interface, netlink family.
+RAW_SOCKETS = """
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+pkt = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+pkt.bind(("lo", 0))
+nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+nl.bind((0, 0))
+report(pid=os.getpid(), raw=raw.fileno(), pkt=pkt.fileno(), nl=nl.fileno(),
+       nl_port=nl.getsockname()[0])
+"""
+
+
+def test_raw_packet_and_netlink_sockets(capsys):
+    require("root")
+    with family(RAW_SOCKETS) as fam:
+        info = fam.info
+        fds = fds_of(kpeek_json(capsys, str(info["pid"])), info["pid"])
+        raw, pkt, nl = (fds[info[k]]["socket"] for k in ("raw", "pkt", "nl"))
+        assert (raw["family"], raw["type"], raw["protocol"]) == ("inet", "raw", "icmp")
+        assert (pkt["family"], pkt["protocol"], pkt["interface"]) == ("packet", "all", "lo")
+        assert (nl["family"], nl["protocol"]) == ("netlink", "route")
+        assert nl["local"] == f"pid {info['nl_port']}"
+        lsof = lsof_fields("-p", str(info["pid"]))
+        # lsof prints a raw socket as /proc/net/raw has it: the "port" is the protocol.
+        local = lsof[(info["pid"], str(info["raw"]))]["n"].split("->")[0]
+        assert int(local.rsplit(":", 1)[1], 16) == socket.IPPROTO_ICMP
