@@ -560,3 +560,17 @@ def test_healthy_waits_are_no_finding(procs, shape):
     finally:
         os.close(primary)
         os.close(secondary)
+
+
+@pytest.mark.timeout(120)
+def test_without_root_the_first_line_says_what_is_unseen():
+    require("root")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if subprocess.run([*nobody, PY, "-c", "import kpeek"], capture_output=True,
+                      cwd="/").returncode != 0:
+        pytest.skip("this checkout is not readable by an unprivileged user")
+    done = subprocess.run([*nobody, PY, "-m", "kpeek", "doctor", "--no-kernel-log"],
+                          capture_output=True, text=True, timeout=100, cwd="/")
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("note: not root:") and "kernel memory" in first, done.stdout
+    assert "No problems found among what could be seen" in done.stdout or done.returncode == 1
