@@ -304,7 +304,9 @@ def test_fuse_writer_holds_i_rwsem_and_truncate_hangs(capsys):
         a = m.spawn(WRITE.format(path=m.path("a")))
         wait_for(lambda: wchan(a.pid).startswith("request_wait_answer"), 15, "A in FUSE write")
         b = m.spawn(f"import os; os.truncate({m.path('a')!r}, 0)")
-        wait_for(lambda: state(b.pid) == "D", 15, "B in D state")
+        # D in the inode lock, not in a lookup the server has yet to answer
+        wait_for(lambda: state(b.pid) == "D" and not wchan(b.pid).startswith(
+            "request_wait_answer"), 15, "B in D state on the inode lock")
         time.sleep(0.3)
 
         snapshot = take_snapshot(stacks=True)
@@ -462,7 +464,9 @@ def test_chain_ends_at_a_stopped_fuse_server():
         a = m.spawn(WRITE.format(path=m.path("a")))
         wait_for(lambda: wchan(a.pid).startswith("request_wait_answer"), 15, "A in FUSE write")
         b = m.spawn(f"import os; os.truncate({m.path('a')!r}, 0)")
-        wait_for(lambda: state(b.pid) == "D", 15, "B in D state")
+        # D in the inode lock, not in a lookup the server has yet to answer
+        wait_for(lambda: state(b.pid) == "D" and not wchan(b.pid).startswith(
+            "request_wait_answer"), 15, "B in D state on the inode lock")
         os.kill(m.server.pid, signal.SIGSTOP)  # teardown's SIGKILL ends it even stopped
         wait_for(lambda: state(m.server.pid) == "T", 10, "the server to stop")
         diag = doctor(b.pid, min_sleep=0)
