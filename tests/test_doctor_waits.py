@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from capabilities import require
-from fuse_scenarios import reap, state, wait_for
+from fuse_scenarios import _die_with_parent, reap, state, wait_for
 from kpeek import jsonout
 from kpeek.cli import main
 from kpeek.diagnose.findings import diagnose
@@ -113,7 +113,7 @@ def procs():
 
 def start(procs: list, code: str, *argv: str, fds: tuple[int, ...] = ()) -> subprocess.Popen:
     p = subprocess.Popen([PY, "-c", code, *argv], pass_fds=fds, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
     procs.append(p)
     assert p.stdout.readline().strip() == "ready"
     return p

@@ -35,6 +35,43 @@ while True:
 """
 
 
+# Undoes a freeze when the test process dies without its teardown (pytest
+# killed): it waits for end-of-file on a pipe only the test holds.
+WATCHDOG = """
+import os, subprocess, sys
+fd, kind, target = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+os.read(fd, 1)
+if kind == "fs":
+    subprocess.run(["fsfreeze", "-u", target], capture_output=True, timeout=60)
+    subprocess.run(["umount", "-l", target], capture_output=True, timeout=60)
+    import shutil
+    shutil.rmtree(os.path.dirname(target), ignore_errors=True)
+else:
+    try:
+        with open(target, "w") as f:
+            f.write("0")
+    except OSError:
+        pass
+"""
+
+
+@contextlib.contextmanager
+def watchdog(kind: str, target: str) -> Iterator[None]:
+    """While the block runs, a process that undoes ``kind`` ("fs": thaw and
+    unmount the mount point; "cgroup": write 0 to this cgroup.freeze) if the
+    test process dies; told to stand down (and reaped) on a normal exit."""
+    r, w = os.pipe()
+    guard = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(r), kind, target],
+                             pass_fds=[r], start_new_session=True)
+    os.close(r)
+    try:
+        yield
+    finally:
+        os.close(w)  # end-of-file: the guard undoes it now too (harmless twice)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            guard.wait(timeout=60)
+
+
 def thread_state(tgid: int, tid: int) -> str:
     with open(f"/proc/{tgid}/task/{tid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
@@ -93,11 +130,12 @@ def frozen_cgroup(pid: int) -> Iterator[str]:
     try:
         with open(os.path.join(path, "cgroup.procs"), "w") as f:
             f.write(str(pid))
-        with open(os.path.join(path, "cgroup.freeze"), "w") as f:
-            f.write("1")
-        events = os.path.join(path, "cgroup.events")
-        wait_for(lambda: "frozen 1" in Path(events).read_text(), 10, "the freeze")
-        yield path
+        with watchdog("cgroup", os.path.join(path, "cgroup.freeze")):
+            with open(os.path.join(path, "cgroup.freeze"), "w") as f:
+                f.write("1")
+            events = os.path.join(path, "cgroup.events")
+            wait_for(lambda: "frozen 1" in Path(events).read_text(), 10, "the freeze")
+            yield path
     finally:
         with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.freeze"), "w") as f:
             f.write("0")
@@ -132,7 +170,8 @@ def frozen_ext4() -> Iterator[tuple[str, callable]]:
         def freeze() -> None:
             subprocess.run(["fsfreeze", "-f", mnt], check=True, timeout=60)
 
-        yield mnt, freeze
+        with watchdog("fs", mnt):
+            yield mnt, freeze
     finally:
         if mounted:
             subprocess.run(["fsfreeze", "-u", mnt], capture_output=True, timeout=60)
