@@ -9,12 +9,15 @@ verb's module is imported.
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import importlib
+import os
 import sys
+import traceback
 
-from kpeek import __version__
-from kpeek.errors import EXIT_USAGE, KpeekError
+from kpeek import __version__, streams
+from kpeek.errors import EXIT_INTERNAL, EXIT_UNSUPPORTED, EXIT_USAGE, KpeekError, os_reason
 
 # One line per verb: its module (imported only when that verb runs, so start-up
 # stays cheap) and the help line `kpeek --help` shows. Keep sorted.
@@ -79,8 +82,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    streams.guard_stdout()
+    try:
+        code = _run(argv)
+        streams.finish_stdout()
+        return code
+    except streams.OutputClosed:
+        # Output piped into head(1): stop quietly, as a SIGPIPE'd tool would.
+        streams.silence_stdout()
+        return streams.EXIT_PIPE
+    except KpeekError as e:
+        _say(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        if e.errno in (errno.EPERM, errno.EACCES):
+            _say(f"not permitted: {os_reason(e)} (run as root, or as the file's owner)")
+            return EXIT_UNSUPPORTED
+        return _internal(e)
+    except Exception as e:  # last resort: one line, never a traceback
+        return _internal(e)
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse's own exits (--help, --version, bad usage)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -89,14 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     # files --json). Modules loaded so far are never garbage: freeze them.
     gc.freeze()
     gc.set_threshold(100_000, 50, 50)
+    return int(args.func(args) or 0)
+
+
+def _say(line: str) -> None:
     try:
-        return int(args.func(args) or 0)
-    except KpeekError as e:
-        sys.stderr.write(f"kpeek: {e}\n")
-        return e.exit_code
-    except BrokenPipeError:
-        # Output piped into head(1): not an error worth a traceback.
-        sys.stderr.close()
-        return 0
-    except KeyboardInterrupt:
-        return 130
+        sys.stderr.write(f"kpeek: {line}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # stderr is gone too: the exit code still tells
+
+
+def _internal(e: BaseException) -> int:
+    if os.environ.get("KPEEK_DEBUG"):
+        traceback.print_exc()
+    what = str(e).splitlines()[0] if str(e) else ""
+    _say(f"internal error ({type(e).__name__}{': ' + what if what else ''}); this is a bug, "
+         "please report it with the command line (KPEEK_DEBUG=1 shows the traceback)")
+    return EXIT_INTERNAL

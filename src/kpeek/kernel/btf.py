@@ -813,10 +813,11 @@ def load_btf(
 
 def _load_cached(data: bytes, cache_file: Path, base: Btf | None = None) -> Btf | None:
     try:
+        if not _owned(os.stat(cache_file.parent)):  # others could swap the file
+            return None
         with open(cache_file, "rb") as f:
-            st = os.fstat(f.fileno())
             # only trust a cache this user wrote and nobody else can change
-            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            if not _owned(os.fstat(f.fileno())):
                 return None
             fmt, offsets, name_offs = pickle.load(f)
         if fmt != _CACHE_FORMAT:
@@ -826,9 +827,15 @@ def _load_cached(data: bytes, cache_file: Path, base: Btf | None = None) -> Btf 
         return None
 
 
+def _owned(st: os.stat_result) -> bool:
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
 def _store_cached(btf: Btf, cache_file: Path) -> None:
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _owned(os.stat(cache_file.parent)):
+            return  # a folder others can write is no place for what we load later
         with tempfile.NamedTemporaryFile(dir=cache_file.parent, delete=False) as f:
             pickle.dump((_CACHE_FORMAT, btf._offsets, btf._names.name_offs), f, protocol=5)
         os.replace(f.name, cache_file)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from kpeek.errors import KpeekError, UsageError
+from kpeek.errors import KpeekError, NotSupported, UsageError, os_reason
 from kpeek.model import Snapshot
 
 SOURCES = ("auto", "bpf", "procfs", "memory")
@@ -45,11 +45,16 @@ def take_snapshot(source: str = "auto", **kwargs: Any) -> Snapshot:
 
     try:
         return bpf.take_snapshot(**kwargs)
-    except KpeekError as e:
+    except (KpeekError, OSError) as e:
+        # OSError: an unusable cache folder or object file; procfs still works.
         if source == "bpf":
+            if isinstance(e, OSError):
+                raise NotSupported(f"BPF source not prepared: {os_reason(e)}") from None
             raise
         from kpeek.sources import procfs
 
         snap = procfs.take_snapshot(**kwargs)
-        note = f"bpf source unavailable ({e}); used procfs, without {LOST_WITHOUT_BPF}"
+        why = os_reason(e) if isinstance(e, OSError) else str(e)
+        note = f"bpf source unavailable ({why}); used procfs, without {LOST_WITHOUT_BPF}"
         return dataclasses.replace(snap, notes=(*snap.notes, note))
+

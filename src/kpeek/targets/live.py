@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from kpeek.errors import NotPermitted
+from kpeek.errors import NotPermitted, NotSupported, os_reason
 from kpeek.kernel.btf import load_vmlinux_btf
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.symbols import load_kallsyms
@@ -103,7 +103,11 @@ def open_live(*, symbols: bool = True) -> Kernel:
     require_root("opening the live kernel")
     from kpeek.sources.bpf.reader import BpfKernelMemory
 
-    kernel = Kernel(load_vmlinux_btf(), load_kallsyms() if symbols else None,
-                    BpfKernelMemory())
+    try:
+        memory = BpfKernelMemory()
+    except OSError as e:  # an unusable cache folder for the reader's BPF object
+        raise NotSupported(f"the BPF memory reader could not be prepared ({os_reason(e)}); "
+                           "set XDG_CACHE_HOME to a folder you own") from None
+    kernel = Kernel(load_vmlinux_btf(), load_kallsyms() if symbols else None, memory)
     kernel.tasks = _LazyTasks(kernel)
     return kernel
