@@ -221,3 +221,47 @@ def test_first_step_holds_only_what_the_program_inherits():
     assert start <= ours_before  # kpeek's own exec-error pipe is closed by then
     assert trace.steps[1].syscall == "execve"
     assert not any(d.cloexec for d in trace.steps[1].snapshot.fds_of(leader))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("status", [0, 1, 7])
+def test_exits_with_the_traced_programs_status(status, capsys):
+    """`kpeek trace -- false` fails as false does: scripts can trace in place."""
+    assert main(["trace", "--", "sh", "-c", f"exit {status}"]) == status
+    assert f"exit status {status}" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_a_tiny_timeout_is_kept_and_exits_124():
+    """--timeout 0.001 stops the program (it used to fire inside fork and be lost)."""
+    import subprocess
+    import time
+
+    start = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "kpeek", "trace", "--timeout", "0.001", "--",
+                        "sleep", "20"], capture_output=True, text=True, timeout=50)
+    assert time.monotonic() - start < 15
+    assert p.returncode == 124, p
+    assert "(timeout)" in p.stdout and "Traceback" not in p.stderr
+
+
+@pytest.mark.timeout(60)
+def test_json_stdout_is_only_json_while_the_program_prints():
+    """The traced program's own stdout goes to stderr under --json."""
+    import subprocess
+
+    p = subprocess.run([sys.executable, "-m", "kpeek", "trace", "--json", "--", "sh", "-c",
+                        "echo from-the-program; echo to-stderr >&2"],
+                       capture_output=True, text=True, timeout=50)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)  # one document, nothing else
+    assert doc["exit_status"] == 0
+    assert "from-the-program" in p.stderr and "to-stderr" in p.stderr
+    assert [s["index"] for s in doc["steps"]][:2] == [0, 1]  # numbered as text and HTML
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e300", "1e-300", "0", "-1", "x"])
+def test_timeout_that_is_not_a_number_of_seconds(value, capsys):
+    assert main(["trace", "--timeout", value, "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--timeout" in err

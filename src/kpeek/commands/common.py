@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 from kpeek.errors import NotPermitted
@@ -68,3 +70,46 @@ def snapshot(args: argparse.Namespace, **kwargs: Any) -> Snapshot:
     from kpeek.targets import open_kernel
 
     return memwalk.take_snapshot(open_kernel(args, "reading tasks"), **kwargs)
+
+
+def seconds(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds in [low, high]. nan, inf and
+    1e300 are refused as bad usage rather than breaking a timer later."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give a number of seconds from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+PID_MAX_LIMIT = 1 << 22  # the kernel's largest pid_max (include/linux/threads.h)
+
+
+def pid_number(text: str) -> int:
+    """An argparse type: a process id, 1 to the kernel's largest pid_max."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a process id") from None
+    if not 1 <= value <= PID_MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a process id (1-{PID_MAX_LIMIT})")
+    return value
+
+
+def namespace_number(text: str) -> int:
+    """An argparse type: a namespace by inode number, as ps shows it or as
+    `readlink /proc/PID/ns/pid` does (``pid:[4026531836]``)."""
+    digits = text.strip()
+    if digits.endswith("]") and ":[" in digits:
+        digits = digits[digits.index(":[") + 2:-1]
+    if not digits.isdigit() or int(digits) == 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a namespace (its inode number, as in the PIDNS column)")
+    return int(digits)

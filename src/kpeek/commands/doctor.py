@@ -7,7 +7,7 @@ import argparse
 import os
 
 from kpeek import jsonout
-from kpeek.commands.common import add_json
+from kpeek.commands.common import add_json, seconds
 from kpeek.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 from kpeek.render import text
 from kpeek.targets import core_path, open_kernel
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="only findings that involve these processes (default: all)")
     add_json(p)
     p.add_argument("--dot", metavar="FILE", help="write the wait-for graph for Graphviz to FILE")
-    p.add_argument("--min-sleep", type=float, default=1.0, metavar="SECONDS",
+    p.add_argument("--min-sleep", type=seconds(0, 1e9), default=1.0, metavar="SECONDS",
                    help="a D-state task counts as hung after this long asleep, and becomes "
                         "the stuck root of the waits behind it (default 1); waits on a "
                         "stopped or frozen root are told at once")
@@ -42,8 +42,6 @@ def run(args: argparse.Namespace) -> int:
         from kpeek.commands.sources import explain
 
         return explain(args)
-    if not (args.min_sleep >= 0):  # also refuses nan, which compares false to anything
-        raise UsageError("--min-sleep must be a number of seconds, 0 or more")
     kernel = None
     if core_path(args) is not None:  # a dump: every fact from its kernel objects
         from kpeek.sources import memwalk

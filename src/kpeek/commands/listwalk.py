@@ -24,6 +24,8 @@ from kpeek.kernel.btf import Kind
 from kpeek.kernel.lists import DEFAULT_MAX
 from kpeek.targets import open_kernel, open_types
 
+_MAX_OFFSET = 1 << 20
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -77,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
             offset = int(args.offset, 0)
         except ValueError:
             raise UsageError(f"bad offset {args.offset!r}") from None
+        if not 0 <= offset < _MAX_OFFSET:  # no kernel struct is this large
+            raise UsageError(f"offset {args.offset!r} must be from 0 to 0x{_MAX_OFFSET - 1:x}")
     fields = [f.strip() for f in args.fields.split(",")] if args.fields else []
     if entry_type is not None:
         for f in fields:

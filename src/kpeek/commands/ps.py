@@ -14,13 +14,14 @@ from kpeek.commands.common import (
     add_raw_pointers,
     add_source,
     is_live,
+    namespace_number,
     raw_pointers_allowed,
     snapshot,
 )
 from kpeek.errors import UsageError
 from kpeek.model import STATE_NAMES, Task
 from kpeek.render import plain, ps_columns
-from kpeek.render.tables import namespace_id, snapshot_meta, task_dict
+from kpeek.render.tables import snapshot_meta, task_dict
 from kpeek.sources.proc_usage import with_usage
 from kpeek.textsafe import for_terminal
 
@@ -48,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="only tasks of these users (names or uids)",
     )
     p.add_argument("-s", "--state", help="only these states, e.g. 'D' or 'DR'")
-    p.add_argument("--ns", help="only tasks in this PID namespace (its inode number, as shown)")
+    p.add_argument("--ns", type=namespace_number,
+                   help="only tasks in this PID namespace (its inode number, as shown)")
     p.add_argument(
         "-o",
         "--format",
@@ -87,7 +89,7 @@ def select(tasks: list[Task], args: argparse.Namespace) -> list[Task]:
     if args.state:
         tasks = [t for t in tasks if t.state in args.state]
     if args.ns:
-        tasks = [t for t in tasks if args.ns == namespace_id(t.pidns)]
+        tasks = [t for t in tasks if t.pidns == args.ns]
     if getattr(args, "user", None):
         from kpeek.commands.file_select import user_test
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from kpeek.commands.common import pid_number, seconds
 from kpeek.errors import NotPermitted, NotSupported, UsageError
 from kpeek.render import text
 
@@ -14,9 +15,10 @@ from kpeek.render import text
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="live diagram of file tables in a local web page",
                        description=__doc__)
-    p.add_argument("pid", type=int, nargs="*", help="processes to show first")
-    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free)")
-    p.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+    p.add_argument("pid", type=pid_number, nargs="*", help="processes to show first")
+    p.add_argument("--port", type=port_number, default=0,
+                   help="port on 127.0.0.1, 1-65535 (default: any free)")
+    p.add_argument("--interval", type=seconds(0.5, 86400), default=2.0, metavar="SECONDS",
                    help="how often the page refreshes (default 2)")
     p.set_defaults(func=run)
 
@@ -25,10 +27,6 @@ def run(args: argparse.Namespace) -> int:
     from kpeek.render.dot import have_dot
     from kpeek.web.server import LiveServer
 
-    if not 0 <= args.port <= 65535:
-        raise UsageError("--port must be 0..65535")
-    if args.interval < 0.5:
-        raise UsageError("--interval must be at least 0.5 seconds")
     if not have_dot():
         raise NotSupported("Graphviz is not installed: install the graphviz package")
     try:
@@ -49,3 +47,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535 (leave --port out for any free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is 1-65535")
+    return value

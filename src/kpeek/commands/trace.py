@@ -1,6 +1,9 @@
 """kpeek trace -- COMMAND [ARGS]: run a program and record its descriptor
 tables after every syscall that changes them (open, close, dup, pipe,
-socket, fork, execve, fcntl, exit...)."""
+socket, fork, execve, fcntl, exit...). Steps are numbered from 0 (the
+program before execve) in text, JSON and HTML. kpeek exits with the program's
+own status (124 if --timeout killed it); with --json the program's stdout goes
+to stderr, so stdout is one JSON document."""
 
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ import argparse
 from pathlib import Path
 
 from kpeek import jsonout
-from kpeek.commands.common import add_json
+from kpeek.commands.common import add_json, seconds
 from kpeek.errors import NotSupported, UsageError
 from kpeek.render import text
+
+TIMED_OUT = 124
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the loader's and libc's open-and-close-at-once steps (hidden by default)",
     )
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds(0.001, 1e6), metavar="SECONDS",
                    help="kill the program after SECONDS (it may wait forever on a pipe)")
     p.add_argument("--max-steps", type=int, default=10000, metavar="N",
                    help="stop recording after N steps (default 10000)")
@@ -49,8 +54,6 @@ def run(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise UsageError("trace: no command given (kpeek trace -- COMMAND [ARGS])")
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError("trace: --timeout must be positive")
     if args.max_steps < 1:
         raise UsageError("trace: --max-steps must be at least 1")
     if args.html:
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             raise UsageError(f"cannot write {args.html}: {e.strerror}") from e
 
-    trace = run_trace(command, io=args.io, timeout=args.timeout, max_steps=args.max_steps)
+    trace = run_trace(command, io=args.io, timeout=args.timeout, max_steps=args.max_steps,
+                      stdout_to_stderr=args.json)
     steps = trace.steps
     if not args.all_opens:
         steps, hidden = drop_transient(steps)
@@ -83,4 +87,12 @@ def run(args: argparse.Namespace) -> int:
             out.print(line)
     else:
         text.console().print(f"{len(views)} steps written to {args.html}", highlight=False)
-    return 0
+    return exit_code(trace)
+
+
+def exit_code(trace) -> int:
+    """kpeek trace exits as the traced program did, so scripts can use it in its
+    place; 124 when --timeout killed it, as timeout(1) does."""
+    if trace.stopped == "timeout":
+        return TIMED_OUT
+    return trace.exit_status or 0

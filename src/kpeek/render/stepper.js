@@ -21,7 +21,8 @@
     if (!steps.length) { el("position").textContent = "no steps recorded"; return; }
     current = Math.max(0, Math.min(steps.length - 1, i));
     var step = steps[current];
-    el("position").textContent = "step " + (current + 1) + " of " + steps.length;
+    // Numbered as in `kpeek trace` text: step 0 is the program before execve.
+    el("position").textContent = "step " + current + " of " + (steps.length - 1);
     slider.value = String(current);
     el("prev").disabled = current === 0;
     el("next").disabled = current === steps.length - 1;
@@ -48,8 +49,8 @@
     } else {
       main.appendChild(span("error", "this step's diagram could not be shown"));
     }
-    document.title = "step " + (current + 1) + ": " + step.call;
-    if (history.replaceState) { history.replaceState(null, "", "#step-" + (current + 1)); }
+    document.title = "step " + current + ": " + step.call;
+    if (history.replaceState) { history.replaceState(null, "", "#step-" + current); }
   }
 
   el("prev").addEventListener("click", function () { show(current - 1); });
@@ -63,5 +64,5 @@
     else if (e.key === "End") { show(steps.length - 1); e.preventDefault(); }
   });
   var m = /^#step-(\d+)$/.exec(location.hash);
-  show(m ? parseInt(m[1], 10) - 1 : 0);
+  show(m ? parseInt(m[1], 10) : 0);
 })();

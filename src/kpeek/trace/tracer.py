@@ -81,7 +81,7 @@ class Tracer:
     """Traces ``argv``; call run() once."""
 
     def __init__(self, argv: list[str], *, io: bool = False, timeout: float | None = None,
-                 max_steps: int = DEFAULT_MAX_STEPS) -> None:
+                 max_steps: int = DEFAULT_MAX_STEPS, stdout_to_stderr: bool = False) -> None:
         if not argv:
             raise UsageError("trace: no command given (kpeek trace -- COMMAND [ARGS])")
         exe = shutil.which(argv[0])
@@ -92,6 +92,7 @@ class Tracer:
         self.io = io
         self.timeout = timeout
         self.max_steps = max_steps
+        self.stdout_to_stderr = stdout_to_stderr
         self.trace = Trace(command=list(argv))
         self.tgid_of: dict[int, int] = {}  # every live traced thread -> its process
         self.exited_tgids: set[int] = set()
@@ -110,12 +111,12 @@ class Tracer:
 
         Raises NotPermitted when ptrace is refused. Tracees never outlive it.
         """
-        previous = None
-        if self.timeout:
-            previous = signal.signal(signal.SIGALRM, self._on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, self.timeout)
+        previous, armed = None, False
         try:
             self._spawn()
+            if self.timeout:  # armed after fork: an alarm inside fork() would be lost
+                previous, armed = signal.signal(signal.SIGALRM, self._on_alarm), True
+                signal.setitimer(signal.ITIMER_REAL, self.timeout)
             self._loop()
             if not self.execed:
                 raise KpeekError(f"trace: cannot run {self.argv[0]} (see the message above)")
@@ -127,7 +128,7 @@ class Tracer:
             self._kill_all()
             raise
         finally:
-            if self.timeout:
+            if armed:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, previous or signal.SIG_DFL)
             self._kill_all()
@@ -144,6 +145,8 @@ class Tracer:
             report = write_err
             try:
                 os.close(read_err)
+                if self.stdout_to_stderr:  # kpeek's stdout carries JSON: keep it clean
+                    os.dup2(2, 1)
                 ptrace.traceme()
                 # Close the error pipe before the first traced moment, so it
                 # is not in the drawings; later errors go to stderr.
@@ -401,6 +404,7 @@ def _clone_flag_names(flags: int) -> str:
 
 
 def run_trace(argv: list[str], *, io: bool = False, timeout: float | None = None,
-              max_steps: int = DEFAULT_MAX_STEPS) -> Trace:
+              max_steps: int = DEFAULT_MAX_STEPS, stdout_to_stderr: bool = False) -> Trace:
     """Trace ``argv`` to its end; see Tracer."""
-    return Tracer(argv, io=io, timeout=timeout, max_steps=max_steps).run()
+    return Tracer(argv, io=io, timeout=timeout, max_steps=max_steps,
+                  stdout_to_stderr=stdout_to_stderr).run()
