@@ -119,3 +119,85 @@ def test_cli_several_reports(tmp_path):
     bad = subprocess.run([*base, "--report", "3", str(log)], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "has 2 report(s)" in bad.stderr
+
+
+INT3_LOG = """\
+[   58.997439] Oops: int3: 0000 [#1] SMP PTI
+[   58.998089] CPU: 0 UID: 0 PID: 323 Comm: sh Not tainted 6.15.0 #1 PREEMPT(voluntary)
+[   58.998260] RIP: 0010:_Z8fakeNameiii+0x5/0x50
+[   58.998400] RSP: 0018:ffffb3c2c0a1fd18 EFLAGS: 00000246
+[   58.998500] Call Trace:
+[   58.998510]  <TASK>
+[   58.998520]  _ZN3foo3barEv+0x79/0x130
+[   58.998530]  do_wp_page+0x1b4/0xa90
+[   58.998590]  </TASK>
+"""
+
+
+def test_oops_with_a_reason_header_and_cpp_frames():
+    """`Oops: int3:` (kernels since 6.9 name the trap) starts a report; C++ names
+    are demangled: in frames with parameters, in titles without."""
+    (r,) = parse_reports(INT3_LOG)
+    assert r.title == "int3 in fakeName" and r.kind == "crash"
+    frames = [f.function for f in r.details.call_trace]
+    assert frames[:2] == ["foo::bar()", "do_wp_page"]
+    # other reasons the same way; a bare "Oops: 0000" (inside a BUG report) is not one
+    assert parse_reports(INT3_LOG.replace("int3", "alignment check"))[0].title == (
+        "alignment check in fakeName")
+    assert parse_reports("[ 1.0] Oops: 0000 [#1] SMP\n") == []
+
+
+GO_CRASH = """\
+starting server
+panic: runtime error: invalid memory address or nil pointer dereference
+[signal SIGSEGV: segmentation violation code=0x1 addr=0x0 pc=0x4a1b2c]
+
+goroutine 1 [running]:
+main.main()
+\t/tmp/x.go:5 +0x1c
+exit status 2
+"""
+
+
+def test_go_runtime_crash_is_not_a_kernel_report():
+    assert parse_reports(GO_CRASH) == []
+    # ... while a kernel panic next to it still is
+    kernel = "[ 5.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x9\n"
+    assert [r.title for r in parse_reports(GO_CRASH + kernel)] == [
+        "kernel panic: Attempted to kill init!"]
+
+
+HUNG = """\
+[  861.152227] INFO: task kworker/u4:2:10976 blocked for more than 120 seconds.
+[  861.159313]       Not tainted 6.1.0 #1
+[  861.163630] "echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.
+[  861.171562] task:kworker/u4:2    state:D stack:0     pid:10976 ppid:2      flags:0x00004000
+[  861.180000] Call Trace:
+[  861.182000]  <TASK>
+[  861.183000]  __schedule+0x8a3/0x2a30
+[  861.184000]  schedule+0xde/0x1b0
+[  861.185000]  rwsem_down_write_slowpath+0x5e1/0x1200
+[  861.186000]  do_truncate+0x13c/0x200
+[  861.187000]  </TASK>
+"""
+
+
+def test_hung_task_names_the_task_pid_and_time(tmp_path):
+    (r,) = parse_reports(HUNG)
+    assert (r.details.comm, r.details.pid, r.details.blocked_seconds) == (
+        "kworker/u4:2", 10976, 120)
+    log = tmp_path / "hung.log"
+    log.write_text(HUNG)
+    out = subprocess.run([sys.executable, "-m", "kpeek", "oops", str(log)], capture_output=True,
+                         text=True, timeout=60).stdout
+    assert "kworker/u4:2 (pid 10976)" in out and "more than 120 s" in out
+
+
+def test_truncated_repeat_at_the_end_is_one_report():
+    """A console that printed the report again and was cut off: one report."""
+    lines = GPF_LOG.splitlines(keepends=True)
+    cut = "".join(lines[1:9])[:-10] + "\n"  # the repeat stops inside a line
+    reports = parse_reports(GPF_LOG + cut)
+    assert len(reports) == 1
+    # two complete reports stay two
+    assert len(parse_reports(GPF_LOG + GPF_LOG)) == 2

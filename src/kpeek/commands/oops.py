@@ -10,6 +10,7 @@ the live kernel log (/dev/kmsg) is read, without waiting for new messages.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -25,10 +26,10 @@ from kpeek.render import text as render
 from kpeek.reports import Report, read_kmsg
 from kpeek.reports.details import Details
 from kpeek.reports.kinds import KINDS
-from kpeek.reports.parse import parse_log
+from kpeek.reports.parse import ParseResult, parse_log
+from kpeek.reports.stream import open_log, parse_stream
 from kpeek.targets import core_path
 
-_MAX_INPUT = 1 << 30  # refuse logs over 1 GiB rather than exhaust memory
 _DEFAULT_FRAMES = 40
 
 
@@ -50,28 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def read_log(path: str | None) -> tuple[str, str, bool]:
-    """(text, source name, live) for a FILE argument. Raises UsageError, NotPermitted."""
-    if path is None:
-        text = read_kmsg()
-        return _symbolize_live(text), "/dev/kmsg", True
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(_MAX_INPUT + 1)
-        else:
-            with open(path, "rb") as f:
-                data = f.read(_MAX_INPUT + 1)
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory, not a log file") from None
-    except PermissionError:
-        raise UsageError(f"cannot read {path}: permission denied") from None
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    if len(data) > _MAX_INPUT:
-        raise UsageError(f"{path} is larger than 1 GiB; cut out the part with the report")
-    return data.decode("utf-8", "surrogateescape"), path, False
+def read_log(path: str | None) -> tuple[ParseResult, str, bool]:
+    """(reports, source name, live) for a FILE argument. A file or stdin is read
+    as a stream in bounded memory. Raises UsageError, NotPermitted."""
+    if path is None or (path != "-" and os.path.realpath(path) == "/dev/kmsg"):
+        # The live log: read what is there now, never wait for new records.
+        return parse_log(_symbolize_live(read_kmsg())), "/dev/kmsg", True
+    if path == "-":
+        return parse_stream(sys.stdin.buffer, "stdin"), "stdin", False
+    with open_log(path) as f:
+        return parse_stream(f, path), path, False
 
 
 def _symbolize_live(text: str) -> str:
@@ -108,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
     core = core_path(args)
     if core is not None and args.file is None:
         log, source, live = dump_log(core, args)
+        parsed = parse_log(log)
     else:
-        log, source, live = read_log(args.file)
-    parsed = parse_log(log)
+        parsed, source, live = read_log(args.file)
     reports = parsed.reports
     if args.report is not None:
         if not 1 <= args.report <= len(reports):
@@ -133,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         out.print(Text(f"note: {source} holds more than kpeek parses in one go; only the"
                        f" first {len(reports)} report(s) are shown", style="yellow"))
     if not reports:
-        out.print(f"no kernel reports in {source}")
+        out.print(f"no kernel report in {source} (no oops, BUG, WARNING, KASAN, hang, "
+                  "panic or lockdep report)")
         return 0
     if (len(reports) > 1 or args.summary) and args.report is None:
         out.print(render.table(
@@ -180,7 +170,10 @@ def print_report(out, r: Report, number: int, show_raw: bool, full: bool) -> Non
     for message in d.messages:
         facts.append(("message", render.name(message)))
     if d.pid is not None:
-        facts.append(("task", render.name(f"{d.comm} (pid {d.pid}) on CPU {d.cpu}")))
+        where = f" on CPU {d.cpu}" if d.cpu is not None else ""
+        facts.append(("task", render.name(f"{d.comm} (pid {d.pid}){where}")))
+    if d.blocked_seconds is not None:
+        facts.append(("blocked", f"for more than {d.blocked_seconds} s (in state D)"))
     if d.kernel_release:
         facts.append(("kernel", render.name(d.kernel_release)))
     if d.tainted is not None:
@@ -340,7 +333,8 @@ def report_json(r: Report, number: int, show_raw: bool) -> dict[str, Any]:
         "first_line": r.start_line + 1,
         "last_line": r.end_line + 1,
         "context": r.context or None,
-        "task": None if d.pid is None else {"pid": d.pid, "comm": d.comm, "cpu": d.cpu},
+        "task": None if d.pid is None else {"pid": d.pid, "comm": d.comm, "cpu": d.cpu,
+                                            "blocked_seconds": d.blocked_seconds},
         "kernel_release": d.kernel_release,
         "tainted": d.tainted,
         "taint_flags": [{"flag": c, "meaning": m} for c, m in d.taint_flags],

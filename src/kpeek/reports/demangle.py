@@ -1,4 +1,4 @@
-"""Rust v0 symbol demangling, enough for kernel stack traces.
+"""Rust v0 and C++ symbol demangling, enough for kernel stack traces.
 
 Rust code in the kernel (binder, drivers) shows up in stack traces with
 v0-mangled names such as
@@ -216,14 +216,49 @@ def demangle_rust(name: str) -> str | None:
         return None
 
 
-def demangle(name: str) -> str:
-    """``name`` demangled when it is a Rust v0 symbol, else unchanged.
+def demangle_cpp(name: str, *, params: bool = True) -> str | None:
+    """An Itanium C++ symbol (``_Z8fakeNameiii``) demangled by the C++ runtime's
+    own demangler (``fakeName(int, int, int)``); without ``params``, only the
+    qualified name (``fakeName``), as titles use it. None when it is not one."""
+    if not name.startswith("_Z") or len(name) > 4096:
+        return None
+    try:
+        import cxxfilt
+
+        plain = cxxfilt.demangle(name, external_only=False)
+    except Exception:  # not a C++ name, or no C++ runtime on this machine
+        return None
+    if not plain or plain == name:
+        return None
+    return plain if params else _without_params(plain)
+
+
+def _without_params(plain: str) -> str:
+    """``ns::f(int, char*) const`` -> ``ns::f``: drop the last top-level ``(...)``."""
+    end = plain.rfind(")")
+    depth = 0
+    for i in range(end, -1, -1):
+        ch = plain[i]
+        if ch == ")":
+            depth += 1
+        elif ch == "(":
+            depth -= 1
+            if depth == 0:
+                return plain[:i] or plain
+    return plain
+
+
+def demangle(name: str, *, params: bool = True) -> str:
+    """``name`` demangled when it is a Rust v0 or C++ symbol, else unchanged.
 
     The compiler's ``__cfi_``/``__pfx_`` prefixes in front of a Rust symbol
-    are kept in front of its demangled form.
+    are kept in front of its demangled form. ``params`` False leaves a C++
+    name's parameter list out (titles name functions, not overloads).
     """
     for prefix in ("", "__cfi_", "__pfx_"):
         if name.startswith(prefix + "_R"):
             plain = demangle_rust(name[len(prefix):])
             return prefix + plain if plain else name
+    if name.startswith("_Z"):
+        return demangle_cpp(name, params=params) or name
     return name

@@ -202,7 +202,7 @@ def _walk_parts(spec: StackSpec, parts, lines: list[str]) -> tuple[list[tuple[st
         for g in m.groups():
             if g is None:
                 continue
-            g = demangle(g)
+            g = demangle(g, params=False)
             if not _skipped(g, extra):
                 candidates.append(g)
 

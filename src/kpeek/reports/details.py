@@ -39,6 +39,9 @@ TAINT_FLAGS: dict[str, str] = {
 
 _TAINTED = re.compile(r"(?:^|\s)(Not tainted|Tainted: ([A-Z ]+?))\s+(\d+\.\d+\S*)")
 _TAINT_LIST = re.compile(r"^Tainted: ((?:\[[A-Z]\]=\w+,? ?)+)$")
+# "INFO: task kworker/u4:2:51 blocked for more than 143 seconds." (comm may hold ':')
+_HUNG_TASK = re.compile(r"INFO: task (.{1,64}):(\d+) (?:blocked (?:in I/O wait )?for|can't die for)"
+                        r" more than (\d+) seconds")
 _TASK = re.compile(r"CPU: (\d+) (?:UID: \d+ )?PID: (\d+) Comm: (.{1,64}?) (?:Not tainted|Tainted)")
 
 # ---------------------------------------------------------------- addresses
@@ -186,6 +189,7 @@ class Details:
     cpu: int | None = None
     pid: int | None = None
     comm: str | None = None
+    blocked_seconds: int | None = None  # hung task: "blocked for more than N seconds"
     kernel_release: str | None = None
     tainted: bool | None = None
     taint_flags: list[tuple[str, str]] = field(default_factory=list)
@@ -227,6 +231,10 @@ def extract_details(lines: list[ConsoleLine], prefix: list[str] = ()) -> Details
                 d.fault_address = int(m.group(1), 16)
         if len(d.messages) < 6 and _EXPLANATIONS.match(stripped):
             d.messages.append(stripped[:200])
+        if d.pid is None and "INFO: task " in text:
+            m = _HUNG_TASK.search(text)
+            if m:
+                d.comm, d.pid, d.blocked_seconds = m.group(1), int(m.group(2)), int(m.group(3))
         if d.pid is None and "PID:" in text:
             m = _TASK.search(text)
             if m:

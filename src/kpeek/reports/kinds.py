@@ -131,7 +131,7 @@ _DETECTORS = ("KASAN", "KFENCE", "KMSAN", "KCSAN", "UBSAN")
 
 
 # Report start markers whose titles carry no fixed prefix.
-_BY_HEADER = {"rust_kernel: panicked": "crash"}
+_BY_HEADER = {"rust_kernel: panicked": "crash", "Oops: ": "crash"}
 
 
 def classify(title: str, header: str | None = None) -> Classification:

@@ -69,6 +69,8 @@ class Report:
     lines: list[str] = field(default_factory=list)
     prefix: list[str] = field(default_factory=list)
     details: Details = field(default_factory=Details)
+    # Offset in the parsed text where the search for the next report resumed.
+    resume_offset: int = field(default=0, repr=False, compare=False)
 
 
 @dataclass
@@ -150,12 +152,19 @@ def parse_reports(text: str, *, max_reports: int = MAX_REPORTS) -> list[Report]:
     return parse_log(text, max_reports=max_reports).reports
 
 
-def parse_log(text: str, *, max_reports: int = MAX_REPORTS) -> ParseResult:
-    """Like :func:`parse_reports`, also saying whether the work bounds cut parsing short."""
+def parse_log(text: str, *, max_reports: int = MAX_REPORTS, start: int = 0,
+              whole: bool = True) -> ParseResult:
+    """Like :func:`parse_reports`, also saying whether the work bounds cut parsing short.
+
+    ``start`` is the offset to look for reports from (the text before it can
+    still give a report its prefix lines); ``whole`` is False for one window
+    of a longer log (see :mod:`kpeek.reports.stream`), where what follows is
+    unknown, so a last report is not compared with the earlier ones.
+    """
     log = _Log(text)
     scanner = MarkerScanner(text, _MARKERS)
     reports: list[Report] = []
-    pos = 0
+    pos = start
     truncated = False
     while True:
         found = _next_start(log, scanner, pos)
@@ -165,17 +174,57 @@ def parse_log(text: str, *, max_reports: int = MAX_REPORTS) -> ParseResult:
         if len(reports) >= max_reports:
             truncated = True
             break
-        start, kind = found
-        report, next_pos = _collect(log, scanner, start, kind)
-        reports.append(report)
-        if next_pos <= start or next_pos > len(text):
+        at, kind = found
+        report, next_pos = _collect(log, scanner, at, kind)
+        report.resume_offset = next_pos
+        if _is_go_crash(report):  # not ours; what its lines held may still be
+            next_pos = log.line_end(at) + 1
+            report.resume_offset = next_pos
+        else:
+            reports.append(report)
+        if next_pos <= at or next_pos > len(text):
             break
         pos = next_pos
     if reports and _CONSOLE_HANGUP in text:
         last = reports[-1]
         if not last.corrupted:
             last.corrupted, last.corrupted_reason = True, "the console disconnected"
+    if whole:
+        drop_truncated_repeat(reports)
     return ParseResult(reports, truncated)
+
+
+# A Go program's crash ("panic: runtime error: ..." then "goroutine 1 [running]:")
+# shares the "panic:" marker with kernel panics but is no kernel report.
+_GOROUTINE = re.compile(r"^goroutine [0-9]+ \[|^\[signal SIG[A-Z]+: ")
+
+
+def _is_go_crash(report: Report) -> bool:
+    return report.title.startswith("panic:") and any(
+        _GOROUTINE.match(line) for line in report.lines[:64])
+
+
+def drop_truncated_repeat(reports: list[Report]) -> None:
+    """Drop a last report that repeats an earlier one cut short (a console that
+    printed the report again, or a log saved twice, ends mid-report): the same
+    kind, its lines a prefix of the earlier report's."""
+    if len(reports) < 2:
+        return
+    last = reports[-1]
+    n = len(last.lines)
+    if not n:
+        return
+    for earlier in reports[:-1]:
+        if earlier.kind != last.kind or n > len(earlier.lines):
+            continue
+        head = earlier.lines[:n]
+        if head[:-1] != last.lines[:-1] or not head[-1].startswith(last.lines[-1]):
+            continue
+        # Cut short: inside its last line, or flagged corrupted (an equal
+        # report printed twice in full stays two reports).
+        if head[-1] != last.lines[-1] or (last.corrupted and not earlier.corrupted):
+            reports.pop()
+            return
 
 
 def _next_start(log: _Log, scanner: MarkerScanner, pos: int) -> tuple[int, ReportKind] | None:

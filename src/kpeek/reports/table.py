@@ -758,6 +758,14 @@ REPORT_KINDS: tuple[ReportKind, ...] = (
     # Misspelling some kernels print for the same trap.
     _simple("divide_error:", r"divide_error: ", "divide error in {0}", _RIP_ONLY),
     _simple("invalid opcode:", r"invalid opcode: ", "invalid opcode in {0}", _RIP_ONLY),
+    # Kernels since 6.9 print die()'s reason after "Oops: " ("Oops: int3: 0000 [#1]
+    # SMP"); the reasons with a table entry of their own (general protection
+    # fault, invalid opcode) match above, this is every other one.
+    ReportKind("Oops: ", (Format(rx(r"Oops: ([a-z][a-z0-9 ]*[a-z0-9]): [0-9a-f]{4} \[#"),
+                                 "{0} in {1}", alt=("bad-access in {1}",),
+                                 stack=_rip_trace()),),
+               # "Oops: 0000 [#1]" is the error code line inside a BUG report
+               suppressions=(re.compile(r"Oops: [0-9a-f]+ \[#"),)),
     ReportKind(
         "UBSAN:",
         (

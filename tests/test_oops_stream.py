@@ -1,0 +1,127 @@
+"""Kernel logs read as a stream: the same reports as in one piece, bounded memory,
+and the inputs that used to hang or exhaust memory (binary, devices, endless)."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kpeek.reports.parse import parse_log
+from kpeek.reports.stream import parse_stream
+
+CORPUS = Path(os.environ.get("KPEEK_CORPUS", Path(__file__).resolve().parents[2]
+                             / "shared/corpus/kernel-reports"))
+
+
+def _corpus_logs() -> list[bytes]:
+    if not CORPUS.is_dir():
+        pytest.fail(f"kernel report corpus not found at {CORPUS} (set KPEEK_CORPUS)")
+    out = []
+    for f in sorted(CORPUS.iterdir()):
+        if f.name != "README.md":
+            out.append(f.read_bytes().split(b"\n\n", 1)[-1])
+    return out
+
+
+def _mixed_log(seed: int, count: int) -> bytes:
+    """Corpus logs with runs of ordinary lines between them, as a long console log."""
+    rnd = random.Random(seed)
+    logs = _corpus_logs()
+    parts = []
+    for log in rnd.sample(logs, count):
+        parts.append(log)
+        parts.append(b"".join(b"[ %d.000000] ordinary line %d\n" % (i, i)
+                              for i in range(rnd.randrange(0, 5000))))
+    return b"\n".join(parts)
+
+
+def _summary(reports):
+    return [(r.start_line, r.end_line, r.title, r.corrupted) for r in reports]
+
+
+@pytest.mark.parametrize("chunk", [1 << 14, 1 << 16, 1 << 20])
+def test_stream_finds_what_one_piece_finds(chunk):
+    data = _mixed_log(seed=chunk, count=60)
+    whole = parse_log(data.decode("utf-8", "surrogateescape"))
+    assert not whole.truncated and len(whole.reports) >= 40
+    streamed = parse_stream(io.BytesIO(data), "log", chunk=chunk)
+    assert _summary(streamed.reports) == _summary(whole.reports)
+
+
+def _run(args, **kw):
+    return subprocess.run([sys.executable, "-m", "kpeek", *args], capture_output=True,
+                          text=True, timeout=120, **kw)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("path", ["/dev/zero", "/dev/urandom", sys.executable])
+def test_binary_input_is_one_line_exit_2(path):
+    p = _run(["oops", path])
+    assert p.returncode == 2 and "not a kernel log" in p.stderr
+    assert p.stderr.count("\n") == 1 and p.stdout == ""
+
+
+@pytest.mark.timeout(120)
+def test_kmsg_given_as_a_file_does_not_block():
+    p = _run(["oops", "/dev/kmsg", "--summary"])
+    assert p.returncode in (0, 3), p.stderr  # 3: not permitted to read the log
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.timeout(120)
+def test_fifo_without_writer_does_not_block(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    p = _run(["oops", str(fifo)])
+    assert p.returncode == 0 and "no kernel report" in p.stdout
+
+
+@pytest.mark.timeout(120)
+def test_no_report_says_so(tmp_path):
+    log = tmp_path / "quiet.log"
+    log.write_text("[    0.000000] Linux version 6.1.0\n[    1.000000] all is well\n")
+    p = _run(["oops", str(log)])
+    assert p.returncode == 0 and f"no kernel report in {log}" in p.stdout
+
+
+@pytest.mark.timeout(300)
+def test_a_big_log_in_bounded_memory(tmp_path):
+    """64 MB of ordinary lines with reports inside: read under 100 MB of memory
+    (the whole-file reader held several times the file)."""
+    log = tmp_path / "big.log"
+    logs = _corpus_logs()[:5]
+    noise = b"".join(b"[ %d.000000] eth0: link up, an ordinary line %d\n" % (i, i)
+                     for i in range(50_000))
+    with log.open("wb") as f:
+        i = 0
+        while f.tell() < 64 << 20:
+            f.write(noise)
+            f.write(logs[i % len(logs)] + b"\n")
+            i += 1
+    code = ("import resource, sys\n"
+            "from kpeek.cli import main\n"
+            "rc = main(['oops', '--summary', sys.argv[1]])\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+            "sys.exit(rc)\n")
+    p = subprocess.run([sys.executable, "-c", code, str(log)], capture_output=True, text=True,
+                       timeout=280)
+    assert p.returncode == 0, p.stderr
+    peak_kb = int(p.stderr.strip().splitlines()[-1])
+    assert peak_kb < 100 * 1024, f"peak {peak_kb} KB"
+    assert p.stdout.count("\n") > 5  # the reports were found
+
+
+@pytest.mark.timeout(120)
+def test_endless_stdin_stops(tmp_path):
+    """An endless stdin is read in bounded memory and refused at the input limit;
+    here the limit is made small through the stream reader itself."""
+    data = b"[ 1.0] hello\n" * 100_000
+    with pytest.raises(Exception) as err:
+        parse_stream(io.BytesIO(data), "stdin", chunk=1 << 16, max_input=1 << 20)
+    assert "larger than" in str(err.value)
