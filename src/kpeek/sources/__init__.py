@@ -26,8 +26,14 @@ def take_snapshot(source: str = "auto", **kwargs: Any) -> Snapshot:
 
     With "auto", a BPF failure (not root, no BTF, a verifier that refuses)
     falls back to procfs; the reason and the facts lost are kept in
-    Snapshot.notes.
+    Snapshot.notes. Every reference in it resolves (see consistent.py).
     """
+    from kpeek.sources.consistent import make_consistent
+
+    return make_consistent(_take(source, **kwargs))
+
+
+def _take(source: str, **kwargs: Any) -> Snapshot:
     # Imported here, each only when used: loading a source costs time that
     # verbs which never take a snapshot (or use another source) should not pay.
     if source not in SOURCES:

@@ -24,6 +24,7 @@ from kpeek.model import FileDescriptor, Inode, Namespace, OpenFile, Snapshot, Ta
 from kpeek.sources import proc_tasks
 from kpeek.sources.bpf import hidden
 from kpeek.sources.bpf.loaded import bpf_iterator, bpf_object
+from kpeek.sources.consistent import make_consistent
 from kpeek.sources.proc_files import O_CLOEXEC, file_type
 from kpeek.textsafe import decode
 
@@ -272,7 +273,9 @@ def take_snapshot(
     tasks.sort(key=lambda t: (t.tgid, t.pid != t.tgid, t.pid))
     if not in_order:
         fds.sort(key=lambda d: (d.tgid, d.fd))
-    return Snapshot(
+    # A process that forked between the task walk and the file walk has
+    # descriptors but no task: left out and counted (see consistent.py).
+    return make_consistent(Snapshot(
         source=SOURCE,
         tasks=tuple(tasks),
         fds=tuple(fds),
@@ -280,4 +283,4 @@ def take_snapshot(
         inodes=inodes,
         vanished=vanished,
         notes=tuple(notes),
-    )
+    ))

@@ -1,0 +1,64 @@
+"""Bounded fork/exit churn for snapshot soak tests: a parent that keeps forking
+children which open a pipe and a file, sleep a moment and exit. Stopped (and
+every child reaped) by stop()."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+_CHURN = r"""
+import os, sys, time, signal
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+path = sys.argv[1]
+live = set()
+while True:
+    if len(live) < 8:                     # bounded: at most 8 children at a time
+        pid = os.fork()
+        if pid == 0:
+            r, w = os.pipe()
+            f = os.open(path, os.O_RDONLY)
+            time.sleep(0.002)
+            os._exit(0)
+        live.add(pid)
+    try:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            live.discard(pid)
+    except ChildProcessError:
+        live.clear()
+    time.sleep(0.0005)
+"""
+
+
+class Churn:
+    def __init__(self, path: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _CHURN, path])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # the children it had not reaped are its, and exit on their own
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+
+
+def dangling(snap) -> list[str]:
+    """Every reference in a snapshot that does not resolve."""
+    tgids = {t.tgid for t in snap.processes()}
+    bad = [f"fd {d.tgid}/{d.fd}: no such process" for d in snap.fds if d.tgid not in tgids]
+    bad += [f"fd {d.tgid}/{d.fd}: no open file {d.open_file}" for d in snap.fds
+            if d.open_file not in snap.open_files]
+    held = {d.open_file for d in snap.fds}
+    bad += [f"open file {k}: no holder" for k in snap.open_files if k not in held]
+    return bad
