@@ -262,3 +262,52 @@ def test_cli_rechecks_a_finding_on_a_changing_list(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "the list was changing, not corrupted" in out
     assert "4 entries; the list returns to its head" in out
+
+
+def _cli_with_memories(monkeypatch, memories) -> None:
+    """Each reread() moves to the next memory (the last one stays)."""
+    from kpeek.commands import listwalk
+    from kpeek.kernel.btf import load_vmlinux_btf
+    from kpeek.kernel.program import Kernel
+
+    class Sequence:
+        def __init__(self) -> None:
+            self.i = 0
+
+        def read(self, address: int, size: int) -> bytes:
+            return memories[self.i].read(address, size)
+
+        def clear_cache(self) -> None:
+            self.i = min(self.i + 1, len(memories) - 1)
+
+    monkeypatch.setattr(listwalk, "open_kernel",
+                        lambda *_a, **_k: Kernel(load_vmlinux_btf(), None, Sequence()))
+
+
+def _broken_at(n: int):
+    mem = build([0, 1, 2, 3, 4, 5])
+    set_prev(mem, node(n), node(0))
+    return mem
+
+
+def test_a_fault_that_moves_every_walk_is_changing_not_corrupt(monkeypatch, capsys):
+    """Children coming and going: every walk stops somewhere else. Not CORRUPTED, exit 0."""
+    require("root")
+    from kpeek.cli import main
+
+    _cli_with_memories(monkeypatch, [_broken_at(n) for n in (2, 3, 4, 5, 2, 3)])
+    assert main(["list", hex(HEAD), "-o", hex(OFFSET)]) == 0
+    out = capsys.readouterr().out
+    assert "changing" in out and "CORRUPTED" not in out
+
+
+def test_a_fault_two_walks_agree_on_is_corruption(monkeypatch, capsys):
+    """The first re-walk differs, the next two agree: that fault is real."""
+    require("root")
+    from kpeek.cli import main
+
+    _cli_with_memories(monkeypatch, [_broken_at(2), _broken_at(4), _broken_at(3),
+                                     _broken_at(3)])
+    assert main(["list", hex(HEAD), "-o", hex(OFFSET)]) == 1
+    out = capsys.readouterr().out
+    assert f"CORRUPTED (broken-backlink) at entry #3 0x{node(3) - OFFSET:x}" in out

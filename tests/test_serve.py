@@ -186,3 +186,63 @@ def test_live_page_highlights_what_changed_since_the_last_refresh():
         assert browser.evaluate(yellow) >= 2  # the new fd and its new open file
         wait(lambda: browser.evaluate(yellow) == 0)  # and next time it is old news
         assert fam.info["path"] in browser.evaluate(svg_text)
+
+
+@pytest.mark.timeout(120)
+def test_idle_connections_do_not_pile_up_threads_and_a_real_request_is_answered():
+    """200 connections that send nothing: a fixed number of threads, the idle ones
+    dropped after the timeout, and a request with the token still answered."""
+    require("graphviz")
+    from kpeek.web import server as web
+
+    with family(PIPE_FORK_DUP2) as fam, running([fam.info["parent"]]) as server:
+        idle = []
+        try:
+            for _ in range(200):
+                s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                idle.append(s)
+            time.sleep(1)
+            threads = threading.active_count()
+            assert threads <= web.WORKERS + 10, threads
+            deadline = time.monotonic() + web.IDLE_TIMEOUT + 20
+            while True:  # a request gets through once idle ones time out or are shed
+                try:
+                    status, body, _ = get(server, f"/diagram.svg?token={server.token}")
+                    break
+                except (OSError, http.client.HTTPException):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            assert status == 200 and body.lstrip().startswith(b"<")
+            assert threading.active_count() <= web.WORKERS + 10
+        finally:
+            for s in idle:
+                s.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_diagram_with_one_pid_gone_still_draws_the_others():
+    require("graphviz")
+    with family(PIPE_FORK_DUP2) as fam, running([fam.info["parent"]]) as server:
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        status, body, _ = get(server, f"/diagram.svg?pids={fam.info['parent']},{gone.pid}"
+                                      f"&token={server.token}")
+        assert status == 200, body
+        assert b"<svg" in body
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_stops_serve_cleanly():
+    require("graphviz")
+    proc = subprocess.Popen([sys.executable, "-m", "kpeek", "serve", str(os.getpid())],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "token=" in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -25,6 +25,7 @@ from kpeek.kernel.lists import DEFAULT_MAX
 from kpeek.targets import open_kernel, open_types
 
 _MAX_OFFSET = 1 << 20
+_REWALKS = 4  # walks after the first before a moving fault is called "changing"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -93,14 +94,24 @@ def run(args: argparse.Namespace) -> int:
     kernel = open_kernel(args, "kpeek list")
     head = parse_address(args.address, kernel.symbols) + head_extra
     walk = kernel.list_entries(head, hlist=args.hlist, max_entries=args.max)
-    transient = None
+    transient, changing = None, False
     if walk.finding is not None and walk.finding.is_corruption:
-        # A live list may change under the walk; only a finding that a second
-        # walk over freshly read memory repeats is reported as corruption.
-        kernel.reread()
-        again = kernel.list_entries(head, hlist=args.hlist, max_entries=args.max)
-        if again.finding is None or again.finding.kind != walk.finding.kind:
-            transient, walk = walk.finding, again
+        # A live list may change under the walk (children come and go): walk
+        # again over freshly read memory; only a fault two walks in a row
+        # find at the same place is corruption. One that moves is "changing".
+        first, previous = walk.finding, walk
+        for _ in range(_REWALKS):
+            kernel.reread()
+            again = kernel.list_entries(head, hlist=args.hlist, max_entries=args.max)
+            if again.finding is None or not again.finding.is_corruption:
+                transient, walk = first, again
+                break
+            if _same_fault(again.finding, previous.finding):
+                walk = again
+                break
+            previous = again
+        else:
+            changing, walk = True, previous
     walk.entry_offset = offset
 
     rows = []
@@ -125,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             "entry_offset": offset,
             "count": len(rows),
             "complete": finding is None,
+            "changing": changing,
             "entries": rows,
             "transient_finding": None if transient is None else {
                 "kind": transient.kind, "message": transient.message},
@@ -135,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
                 "index": finding.index,
                 "pointer": f"0x{finding.pointer:x}",
                 "message": finding.message,
-                "corruption": finding.is_corruption,
+                "corruption": finding.is_corruption and not changing,
             },
         })
     else:
@@ -152,9 +164,17 @@ def run(args: argparse.Namespace) -> int:
             where = "the head" if finding.index < 0 else (
                 f"entry #{finding.index} 0x{finding.node - offset:x}")
             label = "CORRUPTED" if finding.is_corruption else "stopped"
+            if changing:
+                label = f"changing: {1 + _REWALKS} walks each stopped elsewhere; last"
             out.write(f"{len(rows)} entries; {label} ({finding.kind}) at {where}: "
                       f"{finding.message}\n")
-    return EXIT_FINDINGS if finding is not None and finding.is_corruption else 0
+    corrupt = finding is not None and finding.is_corruption and not changing
+    return EXIT_FINDINGS if corrupt else 0
+
+
+def _same_fault(a, b) -> bool:
+    """Two walks' findings name one fault: same kind, node and pointer."""
+    return (a.kind, a.node, a.pointer) == (b.kind, b.node, b.pointer)
 
 
 def _field_text(obj, symbols, scalar_text) -> str:

@@ -6,6 +6,7 @@ token without which every request is refused."""
 from __future__ import annotations
 
 import argparse
+import signal
 
 from kpeek.commands.common import pid_number, seconds
 from kpeek.errors import NotPermitted, NotSupported, UsageError
@@ -35,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
         raise NotPermitted(f"cannot listen on port {args.port}: {e.strerror}") from e
     except OSError as e:
         raise UsageError(f"cannot listen on 127.0.0.1:{args.port}: {e.strerror}") from e
+    # SIGTERM (systemd, kill) stops it as Ctrl-C does: sockets closed, exit 0.
+    signal.signal(signal.SIGTERM, _interrupt)
     out = text.console()
     out.print(f"kpeek serve: open {server.url}", highlight=False, soft_wrap=True)
     out.print("(127.0.0.1 only; the token in the URL is required; Ctrl-C stops)",
@@ -58,3 +61,7 @@ def port_number(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: a port is 1-65535")
     return value
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -9,11 +9,15 @@ stays in the address bar.
 
 from __future__ import annotations
 
+import os
+import queue
 import secrets
+import selectors
 import threading
+import time
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from kpeek.errors import KpeekError
@@ -23,6 +27,10 @@ from kpeek.render.diagram import Marks, build_dot
 
 LOOPBACK = "127.0.0.1"
 MAX_PIDS = 64
+WORKERS = 8  # threads that answer requests; idle connections cannot pile up threads
+BACKLOG = 32  # connections with a request waiting for a worker; more are closed
+IDLE_TIMEOUT = 10.0  # seconds a connection may sit without sending its request
+MAX_PENDING = 512  # connections that have not sent anything yet; more are closed
 
 SnapshotFn = Callable[[Sequence[int]], Snapshot]
 
@@ -30,23 +38,94 @@ SnapshotFn = Callable[[Sequence[int]], Snapshot]
 def _default_snapshot(pids: Sequence[int]) -> Snapshot:
     from kpeek.sources import procfs
 
-    return procfs.take_snapshot(pids, threads=False)
+    # A pid that exited draws nothing rather than failing the whole diagram.
+    alive = [p for p in pids if os.path.exists(f"/proc/{p}")]
+    if not alive:
+        raise KpeekError(f"no such process: {', '.join(map(str, pids))}")
+    return procfs.take_snapshot(alive, threads=False)
 
 
-class LiveServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer bound to 127.0.0.1 with the page's state."""
-
-    daemon_threads = True
+class LiveServer(HTTPServer):
+    """An HTTP server bound to 127.0.0.1 with the page's state, answering with a
+    fixed pool of worker threads. A new connection waits in one selector thread
+    until it sends something (closed after IDLE_TIMEOUT if it never does), so
+    idle or half-open connections hold no worker and no thread of their own."""
 
     def __init__(self, port: int = 0, pids: Sequence[int] = (), interval: float = 2.0,
                  snapshot: SnapshotFn = _default_snapshot) -> None:
         super().__init__((LOOPBACK, port), _Handler)
+        self._waiting: queue.Queue = queue.Queue(BACKLOG)
+        self._workers = [threading.Thread(target=self._work, daemon=True, name=f"kpeek-{i}")
+                         for i in range(WORKERS)]
+        self._pending: dict = {}  # socket -> (client address, deadline)
+        self._pending_lock = threading.Lock()
+        self._selector = selectors.DefaultSelector()
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="kpeek-idle")
+        self._closing = False
+        for t in (*self._workers, self._watcher):
+            t.start()
         self.token = secrets.token_urlsafe(24)
         self.pids = list(pids)
         self.interval = interval
         self.snapshot = snapshot
         self.lock = threading.Lock()  # one snapshot and layout at a time: 2 cores
         self.previous: dict[tuple[int, ...], Snapshot] = {}
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[override]
+        with self._pending_lock:
+            if len(self._pending) >= MAX_PENDING:
+                self.shutdown_request(request)
+                return
+            self._pending[request] = (client_address, time.monotonic() + IDLE_TIMEOUT)
+            self._selector.register(request, selectors.EVENT_READ)
+
+    def _watch(self) -> None:
+        """Hand a connection to the workers once it has sent something; close
+        the ones that stay silent past their deadline."""
+        while not self._closing:
+            ready = self._selector.select(timeout=0.5) if self._pending else ()
+            if not self._pending:
+                time.sleep(0.05)
+            now = time.monotonic()
+            with self._pending_lock:
+                for key, _ in ready:
+                    request = key.fileobj
+                    address, _deadline = self._pending.pop(request)
+                    self._selector.unregister(request)
+                    try:
+                        self._waiting.put_nowait((request, address))
+                    except queue.Full:
+                        self.shutdown_request(request)
+                for request, (_address, deadline) in list(self._pending.items()):
+                    if now > deadline:
+                        del self._pending[request]
+                        self._selector.unregister(request)
+                        self.shutdown_request(request)
+
+    def _work(self) -> None:
+        while True:
+            item = self._waiting.get()
+            if item is None:
+                return
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:  # type: ignore[override]
+        pass  # a client that went away is not worth a traceback on the terminal
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._closing = True
+        for _ in self._workers:
+            try:
+                self._waiting.put_nowait(None)
+            except queue.Full:
+                break
 
     @property
     def port(self) -> int:
@@ -88,6 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: LiveServer
     server_version = "kpeek"
     sys_version = ""
+    timeout = IDLE_TIMEOUT  # socket timeout: an idle or half-open client is dropped
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # quiet: the URL with the token must not end up in logs
