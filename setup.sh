@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-apt_packages=(clang llvm libbpf-dev bpftool graphviz fuse3 libfuse2 lsof chromium psmisc procps
+apt_packages=(clang llvm libbpf-dev bpftool graphviz fuse3 libfuse2 lsof chromium psmisc procps dwarves
   qemu-system-x86 makedumpfile busybox-static cpio gcc-12 make
   e2fsprogs util-linux mount gcc libc6-dev)
 missing=()

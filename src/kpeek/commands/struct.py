@@ -104,6 +104,17 @@ def layout(t: Type) -> dict[str, Any]:
     return doc
 
 
+def _named_by_typedef(t: Type) -> bool:
+    """Whether ``t`` reaches its struct through a typedef (qualifiers aside)."""
+    for _ in range(16):
+        if t.kind == Kind.TYPEDEF:
+            return True
+        if t.kind not in (Kind.CONST, Kind.VOLATILE, Kind.RESTRICT, Kind.TYPE_TAG):
+            return False
+        t = t.target
+    return False
+
+
 def _size(t: Type) -> int | None:
     try:
         return t.size
@@ -120,10 +131,16 @@ def _layout_members(
     out: list[dict] = []
     end = base_bit  # first bit after everything laid out so far (struct)
     union_end = base_bit
+    unit_end = 0  # end of the last bitfield's storage unit (its declared type)
     for m in r.members:
         mt = btf.type(m.type_id)
         mr = mt.resolve()
         bit = base_bit + m.bit_offset
+        if r.kind == Kind.STRUCT and end < unit_end < bit:
+            # As pahole: the bits left in a bitfield's unit are a bit hole of
+            # their own; the bytes after the unit are a hole that counts.
+            out.append({"hole": 0, "bits": unit_end - end, "offset": end // 8})
+            end = unit_end
         if r.kind == Kind.STRUCT and bit > end:
             gap = bit - end
             if gap >= 8 and end % 8 == 0:
@@ -145,9 +162,13 @@ def _layout_members(
             entry["bit_offset"] = bit % 8
             entry["bitfield_size"] = m.bitfield_size
             mend = bit + m.bitfield_size
+            unit = max(size, 1) * 8
+            unit_end = (bit - base_bit) // unit * unit + unit + base_bit
         else:
             mend = bit + size * 8
-        if not mr.name and mr.kind in (Kind.STRUCT, Kind.UNION):  # expand anonymous types
+        # Expand anonymous types in place; one with a typedef name keeps it
+        # (``atomic_t counter``, not ``struct { int counter; } counter``), as pahole.
+        if not mr.name and mr.kind in (Kind.STRUCT, Kind.UNION) and not _named_by_typedef(mt):
             entry["kind"] = mr.kind.name.lower()
             entry["members"], _ = _layout_members(mr, bit, totals, top=False)
         if top and not m.bitfield_size:
