@@ -38,12 +38,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot listen on 127.0.0.1:{args.port}: {e.strerror}") from e
     # SIGTERM (systemd, kill) stops it as Ctrl-C does: sockets closed, exit 0.
     signal.signal(signal.SIGTERM, _interrupt)
-    out = text.console()
-    out.print(f"kpeek serve: open {server.url}", highlight=False, soft_wrap=True)
-    out.print("(127.0.0.1 only; the token in the URL is required; Ctrl-C stops)",
-              style="dim", highlight=False)
-    out.file.flush()
     try:
+        out = text.console()
+        out.print(f"kpeek serve: open {server.url}", highlight=False, soft_wrap=True)
+        out.print("(127.0.0.1 only; the token in the URL is required; Ctrl-C stops)",
+                  style="dim", highlight=False)
+        out.file.flush()
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
         pass
