@@ -31,6 +31,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "log": ("kpeek.commands.log", "the kernel log from memory, like dmesg"),
     "mod": ("kpeek.commands.mod", "loaded kernel modules: ranges, refcounts, users, holders"),
     "oops": ("kpeek.commands.oops", "read kernel crash reports from a log or the live kernel"),
+    "print": ("kpeek.commands.printvar", "a global variable's value, with its type (crash's p)"),
     "ps": ("kpeek.commands.ps", "processes and threads"),
     "rd": ("kpeek.commands.rd", "hex dump of kernel memory"),
     "serve": ("kpeek.commands.serve", "live diagram of file tables in a local web page"),
