@@ -76,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         return show_layout(t, args.json)
     kernel = open_kernel(args, "kpeek struct TYPE ADDR")
     address = parse_address(args.address, kernel.symbols)
+    align = alignment(t)
+    if address % align:  # as rd refuses: a misaligned object reads as garbage
+        raise UsageError(f"address 0x{address:x} is not aligned to {align} bytes, "
+                         f"as a {t.c_name} must be")
     obj = kernel.object(t, address)
     obj.prefetch()  # one read; a bad address fails here, as one line
     return show_values(obj, members, kernel.symbols, args.json)
@@ -102,6 +106,23 @@ def layout(t: Type) -> dict[str, Any]:
         **totals,
     }
     return doc
+
+
+def alignment(t: Type, depth: int = 0) -> int:
+    """A type's natural alignment: its largest scalar member's size, up to 8;
+    1 for a packed struct (one whose size is not a multiple of that)."""
+    r = t.resolve()
+    if depth > 32:
+        return 1
+    if r.kind in (Kind.INT, Kind.PTR, Kind.ENUM, Kind.ENUM64, Kind.FLOAT):
+        return max(1, min(_size(r) or 1, 8))
+    if r.kind == Kind.ARRAY:
+        return alignment(r.btf.type(r.array_info[0]), depth + 1)
+    if r.kind in (Kind.STRUCT, Kind.UNION):
+        align = max((alignment(r.btf.type(m.type_id), depth + 1) for m in r.members),
+                    default=1)
+        return align if r.size % align == 0 else 1
+    return 1
 
 
 def _named_by_typedef(t: Type) -> bool:

@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("pid", type=int, help="a pid (thread id) as /proc shows it")
+    p.add_argument("members", nargs="*", metavar="MEMBER",
+                   help="only these members, C paths through pointers too: "
+                        "files->fdt->max_fds, mm->mmap_base, signal->rlim[7]")
     add_json(p)
     p.set_defaults(func=run)
 
@@ -103,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
     task = kernel.task(args.pid)
     if task.type.resolve().kind != Kind.STRUCT:
         raise UsageError("struct task_struct missing from BTF")
+    if args.members:
+        from kpeek.commands.struct import show_values
+
+        for m in args.members:  # unknown members are reported before any read
+            task.type.resolve().member(m)
+        return show_values(task, args.members, kernel.symbols, args.json)
     doc = describe(kernel, task)
     if args.json:
         jsonout.emit("task", doc)

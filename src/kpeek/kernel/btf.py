@@ -332,6 +332,16 @@ class Type:
 
     # -- members by path ----------------------------------------------------
     def member(self, path: str) -> tuple[int, Member]:
+        if "->" in path:  # through a pointer: the offset is then in the pointee
+            first, _, rest = path.partition("->")
+            _, m = self.member(first)
+            ptr = self.btf.type(m.type_id).resolve()
+            if ptr.kind != Kind.PTR:
+                raise UnknownMember(f"{first} is not a pointer: use '.', not '->'")
+            return ptr.target.resolve().member(rest)
+        return self._member(path)
+
+    def _member(self, path: str) -> tuple[int, Member]:
         """Find a member by dotted path, looking inside anonymous structs/unions.
 
         Returns (bit offset from the start of this type, the Member). Array

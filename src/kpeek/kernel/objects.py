@@ -113,10 +113,14 @@ class Object:
 
     # -- navigation ---------------------------------------------------------
     def member(self, path: str) -> Object:
-        """The member at ``path`` ("pid", "signal.rlim[7].rlim_cur", "se.avg").
-
-        Anonymous structs and unions are searched. Raises UnknownMember.
+        """The member at ``path`` ("pid", "signal.rlim[7].rlim_cur", "se.avg"), also
+        through pointers as in C ("mm->mmap_base", "files->fdt->max_fds": each
+        ``->`` reads the pointer). Anonymous structs and unions are searched.
+        Raises UnknownMember.
         """
+        if "->" in path:
+            first, _, rest = path.partition("->")
+            return self.member(first).deref().member(rest)
         base = self.type.resolve()
         if base.kind not in (Kind.STRUCT, Kind.UNION) and not path.startswith("["):
             raise UnknownMember(f"{self.type.c_name} is not a struct or union")
