@@ -47,6 +47,9 @@ def test_ns_takes_the_form_readlink_shows(capsys):
     assert main(["ps", "--source", "procfs", "--ns", inode]) == 0
     by_number = capsys.readouterr().out
     for out in (by_link, by_number):  # the machine churns: compare what each holds
-        rows = [line.split() for line in out.splitlines()[1:] if line[:1].isdigit()]
-        assert str(os.getpid()) in {r[0] for r in rows}
-        assert {r[6] for r in rows} == {inode}
+        lines = out.splitlines()
+        header = lines[0].split()
+        pid_col, ns_col = header.index("PID"), header.index("PIDNS")
+        rows = [line.split() for line in lines[1:] if len(line.split()) > ns_col]
+        assert str(os.getpid()) in {r[pid_col] for r in rows}
+        assert {r[ns_col] for r in rows if r[pid_col].isdigit()} == {inode}

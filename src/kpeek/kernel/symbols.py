@@ -36,11 +36,13 @@ class Symbol:
         return self.kind in "tTwW"
 
 
-def _preference(kind: str, name: str) -> tuple[int, ...]:
-    """Which of several symbols at one address to name it by (lower wins; on a
-    tie the first listed, as the kernel itself names it in /proc/PID/stack and
-    oopses: ``__do_sys_pause``, not its alias ``__x64_sys_pause``)."""
-    return (name.startswith("__pfx_") or name.startswith("__cfi_"),)
+def _preference(kind: str, name: str) -> tuple[int, int, int]:
+    """Which of several symbols at one address to name it by (lower wins)."""
+    return (
+        name.startswith("__pfx_") or name.startswith("__cfi_"),
+        kind.islower(),
+        name.startswith("_"),
+    )
 
 
 class Kallsyms:
