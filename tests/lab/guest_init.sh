@@ -18,7 +18,13 @@ command=$(sed -n 's/.*kpeek\.command=\([^ ]*\).*/\1/p' /proc/cmdline)
 script=$(cat "$command")
 # A file system of its own for /tmp, as on a real machine: on the overlay,
 # /proc/locks and BPF see the overlay's device while stat sees the tmpfs'.
+# A checkout under /tmp (kpeek.keep=) stays visible through it by a bind mount.
+keep=$(sed -n 's/.*kpeek\.keep=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$keep" ]; then mkdir -p /run/host-tmp && mount --bind /tmp /run/host-tmp; fi
 mount -t tmpfs tmp /tmp
+if [ -n "$keep" ]; then
+  mkdir -p "$keep" && mount --bind "/run/host-tmp/${keep#/tmp/}" "$keep"
+fi
 echo "KPEEK-GUEST-START $(uname -r)"
 sh -c "$script" </dev/null 2>&1
 echo "KPEEK-GUEST-EXIT $?"

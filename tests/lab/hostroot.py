@@ -124,6 +124,15 @@ def initramfs(tree: KernelTree, modules_dir: Path, into: Path) -> Path:
     return out
 
 
+def _keep(checkout: str) -> str:
+    """The kernel argument that keeps a checkout under /tmp visible in the guest,
+    whose /tmp is a fresh tmpfs (a CI clone may live in /tmp)."""
+    path = Path(checkout).resolve()
+    if not path.is_relative_to("/tmp") or path == Path("/tmp") or " " in str(path):
+        return ""
+    return f" kpeek.keep={path}"
+
+
 class HostRootGuest:
     """QEMU with ``tree``'s kernel and the host root; :meth:`run` runs one command."""
 
@@ -161,7 +170,7 @@ class HostRootGuest:
         cpio = initramfs(self.tree, modules_with_dep(self.tree), self._dir)
         self.vm = Machine(
             kernel=self.tree.vmlinuz, initrd=cpio, memory=MEMORY, cpus=self.cpus,
-            append=f"console=ttyS0 quiet panic=-1 kpeek.command={script}",
+            append=f"console=ttyS0 quiet panic=-1 kpeek.command={script}{_keep(os.getcwd())}",
             extra=["-object", f"memory-backend-memfd,id=mem,size={MEMORY},share=on",
                    "-numa", "node,memdev=mem",
                    "-chardev", f"socket,id=vfs,path={sock}",
