@@ -21,6 +21,7 @@ import argparse
 import os
 import platform
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -59,7 +60,8 @@ def run(cmd: list[str]) -> tuple[float, float, float]:
     start = time.perf_counter()
     pid = os.posix_spawnp(
         cmd[0], cmd, env,
-        file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)],
+        file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                      (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)],
     )  # fmt: skip
     _, status, usage = os.wait4(pid, 0)
     wall = time.perf_counter() - start
@@ -114,7 +116,11 @@ def startup(repeat: int) -> list[str]:
             *kpeek("struct", "list_head"),
             *kpeek("oops", log),
         ]
-        return table("start-up, idle machine", [PY, "-c", "pass"], rows, repeat, "", 0)
+        lines = table("start-up, idle machine", [PY, "-c", "pass"], rows, repeat, "", 0)
+        if shutil.which("pahole"):
+            lines += ["", *table("struct layout, a new process each", ["pahole", "task_struct"],
+                                 kpeek("struct", "task_struct"), repeat, "", 0)]
+        return lines
     finally:
         os.unlink(log)
 
