@@ -217,10 +217,10 @@ def test_blocker_type_code_is_checked_against_the_wait_list(btf):
 
 
 def test_kernel_reports_are_one_line_each_with_a_pointer_to_oops(monkeypatch, capsys):
+    from corpus import corpus_dir
     from kpeek import reports
     from kpeek.cli import main
     from kpeek.diagnose import findings
-    from test_reports_corpus import corpus_dir
 
     corpus = corpus_dir()
     texts = [p.read_text(errors="replace") for p in sorted(corpus.iterdir())] if corpus else []

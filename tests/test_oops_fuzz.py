@@ -6,19 +6,17 @@ Nothing may raise; memory stays bounded. Seeded, so a failure reproduces."""
 from __future__ import annotations
 
 import io
-import os
 import random
 import time
 from pathlib import Path
 
 import pytest
 
+from corpus import corpus_logs
 from kpeek.errors import UsageError
 from kpeek.reports.parse import parse_log
 from kpeek.reports.stream import parse_stream
 
-CORPUS = Path(os.environ.get("KPEEK_CORPUS", Path(__file__).resolve().parents[2]
-                             / "shared/corpus/kernel-reports"))
 MUTANTS = 2000
 STREAM_EVERY = 4  # the stream reader (64 KiB windows) on every 4th mutant
 SEED = 20261202
@@ -29,10 +27,7 @@ MARKERS = [b"BUG: ", b"WARNING: CPU: 0 PID: 1 at x.c:1 f+0x1/0x2\n", b"Oops: int
 
 
 def _logs() -> list[bytes]:
-    if not CORPUS.is_dir():
-        pytest.fail(f"kernel report corpus not found at {CORPUS} (set KPEEK_CORPUS)")
-    return [f.read_bytes().split(b"\n\n", 1)[-1] for f in sorted(CORPUS.iterdir())
-            if f.name != "README.md"]
+    return corpus_logs()
 
 
 def mutate(rnd: random.Random, data: bytes, others: list[bytes]) -> bytes:

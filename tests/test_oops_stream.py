@@ -8,25 +8,16 @@ import os
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from corpus import corpus_logs
 from kpeek.reports.parse import parse_log
 from kpeek.reports.stream import parse_stream
 
-CORPUS = Path(os.environ.get("KPEEK_CORPUS", Path(__file__).resolve().parents[2]
-                             / "shared/corpus/kernel-reports"))
-
 
 def _corpus_logs() -> list[bytes]:
-    if not CORPUS.is_dir():
-        pytest.fail(f"kernel report corpus not found at {CORPUS} (set KPEEK_CORPUS)")
-    out = []
-    for f in sorted(CORPUS.iterdir()):
-        if f.name != "README.md":
-            out.append(f.read_bytes().split(b"\n\n", 1)[-1])
-    return out
+    return corpus_logs()
 
 
 def _mixed_log(seed: int, count: int) -> bytes:

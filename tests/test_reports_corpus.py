@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from corpus import corpus_dir
 from kpeek.reports import parse_reports
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,19 +71,6 @@ TYPE_TO_KIND = {
 
 # How syzkaller derives the guilty frame from a title ("... in FUNC").
 _TITLE_FRAME = re.compile(r".* in ((?:<[a-zA-Z0-9_: ]+>)?[a-zA-Z0-9_:]+)")
-
-
-def corpus_dir() -> Path | None:
-    """The corpus: $KPEEK_CORPUS, else shared/ beside the repository or one of
-    its parents (a CI clone may sit deeper), else the workplace's /work/shared."""
-    env = os.environ.get("KPEEK_CORPUS")
-    if env:
-        return Path(env) if Path(env).is_dir() else None
-    for base in (*REPO.parents, Path("/work")):
-        path = base / "shared" / "corpus" / "kernel-reports"
-        if path.is_dir():
-            return path
-    return None
 
 
 @dataclass

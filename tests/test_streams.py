@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from capabilities import require
+from corpus import corpus_dir
 
-CORPUS = Path("/work/shared/corpus/kernel-reports")
 KPEEK = [sys.executable, "-m", "kpeek"]
 DOCUMENTED = {0, 1, 2, 3, 141}
 
@@ -32,9 +32,10 @@ def _function_address(name: str) -> str:
 
 def _report_log(tmp: Path) -> str:
     """A real kernel log with a report in it: corpus file 0 or a made-up oops."""
-    src = CORPUS / "0"
+    root = corpus_dir()
+    src = root / "0" if root is not None else None
     log = tmp / "report.log"
-    text = src.read_text(errors="replace").split("\n\n", 1)[-1] if src.exists() else ""
+    text = src.read_text(errors="replace").split("\n\n", 1)[-1] if src and src.exists() else ""
     log.write_text(text or "BUG: kernel NULL pointer dereference, address: 0000000000000000\n")
     return str(log)
 
