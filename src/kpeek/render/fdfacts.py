@@ -9,12 +9,16 @@ FIFO (same inode), a connected unix socket (the peer inode), a pty pair
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from functools import cached_property
+from itertools import islice
 from typing import Any
 
 from kpeek.model import FileDescriptor, FileLock, ProcessFile, Snapshot, Socket
 from kpeek.render.fileflags import access_mode
 
+# Other ends listed per descriptor; the rest are counted ("+N more").
+MAX_ENDPOINTS = 8
 _ACCESS_LETTER = {"O_RDONLY": "r", "O_WRONLY": "w", "O_RDWR": "u"}
 
 
@@ -86,7 +90,27 @@ class FdFacts:
 
     def endpoints(self, d: FileDescriptor) -> list[FileDescriptor]:
         """The descriptors at the other end of ``d`` (other processes' ends of a
-        pipe too), never ``d`` itself."""
+        pipe too), never ``d`` itself; at most MAX_ENDPOINTS of them (a pipe held
+        by thousands of processes would make every row list every holder:
+        quadratic). :meth:`endpoint_count` gives how many there are in all."""
+        return list(islice(self._other_ends(d), MAX_ENDPOINTS))
+
+    def endpoint_count(self, d: FileDescriptor) -> int:
+        """How many other ends ``d`` has (counted without building them)."""
+        others = self._candidates(d)
+        mine = 1 if self._includes_self(d) else 0
+        return max(0, len(others) - mine)
+
+    def _other_ends(self, d: FileDescriptor) -> Iterator[FileDescriptor]:
+        key = (d.tgid, d.fd)
+        return (o for o in self._candidates(d) if (o.tgid, o.fd) != key)
+
+    def _includes_self(self, d: FileDescriptor) -> bool:
+        inode = self.snap.inodes.get(self.snap.open_files[d.open_file].inode)
+        return inode is not None and inode.type in ("pipe", "fifo")  # listed by inode
+
+    def _candidates(self, d: FileDescriptor) -> list[FileDescriptor]:
+        """Every descriptor on the other side of ``d``, perhaps with ``d`` itself."""
         f = self.snap.open_files[d.open_file]
         inode = self.snap.inodes.get(f.inode)
         kind = inode.type if inode else ""
@@ -104,13 +128,15 @@ class FdFacts:
             others = self._by_tty[0].get(n, [])
         elif details.get("kind") == "eventfd" and "id" in details:
             others = [e for e in self._eventfds.get(int(details["id"]), []) if e.tgid != d.tgid]  # type: ignore[call-overload]
-        return [o for o in others if (o.tgid, o.fd) != (d.tgid, d.fd)]
+        return others
 
     def endpoint_label(self, d: FileDescriptor) -> str:
         """lsof +E's words: ``PID,COMM,FDmode`` for each other end."""
-        return " ".join(
-            f"{o.tgid},{self._comm(o.tgid)},{o.fd}{self._mode(o)}" for o in self.endpoints(d)
-        )
+        shown = self.endpoints(d)
+        words = [f"{o.tgid},{self._comm(o.tgid)},{o.fd}{self._mode(o)}" for o in shown]
+        if len(shown) == MAX_ENDPOINTS and (more := self.endpoint_count(d) - len(shown)) > 0:
+            words.append(f"(+{more} more)")
+        return " ".join(words)
 
     def _comm(self, tgid: int) -> str:
         t = self.snap.task(tgid)
@@ -151,6 +177,8 @@ class FdFacts:
                 {"pid": o.tgid, "comm": self._comm(o.tgid), "fd": o.fd, "mode": self._mode(o)}
                 for o in ends
             ]
+            if len(ends) == MAX_ENDPOINTS:
+                out["endpoints_total"] = self.endpoint_count(d)
         return out
 
 
