@@ -52,7 +52,8 @@ def _rich(columns, rows) -> str:
         t.add_row(*(Text(str(cell)) for cell in row))
     buf = io.StringIO()
     Console(file=buf, width=240, highlight=False).print(t)
-    return buf.getvalue()
+    # rich pads the last column too; the plain printer leaves no trailing blanks
+    return "".join(line.rstrip() + "\n" for line in buf.getvalue().splitlines())
 
 
 def _plain(columns, rows) -> str:

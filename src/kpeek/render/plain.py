@@ -1,7 +1,8 @@
 """Plain column tables for the terminal: ps and files at thousands of rows.
 
 The layout is the one rich drew for these views (box-less, left-aligned,
-columns two spaces apart, every cell padded to its column's widest), built
+columns two spaces apart, every cell but the last padded to its column's
+widest, no trailing blanks), built
 with str.join instead of a renderable per cell: rich spent 94% of
 ``kpeek ps`` on 5,000 rows. Lines are never folded; cells are text the
 caller already escaped (:func:`kpeek.textsafe.for_terminal`).
@@ -46,9 +47,13 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[object]], out: TextIO)
             widths.append(max(len(name), *map(len, cells)) if cells else cell_width(name))
         else:
             widths.append(max(cell_width(name), *map(cell_width, cells)))
-    line(out, "  ".join(_pad(c, w) for c, w in zip(columns, widths, strict=True)), _BOLD)
+    # The last column is not padded: a long command line would pad every row.
+    widths[-1:] = [0] * len(widths[-1:])
+    line(out, "  ".join(_pad(c, w) for c, w in zip(columns, widths, strict=True)).rstrip(),
+         _BOLD)
     out.write("".join(
-        "  ".join([_pad(c, w) for c, w in zip(row, widths, strict=True)]) + "\n" for row in body
+        "  ".join([_pad(c, w) for c, w in zip(row, widths, strict=True)]).rstrip() + "\n"
+        for row in body
     ))
 
 
