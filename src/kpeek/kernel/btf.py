@@ -25,6 +25,7 @@ import pickle
 import struct
 import sys
 import tempfile
+import time
 from array import array
 from dataclasses import dataclass
 from enum import IntEnum
@@ -442,6 +443,10 @@ class _NameIndex:
     """
 
     _SCANS = 32
+    # A scan costs from microseconds to ~20 ms (a short name ending many other
+    # strings); once the scans together cost what building the dict does
+    # (tens of ms for vmlinux), build it.
+    _SCAN_BUDGET_S = 0.03
 
     def __init__(self, btf: Btf, name_offs: array) -> None:
         self._btf = btf
@@ -449,15 +454,19 @@ class _NameIndex:
         self._raw = name_offs.tobytes()
         self._dict: dict[str, list[int]] | None = None
         self._lookups = 0
+        self._scan_s = 0.0
 
     def get(self, name: str, default: tuple[()] = ()) -> list[int] | tuple[()]:
         if self._dict is None:
             self._lookups += 1
-            if self._lookups > self._SCANS:
+            if self._lookups > self._SCANS or self._scan_s > self._SCAN_BUDGET_S:
                 self._dict = self._build()
         if self._dict is not None:
             return self._dict.get(name, default)
-        return self._scan(name) or default
+        started = time.perf_counter()
+        found = self._scan(name)
+        self._scan_s += time.perf_counter() - started
+        return found or default
 
     def _string_offsets(self, name: str) -> list[int]:
         btf = self._btf
