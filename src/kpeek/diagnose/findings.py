@@ -171,7 +171,7 @@ def build_graph(snapshot: Snapshot, *, kernel_memory: bool = True,
     find_roots(graph, live=kernel is None)
     if kernel is None:
         file_lock_edges(graph)
-    pipe_edges(graph)
+    pipe_edges(graph, live=kernel is None)
     if kernel is None:  # these read the live /proc, which knows nothing of a dump
         idle = fuse_edges(graph)
         child_wait_edges(graph)

@@ -46,8 +46,9 @@ def _writable(flags: int) -> bool:
     return (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
 
 
-def _read_inode(snapshot: Snapshot, task: Task) -> tuple[int | None, str] | None:
-    target = syscall_target(task)
+def _read_inode(snapshot: Snapshot, task: Task, live: bool) -> tuple[int | None, str] | None:
+    # /proc/PID/syscall is the live kernel's: a dump's pid names another process here
+    target = syscall_target(task) if live else None
     if target is not None and target.fd is not None:
         file_id = open_file_of(snapshot, task.tgid, target.fd)
         f = snapshot.open_files.get(file_id or "")
@@ -66,7 +67,7 @@ def _read_inode(snapshot: Snapshot, task: Task) -> tuple[int | None, str] | None
     return None
 
 
-def pipe_waits(snapshot: Snapshot) -> list[PipeWait]:
+def pipe_waits(snapshot: Snapshot, *, live: bool = True) -> list[PipeWait]:
     """Every task sleeping in pipe_read whose pipe we can identify."""
     writers_of: dict[str, list[FileDescriptor]] = {}
     for d in snapshot.fds:
@@ -77,7 +78,7 @@ def pipe_waits(snapshot: Snapshot) -> list[PipeWait]:
     for task in snapshot.tasks:
         if not is_pipe_reader(task):
             continue
-        found = _read_inode(snapshot, task)
+        found = _read_inode(snapshot, task, live)
         if found is None:
             continue
         fd, inode = found
@@ -86,9 +87,9 @@ def pipe_waits(snapshot: Snapshot) -> list[PipeWait]:
     return waits
 
 
-def pipe_edges(graph: WaitGraph) -> list[PipeWait]:
+def pipe_edges(graph: WaitGraph, *, live: bool = True) -> list[PipeWait]:
     """Add any-of edges reader -> each process holding the write end."""
-    waits = graph.pipe_waits = pipe_waits(graph.snapshot)
+    waits = graph.pipe_waits = pipe_waits(graph.snapshot, live=live)
     for w in waits:
         if not w.writers and not graph.all_descriptors_seen():
             continue  # the write end may be in a table we could not read
