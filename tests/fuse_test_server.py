@@ -102,8 +102,12 @@ class BlockingFS(Operations):
 def main() -> None:
     mountpoint, mode, gate_fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
     single = sys.argv[4:] == ["single"]  # one thread: a blocked handler blocks everything
+    # Long entry/attr timeouts: a path walk must not send a LOOKUP that queues
+    # behind the blocked write (libfuse2 locks the path) when a slow machine
+    # (a TCG guest) lets the default 1 s entries expire mid-scenario.
     FUSE(BlockingFS(mountpoint, mode, gate_fd), mountpoint, foreground=True,
-         nothreads=single, fsname="kpeektest", direct_io=True)
+         nothreads=single, fsname="kpeektest", direct_io=True,
+         entry_timeout=600, attr_timeout=600)
 
 
 if __name__ == "__main__":
