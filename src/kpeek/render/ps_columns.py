@@ -28,12 +28,14 @@ class Clock:
     now: float
     boot: float  # seconds since the epoch at boot
     mem_total: int  # bytes
+    btime: float = 0.0  # /proc/stat's boot time in whole seconds, as ps's START uses
 
     @classmethod
     def read(cls) -> Clock:
         now = time.time()
         boot = now
         mem = 0
+        btime = 0.0
         try:
             # /proc/uptime, not btime: btime is whole seconds, and ps's %CPU of a
             # young process would be off by tens of percent.
@@ -43,9 +45,13 @@ class Clock:
                 for line in f:
                     if line.startswith(b"MemTotal:"):
                         mem = int(line.split()[1]) * 1024
-        except OSError:
+            with open("/proc/stat", "rb") as f:
+                for line in f:
+                    if line.startswith(b"btime "):
+                        btime = float(line.split()[1])
+        except (OSError, ValueError, IndexError):
             pass
-        return cls(now, boot, mem)
+        return cls(now, boot, mem, btime or boot)
 
 
 @cache
@@ -77,7 +83,9 @@ def mem_percent(t: Task, clock: Clock) -> float | None:
 
 def start_text(t: Task, clock: Clock) -> str:
     """ps's START: HH:MM within a day, else Mon DD, else the year."""
-    started = clock.boot + t.start_time / CLK_TCK
+    # ps adds the start ticks to btime (whole seconds): near a minute's edge
+    # the precise boot time would print the next minute
+    started = (clock.btime or clock.boot) + t.start_time / CLK_TCK
     age = clock.now - started
     local = time.localtime(started)
     if age < 24 * 3600:
