@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import syscall_target
 from kpeek.model import Snapshot, Task
-from kpeek.textsafe import decode
+from kpeek.sources.mounts import read_mountinfo
 
 FUSECTL = "/sys/fs/fuse/connections"
 FUSE_WAITS = ("request_wait_answer", "fuse_wait_on_page_writeback", "fuse_wait_on_folio_writeback",
@@ -55,20 +55,9 @@ def is_idle_server_thread(task: Task) -> bool:
 def fuse_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[int, list[str]]:
     """Connection number -> mount points of FUSE file systems."""
     found: dict[int, list[str]] = {}
-    try:
-        with open(mountinfo, "rb") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        left, _, right = line.partition(b" - ")
-        fstype = right.split(b" ", 1)[0]
-        if not (fstype == b"fuse" or fstype.startswith((b"fuse.", b"fuseblk"))):
-            continue
-        fields = left.split()
-        major, minor = (int(x) for x in fields[2].split(b":"))
-        mountpoint = decode(fields[4]).replace("\\040", " ")
-        found.setdefault(dev_to_connection(major, minor), []).append(mountpoint)
+    for m in read_mountinfo(mountinfo):
+        if m.fstype == "fuse" or m.fstype.startswith(("fuse.", "fuseblk")):
+            found.setdefault(dev_to_connection(m.major, m.minor), []).append(m.mountpoint)
     return found
 
 

@@ -21,8 +21,8 @@ import os
 from kpeek.diagnose.graph import Root, WaitEdge, WaitGraph, task_node
 from kpeek.diagnose.procinfo import syscall_target
 from kpeek.model import Task
+from kpeek.sources.mounts import read_mountinfo
 from kpeek.sources.proc_tasks import Vanished, parse_status, read_bytes
-from kpeek.textsafe import decode
 
 FREEZE_WAITS = ("percpu_rwsem_wait", "__percpu_down_read", "percpu_down_read")
 # Frames under the wait that take a superblock's freeze protection
@@ -79,20 +79,11 @@ def _stopped(graph: WaitGraph, t: Task) -> Root:
 def _cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> tuple[list[str], list[str]]:
     """(cgroup v2 mount points, cgroup v1 freezer mount points)."""
     v2, v1 = [], []
-    try:
-        raw = read_bytes(mountinfo)
-    except (Vanished, OSError):
-        return v2, v1
-    for line in raw.split(b"\n"):
-        left, _, right = line.partition(b" - ")
-        fields, tail = left.split(b" "), right.split(b" ")
-        if len(fields) < 5 or len(tail) < 3:
-            continue
-        where = decode(fields[4]).replace("\\040", " ")
-        if tail[0] == b"cgroup2":
-            v2.append(where)
-        elif tail[0] == b"cgroup" and b"freezer" in tail[2].split(b","):
-            v1.append(where)
+    for m in read_mountinfo(mountinfo):
+        if m.fstype == "cgroup2":
+            v2.append(m.mountpoint)
+        elif m.fstype == "cgroup" and "freezer" in m.super_options.split(","):
+            v1.append(m.mountpoint)
     return v2, v1
 
 
@@ -165,19 +156,11 @@ def _mount_of(t: Task, graph: WaitGraph) -> tuple[str, str, str] | None:
             mnt_id, path = f.mnt_id, f.path
     elif target is not None:
         path = target.path
-    try:
-        raw = read_bytes(f"/proc/{t.tgid}/mountinfo")
-    except (Vanished, OSError):
-        return None
     best = None
-    for line in raw.split(b"\n"):
-        left, _, right = line.partition(b" - ")
-        fields, tail = left.split(b" "), right.split(b" ")
-        if len(fields) < 5 or len(tail) < 2:
-            continue
-        where = decode(fields[4]).replace("\\040", " ")
-        entry = (decode(fields[2]), where, decode(tail[1]))
-        if mnt_id is not None and fields[0] == str(mnt_id).encode():
+    for m in read_mountinfo(f"/proc/{t.tgid}/mountinfo"):
+        where = m.mountpoint
+        entry = (m.dev_text, where, m.source)
+        if mnt_id is not None and m.mnt_id == mnt_id:
             return entry
         if path and (path == where or path.startswith(where.rstrip("/") + "/")) and (
                 best is None or len(where) > len(best[1])):

@@ -9,13 +9,67 @@ ids is missing.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from kpeek.sources.proc_tasks import Vanished, read_bytes
+from kpeek.textsafe import decode
 
 # File systems whose getattr may wait on a user-space server that is stuck;
 # kpeek never asks them for attributes (lsof's -b does the same).
 _SERVED_BY_USER_SPACE = ("fuse", "fuseblk")
+
+
+@dataclass(frozen=True, slots=True)
+class MountEntry:
+    """One line of /proc/PID/mountinfo."""
+
+    mnt_id: int
+    major: int
+    minor: int
+    mountpoint: str  # octal escapes (\\040 for a space) undone
+    fstype: str
+    source: str
+    super_options: str
+
+    @property
+    def dev_text(self) -> str:
+        return f"{self.major}:{self.minor}"
+
+
+def parse_mountinfo(raw: bytes) -> list[MountEntry]:
+    """Every well-formed line of a mountinfo file; malformed lines are skipped."""
+    out = []
+    for line in raw.split(b"\n"):
+        # id parent major:minor root mountpoint options [optional...] - fstype source super
+        fields = line.split(b" ")
+        if len(fields) < 7:
+            continue
+        try:
+            sep = fields.index(b"-", 6)
+            major, _, minor = fields[2].partition(b":")
+            entry = MountEntry(
+                int(fields[0]), int(major), int(minor), _unescape(fields[4]),
+                fields[sep + 1].decode("ascii", "replace") if sep + 1 < len(fields) else "",
+                decode(fields[sep + 2]) if sep + 2 < len(fields) else "",
+                decode(fields[sep + 3]) if sep + 3 < len(fields) else "")
+        except ValueError:
+            continue
+        out.append(entry)
+    return out
+
+
+def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[MountEntry]:
+    """The mounts of ``path`` (a process's mountinfo); [] when it cannot be read."""
+    try:
+        return parse_mountinfo(read_bytes(path))
+    except (Vanished, OSError):
+        return []
+
+
+def _unescape(field: bytes) -> str:
+    # the kernel writes space, tab, newline and backslash as \ooo
+    return decode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,20 +103,5 @@ class MountTable:
         return self._mounts.get(mnt_id)
 
     def _add(self, path: str) -> None:
-        try:
-            raw = read_bytes(path)
-        except (Vanished, OSError):
-            return
-        for line in raw.split(b"\n"):
-            # id parent major:minor root mountpoint options [optional...] - fstype source super
-            fields = line.split(b" ")
-            if len(fields) < 7:
-                continue
-            try:
-                sep = fields.index(b"-", 6)
-            except ValueError:
-                continue
-            major, _, minor = fields[2].partition(b":")
-            self._mounts[int(fields[0])] = Mount(
-                os.makedev(int(major), int(minor)), fields[sep + 1].decode("ascii", "replace")
-            )
+        for m in read_mountinfo(path):
+            self._mounts[m.mnt_id] = Mount(os.makedev(m.major, m.minor), m.fstype)
