@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 
 apt_packages=(clang llvm libbpf-dev bpftool graphviz fuse3 libfuse2 lsof chromium psmisc procps dwarves
   qemu-system-x86 makedumpfile busybox-static cpio gcc-12 make
-  e2fsprogs util-linux mount gcc libc6-dev)
+  e2fsprogs util-linux mount gcc libc6-dev kmod)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
