@@ -574,3 +574,9 @@ def test_without_root_the_first_line_says_what_is_unseen():
     first = done.stdout.splitlines()[0]
     assert first.startswith("note: not root:") and "kernel memory" in first, done.stdout
     assert "No problems found among what could be seen" in done.stdout or done.returncode == 1
+    # BPF does not load for nobody: the snapshot is /proc's, and a note says why.
+    done = subprocess.run([*nobody, PY, "-m", "kpeek", "doctor", "--json", "--no-kernel-log"],
+                          capture_output=True, text=True, timeout=100, cwd="/")
+    doc = json.loads(done.stdout)
+    failed = [n for n in doc["notes"] if n.startswith("the BPF source failed (")]
+    assert doc["source"] == "procfs" and failed and "root" in failed[0], doc["notes"]

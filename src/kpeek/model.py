@@ -82,6 +82,13 @@ class Task:
     blocker: int | None = None  # task_struct.blocker, when a source can read it
     address: int | None = None  # task_struct address, when a source knows it
     usage: Usage | None = None  # CPU time and memory, when read (kpeek ps)
+    # What /proc/PID/syscall, sched, stat and status say, when a source read
+    # them with the task (BPF); None: ask /proc. ``syscall`` is (nr, 6 args),
+    # nr -1 when the task is running or in no system call.
+    syscall: tuple[int, ...] | None = None
+    exec_start: int | None = None  # se.exec_start, ns of the scheduler clock
+    cpu: int | None = None  # the CPU it last ran on
+    tracer: int | None = None  # tgid of its tracer, 0 when not traced
 
     @property
     def is_thread(self) -> bool:

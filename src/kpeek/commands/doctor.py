@@ -4,11 +4,13 @@ reach end-of-file, and recent kernel reports. Exit 1 when it finds any."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from kpeek import jsonout
 from kpeek.commands.common import add_json, seconds
-from kpeek.errors import EXIT_FINDINGS, EXIT_OK, UsageError
+from kpeek.errors import EXIT_FINDINGS, EXIT_OK, KpeekError, UsageError, os_reason
+from kpeek.model import Snapshot
 from kpeek.render import text
 from kpeek.targets import core_path, open_kernel
 
@@ -25,7 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the stuck root of the waits behind it (default 1); waits on a "
                         "stopped or frozen root are told at once")
     p.add_argument("--no-kernel-memory", action="store_true",
-                   help="do not read kernel memory with BPF (kernel locks stay unseen)")
+                   help="do not read kernel memory with BPF (kernel locks stay unseen; "
+                        "the snapshot comes from /proc)")
+    p.add_argument("--source", choices=("auto", "bpf", "procfs"), default="auto",
+                   help="where tasks, descriptors, stacks and system calls come from: bpf "
+                        "(one iterator pass, needs root), procfs, or auto: bpf where it "
+                        "loads, else procfs with a note saying why")
     p.add_argument("--no-kernel-log", action="store_true", help="skip the kernel log")
     p.add_argument("--explain-sources", action="store_true",
                    help="say which facts come from where on this kernel (BPF, /proc, stack "
@@ -36,7 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from kpeek.diagnose.findings import diagnose
     from kpeek.diagnose.story import all_text, to_dot, to_json
-    from kpeek.sources.procfs import take_snapshot
 
     if args.explain_sources:
         from kpeek.commands.sources import explain
@@ -49,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         kernel = open_kernel(args, "doctor")
         snapshot = memwalk.take_snapshot(kernel, stacks=True)
     else:
-        snapshot = take_snapshot(stacks=True)
+        snapshot = live_snapshot("procfs" if args.no_kernel_memory else args.source)
     diag = diagnose(snapshot, min_sleep=args.min_sleep,
                     kernel_memory=not args.no_kernel_memory,
                     kernel_log=not args.no_kernel_log and not args.pid,
@@ -68,12 +74,35 @@ def run(args: argparse.Namespace) -> int:
     blind = kernel is None and os.geteuid() != 0  # a dump shows everything to anyone
     if args.json:
         doc = to_json(diag)
+        doc["source"] = snapshot.source
         if blind:
             doc["notes"].insert(0, BLIND)
         jsonout.emit("doctor", doc)
     else:
         _print(diag, all_text(diag), blind)
     return EXIT_FINDINGS if diag.found_problems else EXIT_OK
+
+
+def live_snapshot(source: str) -> Snapshot:
+    """The live system with stacks: from BPF iterators (tasks with their
+    stacks, wait channels and system calls, then descriptors: two iterator
+    runs) where they load, else from /proc, and then a note says why."""
+    from kpeek.sources import procfs
+
+    if source == "procfs":
+        return procfs.take_snapshot(stacks=True)
+    from kpeek.sources.bpf import snapshot as bpf
+
+    try:
+        return bpf.take_snapshot(stacks=True)
+    except (KpeekError, OSError) as e:
+        if source == "bpf":
+            raise
+        why = os_reason(e) if isinstance(e, OSError) else str(e)
+        snap = procfs.take_snapshot(stacks=True)
+        note = (f"the BPF source failed ({why}): tasks, descriptors, stacks and system calls "
+                "were read from /proc instead")
+        return dataclasses.replace(snap, notes=(note, *snap.notes))
 
 
 BLIND = ("not root: other users' kernel stacks and descriptors, and kernel memory, are not "
@@ -95,7 +124,8 @@ def _print(diag, blocks: list[list[str]], blind: bool) -> None:
             out.print(text.name(line))
         out.print()
     edges = len(diag.edges())
-    out.print(f"[dim]{len(diag.graph.snapshot.tasks)} tasks examined, {edges} waits in the "
-              "wait-for graph[/dim]")
+    snap = diag.graph.snapshot
+    out.print(f"[dim]{len(snap.tasks)} tasks examined ({snap.source} source), {edges} waits "
+              "in the wait-for graph[/dim]")
     for note in dict.fromkeys(diag.notes):
         out.print(text.name(f"note: {note}"), style="dim")

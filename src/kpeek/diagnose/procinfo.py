@@ -89,8 +89,12 @@ def forget_syscalls() -> None:
 
 
 def read_syscall(task: Task) -> tuple[int, list[int]] | None:
-    """(number, arguments) from /proc/TGID/task/TID/syscall; None when running,
-    outside a system call, gone, or not readable."""
+    """(number, arguments) of the system call the task sleeps in: as the
+    snapshot read it (the BPF source, from the saved user registers), else
+    from /proc/TGID/task/TID/syscall; None when running, outside a system
+    call, gone, or not readable."""
+    if task.syscall is not None:
+        return (task.syscall[0], list(task.syscall[1:7])) if task.syscall[0] >= 0 else None
     key = (task.tgid, task.pid)
     if key not in _syscalls:
         _syscalls[key] = _read_syscall(task)
@@ -247,8 +251,12 @@ class SchedClock:
 
     def asleep_seconds(self, task: Task) -> float | None:
         """Seconds since the task last ran; None when unknown."""
-        start = _exec_start(f"/proc/{task.tgid}/task/{task.pid}/sched")
-        cpu = _last_cpu(f"/proc/{task.tgid}/task/{task.pid}/stat")
+        if task.exec_start is not None and task.cpu is not None:  # read with the task (BPF)
+            start: float | None = task.exec_start / 1e6
+            cpu: int | None = task.cpu
+        else:
+            start = _exec_start(f"/proc/{task.tgid}/task/{task.pid}/sched")
+            cpu = _last_cpu(f"/proc/{task.tgid}/task/{task.pid}/stat")
         offset = self.offset_ms.get(cpu) if cpu is not None else None
         if offset is None and self.offset_ms:
             # A CPU this process may not use: the nearest guess is the mean.

@@ -56,6 +56,8 @@ def find_roots(graph: WaitGraph, live: bool = True) -> None:
 
 
 def tracer_of(t: Task) -> int:
+    if t.tracer is not None:  # read with the task (BPF)
+        return t.tracer
     try:
         status = parse_status(read_bytes(f"/proc/{t.tgid}/task/{t.pid}/status"))
         return int(status.get(b"TracerPid", b"0"))

@@ -88,6 +88,11 @@ struct file___f_ref {
 	} f_ref;
 } __attribute__((preserve_access_index));
 
+/* Before 5.16 the CPU was task_struct.cpu, not thread_info.cpu. */
+struct task_struct___cpu {
+	unsigned int cpu;
+} __attribute__((preserve_access_index));
+
 /* Before 5.14 the state was a long named "state". */
 struct task_struct___state {
 	long state;
@@ -105,6 +110,15 @@ struct kpeek_task_rec {
 	__u32 flags;
 	__u32 ns_mnt, ns_net, ns_ipc, ns_uts, ns_user, ns_cgroup, ns_time;
 	__u32 has_blocker;
+	/* The system call a sleeping task is in, from its saved user registers
+	 * (as /proc/PID/syscall reads them); nr -1: none, or not known. */
+	__s64 syscall_nr;
+	__u64 syscall_args[6];
+	__u64 exec_start; /* se.exec_start: the scheduler clock (ns) when it last ran */
+	__u32 cpu;        /* the CPU it last ran on */
+	__u32 tracer;     /* tgid of its tracer (ptrace), 0 when not traced */
+	__u32 has_syscall; /* bpf_task_pt_regs (5.15+) and x86-64 pt_regs are there */
+	__u32 has_cpu;
 	char comm[16];
 	char wchan[WCHAN_MAX]; /* as /proc/PID/wchan shows it (%ps), "" for none */
 	__s32 stack_bytes; /* length of the stack text that follows, "%pB\n" a frame */
@@ -237,6 +251,53 @@ static __always_inline int collect_stack(struct task_struct *task, struct kpeek_
 	return walk.off;
 }
 
+#define PF_KTHREAD 0x00200000
+
+/* What /proc/PID/syscall and the sched and status files tell of a task:
+ * the system call it sleeps in with its arguments (x86-64: orig_ax, then
+ * di, si, dx, r10, r8, r9), when it last ran and where, and its tracer. */
+static __always_inline void syscall_and_sched(struct task_struct *task,
+					      struct kpeek_task_rec *rec)
+{
+	struct task_struct___cpu *old = (void *)task;
+	struct pt_regs *regs = NULL;
+
+	rec->syscall_nr = -1;
+	rec->exec_start = BPF_CORE_READ(task, se.exec_start);
+	if (bpf_core_field_exists(task->thread_info.cpu)) {
+		rec->cpu = BPF_CORE_READ(task, thread_info.cpu);
+		rec->has_cpu = 1;
+	} else if (bpf_core_field_exists(old->cpu)) {
+		rec->cpu = BPF_CORE_READ(old, cpu);
+		rec->has_cpu = 1;
+	}
+	if (BPF_CORE_READ(task, ptrace))
+		rec->tracer = BPF_CORE_READ(task, parent, tgid);
+	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs) ||
+	    !bpf_core_field_exists(regs->orig_ax))
+		return;
+	rec->has_syscall = 1;
+	/* Like /proc: a running task's registers are changing (it says
+	 * "running"), a kernel thread has no user registers, a zombie no stack. */
+	if (rec->state == 0 || rec->exit_state || (rec->flags & PF_KTHREAD) ||
+	    rec->pid == (__u32)bpf_get_current_pid_tgid())
+		return;
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return;
+	rec->syscall_nr = (long)BPF_CORE_READ(regs, orig_ax);
+	if (rec->syscall_nr < 0) {
+		rec->syscall_nr = -1;
+		return;
+	}
+	rec->syscall_args[0] = BPF_CORE_READ(regs, di);
+	rec->syscall_args[1] = BPF_CORE_READ(regs, si);
+	rec->syscall_args[2] = BPF_CORE_READ(regs, dx);
+	rec->syscall_args[3] = BPF_CORE_READ(regs, r10);
+	rec->syscall_args[4] = BPF_CORE_READ(regs, r8);
+	rec->syscall_args[5] = BPF_CORE_READ(regs, r9);
+}
+
 SEC("iter/task")
 int snapshot_tasks(struct bpf_iter__task *ctx)
 {
@@ -313,6 +374,7 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 	}
 	rec.ns_user = BPF_CORE_READ(task, real_cred, user_ns, ns.inum);
 
+	syscall_and_sched(task, &rec);
 	rec.stack_bytes = collect_stack(task, &rec, snap_args.stacks, &buf);
 	bpf_seq_write(seq, &rec, sizeof(rec));
 	if (buf && rec.stack_bytes > 0)

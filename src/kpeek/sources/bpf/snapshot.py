@@ -31,7 +31,7 @@ from kpeek.textsafe import decode
 SOURCE = "bpf"
 
 # struct kpeek_task_rec and struct kpeek_file_rec in snapshot.bpf.c
-TASK_REC = struct.Struct("<QQQ24I16s64siI")
+TASK_REC = struct.Struct("<QQQ24Iq6QQ4I16s64siI")
 FILE_REC = struct.Struct("<II6Q8IiI")
 _FILE_HEAD = struct.Struct("<IIQ")  # tgid, fd, file
 _TAIL_AT = 84  # cloexec, path_len
@@ -67,7 +67,10 @@ def _task(rec: tuple, stack: tuple[str, ...] | None, stacks: bool, all_ns: bool)
     address, blocker, start_boottime, pid, tgid, ppid, pgid, sid = rec[:8]
     ns_pid, ns_tgid, ns_ppid, ns_pgid, ns_sid, pidns, state, exit_state, uid = rec[8:17]
     ns_inums = rec[19:26]
-    has_blocker, comm, wchan_raw, has_stack = rec[26], rec[27], rec[28], rec[30]
+    has_blocker = rec[26]
+    nr, args, exec_start, cpu, tracer, has_syscall, has_cpu = (
+        rec[27], rec[28:34], rec[34], rec[35], rec[36], rec[37], rec[38])  # fmt: skip
+    comm, wchan_raw, has_stack = rec[39], rec[40], rec[42]
     letter = state_letter(state, exit_state)
     if has_stack:
         wchan = wchan_raw.split(b"\0", 1)[0].decode("ascii", "replace")
@@ -100,6 +103,11 @@ def _task(rec: tuple, stack: tuple[str, ...] | None, stacks: bool, all_ns: bool)
         kernel_stack=(stack or ()) if stacks else None,
         blocker=blocker if has_blocker else None,
         address=address,
+        # A kernel without bpf_task_pt_regs: None, and the doctor asks /proc.
+        syscall=((nr, *args) if nr >= 0 else (-1,)) if has_syscall else None,
+        exec_start=exec_start,
+        cpu=cpu if has_cpu else None,
+        tracer=tracer,
     )
 
 

@@ -121,6 +121,23 @@ struct cred {
 
 struct sched_entity {
 	unsigned char on_rq;
+	u64 exec_start;
+};
+
+/* x86-64 names (the objects are built for x86, see build.py); elsewhere
+ * the fields do not exist and the programs say so. */
+struct thread_info {
+	u32 cpu; /* 5.16+ with THREAD_INFO_IN_TASK; task_struct.cpu before */
+};
+
+struct pt_regs {
+	unsigned long r10;
+	unsigned long r9;
+	unsigned long r8;
+	unsigned long dx;
+	unsigned long si;
+	unsigned long di;
+	unsigned long orig_ax;
 };
 
 struct fdtable {
@@ -132,15 +149,18 @@ struct files_struct {
 };
 
 struct task_struct {
+	struct thread_info thread_info;
 	unsigned int __state; /* 5.14+; "state" before (task_struct___state) */
 	void *stack;
 	unsigned int flags;
+	unsigned int ptrace;
 	int on_rq;
 	struct sched_entity se;
 	int exit_state;
 	pid_t pid;
 	pid_t tgid;
 	struct task_struct *real_parent;
+	struct task_struct *parent; /* the tracer while ptraced */
 	struct pid *thread_pid;
 	u64 start_boottime;
 	const struct cred *real_cred;
@@ -220,6 +240,7 @@ enum bpf_func_id {
 	BPF_FUNC_snprintf = 165,
 	BPF_FUNC_get_task_stack = 141,
 	BPF_FUNC_get_current_task_btf = 158,
+	BPF_FUNC_task_pt_regs = 175,
 	BPF_FUNC_loop = 181,
 };
 

@@ -1,0 +1,228 @@
+"""doctor on the BPF source: the same real stuck states as test_doctor_waits,
+diagnosed from one BPF snapshot (tasks with their stacks, wait channels,
+system calls and tracers from the iterator) and from the /proc snapshot;
+both must tell the same waits, roots and fixes. And the fallback: where BPF
+does not load, doctor says that it failed and why, and uses /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from capabilities import require
+from fuse_scenarios import _die_with_parent, reap, wait_for
+from kpeek.cli import main
+from kpeek.diagnose.findings import diagnose
+from kpeek.diagnose.procinfo import SchedClock, read_syscall
+from kpeek.errors import NotSupported
+from kpeek.sources import procfs
+from kpeek.sources.bpf import snapshot as bpf
+from test_doctor_waits import BLOCKER, SHAPES, WAITER, ends, sleeping_in, start
+from wait_scenarios import stopped, traced
+
+PY = sys.executable
+
+
+@pytest.fixture
+def procs():
+    started: list[subprocess.Popen] = []
+    yield started
+    reap(started)
+
+
+def both(*pids: int):
+    """(diagnosis on the BPF snapshot, diagnosis on the /proc snapshot) of
+    these processes, taken one right after the other."""
+    b = bpf.take_snapshot(pids, stacks=True)
+    p = procfs.take_snapshot(pids, stacks=True)
+    assert b.source == "bpf" and p.source == "procfs"
+    return (diagnose(b, kernel_log=False), diagnose(p, kernel_log=False))
+
+
+def told(diag, tid: int) -> tuple:
+    """What doctor says of one task, without the times (they differ by the
+    moment each snapshot was taken): its edges, and its finding's chain,
+    root and fix."""
+    edges = sorted((e.kind, e.holder, e.resource, e.any_of)
+                   for e in diag.graph.edges if e.waiter == f"task:{tid}")
+    found = [(tuple((e.kind, e.waiter, e.holder, e.resource) for e in h.chain), h.root, h.fix,
+              h.stuck) for h in diag.hung if h.task.pid == tid]
+    return edges, found
+
+
+# Waits read from a system call's arguments (fd, poll set, epoll fd): the
+# iterator's registers must name the same descriptors /proc/PID/syscall does.
+BPF_SHAPES = ("pipe-read", "pipe-write", "unix-stream-read", "unix-dgram-write",
+              "unix-seqpacket-read", "tcp-read", "tcp-write", "poll", "select", "epoll")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("shape", BPF_SHAPES)
+def test_bpf_and_procfs_tell_the_same_wait_stopped_and_free(procs, shape):
+    require("root", "bpf")
+    kind, calls = SHAPES[shape]
+    mine, theirs = ends(shape)
+    try:
+        blocker = start(procs, BLOCKER, "sleep", fds=(theirs,))
+        waiter = start(procs, WAITER, shape, str(mine), fds=(mine,))
+    finally:
+        os.close(mine)
+        os.close(theirs)
+    wait_for(lambda: sleeping_in(waiter.pid, calls), 15, f"the waiter in {calls}")
+    task = bpf.take_snapshot([waiter.pid]).task(waiter.pid)
+    # The system call from the saved user registers is /proc's, number and arguments.
+    assert task.syscall is not None and task.syscall[0] >= 0
+    from_proc = _proc_syscall(waiter.pid)
+    assert from_proc == (task.syscall[0], list(task.syscall[1:])), (from_proc, task.syscall)
+    assert read_syscall(task) == from_proc  # the doctor takes the iterator's
+    with stopped(blocker.pid) as fix:
+        on_bpf, on_proc = both(waiter.pid, blocker.pid)
+        assert told(on_bpf, waiter.pid) == told(on_proc, waiter.pid)
+        edges, found = told(on_bpf, waiter.pid)
+        assert (kind, f"proc:{blocker.pid}") in {(k, h) for k, h, _, _ in edges}, edges
+        [(_, root, got_fix, stuck)] = found
+        assert stuck and f"pid {blocker.pid}" in root and fix in got_fix
+    on_bpf, on_proc = both(waiter.pid, blocker.pid)  # continued: free again
+    assert told(on_bpf, waiter.pid) == told(on_proc, waiter.pid)
+    assert told(on_bpf, waiter.pid)[1] == [] and f"task:{waiter.pid}" not in on_bpf.stuck
+
+
+def _proc_syscall(pid: int) -> tuple[int, list[int]] | None:
+    with open(f"/proc/{pid}/syscall", "rb") as f:
+        fields = f.read().split()
+    return int(fields[0]), [int(x, 16) for x in fields[1:7]]
+
+
+@pytest.mark.timeout(90)
+def test_a_tracer_read_by_bpf_is_the_root_procfs_names(procs):
+    require("root", "bpf")
+    mine, theirs = ends("pipe-read")
+    try:
+        blocker = start(procs, BLOCKER, "sleep", fds=(theirs,))
+        waiter = start(procs, WAITER, "pipe-read", str(mine), fds=(mine,))
+    finally:
+        os.close(mine)
+        os.close(theirs)
+    wait_for(lambda: sleeping_in(waiter.pid, {"read"}), 15, "the reader in read")
+    with traced(blocker.pid) as tracer:
+        snap = bpf.take_snapshot([blocker.pid], stacks=True)
+        assert snap.task(blocker.pid).tracer == int(tracer)
+        on_bpf, on_proc = both(waiter.pid, blocker.pid)
+        assert told(on_bpf, waiter.pid) == told(on_proc, waiter.pid)
+        [(_, root, fix, _)] = told(on_bpf, waiter.pid)[1]
+        assert "stopped by its tracer" in root and tracer in fix
+    assert bpf.take_snapshot([blocker.pid]).task(blocker.pid).tracer == 0
+
+
+FLOCKS = """
+import fcntl, sys
+a = open(sys.argv[1], "r+"); fcntl.flock(a, fcntl.LOCK_EX)
+print("ready", flush=True)
+sys.stdin.readline()
+b = open(sys.argv[2], "r+"); fcntl.flock(b, fcntl.LOCK_EX)
+"""
+
+FUTEX_AND_CHILD = """
+import os, sys, threading, time
+lock = threading.Lock(); lock.acquire()
+t = threading.Thread(target=lock.acquire); t.start()
+child = os.fork()
+if child == 0:
+    time.sleep(600); os._exit(0)
+print("ready", t.native_id, child, flush=True)
+os.waitpid(child, 0)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_deadlock_futex_and_wait4_agree(procs, tmp_path):
+    require("root", "bpf")
+    files = [tmp_path / "a", tmp_path / "b"]
+    for f in files:
+        f.write_text("x")
+    lockers = [subprocess.Popen([PY, "-c", FLOCKS, str(files[i]), str(files[1 - i])],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                preexec_fn=_die_with_parent) for i in range(2)]
+    procs.extend(lockers)
+    for p in lockers:
+        assert p.stdout.readline().strip() == "ready"
+    for p in lockers:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    other = subprocess.Popen([PY, "-c", FUTEX_AND_CHILD], stdout=subprocess.PIPE, text=True,
+                             preexec_fn=_die_with_parent)
+    procs.append(other)
+    _, tid, child = other.stdout.readline().split()
+    tid, child = int(tid), int(child)
+    wait_for(lambda: all(_wchan(p.pid).startswith(("locks_lock", "flock")) for p in lockers),
+             15, "both lockers blocked")
+    wait_for(lambda: sleeping_in(other.pid, {"futex"}, tid)
+             and sleeping_in(other.pid, {"wait4"}), 15, "the futex and wait4 waits")
+    try:
+        on_bpf, on_proc = both(*(p.pid for p in lockers), other.pid, child)
+        assert [sorted(d.nodes) for d in on_bpf.deadlocks] == \
+            [sorted(d.nodes) for d in on_proc.deadlocks]
+        [deadlock] = on_bpf.deadlocks
+        assert {on_bpf.tgid_of(n) for n in deadlock.nodes} == {p.pid for p in lockers}
+        for waiter in (tid, other.pid):
+            assert told(on_bpf, waiter) == told(on_proc, waiter)
+        kinds = {e.kind for e in on_bpf.graph.edges if e.waiter in (f"task:{tid}",
+                                                                     f"task:{other.pid}")}
+        assert kinds == {"futex", "child"}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def _wchan(pid: int) -> str:
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read()
+
+
+@pytest.mark.timeout(60)
+def test_time_asleep_from_the_iterator_matches_proc(procs):
+    require("root", "bpf")
+    p = subprocess.Popen(["sleep", "600"], preexec_fn=_die_with_parent)
+    procs.append(p)
+    time.sleep(1.5)
+    clock = SchedClock()
+    [b] = bpf.take_snapshot([p.pid]).tasks
+    [q] = procfs.take_snapshot([p.pid]).tasks
+    assert b.exec_start is not None and b.cpu is not None and q.exec_start is None
+    from_bpf, from_proc = clock.asleep_seconds(b), clock.asleep_seconds(q)
+    assert from_bpf is not None and from_proc is not None
+    assert from_bpf >= 1.0 and abs(from_bpf - from_proc) < 0.5, (from_bpf, from_proc)
+
+
+def _doctor_json(capsys, *argv: str) -> dict:
+    capsys.readouterr()
+    main(["doctor", "--json", "--no-kernel-log", *argv])
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.timeout(60)
+def test_cli_uses_bpf_and_says_why_when_it_falls_back(procs, capsys, monkeypatch):
+    require("root", "bpf")
+    p = subprocess.Popen(["sleep", "600"], preexec_fn=_die_with_parent)
+    procs.append(p)
+    assert _doctor_json(capsys, str(p.pid))["source"] == "bpf"
+    assert _doctor_json(capsys, "--source", "procfs", str(p.pid))["source"] == "procfs"
+    assert _doctor_json(capsys, "--no-kernel-memory", str(p.pid))["source"] == "procfs"
+
+    def refused(*args, **kwargs):
+        raise NotSupported("BPF program snapshot_tasks: the verifier refused it")
+
+    monkeypatch.setattr(bpf, "take_snapshot", refused)
+    doc = _doctor_json(capsys, str(p.pid))
+    assert doc["source"] == "procfs"
+    assert any(n.startswith("the BPF source failed (BPF program snapshot_tasks: the verifier "
+                            "refused it)") for n in doc["notes"]), doc["notes"]
+    assert main(["doctor", "--json", "--source", "bpf", str(p.pid)]) == 3
+
