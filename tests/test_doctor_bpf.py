@@ -226,3 +226,73 @@ def test_cli_uses_bpf_and_says_why_when_it_falls_back(procs, capsys, monkeypatch
                             "refused it)") for n in doc["notes"]), doc["notes"]
     assert main(["doctor", "--json", "--source", "bpf", str(p.pid)]) == 3
 
+
+
+# Made inside a network namespace of its own: the two ends of a unix
+# socketpair or of a TCP connection over that namespace's loopback, the
+# blocker holding one and the waiter reading the other, both in there too.
+IN_NETNS = r"""
+import ctypes, fcntl, os, signal, socket, struct, subprocess, sys
+shape, blocker_code, waiter_code = sys.argv[1:4]
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x40000000) == 0, os.strerror(ctypes.get_errno())  # CLONE_NEWNET
+if shape == "tcp-read":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flags = struct.unpack_from("H", fcntl.ioctl(s, 0x8913, struct.pack("16sH14x", b"lo", 0)), 16)
+    fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags[0] | 1))  # lo up
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+    mine, theirs = accepted.detach(), client.detach()
+else:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    mine, theirs = a.detach(), b.detach()
+die = lambda: libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+blocker = subprocess.Popen([sys.executable, "-c", blocker_code, "sleep"], pass_fds=(theirs,),
+                           stdout=subprocess.PIPE, text=True, preexec_fn=die)
+waiter = subprocess.Popen([sys.executable, "-c", waiter_code, shape, str(mine)],
+                          pass_fds=(mine,), stdout=subprocess.PIPE, text=True, preexec_fn=die)
+os.close(mine); os.close(theirs)
+assert blocker.stdout.readline().strip() == waiter.stdout.readline().strip() == "ready"
+print("ready", blocker.pid, waiter.pid, flush=True)
+sys.stdin.readline()
+"""
+
+
+def _netns(pid: int) -> int:
+    return os.stat(f"/proc/{pid}/ns/net").st_ino
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("shape", ["unix-stream-read", "tcp-read"])
+def test_socket_peer_in_another_network_namespace(procs, shape):
+    """sock_diag is asked inside the namespace of the sockets' holders: the
+    peer is found, the stopped blocker is the root; continued, no finding."""
+    require("root", "bpf")
+    maker = subprocess.Popen([PY, "-c", IN_NETNS, shape, BLOCKER, WAITER],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             preexec_fn=_die_with_parent)
+    procs.append(maker)
+    blocker = waiter = None
+    try:
+        words = maker.stdout.readline().split()
+        assert words[:1] == ["ready"], words
+        blocker, waiter = int(words[1]), int(words[2])
+        assert _netns(waiter) == _netns(blocker) != _netns(os.getpid())
+        wait_for(lambda: sleeping_in(waiter, {"recvfrom"}), 15, "the waiter in recvfrom")
+        with stopped(blocker) as fix:
+            for diag in both(waiter, blocker):
+                edges, found = told(diag, waiter)
+                assert [(k, h) for k, h, _, _ in edges] == [("socket", f"proc:{blocker}")], \
+                    (edges, diag.notes)
+                [(_, root, got_fix, stuck)] = found
+                assert stuck and f"pid {blocker}" in root and fix in got_fix
+        on_bpf, on_proc = both(waiter, blocker)
+        assert told(on_bpf, waiter) == told(on_proc, waiter)
+        assert told(on_bpf, waiter)[1] == [] and f"task:{waiter}" not in on_bpf.stuck
+    finally:
+        for pid in (blocker, waiter):
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGCONT)

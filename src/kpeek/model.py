@@ -156,6 +156,7 @@ class Socket:
     path: str = ""  # unix: the bound name (abstract names start with "@")
     peer: int | None = None
     interface: str = ""  # packet sockets
+    netns: int | None = None  # inode of its network namespace, when known
 
 
 @dataclass(frozen=True, slots=True)

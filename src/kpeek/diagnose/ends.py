@@ -79,10 +79,11 @@ class Ends:
 
             holders = {ino: held[0][0] for ino, held in self.by_socket.items()}
             found = describe(holders, holders)
-            ends = {(s.local, s.remote): s for s in found.values()
+            # The same two addresses may be in use in two network namespaces.
+            ends = {(s.netns, s.local, s.remote): s for s in found.values()
                     if s.protocol == "tcp" and s.remote and s.state != "LISTEN"}
             for ino, s in found.items():
-                other = ends.get((s.remote, s.local)) if s.protocol == "tcp" else None
+                other = ends.get((s.netns, s.remote, s.local)) if s.protocol == "tcp" else None
                 if other is not None and other.inode != ino:
                     found[ino] = dataclasses.replace(s, peer=other.inode)
             self._sockets = found
@@ -124,8 +125,8 @@ class Ends:
         what = "data on" if direction == "in" else "room to send on"
         if info is None:
             return Wake(f"{what} {f.path} (fd {fd})", "", kind="socket",
-                        outside="a socket sock_diag does not list (another network namespace, "
-                                "or not unix or TCP)")
+                        outside="a socket that no network namespace's tables list (not "
+                                "unix or TCP, or its namespace could not be entered)")
         label = f"{f.path} (fd {fd}, {info.protocol or info.family} {info.type})"
         if info.state == "LISTEN":
             return Wake(f"a connection on {label}", "", kind="socket",

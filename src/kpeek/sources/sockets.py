@@ -5,17 +5,21 @@ network files of /proc (/proc/PID/net/tcp, unix, netlink, packet, raw...)
 describe every socket of a network namespace; sock_diag (netlink, as
 ``ss -x`` uses it) adds what they lack: the inode of a
 connected unix socket's peer. Both see one network namespace at a time: the
-/proc files are read through a process in each namespace asked about,
-sock_diag answers for kpeek's own namespace.
+/proc files are read through a process in each namespace asked about, and
+sock_diag is asked from a short-lived thread that joined that namespace
+(setns of a network namespace is per thread), so peers are found in every
+namespace that a holder of the sockets lives in.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import ipaddress
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterable, Mapping
 
 from kpeek.model import Socket
@@ -71,22 +75,30 @@ def describe(inodes: Iterable[int], holders: Mapping[int, int] | None = None) ->
     found: dict[int, Socket] = {}
     if not wanted:
         return found
-    found.update(_from_proc_net("/proc/self/net", wanted))
-    if any(s.family == "unix" for s in found.values()):
-        for inode, peer in unix_peers().items():
-            if inode in found:
-                found[inode] = dataclasses.replace(found[inode], peer=peer)
+    own = _netns("self")
+    _add_namespace(found, _from_proc_net("/proc/self/net", wanted), own, None)
     missing = wanted - found.keys()
     if missing and holders:
-        own = _netns("self")
         tried = {own}
         for inode in sorted(missing):
             pid = holders.get(inode)
             if pid is None or inode in found or (ns := _netns(str(pid))) in tried:
                 continue
             tried.add(ns)
-            found.update(_from_proc_net(f"/proc/{pid}/net", wanted - found.keys()))
+            more = _from_proc_net(f"/proc/{pid}/net", wanted - found.keys())
+            _add_namespace(found, more, ns, pid)
     return found
+
+
+def _add_namespace(found: dict[int, Socket], more: dict[int, Socket], netns: int | None,
+                   pid: int | None) -> None:
+    """Add one network namespace's sockets, with their unix peers (sock_diag
+    asked in that namespace: through ``pid``'s, None for kpeek's own)."""
+    if any(s.family == "unix" for s in more.values()):
+        peers = unix_peers(pid)
+        more = {ino: dataclasses.replace(s, peer=peers[ino]) if ino in peers else s
+                for ino, s in more.items()}
+    found.update({ino: dataclasses.replace(s, netns=netns) for ino, s in more.items()})
 
 
 def _netns(pid: str) -> int | None:
@@ -213,13 +225,14 @@ _MSG = struct.Struct("=BBBxI8x")  # family, type, state, ino, cookie
 _RTA = struct.Struct("=HH")
 
 
-def unix_peers() -> dict[int, int]:
+def unix_peers(pid: int | None = None) -> dict[int, int]:
     """Inode -> peer inode of every connected unix socket in kpeek's network
-    namespace, from sock_diag (as ``ss -x`` asks it); empty where sock_diag
-    cannot be used. One dump request, answered in as many reads as it takes."""
+    namespace, or in ``pid``'s, from sock_diag (as ``ss -x`` asks it); empty
+    where sock_diag cannot be used (another namespace needs CAP_SYS_ADMIN).
+    One dump request, answered in as many reads as it takes."""
     peers: dict[int, int] = {}
     try:
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_DIAG)
+        s = _diag_socket() if pid is None else _diag_socket_in(pid)
     except OSError:
         return peers
     try:
@@ -256,3 +269,42 @@ def _dump_unix(s: socket.socket, peers: dict[int, int]) -> None:
                     peers[ino] = struct.unpack_from("=I", data, attr + 4)[0]
                 attr += (alen + 3) & ~3
             off += (length + 3) & ~3
+
+
+def _diag_socket() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_DIAG)
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def _diag_socket_in(pid: int) -> socket.socket:
+    """A sock_diag socket of ``pid``'s network namespace: a socket belongs to
+    the namespace of the thread that made it, so a thread of our own joins
+    that namespace (setns is per thread for CLONE_NEWNET), makes it and ends;
+    the rest of kpeek never leaves its own namespace. (os.setns is 3.12+.)"""
+    ns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    made: list[socket.socket | OSError] = []
+
+    def join_and_make() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(ns, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            made.append(OSError(err, os.strerror(err)))
+            return
+        try:
+            made.append(_diag_socket())
+        except OSError as e:
+            made.append(e)
+
+    try:
+        worker = threading.Thread(target=join_and_make, name="kpeek-netns", daemon=True)
+        worker.start()
+        worker.join()
+    finally:
+        os.close(ns)
+    if not made:
+        raise OSError("no socket made in the network namespace")
+    if isinstance(made[0], OSError):
+        raise made[0]
+    return made[0]
