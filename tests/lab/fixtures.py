@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,10 +142,13 @@ def _truth(guest: Guest, pids: dict[str, int]) -> GuestTruth:
     modules, bases = _parse_modules(guest.run("cat /proc/modules"))
     # Every 97th symbol plus the ones tests name, of the names that are unique in
     # the whole table: a sample that crosses it, in one pass (awk is slow under TCG).
-    symbols = _parse_symbols(guest.run(
-        "awk '{ n[$3]++ } NR % 97 == 1 || $3 ~ /^(init_task|jiffies|linux_banner|kpeek_.*|prb|"
-        "__start_BTF|__stop_BTF|_stext|modules)$/ { s[$3] = $0 } "
-        "END { for (k in s) if (n[k] == 1) print s[k] }' /proc/kallsyms"))
+    symbols = _parse_symbols(
+        guest.run(
+            "awk '{ n[$3]++ } NR % 97 == 1 || $3 ~ /^(init_task|jiffies|linux_banner|kpeek_.*|prb|"
+            "__start_BTF|__stop_BTF|_stext|modules)$/ { s[$3] = $0 } "
+            "END { for (k in s) if (n[k] == 1) print s[k] }' /proc/kallsyms"
+        )
+    )
     dmesg = guest.run("dmesg")
     return GuestTruth(
         release=guest.run("uname -r").strip(),
@@ -197,7 +201,11 @@ def take_lab_dumps(where: Path, *, memory: str = "256M") -> LabDumps:
 
 
 @pytest.fixture(scope="session")
-def lab_dumps(tmp_path_factory: pytest.TempPathFactory) -> LabDumps:
+def lab_dumps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDumps]:
     """The session's lab dumps (one boot for every test that asks)."""
     require("qemu")
-    return take_lab_dumps(tmp_path_factory.mktemp("lab"))
+    where = tmp_path_factory.mktemp("lab")
+    yield take_lab_dumps(where)
+    # pytest keeps the last three runs' temporary folders: ~600 MB of dumps each
+    for dump in where.glob("vmcore.*"):
+        dump.unlink(missing_ok=True)

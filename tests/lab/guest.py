@@ -44,8 +44,13 @@ def busybox() -> Path:
     raise GuestError("busybox-static is not installed (setup.sh installs it)")
 
 
-def build_initramfs(out: Path, *, modules: list[Path] = (), preload: list[str] = ("qemu_fw_cfg",),
-                    files: dict[str, bytes] | None = None) -> Path:
+def build_initramfs(
+    out: Path,
+    *,
+    modules: list[Path] = (),
+    preload: list[str] = ("qemu_fw_cfg",),
+    files: dict[str, bytes] | None = None,
+) -> Path:
     """A newc cpio at ``out``: busybox, the given modules under /lib/kpeek/, an init
     that insmods ``preload`` (module names) and then runs a shell on the console."""
     with tempfile.TemporaryDirectory(prefix="kpeek-initrd-") as tmp:
@@ -64,8 +69,9 @@ def build_initramfs(out: Path, *, modules: list[Path] = (), preload: list[str] =
         init.chmod(0o755)
         names = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
         with open(out, "wb") as f:
-            subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=names,
-                           stdout=f, check=True)
+            subprocess.run(
+                ["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=names, stdout=f, check=True
+            )
     return out
 
 
@@ -84,7 +90,8 @@ class Guest:
         begin, end = f"KPEEK-BEGIN-{n}\n".encode(), f"KPEEK-END-{n} ".encode()
         start = len(self.machine.console)
         self.machine.send(
-            f'echo "KPEEK-BEGIN""-{n}"; {command} 2>&1; echo "KPEEK-END""-{n} $?"\n'.encode())
+            f'echo "KPEEK-BEGIN""-{n}"; {command} 2>&1; echo "KPEEK-END""-{n} $?"\n'.encode()
+        )
         at = self.machine.wait_for(begin, start=start, timeout=timeout)
         stop = self.machine.wait_for(end, start=at, timeout=timeout)
         newline = self.machine.wait_for(b"\n", start=stop, timeout=timeout)
@@ -118,9 +125,15 @@ def boot_busybox(
     """Boot ``tree``'s kernel with ``initrd`` (from build_initramfs) and wait for
     its shell. QEMU gets ``-device vmcoreinfo`` plus ``extra``."""
     cmdline = f"console=ttyS0 quiet panic=0 {append}".strip()
-    machine = Machine(kernel=tree.vmlinuz, initrd=initrd, append=cmdline, memory=memory,
-                      cpus=cpus, extra=["-device", "vmcoreinfo", *(extra or [])],
-                      log_path=log_path)
+    machine = Machine(
+        kernel=tree.vmlinuz,
+        initrd=initrd,
+        append=cmdline,
+        memory=memory,
+        cpus=cpus,
+        extra=["-device", "vmcoreinfo", *(extra or [])],
+        log_path=log_path,
+    )
     try:
         machine.wait_for(READY, timeout=timeout)
     except BaseException:

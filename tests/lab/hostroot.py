@@ -32,8 +32,16 @@ VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
 BUSYBOX = "busybox"
 GUEST_INIT = Path(__file__).with_name("guest_init.sh")
 # Loaded in this order by the initramfs (each after what it depends on).
-BOOT_MODULES = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
-                "virtio_pci", "fuse", "virtiofs", "overlay")
+BOOT_MODULES = (
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "fuse",
+    "virtiofs",
+    "overlay",
+)
 MEMORY = "1G"
 DONE = b"KPEEK-GUEST-EXIT "
 
@@ -78,11 +86,14 @@ def modules_with_dep(tree: KernelTree) -> Path:
     of the unpacked tree with depmod run on it (cached)."""
 
     def make(tmp: Path) -> None:
-        shutil.copytree(tree.modules, tmp / "lib" / "modules" / tree.version,
-                        copy_function=os.link, symlinks=True, ignore=shutil.ignore_patterns(
-                            "build", "source"))
-        subprocess.run([_depmod(), "-b", str(tmp), tree.version], check=True,
-                       capture_output=True)
+        shutil.copytree(
+            tree.modules,
+            tmp / "lib" / "modules" / tree.version,
+            copy_function=os.link,
+            symlinks=True,
+            ignore=shutil.ignore_patterns("build", "source"),
+        )
+        subprocess.run([_depmod(), "-b", str(tmp), tree.version], check=True, capture_output=True)
 
     root = _atomic_dir(cache_root() / f"depmod-{tree.version}", make)
     return root / "lib" / "modules" / tree.version
@@ -113,14 +124,18 @@ def initramfs(tree: KernelTree, modules_dir: Path, into: Path) -> Path:
         (root / "mods" / f"{name}.ko").write_bytes(data)
         loaded.append(name)
     init = root / "init"
-    init.write_text(INIT.format(modules=" ".join(loaded), version=tree.version,
-                                modules_dir=modules_dir, init=GUEST_INIT))
+    init.write_text(
+        INIT.format(
+            modules=" ".join(loaded), version=tree.version, modules_dir=modules_dir, init=GUEST_INIT
+        )
+    )
     init.chmod(0o755)
     out = into / "initramfs.cpio"
     files = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
     with open(out, "wb") as f:
-        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=files,
-                       stdout=f, check=True)
+        subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=files, stdout=f, check=True
+        )
     return out
 
 
@@ -144,43 +159,72 @@ class HostRootGuest:
         self._virtiofsd: subprocess.Popen | None = None
         self.vm: Machine | None = None
 
-    def run(self, argv: list[str], *, env: dict[str, str] | None = None,
-            timeout: float = 600.0) -> tuple[int, str]:
+    def run(
+        self, argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 600.0
+    ) -> tuple[int, str]:
         """Boot the guest, run ``argv`` (as root, cwd the checkout) and return
         (exit code, console output of the command)."""
         if not VIRTIOFSD.exists():
             raise GuestError(f"{VIRTIOFSD} not found (apt-get install qemu-system-x86)")
         sock = self._dir / "virtiofs.sock"
         self._virtiofsd = subprocess.Popen(
-            [str(VIRTIOFSD), f"--socket-path={sock}", "-o", "source=/", "-o", "cache=always",
-             "-o", "sandbox=chroot", "-o", "no_posix_lock", "-o", "no_flock"],
-            stdout=subprocess.DEVNULL, stderr=open(self._dir / "virtiofsd.log", "wb"),  # noqa: SIM115
-            start_new_session=True)
+            [
+                str(VIRTIOFSD),
+                f"--socket-path={sock}",
+                "-o",
+                "source=/",
+                "-o",
+                "cache=always",
+                "-o",
+                "sandbox=chroot",
+                "-o",
+                "no_posix_lock",
+                "-o",
+                "no_flock",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self._dir / "virtiofsd.log", "wb"),  # noqa: SIM115
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 30
         while not sock.exists():
             if self._virtiofsd.poll() is not None or time.monotonic() > deadline:
-                raise GuestError("virtiofsd did not start: "
-                                 + (self._dir / "virtiofsd.log").read_text()[-500:])
+                raise GuestError(
+                    "virtiofsd did not start: " + (self._dir / "virtiofsd.log").read_text()[-500:]
+                )
             time.sleep(0.05)
         command = " ".join(shlex.quote(a) for a in argv)
         environment = " ".join(f"{k}={v}" for k, v in (env or {}).items())
         script = self._dir / "command.sh"
-        script.write_text(f"cd {shlex.quote(os.getcwd())}\nexport {environment}\n{command}\n"
-                          if environment else f"cd {shlex.quote(os.getcwd())}\n{command}\n")
+        script.write_text(
+            f"cd {shlex.quote(os.getcwd())}\nexport {environment}\n{command}\n"
+            if environment
+            else f"cd {shlex.quote(os.getcwd())}\n{command}\n"
+        )
         cpio = initramfs(self.tree, modules_with_dep(self.tree), self._dir)
         self.vm = Machine(
-            kernel=self.tree.vmlinuz, initrd=cpio, memory=MEMORY, cpus=self.cpus,
+            kernel=self.tree.vmlinuz,
+            initrd=cpio,
+            memory=MEMORY,
+            cpus=self.cpus,
             append=f"console=ttyS0 quiet panic=-1 kpeek.command={script}{_keep(os.getcwd())}",
-            extra=["-object", f"memory-backend-memfd,id=mem,size={MEMORY},share=on",
-                   "-numa", "node,memdev=mem",
-                   "-chardev", f"socket,id=vfs,path={sock}",
-                   "-device", "vhost-user-fs-pci,chardev=vfs,tag=hostroot"],
-            log_path=self.log_path)
+            extra=[
+                "-object",
+                f"memory-backend-memfd,id=mem,size={MEMORY},share=on",
+                "-numa",
+                "node,memdev=mem",
+                "-chardev",
+                f"socket,id=vfs,path={sock}",
+                "-device",
+                "vhost-user-fs-pci,chardev=vfs,tag=hostroot",
+            ],
+            log_path=self.log_path,
+        )
         start = self.vm.wait_for(b"KPEEK-GUEST-START ", timeout=180)
         start = self.vm.wait_for(b"\n", start=start, timeout=30)
         end = self.vm.wait_for(DONE, start=start, timeout=timeout)
         rc_end = self.vm.wait_for(b"\n", start=end, timeout=30)
-        text = bytes(self.vm.console[start:end - len(DONE)]).decode(errors="replace")
+        text = bytes(self.vm.console[start : end - len(DONE)]).decode(errors="replace")
         return int(self.vm.console[end:rc_end].strip() or b"-1"), text.replace("\r\n", "\n")
 
     def kill(self) -> None:

@@ -77,8 +77,9 @@ def _apt_download(packages: list[str], into: Path) -> None:
         subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
         done = subprocess.run(cmd, cwd=into, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"apt-get download {' '.join(packages)} failed: "
-                           f"{done.stderr.strip()[-500:]}")
+        raise RuntimeError(
+            f"apt-get download {' '.join(packages)} failed: {done.stderr.strip()[-500:]}"
+        )
 
 
 def _atomic_dir(final: Path, make: Callable[[Path], None]) -> Path:
@@ -101,8 +102,12 @@ def _atomic_dir(final: Path, make: Callable[[Path], None]) -> Path:
 def debian_kernel(abi: str = ABI) -> KernelTree:
     """The Debian bookworm ``linux-image-6.1.0-ABI-cloud-amd64`` with its headers."""
     version = f"6.1.0-{abi}-{FLAVOUR}"
-    packages = [f"linux-image-{version}", f"linux-headers-{version}",
-                f"linux-headers-6.1.0-{abi}-common", "linux-kbuild-6.1"]
+    packages = [
+        f"linux-image-{version}",
+        f"linux-headers-{version}",
+        f"linux-headers-6.1.0-{abi}-common",
+        "linux-kbuild-6.1",
+    ]
 
     def make(tmp: Path) -> None:
         debs = tmp / "debs"
@@ -130,8 +135,10 @@ def _check_kbuild_matches(debs: Path, abi: str) -> None:
     """linux-kbuild-6.1 is unversioned: it must come from the same source upload."""
     versions = {deb.name.split("_")[1] for deb in debs.glob("*.deb")}
     if len(versions) != 1:
-        raise RuntimeError(f"kernel {abi}: packages of different versions {sorted(versions)}; "
-                           "pin KPEEK_LAB_KERNEL_ABI to the newest ABI in bookworm-security")
+        raise RuntimeError(
+            f"kernel {abi}: packages of different versions {sorted(versions)}; "
+            "pin KPEEK_LAB_KERNEL_ABI to the newest ABI in bookworm-security"
+        )
 
 
 def debug_vmlinux(tree: KernelTree) -> Path:
@@ -166,8 +173,11 @@ def build_module(tree: KernelTree, source: Path) -> Path:
         for path in source.iterdir():
             if path.is_file():
                 shutil.copy(path, tmp / path.name)
-        done = subprocess.run(["make", "-s", "-C", str(tree.headers), f"M={tmp}", "modules"],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["make", "-s", "-C", str(tree.headers), f"M={tmp}", "modules"],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"building module {name} failed:\n{done.stdout}{done.stderr}")
 

@@ -71,10 +71,28 @@ class Machine:
         binary = qemu_binary()
         if binary is None:
             raise GuestError("qemu-system-x86_64 is not installed (setup.sh installs it)")
-        cmd = [binary, "-accel", accel, "-m", memory, "-smp", str(cpus),
-               "-kernel", str(kernel), "-append", append,
-               "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-               "-serial", "stdio", "-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
+        cmd = [
+            binary,
+            "-accel",
+            accel,
+            "-m",
+            memory,
+            "-smp",
+            str(cpus),
+            "-kernel",
+            str(kernel),
+            "-append",
+            append,
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-qmp",
+            f"unix:{self.qmp_path},server=on,wait=off",
+        ]
         if accel == "tcg":
             cmd[1:3] = ["-accel", "tcg,thread=multi"]
             cmd += ["-cpu", "max"]
@@ -82,8 +100,13 @@ class Machine:
             cmd += ["-initrd", str(initrd)]
         cmd += extra or []
         self.command = cmd
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._reader = threading.Thread(target=self._read_console, daemon=True)
         self._reader.start()
         self._qmp: socket.socket | None = None
@@ -204,6 +227,5 @@ class Machine:
 def unflatten(flat: Path, out: Path) -> Path:
     """Turn makedumpfile's flattened format (QEMU's kdump-zlib) into a kdump file."""
     with open(flat, "rb") as src:
-        subprocess.run(["makedumpfile", "-R", str(out)], stdin=src,
-                       capture_output=True, check=True)
+        subprocess.run(["makedumpfile", "-R", str(out)], stdin=src, capture_output=True, check=True)
     return out
