@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 
 from kpeek import jsonout
 from kpeek.commands.common import add_json, seconds
 from kpeek.errors import EXIT_FINDINGS, EXIT_OK, KpeekError, UsageError, os_reason
 from kpeek.model import Snapshot
-from kpeek.render import text
 from kpeek.targets import core_path, open_kernel
 
 
@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         from kpeek.commands.sources import explain
 
         return explain(args)
+    # Hundreds of thousands of small objects (tasks, descriptors) live until
+    # the end: the cyclic collector would walk them again and again for none.
+    gc.disable()
     kernel = None
     if core_path(args) is not None:  # a dump: every fact from its kernel objects
         from kpeek.sources import memwalk
@@ -110,6 +113,8 @@ BLIND = ("not root: other users' kernel stacks and descriptors, and kernel memor
 
 
 def _print(diag, blocks: list[list[str]], blind: bool) -> None:
+    from kpeek.render import text  # rich: not imported for --json
+
     out = text.console()
     if blind:
         out.print(f"note: {BLIND}", style="yellow")

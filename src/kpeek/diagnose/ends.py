@@ -16,6 +16,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from kpeek.diagnose.fdindex import index_of, socket_inode
 from kpeek.model import OpenFile, Snapshot, Socket, Task
 
 
@@ -38,36 +39,17 @@ def _readable(flags: int) -> bool:
     return (flags & os.O_ACCMODE) in (os.O_RDONLY, os.O_RDWR)
 
 
-def socket_inode(f: OpenFile) -> int | None:
-    if f.path.startswith("socket:[") and f.path.endswith("]"):
-        try:
-            return int(f.path[8:-1])
-        except ValueError:
-            return None
-    return None
-
-
 class Ends:
     """Indexes over one snapshot for finding the other end of descriptors."""
 
     def __init__(self, snapshot: Snapshot, notes: list[str]) -> None:
         self.snapshot = snapshot
         self.notes = notes
-        self.fd_file = {(d.tgid, d.fd): d.open_file for d in snapshot.fds}
-        self.by_inode: dict[str, list[tuple[int, int, int]]] = {}  # inode -> (tgid, fd, flags)
-        self.by_socket: dict[int, list[tuple[int, int]]] = {}
-        for d in snapshot.fds:
-            f = snapshot.open_files.get(d.open_file)
-            if f is None:
-                continue
-            self.by_inode.setdefault(f.inode, []).append((d.tgid, d.fd, f.flags))
-            ino = socket_inode(f)
-            if ino is not None:
-                self.by_socket.setdefault(ino, []).append((d.tgid, d.fd))
+        self.index = index_of(snapshot)
         self._sockets: dict[int, Socket] | None = None
 
     def file(self, tgid: int, fd: int) -> OpenFile | None:
-        return self.snapshot.open_files.get(self.fd_file.get((tgid, fd), ""))
+        return self.index.file(tgid, fd)
 
     def sockets(self) -> dict:
         """Socket inode -> model.Socket for every socket a descriptor holds,
@@ -77,7 +59,11 @@ class Ends:
         if self._sockets is None:
             from kpeek.sources.sockets import describe
 
-            holders = {ino: held[0][0] for ino, held in self.by_socket.items()}
+            holders = {}
+            for ino in self.index.socket_numbers():
+                held = self.index.socket_holders(ino)
+                if held:
+                    holders[ino] = held[0].tgid
             found = describe(holders, holders)
             # The same two addresses may be in use in two network namespaces.
             ends = {(s.netns, s.local, s.remote): s for s in found.values()
@@ -108,9 +94,8 @@ class Ends:
     def _pipe(self, f: OpenFile, fd: int, direction: str, kind: str) -> Wake:
         want = _writable if direction == "in" else _readable
         holders: dict[int, list[int]] = {}
-        for tgid, other_fd, flags in self.by_inode.get(f.inode, ()):
-            if want(flags):
-                holders.setdefault(tgid, []).append(other_fd)
+        for d in self.index.holders(f.inode, want):
+            holders.setdefault(d.tgid, []).append(d.fd)
         end = "the write end" if direction == "in" else "the read end"
         what = "data or end-of-file on" if direction == "in" else "room to write in"
         outside = None
@@ -139,8 +124,8 @@ class Ends:
             return Wake(f"{what} {label}", "", kind="socket",
                         outside="an unconnected socket: anyone may send to it")
         holders: dict[int, list[int]] = {}
-        for tgid, other_fd in self.by_socket.get(info.peer, ()):
-            holders.setdefault(tgid, []).append(other_fd)
+        for d in self.index.socket_holders(info.peer):
+            holders.setdefault(d.tgid, []).append(d.fd)
         if not holders:  # in a listener's accept queue, or in flight in a message
             return Wake(f"{what} {label}", "", kind="socket",
                         outside=f"its peer socket:[{info.peer}] is in no descriptor table")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kpeek.diagnose.fdindex import index_of
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import inode_of_target, syscall_target
 from kpeek.model import Snapshot, Task
@@ -90,11 +91,9 @@ def read_proc_locks() -> list[FileLock]:
 
 def lock_holders_by_fd(snapshot: Snapshot, inodes: set[str]) -> dict[tuple, list[tuple[int, int]]]:
     """(kind, access, inode, start, end) -> [(tgid, fd)] holding it, from fdinfo."""
-    wanted = {fid for fid, f in snapshot.open_files.items() if f.inode in inodes}
+    index = index_of(snapshot)
     found: dict[tuple, list[tuple[int, int]]] = {}
-    for d in snapshot.fds:
-        if d.open_file not in wanted:
-            continue
+    for d in (d for inode in sorted(inodes) for d in index.holders(inode)):
         try:
             with open(f"/proc/{d.tgid}/fdinfo/{d.fd}", encoding="ascii", errors="replace") as f:
                 text = f.read()
@@ -106,12 +105,7 @@ def lock_holders_by_fd(snapshot: Snapshot, inodes: set[str]) -> dict[tuple, list
 
 
 def path_of_inode(snapshot: Snapshot, inode: str | None) -> str | None:
-    if inode is None:
-        return None
-    for f in snapshot.open_files.values():
-        if f.inode == inode:
-            return f.path
-    return None
+    return index_of(snapshot).path_of_inode(inode)
 
 
 def _waiting_threads(snapshot: Snapshot) -> list[Task]:

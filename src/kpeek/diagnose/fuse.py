@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kpeek.diagnose.fdindex import index_of
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import syscall_target
 from kpeek.model import Snapshot, Task
@@ -114,14 +115,12 @@ def connections(snapshot: Snapshot) -> dict[int, FuseConnection]:
 def _connection_of(snapshot: Snapshot, task: Task, conns: dict[int, FuseConnection]) -> int | None:
     target = syscall_target(task)
     if target is not None and target.fd is not None:
-        for d in snapshot.fds_of(task.tgid):
-            if d.fd == target.fd:
-                f = snapshot.open_files.get(d.open_file)
-                if f is not None:
-                    major, minor, _ = f.inode.split(":")
-                    number = dev_to_connection(int(major), int(minor))
-                    if number in conns:
-                        return number
+        f = index_of(snapshot).file(task.tgid, target.fd)
+        if f is not None:
+            major, minor, _ = f.inode.split(":")
+            number = dev_to_connection(int(major), int(minor))
+            if number in conns:
+                return number
     if target is not None and target.path is not None:
         best = None
         for c in conns.values():

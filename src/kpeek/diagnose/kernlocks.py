@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from kpeek.diagnose.fdindex import index_of
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, task_node
 from kpeek.kernel.program import Kernel
 from kpeek.model import Task
@@ -330,8 +331,7 @@ def _edge(graph: WaitGraph, reader: LockReader, t: Task, wait: LockWait) -> Wait
         known = inode and inode[0] in graph.snapshot.inodes
         by_frame = any(f.startswith(INODE_LOCK_CALLERS) for f in frames[:4])
         if inode and (known or by_frame):
-            path = next((f.path for f in graph.snapshot.open_files.values()
-                         if f.inode == inode[0]), None)
+            path = index_of(graph.snapshot).path_of_inode(inode[0])
             resource = f"the i_rwsem of {path or 'inode ' + inode[0]}"
     holder = None
     if wait.holder is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from kpeek.diagnose.fdindex import index_of
 from kpeek.diagnose.graph import Root, WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import open_file_of, syscall_target
 from kpeek.model import FileDescriptor, Snapshot, Task
@@ -57,11 +58,11 @@ def _read_inode(snapshot: Snapshot, task: Task, live: bool) -> tuple[int | None,
             return target.fd, f.inode
     # Without the syscall: the one pipe this process reads from, if only one.
     readable = []
-    for d in snapshot.fds_of(task.tgid):
-        f = snapshot.open_files.get(d.open_file)
+    for fd, file_id in sorted(index_of(snapshot).table(task.tgid).items()):
+        f = snapshot.open_files.get(file_id)
         inode = snapshot.inodes.get(f.inode) if f else None
         if f and inode and inode.type in PIPE_TYPES and (f.flags & os.O_ACCMODE) != os.O_WRONLY:
-            readable.append((d.fd, f.inode))
+            readable.append((fd, f.inode))
     if len({inode for _, inode in readable}) == 1:
         return readable[0]
     return None
@@ -69,11 +70,7 @@ def _read_inode(snapshot: Snapshot, task: Task, live: bool) -> tuple[int | None,
 
 def pipe_waits(snapshot: Snapshot, *, live: bool = True) -> list[PipeWait]:
     """Every task sleeping in pipe_read whose pipe we can identify."""
-    writers_of: dict[str, list[FileDescriptor]] = {}
-    for d in snapshot.fds:
-        f = snapshot.open_files.get(d.open_file)
-        if f and _writable(f.flags):
-            writers_of.setdefault(f.inode, []).append(d)
+    index = index_of(snapshot)
     waits = []
     for task in snapshot.tasks:
         if not is_pipe_reader(task):
@@ -82,8 +79,8 @@ def pipe_waits(snapshot: Snapshot, *, live: bool = True) -> list[PipeWait]:
         if found is None:
             continue
         fd, inode = found
-        path = next((f.path for f in snapshot.open_files.values() if f.inode == inode), inode)
-        waits.append(PipeWait(task, fd, inode, path, tuple(writers_of.get(inode, ()))))
+        path = index.path_of_inode(inode) or inode
+        waits.append(PipeWait(task, fd, inode, path, tuple(index.holders(inode, _writable))))
     return waits
 
 

@@ -12,9 +12,9 @@ import os
 import platform
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 
+from kpeek.diagnose.fdindex import index_of
 from kpeek.model import Snapshot, Task
 from kpeek.sources.proc_tasks import Vanished, parse_stat, read_bytes
 from kpeek.textsafe import decode
@@ -191,15 +191,9 @@ def syscall_target(task: Task) -> SyscallTarget | None:
     return SyscallTarget(str(nr))
 
 
-_fd_index: tuple[weakref.ref, dict[tuple[int, int], str]] | None = None
-
-
 def open_file_of(snapshot: Snapshot, tgid: int, fd: int) -> str | None:
     """The OpenFile id behind descriptor ``fd`` of ``tgid`` in the snapshot."""
-    global _fd_index
-    if _fd_index is None or _fd_index[0]() is not snapshot:  # one snapshot indexed at a time
-        _fd_index = (weakref.ref(snapshot), {(d.tgid, d.fd): d.open_file for d in snapshot.fds})
-    return _fd_index[1].get((tgid, fd))
+    return index_of(snapshot).file_id(tgid, fd)
 
 
 def inode_of_target(snapshot: Snapshot, task: Task, target: SyscallTarget) -> str | None:

@@ -10,8 +10,9 @@ from kpeek.diagnose.findings import Deadlock, Diagnosis, HungTask, NeverEof, who
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, node_pid
 from kpeek.textsafe import for_terminal
 
-SLEEP_SOURCE = ("time since it last ran: se.exec_start of /proc/PID/sched, "
-                "against the scheduler clock calibrated on kpeek's own exec_start")
+SLEEP_SOURCE = ("time since it last ran: se.exec_start (read by the BPF iterator, or from "
+                "/proc/PID/sched), against the scheduler clock calibrated on kpeek's own "
+                "exec_start")
 
 
 def edge_words(graph: WaitGraph, e: WaitEdge) -> str:

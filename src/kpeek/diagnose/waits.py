@@ -47,7 +47,9 @@ FUTEX_TID_MASK = 0x3FFFFFFF
 # common (every `sleep`), so their system call is not even read.
 FREE_WAITS = ("do_nanosleep", "hrtimer_nanosleep", "common_nsleep", "sigsuspend",
               "sys_pause", "do_sigtimedwait", "n_tty_read", "inotify_read", "signalfd_",
-              "do_sys_pause", "__x64_sys_pause")
+              "do_sys_pause", "__do_sys_pause", "__x64_sys_pause")
+# The same by system call (known at no cost when the BPF source read it).
+FREE_CALLS = {"pause", "nanosleep", "clock_nanosleep", "rt_sigsuspend", "rt_sigtimedwait"}
 
 
 def _s32(value: int) -> int:
@@ -81,6 +83,8 @@ def _resolve(graph: WaitGraph, ends: Ends, t: Task) -> None:
     if call is None:
         return
     name, args = call
+    if name in FREE_CALLS:
+        return
     if name in READS or name in WRITES:
         wake = ends.wakers(t, args[0] & 0xFFFFFFFF, "in" if name in READS else "out")
         if wake is not None:
