@@ -47,18 +47,17 @@ def test_full_parse_under_one_second_without_cache():
 
 
 @needs_vmlinux
-def test_disk_cache_gives_the_same_tables(tmp_path, monkeypatch):
+def test_loaded_once_per_process_and_nothing_written(tmp_path, monkeypatch):
+    """No disk cache: a first run is as fast as any other, and HOME is never written."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
     from kpeek.kernel import btf as btf_module
 
     monkeypatch.setattr(btf_module, "_loaded", {})
     first = load_btf(VMLINUX_BTF)
-    assert list((tmp_path / "kpeek").glob("btf-*.pickle")), "no cache file written"
-    monkeypatch.setattr(btf_module, "_loaded", {})
-    second = load_btf(VMLINUX_BTF)
-    assert second is not first
-    assert list(second._offsets) == list(first._offsets)
-    assert second.lookup("struct task_struct").size == first.lookup("struct task_struct").size
+    assert load_btf(VMLINUX_BTF) is first
+    assert list(tmp_path.iterdir()) == []
+    assert first.lookup("struct task_struct").size > 1000
 
 
 @needs_vmlinux

@@ -87,7 +87,7 @@ if __name__ == "__main__":
 
 
 def test_live_kernel_pointers_are_hashed_but_poison_is_not():
-    from kpeek.commands.oops import _pointer
+    from kpeek.render.oops import pointer as _pointer
     from kpeek.reports.details import Details, interpret_address
 
     secret = 0xFFFF888012345678
@@ -201,3 +201,30 @@ def test_truncated_repeat_at_the_end_is_one_report():
     assert len(reports) == 1
     # two complete reports stay two
     assert len(parse_reports(GPF_LOG + GPF_LOG)) == 2
+
+
+def test_several_files_in_one_process(tmp_path):
+    """Each FILE on its own under a heading, as when given alone; a missing one
+    is one line on stderr and exit 2, the others are still shown."""
+    gpf, quiet = tmp_path / "gpf.log", tmp_path / "quiet.log"
+    gpf.write_text(GPF_LOG)
+    quiet.write_text("[    1.000000] all is well\n")
+    base = [sys.executable, "-m", "kpeek", "oops"]
+    alone = subprocess.run([*base, str(gpf)], capture_output=True, text=True, timeout=60,
+                           check=True).stdout
+    res = subprocess.run([*base, str(gpf), str(tmp_path / "nope"), str(quiet)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr == f"kpeek: no such file: {tmp_path / 'nope'}\n"
+    assert res.stdout == (f"==> {gpf} <==\n{alone}\n==> {quiet} <==\n"
+                          f"no kernel report in {quiet} (no oops, BUG, WARNING, KASAN, hang,"
+                          " panic or lockdep report)\n")
+    doc = json.loads(subprocess.run([*base, "--json", str(gpf), str(quiet)], capture_output=True,
+                                    text=True, timeout=60, check=True).stdout)
+    one = json.loads(subprocess.run([*base, "--json", str(gpf)], capture_output=True,
+                                    text=True, timeout=60, check=True).stdout)
+    assert doc["count"] == 1 and [f["source"] for f in doc["files"]] == [str(gpf), str(quiet)]
+    assert doc["files"][0] == {k: v for k, v in one.items() if k != "schema"}
+    bad = subprocess.run([*base, "--report", "1", str(gpf), str(quiet)], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1

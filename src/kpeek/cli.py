@@ -14,7 +14,6 @@ import gc
 import importlib
 import os
 import sys
-import traceback
 
 from kpeek import __version__, streams
 from kpeek.errors import EXIT_INTERNAL, EXIT_UNSUPPORTED, EXIT_USAGE, KpeekError, os_reason
@@ -133,6 +132,8 @@ def _say(line: str) -> None:
 
 def _internal(e: BaseException) -> int:
     if os.environ.get("KPEEK_DEBUG"):
+        import traceback  # only here: it costs 3 ms of every start-up
+
         traceback.print_exc()
     what = str(e).splitlines()[0] if str(e) else ""
     _say(f"internal error ({type(e).__name__}{': ' + what if what else ''}); this is a bug, "

@@ -20,6 +20,9 @@ def encode(name: str) -> bytes:
 
 def for_terminal(name: str) -> str:
     r"""One printable line: controls as \n, \t, \xNN; bad bytes as \xNN; backslash doubled."""
+    # Nearly every name needs no escape: every character below is printable.
+    if name.isprintable() and "\\" not in name:
+        return name
     out: list[str] = []
     for ch in name:
         code = ord(ch)

@@ -1,10 +1,15 @@
-"""kpeek oops [FILE|-]: read kernel crash reports (oops, BUG, WARNING, KASAN, hangs ...).
+"""kpeek oops [FILE...|-]: read kernel crash reports (oops, BUG, WARNING, KASAN, hangs ...).
 
 For each report in the log: a stable title (syzbot's conventions), its
 kind, the guilty function, the faulting address and what it suggests,
 taint flags explained, the call trace with unreliable frames marked, and
 the Code: bytes disassembled around the faulting instruction. Without FILE
 the live kernel log (/dev/kmsg) is read, without waiting for new messages.
+Several FILEs are read one after the other, each on its own (its own
+report numbers and line numbers) under a "==> FILE <==" heading; with
+--json, one document whose "files" list holds each file's document. A FILE
+that cannot be read is said on stderr, the others are still shown, and
+kpeek exits with 2.
 """
 
 from __future__ import annotations
@@ -12,33 +17,28 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
-
-from rich.rule import Rule
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from kpeek import jsonout
 from kpeek.commands.common import add_json, add_raw_pointers, raw_pointers_allowed
-from kpeek.errors import UsageError
-from kpeek.ids import show_pointer
-from kpeek.kernel.disasm import Listing, disassemble_around
-from kpeek.render import text as render
-from kpeek.reports import Report, read_kmsg
-from kpeek.reports.details import Details
-from kpeek.reports.kinds import KINDS
+from kpeek.errors import EXIT_USAGE, UsageError
+from kpeek.render import oops as view
+from kpeek.reports import read_kmsg
 from kpeek.reports.parse import ParseResult, parse_log
 from kpeek.reports.stream import open_log, parse_stream
 from kpeek.targets import core_path
+from kpeek.textsafe import for_terminal
 
-_DEFAULT_FRAMES = 40
+if TYPE_CHECKING:
+    from kpeek.reports import Report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("oops", help="read kernel crash reports from a log or the live kernel",
                        description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", nargs="?", metavar="FILE",
-                   help="log file (console capture, dmesg, journal); '-' for stdin;"
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="log files (console capture, dmesg, journal); '-' for stdin;"
                         " default: the live kernel log /dev/kmsg")
     p.add_argument("--summary", action="store_true",
                    help="only the table of reports, no details")
@@ -95,259 +95,95 @@ def dump_log(core: str, args: argparse.Namespace) -> tuple[str, str, bool]:
 def run(args: argparse.Namespace) -> int:
     raw = raw_pointers_allowed(args)
     core = core_path(args)
-    if core is not None and args.file is None:
-        log, source, live = dump_log(core, args)
-        parsed = parse_log(log)
-    else:
-        parsed, source, live = read_log(args.file)
+    files: list[str | None] = list(args.files) or [None]
+    if len(files) > 1 and args.report is not None:
+        raise UsageError("--report N picks a report of one log; give one FILE")
+    if len(files) > 1 and files.count("-") > 0:
+        raise UsageError("'-' (stdin) cannot be read along with other files")
+    if len(files) == 1:
+        file = files[0]
+        if core is not None and file is None:
+            log, source, live = dump_log(core, args)
+            parsed = parse_log(log)
+        else:
+            parsed, source, live = read_log(file)
+        _show(args, parsed, source, live, raw)
+        return 0
+    # Several logs: each on its own, a bad one said on stderr and skipped.
+    failed = False
+    documents: list[dict[str, Any]] = []
+    out = view.Lines(sys.stdout)
+    for i, file in enumerate(files):
+        try:
+            parsed, source, live = read_log(file)
+        except UsageError as e:
+            out.flush()
+            sys.stdout.flush()
+            print(f"kpeek: {e}", file=sys.stderr)
+            failed = True
+            continue
+        if args.json:
+            documents.append(_document(args, parsed, source, raw or not live))
+            continue
+        if i:
+            out.add()
+        out.add(f"==> {source} <==", "bold")
+        _text(args, out, parsed, source, raw or not live)
+        out.flush()
+    if args.json:
+        jsonout.emit("oops", {"count": sum(d["count"] for d in documents),
+                              "files": documents})
+    return EXIT_USAGE if failed else 0
+
+
+def _chosen(args: argparse.Namespace, parsed: ParseResult) -> list[tuple[int, Report]]:
     reports = parsed.reports
-    if args.report is not None:
-        if not 1 <= args.report <= len(reports):
-            raise UsageError(f"--report {args.report}: the log has {len(reports)} report(s)")
-        chosen = [(args.report, reports[args.report - 1])]
-    else:
-        chosen = list(enumerate(reports, 1))
+    if args.report is None:
+        return list(enumerate(reports, 1))
+    if not 1 <= args.report <= len(reports):
+        raise UsageError(f"--report {args.report}: the log has {len(reports)} report(s)")
+    return [(args.report, reports[args.report - 1])]
+
+
+def _show(args: argparse.Namespace, parsed: ParseResult, source: str, live: bool,
+          raw: bool) -> None:
     # A log file is the user's own data; pointers from the live kernel are secrets.
     show_raw = raw or not live
     if args.json:
-        jsonout.emit("oops", {
-            "source": source,
-            "count": len(reports),
-            "truncated": parsed.truncated,
-            "reports": [report_json(r, n, show_raw) for n, r in chosen],
-        })
-        return 0
-    out = render.console()
+        jsonout.emit("oops", _document(args, parsed, source, show_raw))
+        return
+    out = view.Lines(sys.stdout)
+    _text(args, out, parsed, source, show_raw)
+    out.flush()
+
+
+def _document(args: argparse.Namespace, parsed: ParseResult, source: str,
+              show_raw: bool) -> dict[str, Any]:
+    return {
+        "source": source,
+        "count": len(parsed.reports),
+        "truncated": parsed.truncated,
+        "reports": [view.report_json(r, n, show_raw) for n, r in _chosen(args, parsed)],
+    }
+
+
+def _text(args: argparse.Namespace, out: view.Lines, parsed: ParseResult, source: str,
+          show_raw: bool) -> None:
+    reports = parsed.reports
+    chosen = _chosen(args, parsed)
     if parsed.truncated:
-        out.print(Text(f"note: {source} holds more than kpeek parses in one go; only the"
-                       f" first {len(reports)} report(s) are shown", style="yellow"))
+        out.add(for_terminal(f"note: {source} holds more than kpeek parses in one go; only"
+                             f" the first {len(reports)} report(s) are shown"), "yellow")
     if not reports:
-        out.print(f"no kernel report in {source} (no oops, BUG, WARNING, KASAN, hang, "
-                  "panic or lockdep report)")
-        return 0
+        out.add(for_terminal(f"no kernel report in {source} (no oops, BUG, WARNING, KASAN,"
+                             " hang, panic or lockdep report)"))
+        return
     if (len(reports) > 1 or args.summary) and args.report is None:
-        out.print(render.table(
-            ("#", "line", "kind", "title", "corrupted"),
-            ((n, r.start_line + 1, r.kind, render.name(r.title),
-              "yes" if r.corrupted else "") for n, r in chosen),
-            title=f"{len(reports)} reports in {source}",
-        ))
+        view.summary(out, chosen, len(reports), source)
         if args.summary:
-            return 0
-        out.print()
+            return
+        out.add()
     for i, (n, r) in enumerate(chosen):
         if i:
-            out.print(Rule())
-        print_report(out, r, n, show_raw, args.full)
-    return 0
-
-
-def _pointer(addr: int | None, d: Details, show_raw: bool) -> str | None:
-    if addr is None:
-        return None
-    # NULL-page, poison, non-canonical and user addresses reveal no kernel layout.
-    harmless = addr < 0x10000 or any(
-        k in note for note in d.address_notes
-        for k in ("POISON", "poison", "non-canonical", "user-space", "0xdead"))
-    return f"0x{addr:016x}" if show_raw or harmless else show_pointer(addr)
-
-
-def print_report(out, r: Report, number: int, show_raw: bool, full: bool) -> None:
-    """The detailed text view of one report."""
-    d = r.details
-    out.print(Text(f"[{number}] ", style="bold") + Text(render.name(r.title).plain,
-                                                           style="bold red"))
-    facts: list[tuple[str, Text | str]] = []
-    kind = r.kind + (f": {KINDS[r.kind]}" if r.kind in KINDS else "")
-    extra = ", ".join(x for x in (r.detector, r.access) if x)
-    facts.append(("kind", kind + (f" [{extra}]" if extra else "")))
-    facts.append(("guilty frame", r.guilty_frame
-                  or ("not found (report corrupted)" if r.corrupted else "none in the title")))
-    facts.append(("log lines", f"{r.start_line + 1}-{r.end_line + 1}"
-                  + ("" if r.context in ("", "console") else f" (caller {r.context})")))
-    if r.corrupted:
-        facts.append(("corrupted", Text(f"yes: {r.corrupted_reason}", style="yellow")))
-    for message in d.messages:
-        facts.append(("message", render.name(message)))
-    if d.pid is not None:
-        where = f" on CPU {d.cpu}" if d.cpu is not None else ""
-        facts.append(("task", render.name(f"{d.comm} (pid {d.pid}){where}")))
-    if d.blocked_seconds is not None:
-        facts.append(("blocked", f"for more than {d.blocked_seconds} s (in state D)"))
-    if d.kernel_release:
-        facts.append(("kernel", render.name(d.kernel_release)))
-    if d.tainted is not None:
-        if d.taint_flags:
-            facts.append(("tainted", "; ".join(f"{c}: {m}" for c, m in d.taint_flags)))
-        else:
-            facts.append(("tainted", "no" if not d.tainted else "yes (G: only GPL modules)"))
-    if d.ip:
-        facts.append(("faulting ip", render.name(d.ip) if not d.user_mode
-                      else render.name(f"{d.ip} (user space)")))
-    pointer = _pointer(d.fault_address, d, show_raw)
-    if pointer:
-        facts.append(("address", pointer))
-        for note in d.address_notes:
-            facts.append(("", Text(f"-> {note}", style="cyan")))
-    for note in d.register_notes:
-        facts.append(("register", Text(note, style="cyan")))
-    grid = render.table(("", ""), facts)
-    grid.show_header = False
-    out.print(grid)
-    _print_trace(out, r, full)
-    _print_code(out, d)
-    if full:
-        out.print(Text("report lines:", style="bold"))
-        for line in r.lines:
-            out.print(render.name("  " + line))
-
-
-def _print_trace(out, r: Report, full: bool) -> None:
-    trace = r.details.call_trace
-    if not trace:
-        return
-    out.print(Text("call trace", style="bold") + Text("  ('?' = unreliable: a stale return"
-                                                     " address found on the stack)", style="dim"))
-    section = None
-    shown = trace if full else trace[:_DEFAULT_FRAMES]
-    for f in shown:
-        if f.section != section:
-            section = f.section
-            out.print(Text(f" {section}:", style="bold dim"))
-        name = f"{f.function}+{f.offset:#x}/{f.size:#x}"
-        if f.module:
-            name += f" [{f.module}]"
-        if f.source:
-            name += f" {f.source}"
-        guilty = r.guilty_frame is not None and f.function.split(".")[0].endswith(r.guilty_frame)
-        if not f.reliable:
-            out.print(Text("   ? ", style="dim") + Text(render.name(name).plain, style="dim"))
-        else:
-            out.print(Text("     ") + Text(render.name(name).plain,
-                                           style="bold" if guilty else ""))
-    if len(trace) > len(shown):
-        out.print(Text(f"   ... {len(trace) - len(shown)} more frames (--full shows all)",
-                       style="dim"))
-
-
-def code_listing(d: Details) -> Listing | None:
-    """The Code: bytes disassembled around the faulting instruction, if possible."""
-    if d.code is None:
-        return None
-    # With the faulting ip as func+off/size, place the bytes inside the
-    # function so branch targets within it can be named.
-    base, symbolize = 0, None
-    func, off, size = _ip_parts(d)
-    if func is not None and off >= d.code.fault_offset:
-        base = off - d.code.fault_offset
-
-        def symbolize(addr: int) -> str | None:
-            return f"{func}+{addr:#x}" if 0 <= addr < size else None
-    try:
-        return disassemble_around(d.code.data, d.code.fault_offset, d.code.arch,
-                                  address=base, symbolize=symbolize)
-    except ValueError:
-        return None
-
-
-def _ip_parts(d: Details) -> tuple[str | None, int, int]:
-    """(function, offset, size) of the faulting ip ``func+0xoff/0xsize``."""
-    if not d.ip or "+0x" not in d.ip:
-        return None, 0, 0
-    func, _, rest = d.ip.partition("+")
-    off, _, size = rest.partition("/")
-    try:
-        return func, int(off, 16), int(size, 16) if size else 0
-    except ValueError:
-        return None, 0, 0
-
-
-def _location(d: Details, rel: int) -> str:
-    """An instruction's place: ``func+0xoff`` when the faulting ip is known, else ``+0xrel``."""
-    func, off, _ = _ip_parts(d)
-    if func is None:
-        return f"{rel:+#x}"
-    off += rel
-    return f"{func}{'+' if off >= 0 else '-'}{abs(off):#x}"
-
-
-def _print_code(out, d: Details) -> None:
-    listing = code_listing(d)
-    if listing is None or d.code is None:
-        return
-    base = listing.instructions[listing.fault_index].address
-    out.print(Text("code", style="bold") + Text(f"  (Code: bytes decoded, {d.code.arch};"
-                                                " '<--' marks the faulting instruction)",
-                                                style="dim"))
-    insns = listing.instructions
-    # Bytes that do not decode at the very end are an instruction the dump cut off.
-    keep = len(insns)
-    while keep > listing.fault_index + 1 and not insns[keep - 1].valid:
-        keep -= 1
-    cut = sum(ins.size for ins in insns[keep:])
-    insns = insns[:keep]
-    width = max(len(_location(d, ins.address - base)) for ins in insns)
-    for i, ins in enumerate(insns):
-        rel = ins.address - base
-        mark = i == listing.fault_index
-        target = f"  <{ins.symbol}>" if ins.symbol else ""
-        line = f"   {_location(d, rel):>{width}}  {ins.raw.hex(' '):<24} {ins.text}{target}"
-        out.print(Text(line + ("   <-- fault" if mark else ""),
-                       style="bold red" if mark else ("dim" if not ins.valid else "")))
-    if cut:
-        out.print(Text(f"   ({cut} more byte(s): an instruction cut off by the dump)",
-                       style="dim"))
-
-
-def report_json(r: Report, number: int, show_raw: bool) -> dict[str, Any]:
-    """The JSON form of one report."""
-    d = r.details
-    listing = code_listing(d)
-    code = None
-    if d.code is not None:
-        fault_address = (listing.instructions[listing.fault_index].address
-                         if listing is not None else 0)
-        code = {
-            "arch": d.code.arch,
-            "bytes": d.code.data.hex(),
-            "fault_offset": d.code.fault_offset,
-            "instructions": [] if listing is None else [
-                {"offset": ins.address - fault_address,
-                 "location": _location(d, ins.address - fault_address),
-                 "target": ins.symbol,
-                 "bytes": ins.raw.hex(),
-                 "text": ins.text, "valid": ins.valid, "fault": i == listing.fault_index}
-                for i, ins in enumerate(listing.instructions)
-            ],
-        }
-    return {
-        "number": number,
-        "title": r.title,
-        "alt_titles": r.alt_titles,
-        "kind": r.kind,
-        "detector": r.detector,
-        "access": r.access,
-        "guilty_frame": r.guilty_frame,
-        "corrupted": r.corrupted,
-        "corrupted_reason": r.corrupted_reason or None,
-        "first_line": r.start_line + 1,
-        "last_line": r.end_line + 1,
-        "context": r.context or None,
-        "task": None if d.pid is None else {"pid": d.pid, "comm": d.comm, "cpu": d.cpu,
-                                            "blocked_seconds": d.blocked_seconds},
-        "kernel_release": d.kernel_release,
-        "tainted": d.tainted,
-        "taint_flags": [{"flag": c, "meaning": m} for c, m in d.taint_flags],
-        "ip": d.ip,
-        "user_mode": d.user_mode,
-        "fault_address": _pointer(d.fault_address, d, show_raw),
-        "address_notes": d.address_notes,
-        "register_notes": d.register_notes,
-        "messages": d.messages,
-        "call_trace": [
-            {"function": f.function, "offset": f.offset, "size": f.size, "module": f.module,
-             "reliable": f.reliable, "section": f.section, "source": f.source}
-            for f in d.call_trace
-        ],
-        "code": code,
-    }
+            out.rule()
+        view.report(out, r, n, show_raw, args.full)

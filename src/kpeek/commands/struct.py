@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
-from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import UsageError
-from kpeek.kernel.address import parse_address
-from kpeek.kernel.btf import Btf, Kind, Type, UnknownType
-from kpeek.kernel.objects import Object, is_text_element
-from kpeek.kernel.symbols import Kallsyms
-from kpeek.targets import open_kernel, open_types
+from kpeek.kernel.btf import Btf, Kind, Type, UnknownType, load_vmlinux_btf
 from kpeek.textsafe import for_terminal
+
+TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
+if TYPE_CHECKING:
+    from typing import Any
+
+    from kpeek.kernel.objects import Object
+    from kpeek.kernel.symbols import Kallsyms
+
+# A layout needs only the BTF: the kernel layer (objects, symbols, the
+# memory reader) and the JSON encoder load when an address or --json asks.
 
 ARRAY_SHOW_MAX = 64  # elements of a scalar array shown in text output
 
@@ -65,7 +69,13 @@ def lookup_type(name: str, btf: Btf) -> Type:
 
 def run(args: argparse.Namespace) -> int:
     name, members = split_type_spec(args.type)
-    t = lookup_type(name, open_types(args))
+    if getattr(args, "core", None) is None:
+        types = load_vmlinux_btf()
+    else:
+        from kpeek.targets import open_types
+
+        types = open_types(args)
+    t = lookup_type(name, types)
     for m in members:  # unknown members are reported before any read
         if t.resolve().kind not in (Kind.STRUCT, Kind.UNION):
             raise UsageError(f"{t.c_name} is not a struct or union; it has no members")
@@ -74,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         if members:
             return show_member_layout(t, members, args.json)
         return show_layout(t, args.json)
+    from kpeek.kernel.address import parse_address
+    from kpeek.targets import open_kernel
+
     kernel = open_kernel(args, "kpeek struct TYPE ADDR")
     address = parse_address(args.address, kernel.symbols)
     align = alignment(t)
@@ -257,6 +270,8 @@ def _with_comment(code: str, where: str) -> str:
 def show_layout(t: Type, as_json: bool) -> int:
     doc = layout(t)
     if as_json:
+        from kpeek import jsonout
+
         jsonout.emit("struct-layout", doc)
         return 0
     sys.stdout.write("\n".join(layout_text(doc)) + "\n")
@@ -274,6 +289,8 @@ def show_member_layout(t: Type, members: list[str], as_json: bool) -> int:
             row |= {"bit_offset": bit % 8, "bitfield_size": m.bitfield_size}
         rows.append(row)
     if as_json:
+        from kpeek import jsonout
+
         jsonout.emit("struct-layout", {"type": r.c_name, "size": r.size, "members": rows})
         return 0
     for row in rows:
@@ -289,6 +306,9 @@ def show_member_layout(t: Type, members: list[str], as_json: bool) -> int:
 def json_value(obj: Object) -> Any:
     """An object's value for JSON: pointers as "0x..." strings, enums by name,
     char arrays as strings, structs as dicts (anonymous members merged)."""
+    from kpeek.kernel.objects import is_text_element
+
+
     r = obj.type.resolve()
     k = r.kind
     if k == Kind.PTR:
@@ -313,6 +333,9 @@ def json_value(obj: Object) -> Any:
 def scalar_text(obj: Object, symbols: Kallsyms | None) -> str:
     """One scalar as crash prints it: ints decimal, pointers hex (functions
     symbolized), enums by name, bools true/false, chars as 'c' too."""
+    from kpeek.kernel.objects import is_text_element
+
+
     r = obj.type.resolve()
     k = r.kind
     if k == Kind.PTR:
@@ -335,6 +358,9 @@ def scalar_text(obj: Object, symbols: Kallsyms | None) -> str:
 
 def value_lines(obj: Object, name: str, depth: int, symbols: Kallsyms | None) -> list[str]:
     """Text lines for ``name = value`` (nested structs and arrays indented)."""
+    from kpeek.kernel.objects import is_text_element
+
+
     pad = "  " * depth
     lead = f"{pad}{name} = " if name else pad
     r = obj.type.resolve()
@@ -364,6 +390,8 @@ def value_lines(obj: Object, name: str, depth: int, symbols: Kallsyms | None) ->
 
 def show_values(obj: Object, members: list[str], symbols: Kallsyms | None, as_json: bool) -> int:
     if as_json:
+        from kpeek import jsonout
+
         values = {m: json_value(obj.member(m)) for m in members} if members else json_value(obj)
         jsonout.emit("struct-value", {
             "type": obj.type.c_name, "address": f"0x{obj.address:x}", "value": values})

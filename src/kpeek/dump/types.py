@@ -5,7 +5,7 @@ built without CONFIG_DEBUG_INFO_BTF needs ``--vmlinux`` (kpeek.dump.vmlinux)."""
 from __future__ import annotations
 
 from kpeek.errors import NotSupported, UsageError
-from kpeek.kernel.btf import Btf, BtfError, parse_btf_cached
+from kpeek.kernel.btf import Btf, BtfError
 from kpeek.kernel.memory import KernelMemory, MemoryReadError
 from kpeek.kernel.symbols import Kallsyms
 
@@ -19,7 +19,7 @@ def btf_from_memory(memory: KernelMemory, symbols: Kallsyms, origin: str) -> Btf
             f"{origin}: the kernel has no BTF (built without CONFIG_DEBUG_INFO_BTF): "
             "give a vmlinux with BTF for this exact build with --vmlinux")
     try:
-        return parse_btf_cached(memory.read(start, stop - start))
+        return Btf.from_bytes(memory.read(start, stop - start))
     except MemoryReadError as e:
         raise UsageError(f"{origin}: the kernel's BTF is not in the dump ({e})") from None
     except BtfError as e:

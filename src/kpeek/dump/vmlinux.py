@@ -8,7 +8,7 @@ import struct
 from array import array
 
 from kpeek.errors import NotSupported, UsageError
-from kpeek.kernel.btf import Btf, BtfError, parse_btf_cached
+from kpeek.kernel.btf import Btf, BtfError
 from kpeek.kernel.symbols import Kallsyms
 
 MAX_SECTION = 1 << 30
@@ -60,7 +60,7 @@ def vmlinux_btf(path: str) -> Btf:
         raise NotSupported(f"{path}: this vmlinux has no .BTF section (kpeek reads BTF, not "
                            "DWARF); add one with pahole -J")
     try:
-        return parse_btf_cached(data)
+        return Btf.from_bytes(data)
     except BtfError as e:
         raise UsageError(f"{path}: the vmlinux's .BTF is damaged ({e})") from None
 

@@ -11,6 +11,7 @@ its first 64 KiB; an endless stream stops at MAX_INPUT.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from typing import BinaryIO
 
@@ -31,6 +32,11 @@ _TAIL_BYTES = 8 << 20  # ... but never more than this carried over
 _PREFIX = 12  # lines before a window's scan start, for a report's prefix
 
 
+# Control characters no log holds (tab, line ends, escape and backspace do),
+# and bytes that were not UTF-8 (decoded as surrogate escapes).
+_BINARY_CHAR = re.compile("[\x00-\x07\x0b\x0c\x0e-\x1a\x1c-\x1f\udc80-\udcff]")
+
+
 class NotALog(UsageError):
     """The input is binary data, not a kernel log."""
 
@@ -42,8 +48,7 @@ def looks_binary(head: bytes) -> bool:
     if not head:
         return False
     text = head.decode("utf-8", "surrogateescape")
-    bad = sum(1 for c in text
-              if (c < " " and c not in "\t\n\r\x1b\x08") or "\udc80" <= c <= "\udcff")
+    bad = len(_BINARY_CHAR.findall(text))
     return bad > 0.3 * len(text)
 
 
@@ -95,19 +100,20 @@ def parse_stream(f: BinaryIO, name: str, *, max_reports: int = MAX_REPORTS,
     carry = b""  # the lines carried over from the last window
     start = 0  # where in the window to look for reports (before: prefix lines only)
     line_base = 0  # input line number of the window's first line
-    total = 0
-    first = True
+    data = _read(f, chunk, name)
+    total = len(data)
+    if looks_binary(data[:_SNIFF]):
+        raise NotALog(f"{name} is not a kernel log (binary data); give a console log, "
+                      "dmesg or journalctl -k output")
     while True:
-        data = _read(f, chunk, name)
-        total += len(data)
-        if first and looks_binary(data[:_SNIFF]):
-            raise NotALog(f"{name} is not a kernel log (binary data); give a console log, "
-                          "dmesg or journalctl -k output")
-        first = False
+        # One chunk read ahead: a window that is the log's last is parsed once,
+        # as the end (a log shorter than a chunk was parsed twice).
+        ahead = _read(f, chunk, name) if data else b""
+        total += len(ahead)
         if total > max_input:
             raise UsageError(f"{name} is larger than {max_input >> 20} MiB; "
                              "cut out the part with the report")
-        at_end = not data
+        at_end = not ahead
         window, rest = carry + data, b""
         if not at_end:
             cut = window.rfind(b"\n") + 1
@@ -136,6 +142,7 @@ def parse_stream(f: BinaryIO, name: str, *, max_reports: int = MAX_REPORTS,
         carry = text[offset:].encode("utf-8", "surrogateescape") + rest
         start = resume - offset
         line_base += keep_from
+        data = ahead
     drop_truncated_repeat(reports)
     return ParseResult(reports, truncated)
 
