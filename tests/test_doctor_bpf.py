@@ -296,3 +296,24 @@ def test_socket_peer_in_another_network_namespace(procs, shape):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                     os.kill(pid, signal.SIGCONT)
+
+
+def test_lock_offsets_relocated_by_libbpf_are_btfs():
+    """kernlocks reads locks at offsets from CO-RE relocations (no BTF parsed
+    in Python): each is the offset the kernel's BTF gives, or absent with it."""
+    require("root", "bpf")
+    from kpeek.kernel.btf import load_vmlinux_btf
+    from kpeek.sources.bpf.lock_layout import LOCK_LAYOUT, lock_layout
+
+    layout, btf = lock_layout(), load_vmlinux_btf()
+    for name, path in LOCK_LAYOUT:
+        try:
+            want = btf.lookup(name).offsetof(path)
+        except Exception:
+            want = None
+        try:
+            got = layout.lookup(name).offsetof(path)
+        except KeyError:
+            got = None
+        assert got == want, (name, path, got, want)
+    assert layout.lookup("struct mutex").offsetof("wait_list") is not None

@@ -304,13 +304,14 @@ def kernel_lock_edges(graph: WaitGraph, kernel: Kernel | None = None) -> None:
 
 def _live_reader(graph: WaitGraph, sleepers: int) -> LockReader | None:
     try:
+        from kpeek.sources.bpf.lock_layout import lock_layout
+        from kpeek.sources.bpf.reader import BpfKernelMemory
         from kpeek.sources.bpf.tasks import task_addresses
-        from kpeek.targets.live import open_live
 
         if os.geteuid() != 0:
             raise PermissionError("not root")
-        kernel = open_live(symbols=False)
-        return LockReader(kernel.memory, kernel.types, task_addresses())
+        # The offsets from CO-RE (no BTF parsed in Python), memory via the BPF reader.
+        return LockReader(BpfKernelMemory(), lock_layout(), task_addresses())
     except Exception as e:  # any failure to load BPF: say what is unseen, go on
         graph.notes.append(
             f"kernel memory not readable ({e}): the kernel locks (mutex, rwsem, semaphore) "

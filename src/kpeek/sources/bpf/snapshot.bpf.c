@@ -464,3 +464,56 @@ int snapshot_files(struct bpf_iter__task_file *ctx)
 		bpf_seq_write(seq, buf, rec.path_len & (PATH_BUF - 1));
 	return 0;
 }
+
+/* 6.16+ with CONFIG_DETECT_HUNG_TASK_BLOCKER: who took a semaphore last. */
+struct semaphore___last {
+	unsigned long last_holder;
+} __attribute__((preserve_access_index));
+
+#define NO_FIELD 0xffffffffu
+#define FIELD_AT(type, field) bpf_core_field_offset(type, field)
+#define FIELD_IF(var, field) (bpf_core_field_exists(var->field) ? \
+			      (__u32)bpf_core_field_offset(var->field) : NO_FIELD)
+
+/* The offsets the doctor reads sleeping locks at (kernlocks.py), in the
+ * order of LOCK_LAYOUT in sources/bpf/layout.py: relocated by libbpf for the
+ * running kernel when this object loads, so no BTF is parsed in Python. */
+struct kpeek_lock_layout {
+	__u32 off[22];
+};
+
+SEC("iter/task")
+int lock_layout(struct bpf_iter__task *ctx)
+{
+	struct task_struct___blocker *tb = NULL;
+	struct semaphore___last *sl = NULL;
+	struct task_struct *t = NULL;
+	struct kpeek_lock_layout rec = {};
+
+	if (!ctx->task || ctx->meta->seq_num)
+		return 0; /* one record per run */
+	rec.off[0] = FIELD_AT(struct task_struct, stack);
+	rec.off[1] = FIELD_IF(tb, blocker);
+	rec.off[2] = FIELD_IF(t, thread.sp);
+	rec.off[3] = FIELD_AT(struct mutex, wait_list);
+	rec.off[4] = FIELD_AT(struct rw_semaphore, wait_list);
+	rec.off[5] = FIELD_AT(struct semaphore, wait_list);
+	rec.off[6] = FIELD_AT(struct mutex_waiter, list);
+	rec.off[7] = FIELD_AT(struct mutex_waiter, task);
+	rec.off[8] = FIELD_AT(struct rwsem_waiter, list);
+	rec.off[9] = FIELD_AT(struct rwsem_waiter, task);
+	rec.off[10] = FIELD_AT(struct rwsem_waiter, timeout);
+	rec.off[11] = FIELD_AT(struct semaphore_waiter, list);
+	rec.off[12] = FIELD_AT(struct semaphore_waiter, task);
+	rec.off[13] = FIELD_AT(struct rw_semaphore, owner);
+	rec.off[14] = FIELD_AT(struct rw_semaphore, count);
+	rec.off[15] = FIELD_AT(struct mutex, owner);
+	rec.off[16] = FIELD_AT(struct semaphore, count);
+	rec.off[17] = FIELD_IF(sl, last_holder);
+	rec.off[18] = FIELD_AT(struct inode, i_rwsem);
+	rec.off[19] = FIELD_AT(struct inode, i_ino);
+	rec.off[20] = FIELD_AT(struct inode, i_sb);
+	rec.off[21] = FIELD_AT(struct super_block, s_dev);
+	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+	return 0;
+}

@@ -46,6 +46,8 @@ _NSEC_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 def _run_tasks() -> tuple[list[tuple], dict[int, tuple[str, ...]]]:
     """Task records, and the kernel stack text of each tid that has one."""
+    if len(_comms) > 1 << 16:  # a long-lived process (kpeek serve) sees many names
+        _comms.clear()
     out = bpf_iterator("snapshot", "snapshot_tasks").run()
     records: list[tuple] = []
     stack_of: dict[int, tuple[str, ...]] = {}
@@ -63,6 +65,11 @@ def _run_tasks() -> tuple[list[tuple], dict[int, tuple[str, ...]]]:
     return records, stack_of
 
 
+_letters: dict[tuple[int, int], str] = {}
+_wchans: dict[bytes, str] = {}
+_comms: dict[bytes, str] = {}
+
+
 def _task(rec: tuple, stack: tuple[str, ...] | None, stacks: bool, all_ns: bool) -> Task:
     address, blocker, start_boottime, pid, tgid, ppid, pgid, sid = rec[:8]
     ns_pid, ns_tgid, ns_ppid, ns_pgid, ns_sid, pidns, state, exit_state, uid = rec[8:17]
@@ -71,11 +78,18 @@ def _task(rec: tuple, stack: tuple[str, ...] | None, stacks: bool, all_ns: bool)
     nr, args, exec_start, cpu, tracer, has_syscall, has_cpu = (
         rec[27], rec[28:34], rec[34], rec[35], rec[36], rec[37], rec[38])  # fmt: skip
     comm, wchan_raw, has_stack = rec[39], rec[40], rec[42]
-    letter = state_letter(state, exit_state)
+    # Thousands of tasks share a few states, wait channels and names: each
+    # is decoded once per run.
+    letter = _letters.get((state, exit_state))
+    if letter is None:
+        letter = _letters[state, exit_state] = state_letter(state, exit_state)
     if has_stack:
-        wchan = wchan_raw.split(b"\0", 1)[0].decode("ascii", "replace")
-        if wchan.startswith("0x"):  # no symbol there: /proc/PID/wchan says "0"
-            wchan = ""
+        wchan = _wchans.get(wchan_raw)
+        if wchan is None:
+            wchan = wchan_raw.split(b"\0", 1)[0].decode("ascii", "replace")
+            if wchan.startswith("0x"):  # no symbol there: /proc/PID/wchan says "0"
+                wchan = ""
+            _wchans[wchan_raw] = wchan
     else:  # the kernel lacks the helpers (bpf_loop): ask /proc, as procfs does
         wchan, stack = _proc_wchan_stack(tgid, pid, stacks)
     namespaces: tuple[Namespace, ...] = ()
@@ -88,7 +102,7 @@ def _task(rec: tuple, stack: tuple[str, ...] | None, stacks: bool, all_ns: bool)
         ppid=ppid,
         pgid=pgid,
         sid=sid,
-        comm=decode(comm.split(b"\0", 1)[0]),
+        comm=_comms.get(comm) or _comms.setdefault(comm, decode(comm.split(b"\0", 1)[0])),
         state=letter,
         pidns=pidns,
         ns_pid=ns_pid,

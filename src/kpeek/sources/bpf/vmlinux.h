@@ -140,6 +140,48 @@ struct pt_regs {
 	unsigned long orig_ax;
 };
 
+struct list_head {
+	struct list_head *next, *prev;
+};
+
+/* Sleeping locks and their waiter records (kernel/locking/), for the
+ * offsets the doctor reads them at (see snapshot.bpf.c: lock_layout). */
+struct mutex {
+	atomic_long_t owner;
+	struct list_head wait_list;
+};
+
+struct rw_semaphore {
+	atomic_long_t count;
+	atomic_long_t owner;
+	struct list_head wait_list;
+};
+
+struct semaphore {
+	unsigned int count;
+	struct list_head wait_list;
+};
+
+struct mutex_waiter {
+	struct list_head list;
+	struct task_struct *task;
+};
+
+struct rwsem_waiter {
+	struct list_head list;
+	struct task_struct *task;
+	unsigned long timeout;
+};
+
+struct semaphore_waiter {
+	struct list_head list;
+	struct task_struct *task;
+};
+
+struct thread_struct {
+	unsigned long sp; /* x86-64 */
+};
+
 struct fdtable {
 	unsigned long *close_on_exec;
 };
@@ -168,6 +210,7 @@ struct task_struct {
 	struct files_struct *files;
 	struct nsproxy *nsproxy;
 	struct signal_struct *signal;
+	struct thread_struct thread;
 };
 
 struct super_block {
@@ -175,6 +218,7 @@ struct super_block {
 };
 
 struct inode {
+	struct rw_semaphore i_rwsem;
 	umode_t i_mode;
 	struct super_block *i_sb;
 	unsigned long i_ino;
