@@ -19,14 +19,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from kpeek import jsonout
 from kpeek.commands.common import add_json, add_raw_pointers, raw_pointers_allowed
 from kpeek.errors import EXIT_USAGE, UsageError
 from kpeek.render import oops as view
 from kpeek.reports import read_kmsg
 from kpeek.reports.parse import ParseResult, parse_log
 from kpeek.reports.stream import open_log, parse_stream
-from kpeek.targets import core_path
 from kpeek.textsafe import for_terminal
 
 if TYPE_CHECKING:
@@ -94,7 +92,7 @@ def dump_log(core: str, args: argparse.Namespace) -> tuple[str, str, bool]:
 
 def run(args: argparse.Namespace) -> int:
     raw = raw_pointers_allowed(args)
-    core = core_path(args)
+    core = getattr(args, "core", None)  # a dump given with -c
     files: list[str | None] = list(args.files) or [None]
     if len(files) > 1 and args.report is not None:
         raise UsageError("--report N picks a report of one log; give one FILE")
@@ -131,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         _text(args, out, parsed, source, raw or not live)
         out.flush()
     if args.json:
+        from kpeek import jsonout
+
         jsonout.emit("oops", {"count": sum(d["count"] for d in documents),
                               "files": documents})
     return EXIT_USAGE if failed else 0
@@ -150,6 +150,8 @@ def _show(args: argparse.Namespace, parsed: ParseResult, source: str, live: bool
     # A log file is the user's own data; pointers from the live kernel are secrets.
     show_raw = raw or not live
     if args.json:
+        from kpeek import jsonout
+
         jsonout.emit("oops", _document(args, parsed, source, show_raw))
         return
     out = view.Lines(sys.stdout)

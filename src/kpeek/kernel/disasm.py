@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import capstone
 
@@ -35,7 +36,9 @@ class Instruction:
         return f"{self.mnemonic} {self.operands}".strip()
 
 
+@cache
 def _engine(arch: str) -> capstone.Cs:
+    # One engine per architecture: making one costs more than decoding a Code: line.
     if arch == "x86_64":
         return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     if arch == "arm64":

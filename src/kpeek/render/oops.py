@@ -13,7 +13,6 @@ import shutil
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from kpeek.ids import show_pointer
 from kpeek.render.plain import cell_width
 from kpeek.reports.kinds import KINDS
 from kpeek.textsafe import for_terminal
@@ -80,7 +79,11 @@ def pointer(addr: int | None, d: Details, show_raw: bool) -> str | None:
     harmless = addr < 0x10000 or any(
         k in note for note in d.address_notes
         for k in ("POISON", "poison", "non-canonical", "user-space", "0xdead"))
-    return f"0x{addr:016x}" if show_raw or harmless else show_pointer(addr)
+    if show_raw or harmless:
+        return f"0x{addr:016x}"
+    from kpeek.ids import show_pointer  # hashing loads only for live-kernel pointers
+
+    return show_pointer(addr)
 
 
 def summary(out: Lines, reports: Sequence[tuple[int, Report]], total: int, source: str) -> None:

@@ -255,6 +255,8 @@ def demangle(name: str, *, params: bool = True) -> str:
     are kept in front of its demangled form. ``params`` False leaves a C++
     name's parameter list out (titles name functions, not overloads).
     """
+    if not name.startswith("_"):  # nearly every kernel function: C, not mangled
+        return name
     for prefix in ("", "__cfi_", "__pfx_"):
         if name.startswith(prefix + "_R"):
             plain = demangle_rust(name[len(prefix):])

@@ -63,10 +63,22 @@ _EXPLANATIONS = re.compile(
     r"|kernel BUG at \S+"
     r"|.*Kernel stack is corrupted in: .*"
     r"|#PF: .*)$")
+# How one of those lines starts, or words it holds: most lines skip the
+# regex's ".*" tries.
+_EXPLANATION_STARTS = ("refcount_t: ", "list_", "kernel BUG at ", "#PF: ")
+
+
+def _explains(text: str) -> bool:
+    return ((text.startswith(_EXPLANATION_STARTS) or "detected" in text
+             or "Kernel stack is corrupted in: " in text)
+            and _EXPLANATIONS.match(text) is not None)
+
+
 # "list_del corruption, ffff...->next is LIST_POISON1 (dead000000000100)"
 _LIST_POISON_ADDRESS = re.compile(r"is LIST_POISON[12] \((?:0x)?([0-9a-f]{16})\)")
 # CR2/FAR are not used: outside a page fault they hold some older fault's address.
-_MAY_HAVE_ADDRESS = re.compile(r"ddr|ddress|request|kfence|range \[")
+def _may_have_address(text: str) -> bool:
+    return "ddr" in text or "request" in text or "kfence" in text or "range [" in text
 _NOT_FRAMES = ("RIP:", "IP:", "pc :", "lr :", "PC is at", "LR is at")
 
 _REGISTERS = re.compile(r"\b(R[A-Z0-9]{1,2}|x\d{1,2}|lr|sp)\s?: ?(?:0x)?([0-9a-f]{16})\b")
@@ -151,7 +163,9 @@ _SECTION = re.compile(
 _MARKER = re.compile(r"^\s*(</?(?:IRQ|TASK|NMI|EOI|SOFTIRQ)>)\s*$")
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass's __init__ costs 2.5x (a log has thousands
+# of frames); hashable all the same, and never changed after parsing.
+@dataclass(slots=True, unsafe_hash=True)
 class Frame:
     """One call-trace entry. ``reliable`` is False for '?' frames (stale stack words)."""
 
@@ -212,14 +226,14 @@ def extract_details(lines: list[ConsoleLine], prefix: list[str] = ()) -> Details
             m = _LIST_POISON_ADDRESS.search(text)
             if m:
                 d.fault_address = int(m.group(1), 16)
-        if _EXPLANATIONS.match(text.strip()):
+        if _explains(text.strip()):
             d.messages.append(text.strip()[:200])
     section = "Call Trace"
     prev_text = ""
     for line in lines:
         text = line.text
         stripped = text.strip()
-        if d.fault_address is None and _MAY_HAVE_ADDRESS.search(text):
+        if d.fault_address is None and _may_have_address(text):
             for pattern in _ADDRESS_PATTERNS:
                 m = pattern.search(stripped)
                 if m:
@@ -229,7 +243,7 @@ def extract_details(lines: list[ConsoleLine], prefix: list[str] = ()) -> Details
             m = _LIST_POISON_ADDRESS.search(text)
             if m:
                 d.fault_address = int(m.group(1), 16)
-        if len(d.messages) < 6 and _EXPLANATIONS.match(stripped):
+        if len(d.messages) < 6 and _explains(stripped):
             d.messages.append(stripped[:200])
         if d.pid is None and "INFO: task " in text:
             m = _HUNG_TASK.search(text)
