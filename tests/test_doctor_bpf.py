@@ -40,7 +40,7 @@ def procs():
 def both(*pids: int):
     """(diagnosis on the BPF snapshot, diagnosis on the /proc snapshot) of
     these processes, taken one right after the other."""
-    b = bpf.take_snapshot(pids, stacks=True)
+    b = bpf.take_snapshot(pids, stacks=bpf.BLOCKED)  # as the doctor takes it
     p = procfs.take_snapshot(pids, stacks=True)
     assert b.source == "bpf" and p.source == "procfs"
     return (diagnose(b, kernel_log=False), diagnose(p, kernel_log=False))

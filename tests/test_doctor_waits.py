@@ -485,8 +485,11 @@ int main(void) {
 
 
 @pytest.mark.timeout(90)
-def test_parent_in_vfork_waits_on_its_stopped_child(procs, tmp_path):
-    require("root")
+@pytest.mark.parametrize("source", ["procfs", "bpf"])
+def test_parent_in_vfork_waits_on_its_stopped_child(procs, tmp_path, source):
+    """Also on the BPF snapshot as doctor takes it: kernel stacks only of
+    tasks in D state (the vfork parent), wait channels of all."""
+    require("root", *(("bpf",) if source == "bpf" else ()))
     cc = next((c for c in ("cc", "gcc", "clang") if subprocess.run(
         ["which", c], capture_output=True).returncode == 0), None)
     if cc is None:
@@ -506,7 +509,15 @@ def test_parent_in_vfork_waits_on_its_stopped_child(procs, tmp_path):
     wait_for(child_stopped, 15, "the vfork child to stop")
     child = children[0]
     try:
-        diag = doctor(parent.pid, child)
+        if source == "bpf":
+            from kpeek.sources.bpf import snapshot as bpf
+
+            snap = bpf.take_snapshot([parent.pid, child], stacks=bpf.BLOCKED)
+            assert snap.task(parent.pid).state == "D" and snap.task(parent.pid).kernel_stack
+            assert snap.task(child).state == "T" and snap.task(child).kernel_stack is None
+            diag = diagnose(snap, kernel_log=False)
+        else:
+            diag = doctor(parent.pid, child)
         [h] = [h for h in diag.hung if h.task.pid == parent.pid]
         assert (h.chain[0].kind, h.chain[0].holder, h.chain[0].certain) == (
             "vfork", f"proc:{child}", True)

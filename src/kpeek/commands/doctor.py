@@ -97,7 +97,9 @@ def live_snapshot(source: str) -> Snapshot:
     from kpeek.sources.bpf import snapshot as bpf
 
     try:
-        return bpf.take_snapshot(stacks=True)
+        # The waits of tasks in S state are told by their wait channels and
+        # system calls; only D-state sleeps need the whole stack.
+        return bpf.take_snapshot(stacks=bpf.BLOCKED)
     except (KpeekError, OSError) as e:
         if source == "bpf":
             raise

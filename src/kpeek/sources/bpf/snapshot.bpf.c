@@ -29,7 +29,7 @@ char LICENSE[] SEC("license") = "GPL";
 struct kpeek_snapshot_args {
 	__u32 filter_tgids; /* only tasks whose tgid is in `wanted` */
 	__u32 leaders_only; /* skip threads (pid != tgid) */
-	__u32 stacks;       /* collect kernel stacks */
+	__u32 stacks;       /* collect kernel stacks: 1 all, 2 only of tasks in D state */
 	__u32 paths;        /* resolve paths with bpf_d_path */
 	__u32 generation;   /* differs for every run: marks files already seen */
 	__u32 pad;
@@ -252,6 +252,9 @@ static __always_inline int collect_stack(struct task_struct *task, struct kpeek_
 }
 
 #define PF_KTHREAD 0x00200000
+#define STACKS_OF_BLOCKED 2
+#define TASK_UNINTERRUPTIBLE 0x0002
+#define BLOCKED_MASK 0x0402 /* TASK_UNINTERRUPTIBLE | TASK_NOLOAD: an idle kthread is not D */
 
 /* What /proc/PID/syscall and the sched and status files tell of a task:
  * the system call it sleeps in with its arguments (x86-64: orig_ax, then
@@ -375,7 +378,9 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 	rec.ns_user = BPF_CORE_READ(task, real_cred, user_ns, ns.inum);
 
 	syscall_and_sched(task, &rec);
-	rec.stack_bytes = collect_stack(task, &rec, snap_args.stacks, &buf);
+	rec.stack_bytes = collect_stack(task, &rec, snap_args.stacks == STACKS_OF_BLOCKED ?
+					(rec.state & BLOCKED_MASK) == TASK_UNINTERRUPTIBLE :
+					snap_args.stacks != 0, &buf);
 	bpf_seq_write(seq, &rec, sizeof(rec));
 	if (buf && rec.stack_bytes > 0)
 		bpf_seq_write(seq, buf + TEXT_AT, rec.stack_bytes & (TEXT_MAX - 1));

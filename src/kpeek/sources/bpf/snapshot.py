@@ -40,6 +40,7 @@ _ARGS = struct.Struct("<6I")
 _generation = itertools.count(1)
 _run_lock = threading.Lock()
 
+BLOCKED = "blocked"  # stacks=BLOCKED: kernel stacks of tasks in D state only
 _NS_KINDS = ("mnt", "net", "ipc", "uts", "user", "cgroup", "time")  # after pid, as in /proc
 _NSEC_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
@@ -70,7 +71,7 @@ _wchans: dict[bytes, str] = {}
 _comms: dict[bytes, str] = {}
 
 
-def _task(rec: tuple, stack: tuple[str, ...] | None, stacks: bool, all_ns: bool) -> Task:
+def _task(rec: tuple, stack: tuple[str, ...] | None, stacks: bool | str, all_ns: bool) -> Task:
     address, blocker, start_boottime, pid, tgid, ppid, pgid, sid = rec[:8]
     ns_pid, ns_tgid, ns_ppid, ns_pgid, ns_sid, pidns, state, exit_state, uid = rec[8:17]
     ns_inums = rec[19:26]
@@ -114,7 +115,7 @@ def _task(rec: tuple, stack: tuple[str, ...] | None, stacks: bool, all_ns: bool)
         wchan=wchan or None,
         start_time=start_boottime // _NSEC_PER_TICK,
         namespaces=namespaces,
-        kernel_stack=(stack or ()) if stacks else None,
+        kernel_stack=(stack or ()) if stacks is True or (stacks and letter == "D") else None,
         blocker=blocker if has_blocker else None,
         address=address,
         # A kernel without bpf_task_pt_regs: None, and the doctor asks /proc.
@@ -208,12 +209,13 @@ def _run_files(
     return fds, open_files, inodes, vanished, in_order
 
 
-def _set_filter(tgids: list[int] | None, threads: bool, stacks: bool) -> None:
+def _set_filter(tgids: list[int] | None, threads: bool, stacks: bool | str) -> None:
     obj = bpf_object("snapshot")
     for tgid in tgids or ():
         obj.update("wanted", tgid.to_bytes(4, "little"), b"\1")
     obj.set_globals(
-        _ARGS.pack(tgids is not None, not threads, stacks, True, next(_generation) & 0xFFFFFFFF, 0)
+        _ARGS.pack(tgids is not None, not threads, 2 if stacks == BLOCKED else bool(stacks), True,
+                   next(_generation) & 0xFFFFFFFF, 0)
     )
 
 
@@ -228,7 +230,7 @@ def take_snapshot(
     *,
     threads: bool = True,
     files: bool = True,
-    stacks: bool = False,
+    stacks: bool | str = False,
     all_namespaces: bool = False,
 ) -> Snapshot:
     """Tasks (and, with ``files``, descriptor tables) of ``pids`` or of all, via BPF.
@@ -239,7 +241,9 @@ def take_snapshot(
     procfs. Tasks that exit during the walk are simply absent; processes the
     iterators do not visit are read from /proc (see hidden.py) and named in
     the notes. Stacks and wchan are
-    formatted by the kernel itself (%pB, %ps), exactly as /proc prints them.
+    formatted by the kernel itself (%pB, %ps), exactly as /proc prints them;
+    ``stacks=BLOCKED`` formats only the stacks of tasks in D state (the
+    doctor's need: every other task's wait channel says enough).
     """
     tgids = sorted(set(pids)) if pids is not None else None
     if tgids is not None:
