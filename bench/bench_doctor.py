@@ -174,7 +174,7 @@ def main() -> int:
         time.sleep(1.0)  # the readers reach pipe_read, the sleepers nanosleep
 
         walked, t_walk, c_walk = timed(proc_walk)
-        snap, t_bpf, c_bpf = timed(lambda: bpf.take_snapshot(stacks=True))
+        snap, t_bpf, c_bpf = timed(lambda: bpf.take_snapshot(stacks=bpf.BLOCKED))
         psnap, t_proc, c_proc = timed(lambda: procfs.take_snapshot(stacks=True))
         diag, t_diag, c_diag = timed(lambda: diagnose(snap, kernel_log=False))
         found = [d for d in diag.deadlocks if {diag.tgid_of(n) for n in d.nodes} & chain_pids]
@@ -198,7 +198,7 @@ def main() -> int:
             ("pipe readers behind a stopped writer", f"{len(readers)}"),
             ("wait edges in graph", f"{len(diag.graph.edges)}"),
             ("plain /proc walk (peer)", per(t_walk, c_walk) + f", {walked} tasks"),
-            ("snapshot, bpf (stacks, syscalls)", per(t_bpf, c_bpf)),
+            ("snapshot, bpf (as doctor: D stacks, syscalls)", per(t_bpf, c_bpf)),
             ("snapshot, procfs (stacks)", per(t_proc, c_proc)),
             ("diagnosis of the bpf snapshot", per(t_diag, c_diag)),
             (f"kpeek doctor --json ({source}, best of {args.repeat})",
