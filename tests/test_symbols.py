@@ -88,3 +88,80 @@ def test_sym_falls_back_to_btf_variables(capsys):
     assert main(["sym", "kpeek_no_such_variable"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no kernel symbol of that name" in err
+
+
+def _aliased_groups() -> dict[int, list[tuple[str, str]]]:
+    """Addresses of the kernel image that several symbols share: (name, type
+    letter) in the order /proc/kallsyms lists them, the kernel's table order."""
+    groups: dict[int, list[tuple[str, str]]] = {}
+    with open("/proc/kallsyms") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3:
+                groups.setdefault(int(parts[0], 16), []).append((parts[2], parts[1]))
+    return {a: g for a, g in groups.items() if len(g) > 1}
+
+
+def test_every_shared_address_is_named_as_the_kernel_names_it(kallsyms):
+    """The kernel's lookup (get_symbol_pos) steps back to the lowest table index
+    with the address: the first listed, __pfx_ and section markers included."""
+    groups = _aliased_groups()
+    assert len(groups) > 20
+    wrong = [(hex(a), kallsyms.lookup(a).name, g[0][0]) for a, g in groups.items()
+             if kallsyms.lookup(a).name != g[0][0]]
+    assert wrong == []
+
+
+def test_vmlinux_symbols_are_put_in_the_kernels_table_order():
+    """A vmlinux's .symtab is in another order; kallsyms_tie_order sorts each
+    shared address's names as scripts/kallsyms did for this kernel's table."""
+    require("root")
+    from kpeek.kernel.symbols import kallsyms_tie_order
+
+    for address, group in _aliased_groups().items():
+        shuffled = random.Random(address).sample(group, len(group))
+        ordered = sorted(shuffled, key=lambda s: kallsyms_tie_order(s[0], s[1] in "wWvV"))
+        assert ordered == group, hex(address)
+
+
+def test_a_modules_first_symtab_entry_names_a_shared_address():
+    """A module's lookup (find_kallsyms_symbol) keeps the first symtab entry at
+    an address, skipping unnamed and mapping symbols; /proc/kallsyms lists a
+    module's symbols in that order."""
+    base = Kallsyms.from_text("ffffffff81000000 T _text\nffffffff81001000 t f\n")
+    at = 0xFFFFFFFFC0000000
+    joined = base.extended([(at + 0x40, "t", "$x", "m"), (at + 0x40, "t", "local_fn", "m"),
+                            (at, "t", "mod_a", "m"), (at + 0x40, "T", "global_alias", "m")],
+                           ends=[at + 0x100])
+    assert joined.lookup(at + 0x41).name == "local_fn"
+    assert joined.format(at + 0x41) == "local_fn+0x1/0xc0 [m]"
+    listed = Kallsyms.from_text(f"ffffffff81000000 T _text\n{at + 0x40:x} T global_alias\t[m]\n"
+                                f"{at + 0x40:x} t local_fn\t[m]\n")
+    assert listed.lookup(at + 0x40).name == "global_alias"  # the first listed, as the kernel
+
+
+@pytest.mark.timeout(60)
+def test_a_task_in_pause_is_named_as_proc_stack_names_it():
+    """pause() sleeps in __do_sys_pause, which shares its address with
+    __x64_sys_pause and __ia32_sys_pause: /proc/PID/stack prints the first."""
+    require("root")
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    proc = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
+    try:
+        stack = ""
+        for _ in range(200):
+            stack = Path(f"/proc/{proc.pid}/stack").read_text()
+            if "sys_pause" in stack:
+                break
+            time.sleep(0.05)
+        frame = next(line.split("] ", 1)[1] for line in stack.splitlines() if "pause" in line)
+        name, offset = frame.split("+")[0], int(frame.split("+")[1].split("/")[0], 16)
+        syms = Kallsyms.load()
+        assert syms.format(syms.address_of(name) + offset) == frame
+    finally:
+        proc.kill()
+        proc.wait()

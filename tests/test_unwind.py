@@ -83,6 +83,8 @@ def test_orc_unwind_matches_proc_stack(live):
             assert all(f.reliable for f in stack.frames)
             got = [f.ip for f in visible(stack.frames, live)]
             assert got == addresses(live.symbols, expected), tid
+            # ... and named as the kernel names them (aliases: the first listed)
+            assert [live.symbols.format(ip) for ip in got] == expected, tid
             checked += bool(expected)
         assert checked >= 6  # the main thread, five sleepers and the child
         # the scheduler's own frames come first, from the saved switch frame

@@ -9,7 +9,7 @@ from array import array
 
 from kpeek.errors import NotSupported, UsageError
 from kpeek.kernel.btf import Btf, BtfError
-from kpeek.kernel.symbols import Kallsyms
+from kpeek.kernel.symbols import Kallsyms, kallsyms_tie_order
 
 MAX_SECTION = 1 << 30
 STT_NOTYPE, STT_OBJECT, STT_FUNC = 0, 1, 2  # NOTYPE: linker marks (_stext, __start_BTF)
@@ -70,7 +70,7 @@ def vmlinux_symbols(path: str, kernel_offset: int) -> Kallsyms:
     table, strings = _section(path, ".symtab"), _section(path, ".strtab")
     if not table or strings is None:
         raise NotSupported(f"{path}: this vmlinux has no symbol table (.symtab): it was stripped")
-    addresses, kinds, names = [], [], []
+    entries: list[tuple[int, tuple, str, str]] = []
     words = array("Q", table[: len(table) // 24 * 24])
     for i in range(1, len(words) // 3):  # entry 0 is the null symbol
         first, value = words[3 * i], words[3 * i + 1]
@@ -84,7 +84,11 @@ def vmlinux_symbols(path: str, kernel_offset: int) -> Kallsyms:
         if end == name_at:
             continue
         letter = "t" if kind == STT_FUNC else "d"
-        addresses.append((value + kernel_offset) & (2**64 - 1))
-        kinds.append(letter.upper() if info >> 4 in (STB_GLOBAL, STB_WEAK) else letter)
-        names.append(strings[name_at:end].decode("utf-8", "replace"))
-    return Kallsyms(addresses, kinds, names)
+        name = strings[name_at:end].decode("utf-8", "replace")
+        entries.append(((value + kernel_offset) & (2**64 - 1),
+                        kallsyms_tie_order(name, info >> 4 == STB_WEAK),
+                        letter.upper() if info >> 4 in (STB_GLOBAL, STB_WEAK) else letter, name))
+    # The kernel's table order, so an address several symbols share is named
+    # by the one the kernel prints (.symtab's own order is another).
+    entries.sort()
+    return Kallsyms([e[0] for e in entries], [e[2] for e in entries], [e[3] for e in entries])

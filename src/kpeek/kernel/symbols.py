@@ -3,6 +3,14 @@
 Symbols are kept in arrays sorted by address and searched with bisect.
 kallsyms gives no sizes; a symbol's size is the distance to the next
 higher symbol address, as the kernel's own kallsyms_lookup computes it.
+
+Where several symbols share an address, the address is named by the first
+of them in the kernel's own order, the order /proc/kallsyms lists them in:
+the core kernel's lookup (get_symbol_pos in kernel/kallsyms.c) steps back
+to the lowest table index with that address, and a module's
+(find_kallsyms_symbol) keeps the first symtab entry with it. That is the
+name oopses and /proc/PID/stack print: ``__do_sys_pause``, not its alias
+``__x64_sys_pause``; ``__pfx_f`` where padding starts a section marker.
 On these machines kallsyms lists functions (and a few section markers),
 not data symbols.
 """
@@ -36,13 +44,27 @@ class Symbol:
         return self.kind in "tTwW"
 
 
-def _preference(kind: str, name: str) -> tuple[int, int, int]:
-    """Which of several symbols at one address to name it by (lower wins)."""
-    return (
-        name.startswith("__pfx_") or name.startswith("__cfi_"),
-        kind.islower(),
-        name.startswith("_"),
-    )
+def _names_an_address(name: str) -> bool:
+    """Whether the kernel may name an address by this symbol: not an unnamed
+    one nor an assembler mapping symbol ($x, .L..., L0), which the module
+    lookup skips (kernel/module/kallsyms.c)."""
+    return bool(name) and not name.startswith(("$", ".L", "L0"))
+
+
+def _linker_provided(name: str) -> bool:
+    """A section marker a linker script provides (``__start_x``, ``__x_end`` ...)."""
+    if len(name) < 8 or not name.startswith("__"):
+        return False
+    return name.startswith(("__start_", "__stop_", "__end_")) or name.endswith(("_start", "_end"))
+
+
+def kallsyms_tie_order(name: str, weak: bool) -> tuple[bool, bool, int, str]:
+    """Where a symbol goes among those at its address in the kernel's table, as
+    scripts/kallsyms sorts them when the kernel is built: strong before weak,
+    others before linker-provided markers, fewer leading underscores first,
+    then the order ``nm -n`` gave them (by name). For symbols read from a
+    vmlinux's .symtab, whose order is not the table's."""
+    return weak, _linker_provided(name), len(name) - len(name.lstrip("_")), name
 
 
 class Kallsyms:
@@ -58,7 +80,8 @@ class Kallsyms:
         names: list[str],
         modules: list[str | None] | None = None,
     ) -> None:
-        # Parallel lists in any order; several names may share one address.
+        # Parallel lists in the kernel's order (within one address, the order
+        # it picks a name in); several names may share one address.
         n = len(addresses)
         mods = modules if modules is not None else [None] * n
         order = range(n)
@@ -69,11 +92,12 @@ class Kallsyms:
         addrs: list[int] = []
         picks: list[int] = []  # index into the raw lists of each address's chosen name
         last = -1
-        for i in order:
+        for i in order:  # a stable sort: ties keep the kernel's order
             a = addresses[i]
             if a == last:
-                j = picks[-1]
-                if _preference(kinds[i], names[i]) < _preference(kinds[j], names[j]):
+                # The first listed names the address, unless it is one the
+                # kernel skips (an unnamed or mapping symbol).
+                if not _names_an_address(names[picks[-1]]) and _names_an_address(names[i]):
                     picks[-1] = i
                 continue
             last = a
@@ -145,11 +169,14 @@ class Kallsyms:
 
     def extended(self, extra: list[tuple[int, str, str, str | None]],
                  ends: list[int] | None = None) -> Kallsyms:
-        """These symbols plus ``extra`` (address, type letter, name, module) ones;
+        """These symbols plus ``extra`` (address, type letter, name, module) ones,
+        given in each module's symtab order;
         ``ends`` are addresses where text ends (a module's), which cap the size
         of the symbol before them as the kernel's own lookup does."""
         addresses, kinds, names, modules = (list(x) for x in self._names_raw)
-        extra = sorted(extra)
+        # By address only: within one address the module's symtab order stays,
+        # which is the order its lookup picks a name in.
+        extra = sorted(extra, key=lambda e: e[0])
         base = len(addresses)
         for address, kind, name, module in extra:
             addresses.append(address)
