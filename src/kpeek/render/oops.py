@@ -158,11 +158,14 @@ def _trace(out: Lines, r: Report, full: bool) -> None:
         if f.section != section:
             section = f.section
             out.add(f" {section}:", "bold dim")
-        name = f"{f.function}+{f.offset:#x}/{f.size:#x}"
-        if f.module:
-            name += f" [{f.module}]"
-        if f.source:
-            name += f" {f.source}"
+        if f.inline:  # as the symbolizer wrote it: no offset of its own
+            name = f"{f.function} {f.source} [inline]"
+        else:
+            name = f"{f.function}+{f.offset:#x}/{f.size:#x}"
+            if f.module:
+                name += f" [{f.module}]"
+            if f.source:
+                name += f" {f.source}"
         name = for_terminal(name)
         if not f.reliable:
             out.add(out.style("   ? ", "dim") + out.style(name, "dim"))
@@ -289,8 +292,10 @@ def report_json(r: Report, number: int, show_raw: bool) -> dict[str, Any]:
         "register_notes": d.register_notes,
         "messages": d.messages,
         "call_trace": [
-            {"function": f.function, "offset": f.offset, "size": f.size, "module": f.module,
-             "reliable": f.reliable, "section": f.section, "source": f.source}
+            {"function": f.function, "offset": None if f.inline else f.offset,
+             "size": None if f.inline else f.size, "module": f.module,
+             "reliable": f.reliable, "section": f.section, "source": f.source,
+             "inline": f.inline}
             for f in d.call_trace
         ],
         "code": code,

@@ -148,9 +148,17 @@ def interpret_address(addr: int, x86: bool = True) -> list[str]:
 
 # ---------------------------------------------------------------- call trace
 
+# "func+0x1/0x2", then a module and a source place in either order: the
+# kernel prints " [mod]", syzkaller's symbolizer puts " file.c:12" right
+# after the offset.
+_SOURCE = r"[\w\-/.+]+\.[A-Za-z]+:\d+"
 _FRAME = re.compile(
     r"^\s*(?:\[<(?:0x)?([0-9a-f]+)>\]\s*)?(\?\s+)?([A-Za-z0-9_.$]+)\+(0x[0-9a-f]+)/(0x[0-9a-f]+)"
-    r"(?:\s+\[([A-Za-z0-9_\-]+)[^\]]*\])?(?:\s+([\w\-/.]+\.[chS]:\d+))?( \[inline\])?"
+    rf"(?:\s+({_SOURCE}))?(?:\s+\[([A-Za-z0-9_\-]+)[^\]]*\])?(?:\s+({_SOURCE}))?"
+)
+# A function the symbolizer found inlined at the frame below: "f file.h:12 [inline]".
+_INLINE_FRAME = re.compile(
+    rf"^\s*(?:\[<(?:0x)?[0-9a-f]+>\]\s*)?(\?\s+)?([A-Za-z0-9_.$]+) ({_SOURCE}) \[inline\]"
 )
 _RAW_ADDRESS_FRAME = re.compile(r"^\s*(\?\s+)?\[<(?:0x)?([0-9a-f]{8,16})>\]\s*$")
 _SECTION = re.compile(
@@ -177,6 +185,9 @@ class Frame:
     address: int | None = None
     source: str | None = None
     section: str = "Call Trace"
+    # Inlined into the frame below it (a symbolized log's "[inline]" line):
+    # no offset and size of its own (both 0).
+    inline: bool = False
 
 
 @dataclass(frozen=True)
@@ -278,11 +289,19 @@ def extract_details(lines: list[ConsoleLine], prefix: list[str] = ()) -> Details
                     function=demangle(fm.group(3)),
                     offset=int(fm.group(4), 16),
                     size=int(fm.group(5), 16),
-                    module=fm.group(6),
+                    module=fm.group(7),
                     reliable=not (line.questionable or fm.group(2)),
                     address=int(fm.group(1), 16) if fm.group(1) else None,
-                    source=fm.group(7),
+                    source=fm.group(6) or fm.group(8),
                     section=section,
+                ))
+        elif text.endswith("[inline]"):
+            im = _INLINE_FRAME.match(text)
+            if im:
+                d.call_trace.append(Frame(
+                    function=demangle(im.group(2)), offset=0, size=0,
+                    reliable=not (line.questionable or im.group(1)),
+                    source=im.group(3), section=section, inline=True,
                 ))
         if d.code is None and stripped.startswith("Code:") and not prev_text.startswith(
                 "RIP: 0033:"):

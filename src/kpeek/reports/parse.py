@@ -19,6 +19,7 @@ from kpeek.reports.details import Details, extract_details
 from kpeek.reports.kinds import classify
 from kpeek.reports.patterns import ReportKind
 from kpeek.reports.scan import MarkerScanner
+from kpeek.reports.symbolized import is_inline_frame, unsymbolized
 from kpeek.reports.table import CONTINUATION_MARKERS, INFO_WITH_STACK, REPORT_KINDS
 
 MAX_REPORTS = 1000  # per log
@@ -274,6 +275,10 @@ def _scan(log: _Log, scanner: MarkerScanner, first: ConsoleLine, pos: int) -> _S
     min_lines = 16 if "BUG: KMSAN:" in first.text else 22
     text_lines = 1
     skip_rest = cpu_traceback = False
+    # A symbolized header starts with the functions inlined at the fault, each
+    # a copy of the header line ("BUG: KASAN: ... in f file:line [inline]"):
+    # the header line proper after them goes on the same report.
+    inline_head = is_inline_frame(first.text)
     number = first.number + 1
     next_hit = scanner.next_at(pos) if pos <= len(text) else -1
     for _ in range(MAX_SCAN_LINES):
@@ -283,6 +288,20 @@ def _scan(log: _Log, scanner: MarkerScanner, first: ConsoleLine, pos: int) -> _S
         log.budget -= 1 + (end - pos) // MAX_LINE  # long lines cost what finding their end costs
         line = log.console_line(pos, end, number)
         raw = log.line(pos, end)
+        if inline_head and line.context == context:
+            inline_head = _kind_of(raw) is not None
+            if inline_head:
+                # A header line (inline, or the one they belong to): ours, not
+                # another report's start.
+                inline_head = is_inline_frame(line.text)
+                pos, number = end + 1, number + 1
+                scan.stop = pos
+                text_lines += 1
+                scan.lines.append(line)
+                scan.with_unreliable.append(line)
+                scan.report_end = len(scan.lines)
+                next_hit = scanner.next_at(pos) if pos <= len(text) else -1
+                continue
         if 0 <= next_hit < end:
             if scan.next_report is None and _starts_another(raw, line, context, has_caller):
                 scan.next_report = pos
@@ -342,12 +361,15 @@ def _collect(log: _Log, scanner: MarkerScanner, start: int,
     scan = _scan(log, scanner, first, end + 1)
     lines = scan.lines
     texts = [ln.text for ln in lines[:scan.report_end]]
-    desc = describe(texts, kind)
+    # A symbolized log is titled as its raw log was (syzbot's titles).
+    raw_texts = unsymbolized(texts)
+    desc = describe(raw_texts, kind)
     if not desc.title:
         # Nothing matched the cleaned lines: fall back to the raw first line.
-        desc = describe([log.line(start, end)], kind)
+        desc = describe(unsymbolized([log.line(start, end)]), kind)
     title = normalize_title(desc.title)
-    reason = desc.corrupted_reason or corruption(title, [ln.text for ln in lines], desc.format)
+    reason = desc.corrupted_reason or corruption(
+        title, unsymbolized([ln.text for ln in lines]), desc.format)
     m = _GUILTY_FRAME.match(title)
     guilty = m.group(1) if m and m.group(1) != "corrupted" else None
     cls = classify(title, kind.header)
