@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 from kpeek.errors import NotPermitted
 
@@ -51,9 +52,16 @@ if os.environ.get(KEY_ENV):
     _RUN_KEY = _key_from(os.environ[KEY_ENV])
 
 
+_keyed: tuple[bytes, Any] = (b"", None)  # (key, a hasher fed only the key)
+
+
 def keyed_id(*parts: object, width: int = 12) -> str:
     """A short hex id for ``parts``, keyed with this run's secret."""
-    h = hashlib.blake2b(repr(parts).encode(), key=_RUN_KEY, digest_size=16)
+    global _keyed
+    if _keyed[0] is not _RUN_KEY:  # copying a keyed hasher skips the key setup
+        _keyed = (_RUN_KEY, hashlib.blake2b(key=_RUN_KEY, digest_size=16))
+    h = _keyed[1].copy()
+    h.update(repr(parts).encode())
     return h.hexdigest()[:width]
 
 

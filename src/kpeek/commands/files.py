@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from kpeek import jsonout
 from kpeek.commands import file_select
 from kpeek.commands.common import (
     add_json,
@@ -24,7 +24,8 @@ from kpeek.model import ProcessFile, Snapshot, Task
 from kpeek.render import cplayground, plain
 from kpeek.render.fdfacts import FdFacts
 from kpeek.render.fileflags import access_mode, flag_names
-from kpeek.render.tables import files_document, namespace_id
+from kpeek.render.files_json import files_json
+from kpeek.render.tables import namespace_id
 from kpeek.sources import fdfacts
 from kpeek.textsafe import for_terminal
 
@@ -128,6 +129,19 @@ are shown; the exit code is then 1 (as lsof).
 
 
 def run(args: argparse.Namespace) -> int:
+    # Hundreds of thousands of small objects that live until the output is
+    # written: the cyclic collector would walk them again and again for
+    # nothing (none of them forms a cycle that matters for one command).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(args)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _run(args: argparse.Namespace) -> int:
     raw = raw_pointers_allowed(args)
     pids, paths = _targets(args)
     file_tests = _file_tests(args, paths)
@@ -165,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         _write_diagrams(snap, [t.tgid for t in processes], diagrams)
         return status
     if args.json:
-        jsonout.emit("files", files_document(snap, processes, raw, chosen))
+        _emit_json(files_json(snap, processes, raw, chosen))
     elif args.format == "cplayground":
         initial = _own_pid_namespace()
         shown = processes if args.all else [t for t in processes if t.pidns != initial]
@@ -175,6 +189,19 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_tables(snap, processes, chosen)
     return status
+
+
+def _emit_json(data: bytes) -> None:
+    """A finished document and a newline, as jsonout.emit writes one."""
+    out = sys.stdout
+    raw = getattr(out, "buffer", None)
+    if raw is None:  # a StringIO (tests)
+        out.write(data.decode("ascii") + "\n")
+        return
+    out.flush()
+    raw.write(data)
+    raw.write(b"\n")
+    raw.flush()
 
 
 def _targets(args: argparse.Namespace) -> tuple[list[int], list[str]]:

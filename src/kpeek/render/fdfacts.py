@@ -20,6 +20,7 @@ from kpeek.render.fileflags import access_mode
 # Other ends listed per descriptor; the rest are counted ("+N more").
 MAX_ENDPOINTS = 8
 _ACCESS_LETTER = {"O_RDONLY": "r", "O_WRONLY": "w", "O_RDWR": "u"}
+_PER_PROCESS: list[FileDescriptor] = []  # a marker: candidates depend on the holder
 
 
 class FdFacts:
@@ -55,22 +56,32 @@ class FdFacts:
     def _by_tty(self) -> tuple[dict[int, list[FileDescriptor]], dict[int, list[FileDescriptor]]]:
         masters: dict[int, list[FileDescriptor]] = defaultdict(list)
         slaves: dict[int, list[FileDescriptor]] = defaultdict(list)
-        for d in self.snap.fds:
-            f = self.snap.open_files[d.open_file]
+        # Which open files are pty ends, asked once per file, not per descriptor.
+        ends: dict[str, tuple[dict[int, list[FileDescriptor]], int]] = {}
+        for f in self.snap.open_files.values():
             details = self.snap.details.get(f.id)
             if details and details.get("kind") == "ptmx":
-                masters[int(details["tty_index"])].append(d)  # type: ignore[call-overload]
-            elif (n := pts_index(f.path)) is not None:
-                slaves[n].append(d)
+                ends[f.id] = (masters, int(details["tty_index"]))  # type: ignore[call-overload]
+            elif f.path.startswith("/dev/pts/") and (n := pts_index(f.path)) is not None:
+                ends[f.id] = (slaves, n)
+        if ends:
+            for d in self.snap.fds:
+                if (end := ends.get(d.open_file)) is not None:
+                    end[0][end[1]].append(d)
         return masters, slaves
 
     @cached_property
     def _eventfds(self) -> dict[int, list[FileDescriptor]]:
         index: dict[int, list[FileDescriptor]] = defaultdict(list)
-        for d in self.snap.fds:
-            details = self.snap.details.get(d.open_file)
-            if details and details.get("kind") == "eventfd" and "id" in details:
-                index[int(details["id"])].append(d)  # type: ignore[call-overload]
+        ids = {
+            file_id: int(details["id"])  # type: ignore[call-overload]
+            for file_id, details in self.snap.details.items()
+            if details.get("kind") == "eventfd" and "id" in details
+        }
+        if ids:
+            for d in self.snap.fds:
+                if (n := ids.get(d.open_file)) is not None:
+                    index[n].append(d)
         return index
 
     @cached_property
@@ -111,6 +122,25 @@ class FdFacts:
 
     def _candidates(self, d: FileDescriptor) -> list[FileDescriptor]:
         """Every descriptor on the other side of ``d``, perhaps with ``d`` itself."""
+        known = self._candidates_of_file.get(d.open_file)
+        if known is None:
+            known = self._file_candidates(d)
+            if known is not _PER_PROCESS:
+                self._candidates_of_file[d.open_file] = known
+        if known is _PER_PROCESS:  # an eventfd's other ends: in other processes
+            return [e for e in self._eventfds.get(self._eventfd_id(d), []) if e.tgid != d.tgid]
+        return known
+
+    @cached_property
+    def _candidates_of_file(self) -> dict[str, list[FileDescriptor]]:
+        return {}
+
+    def _eventfd_id(self, d: FileDescriptor) -> int:
+        return int(self.snap.details[d.open_file]["id"])  # type: ignore[call-overload]
+
+    def _file_candidates(self, d: FileDescriptor) -> list[FileDescriptor]:
+        """_candidates for every holder of d's open file (an eventfd's depend on
+        the holder: _PER_PROCESS)."""
         f = self.snap.open_files[d.open_file]
         inode = self.snap.inodes.get(f.inode)
         kind = inode.type if inode else ""
@@ -127,7 +157,7 @@ class FdFacts:
         elif (n := pts_index(f.path)) is not None:
             others = self._by_tty[0].get(n, [])
         elif details.get("kind") == "eventfd" and "id" in details:
-            others = [e for e in self._eventfds.get(int(details["id"]), []) if e.tgid != d.tgid]  # type: ignore[call-overload]
+            return _PER_PROCESS
         return others
 
     def endpoint_label(self, d: FileDescriptor) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 from kpeek.model import FileLock, ProcessFile, Snapshot
 from kpeek.sources import fdinfo_details, sockets
-from kpeek.sources.statx import stat_cached
+from kpeek.sources.statx import stat_inode_id
 from kpeek.textsafe import decode
 
 
@@ -36,8 +36,24 @@ def enrich(snap: Snapshot, tgids: Iterable[int] | None = None) -> Snapshot:
         sockets=_sockets(snap),
         locks=tuple(_locks(snap)),
         details=_details(snap),
-        process_files=tuple(f for tgid in shown for f in process_files(tgid)),
+        process_files=_all_process_files(snap, shown),
     )
+
+
+def _all_process_files(snap: Snapshot, tgids: list[int]) -> tuple[ProcessFile, ...]:
+    """The process rows of ``tgids`` in order: from BPF iterators when the
+    snapshot came from BPF (two iterator runs for all), else from /proc."""
+    by_bpf: dict[int, list[ProcessFile]] = {}
+    if snap.source == "bpf" and tgids:
+        from kpeek.sources.bpf.procfiles import read_process_files
+
+        everyone = len(tgids) >= len({t.tgid for t in snap.processes()})
+        by_bpf, _ = read_process_files(None if everyone or len(tgids) > 65536 else tgids)
+    out: list[ProcessFile] = []
+    for tgid in tgids:
+        rows = by_bpf.get(tgid)
+        out.extend(process_files(tgid) if rows is None else rows)
+    return tuple(out)
 
 
 def _sockets(snap: Snapshot) -> dict:
@@ -134,14 +150,6 @@ def _locks(snap: Snapshot) -> list[FileLock]:
 # -- cwd, rtd, txt, mem -------------------------------------------------------
 
 
-def _inode_of(link: str) -> str:
-    try:
-        st = stat_cached(link)
-    except OSError:
-        return ""
-    return f"{os.major(st.dev)}:{os.minor(st.dev)}:{st.ino}"
-
-
 def process_files(tgid: int) -> list[ProcessFile]:
     """The cwd, rtd (root), txt (executable) and mem (mapped files) rows of one
     process; those it may not read are left out."""
@@ -151,7 +159,7 @@ def process_files(tgid: int) -> list[ProcessFile]:
             path = decode(os.readlink(f"/proc/{tgid}/{link}".encode()))
         except OSError:
             continue
-        rows.append(ProcessFile(tgid, kind, path, _inode_of(f"/proc/{tgid}/{link}")))
+        rows.append(ProcessFile(tgid, kind, path, stat_inode_id(f"/proc/{tgid}/{link}")))
     txt = {r.inode for r in rows if r.kind == "txt"}
     try:
         with open(f"/proc/{tgid}/maps", "rb") as f:

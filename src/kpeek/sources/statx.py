@@ -52,3 +52,13 @@ def stat_cached(path: str) -> Stat:
         raise OSError(err, os.strerror(err), path)
     nlink, mode, ino, size, major, minor = _LAYOUT.unpack_from(buf.raw)
     return Stat(os.makedev(major, minor), ino, mode, nlink, size)
+
+
+def stat_inode_id(path: str) -> str:
+    """The inode id ("major:minor:ino") of the file ``path`` leads to, "" when it
+    cannot be examined."""
+    try:
+        st = stat_cached(path)
+    except OSError:
+        return ""
+    return f"{os.major(st.dev)}:{os.minor(st.dev)}:{st.ino}"

@@ -522,3 +522,165 @@ int lock_layout(struct bpf_iter__task *ctx)
 	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;
 }
+
+/* lsof's rows without a descriptor: cwd, rtd (root), txt (executable) of
+ * each process (iter/task: snapshot_roots) and mem, its mapped files
+ * (iter/task_vma: snapshot_maps), as /proc/PID/{cwd,root,exe,maps} show
+ * them. Paths come from bpf_d_path, as readlink and maps print them. */
+#define PF_CWD 0
+#define PF_RTD 1
+#define PF_TXT 2
+#define PF_MEM 3
+#define PF_TASK 4 /* a process was visited; flags: PF_HAS_MM */
+#define PF_HAS_MM 1
+
+struct kpeek_pfile_rec {
+	__u32 tgid, kind;
+	__u64 file;	/* mem: the mapped struct file (userspace keys paths by it) */
+	__u64 ino;
+	__u32 dev, f_mode;
+	__s32 path_len; /* bytes that follow; PATH_SEEN; -1: bpf_d_path gave none */
+	__u32 flags;	/* PF_TASK: PF_HAS_MM; cwd, rtd, txt: the file system's magic */
+};
+
+/* struct file address -> the run and process that last emitted it: a file
+ * mapped by many vmas of one process is one row, and its path is sent once
+ * per run however many processes map it. */
+struct mapped_seen {
+	__u32 generation, tgid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, __u64);
+	__type(value, struct mapped_seen);
+} seen_mapped SEC(".maps");
+
+/* 5.17+: a named anonymous shared mapping shows as [anon_shmem:NAME] in maps. */
+struct vm_area_struct___anon_name {
+	void *anon_name;
+} __attribute__((preserve_access_index));
+
+static __always_inline void emit_pfile(struct seq_file *seq, struct kpeek_pfile_rec *rec,
+				       struct path *path, char *buf)
+{
+	struct inode *inode = BPF_CORE_READ(path, dentry, d_inode);
+
+	if (inode) {
+		rec->ino = BPF_CORE_READ(inode, i_ino);
+		rec->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+		rec->flags = BPF_CORE_READ(inode, i_sb, s_magic);
+	}
+	rec->path_len = -1;
+	if (buf) {
+		long n = bpf_d_path(path, buf, PATH_BUF);
+
+		if (n > 0 && n <= PATH_BUF)
+			rec->path_len = n - 1;
+	}
+	bpf_seq_write(seq, rec, sizeof(*rec));
+	if (buf && rec->path_len > 0)
+		bpf_seq_write(seq, buf, rec->path_len & (PATH_BUF - 1));
+}
+
+SEC("iter/task")
+int snapshot_roots(struct bpf_iter__task *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	struct kpeek_pfile_rec rec = {};
+	struct fs_struct *fs;
+	struct mm_struct *mm;
+	struct file *exe;
+	__u32 zero = 0;
+	char *buf;
+
+	if (!task)
+		return 0;
+	rec.tgid = task->tgid;
+	if (task->pid != rec.tgid || !wanted_tgid(rec.tgid))
+		return 0;
+	buf = bpf_map_lookup_elem(&scratch, &zero);
+	fs = task->fs;
+	mm = task->mm;
+	rec.kind = PF_TASK;
+	rec.flags = mm ? PF_HAS_MM : 0;
+	rec.path_len = -1;
+	bpf_seq_write(seq, &rec, sizeof(rec));
+	rec.flags = 0;
+	if (fs) {
+		rec.kind = PF_CWD;
+		emit_pfile(seq, &rec, &fs->pwd, buf);
+		rec.kind = PF_RTD;
+		rec.ino = rec.dev = rec.flags = 0;
+		emit_pfile(seq, &rec, &fs->root, buf);
+	}
+	exe = mm ? mm->exe_file : NULL;
+	if (exe) {
+		rec.kind = PF_TXT;
+		rec.ino = rec.dev = rec.flags = 0;
+		emit_pfile(seq, &rec, &exe->f_path, buf);
+	}
+	return 0;
+}
+
+SEC("iter/task_vma")
+int snapshot_maps(struct bpf_iter__task_vma *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	struct vm_area_struct *vma = ctx->vma;
+	struct vm_area_struct___anon_name *named = (void *)vma;
+	struct kpeek_pfile_rec rec = {};
+	struct mapped_seen now, *last;
+	struct file *file;
+	struct inode *inode;
+	__u32 zero = 0;
+	char *buf;
+
+	if (!task || !vma)
+		return 0;
+	rec.tgid = task->tgid;
+	if (task->pid != rec.tgid || !wanted_tgid(rec.tgid))
+		return 0;
+	file = vma->vm_file;
+	if (!file)
+		return 0;
+	if (bpf_core_field_exists(named->anon_name) && BPF_CORE_READ(named, anon_name))
+		return 0;
+	rec.kind = PF_MEM;
+	rec.file = (__u64)file;
+	now.generation = snap_args.generation;
+	now.tgid = rec.tgid;
+	last = bpf_map_lookup_elem(&seen_mapped, &rec.file);
+	/* count == 0: perhaps a record that did not fit the last buffer and is
+	 * shown again: send it whole (see snapshot_files). */
+	if (last && last->generation == now.generation && BPF_CORE_READ(seq, count) != 0) {
+		if (last->tgid == now.tgid)
+			return 0; /* another vma of a file this process already sent */
+		bpf_map_update_elem(&seen_mapped, &rec.file, &now, BPF_ANY);
+		rec.path_len = PATH_SEEN;
+		bpf_seq_write(seq, &rec, sizeof(rec));
+		return 0;
+	}
+	bpf_map_update_elem(&seen_mapped, &rec.file, &now, BPF_ANY);
+	inode = BPF_CORE_READ(file, f_inode);
+	if (inode) {
+		rec.ino = BPF_CORE_READ(inode, i_ino);
+		rec.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	}
+	rec.f_mode = BPF_CORE_READ(file, f_mode);
+	rec.path_len = -1;
+	buf = bpf_map_lookup_elem(&scratch, &zero);
+	if (buf) {
+		long n = bpf_d_path(&file->f_path, buf, PATH_BUF);
+
+		if (n > 0 && n <= PATH_BUF)
+			rec.path_len = n - 1;
+	}
+	bpf_seq_write(seq, &rec, sizeof(rec));
+	if (buf && rec.path_len > 0)
+		bpf_seq_write(seq, buf, rec.path_len & (PATH_BUF - 1));
+	return 0;
+}

@@ -209,12 +209,15 @@ struct task_struct {
 	char comm[16];
 	struct files_struct *files;
 	struct nsproxy *nsproxy;
+	struct mm_struct *mm;
+	struct fs_struct *fs;
 	struct signal_struct *signal;
 	struct thread_struct thread;
 };
 
 struct super_block {
 	dev_t s_dev;
+	unsigned long s_magic;
 };
 
 struct inode {
@@ -227,7 +230,9 @@ struct inode {
 	loff_t i_size;
 };
 
-struct dentry;
+struct dentry {
+	struct inode *d_inode;
+};
 
 struct vfsmount {
 	struct dentry *mnt_root;
@@ -251,6 +256,18 @@ struct file {
 	unsigned int f_flags;
 };
 
+struct fs_struct {
+	struct path root, pwd;
+};
+
+struct mm_struct {
+	struct file *exe_file; /* __rcu */
+};
+
+struct vm_area_struct {
+	struct file *vm_file;
+};
+
 struct seq_file {
 	size_t count;
 };
@@ -272,6 +289,12 @@ struct bpf_iter__task_file {
 	struct task_struct *task;
 	u32 fd;
 	struct file *file;
+};
+
+struct bpf_iter__task_vma {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+	struct vm_area_struct *vma;
 };
 
 #pragma clang attribute pop

@@ -1,0 +1,252 @@
+"""``kpeek files --json`` at whole-system scale: the very bytes that
+``jsonout.encode`` gives for :func:`kpeek.render.tables.files_document`,
+built from pieces encoded once and joined.
+
+A whole-system document repeats itself: an open file's fields in every
+descriptor that holds it, the same mapped libraries in every fork of one
+program, the same few other ends of a pipe that a whole family shares. The
+document is therefore assembled as bytes: each repeated piece is encoded
+once by jsonout (so its bytes are exactly those the whole document would
+hold: same escapes, same numbers) and reused. tests/test_files_fast_paths.py
+holds the two against each other on real families.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from kpeek import jsonout
+from kpeek.ids import show_pointer
+from kpeek.model import FileDescriptor, OpenFile, Snapshot, Task
+from kpeek.render.fdfacts import _PER_PROCESS as _PER_HOLDER
+from kpeek.render.fdfacts import MAX_ENDPOINTS, FdFacts, lock_dict, socket_dict
+from kpeek.render.fileflags import access_mode, flag_names
+from kpeek.render.tables import snapshot_meta, task_dict
+
+
+def _encode(obj: Any) -> bytes:
+    """jsonout.encode(obj), skipping its checks where orjson's bytes need no
+    fixing (ASCII, no float orjson writes unlike Python, no DEL)."""
+    try:
+        out = orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return jsonout.encode(obj)
+    if out.isascii() and b"e-" not in out and b"0.0000" not in out and b"\x7f" not in out:
+        return out
+    return jsonout.encode(obj)
+
+
+def _word(s: str) -> bytes:
+    """A string made of letters, digits, ':', '#', '-' and '_' (ids, inode ids,
+    type names) as JSON: nothing in it is escaped."""
+    raw = s.encode()
+    return b'"%s"' % raw if raw.isalnum() or _WORD.fullmatch(raw) else _encode(s)
+
+
+_WORD = re.compile(rb"[0-9A-Za-z:#_-]*")
+
+
+def _address(shown: str | None) -> bytes:
+    return b"null" if shown is None else _word(shown)
+
+
+def _members(obj: dict[str, Any]) -> bytes:
+    """The encoded members of a dict, without its braces (b"" for none)."""
+    return _encode(obj)[1:-1]
+
+
+class _Pieces:
+    """Encoded pieces of one snapshot's document, each made once."""
+
+    def __init__(self, snap: Snapshot, facts: FdFacts, raw_pointers: bool) -> None:
+        self.snap = snap
+        self.facts = facts
+        self.raw = raw_pointers
+        self.of_file: dict[str, tuple[bytes, bytes, set | None, bytes]] = {}
+        self.end_entry: dict[tuple[int, int], bytes] = {}
+        self.pf_rows: dict[tuple[str, str, str], bytes] = {}
+        self.paths: dict[str, bytes] = {}
+        self.flag_words: dict[int, bytes] = {}
+        self.locked = facts._locks_by_fd
+
+    def fd(self, d: FileDescriptor) -> bytes:
+        """One descriptor: ``{**fd_dict(snap, d), **facts.fd_extras(d)}``."""
+        known = self.of_file.get(d.open_file)
+        if known is None:
+            known = self.of_file[d.open_file] = self._file(d)
+        part, extras, head, ends = known
+        if head is _PER_HOLDER or (head is not None and (d.tgid, d.fd) in head):
+            ends = self._ends_text(d, self.facts.endpoints(d))
+        if self.locked and (d.tgid, d.fd) in self.locked:
+            extras = self._extras(d, self.facts.locks(d))
+        return b'{"fd":%d,"cloexec":%s,%s%s%s}' % (
+            d.fd,
+            b"true" if d.cloexec else b"false",
+            part,
+            extras,
+            ends,
+        )
+
+    def path(self, path: str) -> bytes:
+        got = self.paths.get(path)
+        if got is None:
+            got = self.paths[path] = _encode(path)
+        return got
+
+    def flags(self, flags: int) -> bytes:
+        """``"flags":N,"access":...,"flag_names":[...]``"""
+        got = self.flag_words.get(flags)
+        if got is None:
+            got = self.flag_words[flags] = _members(
+                {"flags": flags, "access": access_mode(flags), "flag_names": flag_names(flags)}
+            )
+        return got
+
+    def _file(self, d: FileDescriptor) -> tuple[bytes, bytes, set | None, bytes]:
+        """(fd_dict's part from the open file, fd_extras' socket and details,
+        the keys of the first candidate ends, the endpoints text of a holder
+        not among them): the same for every holder of d's open file."""
+        snap = self.snap
+        file_id = d.open_file
+        f = snap.open_files[file_id]
+        inode = snap.inodes.get(f.inode)
+        part = b'"open_file":%s,"pos":%d,%s,"type":%s,"path":%s,"inode":%s,"sharers":%d' % (
+            _word(file_id),
+            f.pos,
+            self.flags(f.flags),
+            _word(inode.type if inode else "unknown"),
+            self.path(f.path),
+            _word(f.inode),
+            len(snap.holders(file_id)),
+        )
+        return (part, self._extras(d, []), *self._file_ends(d))
+
+    def _extras(self, d: FileDescriptor, locks: list) -> bytes:
+        """fd_extras' socket, locks and details keys."""
+        out: dict[str, Any] = {}
+        if (s := self.facts.socket(d)) is not None:
+            out["socket"] = socket_dict(s)
+        if locks:
+            out["locks"] = [lock_dict(lock) for lock in locks]
+        if details := self.snap.details.get(d.open_file):
+            out["details"] = dict(details)
+        return b"," + _members(out) if out else b""
+
+    def _file_ends(self, d: FileDescriptor) -> tuple[set | None, bytes]:
+        """Every holder of d's open file has the same other ends, but those
+        among the first MAX_ENDPOINTS candidates (whose lists leave them out)."""
+        facts = self.facts
+        candidates = facts._candidates(d)
+        if facts._candidates_of_file.get(d.open_file) is not candidates:
+            return _PER_HOLDER, b""  # an eventfd's: they depend on the holder
+        if not candidates:
+            return None, b""
+        head = candidates[:MAX_ENDPOINTS]
+        text = b',"endpoints":[' + b",".join([self._entry(o) for o in head]) + b"]"
+        if len(head) == MAX_ENDPOINTS:
+            mine = 1 if facts._includes_self(d) else 0
+            text += b',"endpoints_total":%d' % max(0, len(candidates) - mine)
+        return {(o.tgid, o.fd) for o in head}, text
+
+    def _entry(self, o: FileDescriptor) -> bytes:
+        key = (o.tgid, o.fd)
+        got = self.end_entry.get(key)
+        if got is None:
+            facts = self.facts
+            got = self.end_entry[key] = _encode(
+                {"pid": o.tgid, "comm": facts._comm(o.tgid), "fd": o.fd, "mode": facts._mode(o)}
+            )
+        return got
+
+    def _ends_text(self, d: FileDescriptor, ends: list[FileDescriptor]) -> bytes:
+        """fd_extras' endpoints and endpoints_total keys (b"" when none)."""
+        if not ends:
+            return b""
+        text = b',"endpoints":[' + b",".join([self._entry(o) for o in ends]) + b"]"
+        if len(ends) == MAX_ENDPOINTS:
+            text += b',"endpoints_total":%d' % self.facts.endpoint_count(d)
+        return text
+
+    def process_files(self, rows: list) -> bytes:
+        cache = self.pf_rows
+        parts = []
+        for pf in rows:
+            key = (pf.kind, pf.path, pf.inode)
+            got = cache.get(key)
+            if got is None:
+                got = cache[key] = _encode({"kind": pf.kind, "path": pf.path, "inode": pf.inode})
+            parts.append(got)
+        return b",".join(parts)
+
+    def open_file(self, f: OpenFile) -> bytes:
+        """open_file_dict(snap, f, raw_pointers)"""
+        return (
+            b'{"id":%s,"inode":%s,"path":%s,"pos":%d,%s,"refcount":%s,"holders":[%s],"address":%s}'
+            % (
+                _encode(f.id),
+                _encode(f.inode),
+                self.path(f.path),
+                f.pos,
+                self.flags(f.flags),
+                b"null" if f.refcount is None else b"%d" % f.refcount,
+                b",".join([b"[%d,%d]" % (d.tgid, d.fd) for d in self.snap.holders(f.id)]),
+                _encode(show_pointer(f.address, self.raw)),
+            )
+        )
+
+
+def files_json(
+    snap: Snapshot,
+    processes: list[Task],
+    raw_pointers: bool = False,
+    chosen: set[tuple[int, int]] | None = None,
+) -> bytes:
+    """``jsonout.encode({"schema": "kpeek.files/1", **files_document(...)})``."""
+    facts = FdFacts(snap)
+    pieces = _Pieces(snap, facts, raw_pointers)
+    procs = []
+    file_ids: set[str] = set()
+    for t in processes:
+        fds = snap.fds_of(t.tgid)
+        if chosen is not None:
+            fds = [d for d in fds if (d.tgid, d.fd) in chosen]
+        file_ids.update([d.open_file for d in fds])
+        procs.append(
+            _encode(task_dict(t, raw_pointers))[:-1]
+            + b',"fds":['
+            + b",".join([pieces.fd(d) for d in fds])
+            + b'],"process_files":['
+            + pieces.process_files(facts.process_files(t.tgid))
+            + b"]}"
+        )
+    files = [snap.open_files[i] for i in sorted(file_ids)]
+    open_files = b"[" + b",".join([pieces.open_file(f) for f in files]) + b"]"
+    inode_ids = sorted({f.inode for f in files})
+    inodes = _encode(
+        [
+            {
+                "id": i.id,
+                "type": i.type,
+                "nlink": i.nlink,
+                "size": i.size,
+                "address": show_pointer(i.address, raw_pointers),
+            }
+            for i in (snap.inodes[n] for n in inode_ids if n in snap.inodes)
+        ]
+    )
+    head = _encode({"schema": f"kpeek.files/{jsonout.SCHEMA_VERSION}", **snapshot_meta(snap)})
+    return b"".join(
+        [
+            head[:-1],
+            b',"processes":[',
+            b",".join(procs),
+            b'],"open_files":',
+            open_files,
+            b',"inodes":',
+            inodes,
+            b"}",
+        ]
+    )

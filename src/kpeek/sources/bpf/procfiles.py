@@ -1,0 +1,183 @@
+"""lsof's cwd, rtd, txt and mem rows of every process from two BPF iterator
+runs (snapshot_roots over tasks, snapshot_maps over their memory maps)
+instead of three readlinks, three stats and a /proc/PID/maps parse per
+process: the kernel formats maps line by line for /proc, here it sends each
+mapped file once per process and each path once per run.
+
+The rows are those /proc gives (sources.fdfacts.process_files): same paths
+(bpf_d_path is d_path, as readlink and maps use), same inode ids, same order.
+A process the iterators did not visit, or whose rows they could not give
+exactly (a path bpf_d_path refused, a file mapped through a stacking file
+system, whose maps line names the upper file), is left to the caller to
+read from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from kpeek.model import ProcessFile
+from kpeek.sources.bpf.loaded import bpf_iterator
+from kpeek.sources.bpf.snapshot import _clear_filter, _run_lock, _set_filter
+from kpeek.sources.statx import stat_inode_id
+from kpeek.textsafe import decode
+
+# struct kpeek_pfile_rec in snapshot.bpf.c
+PF_REC = struct.Struct("<IIQQIIiI")
+PF_CWD, PF_RTD, PF_TXT, PF_MEM, PF_TASK = range(5)
+PF_HAS_MM = 1
+PATH_SEEN = -2
+_KINDS = ("cwd", "rtd", "txt")
+_UNKNOWN = ("", "")
+# File systems whose stat() names another device than the superblock's
+# (btrfs subvolumes, overlayfs, bcachefs): their cwd/rtd/txt inode ids are
+# taken from a stat of the /proc link, as /proc users see them.
+_OWN_DEVICES = frozenset({0x9123683E, 0x794C7630, 0xCA451A4E})
+_LINKS = ("cwd", "root", "exe")
+
+
+def _backing_bit() -> int:
+    """FMODE_BACKING on this kernel: a mapped file opened by a stacking file
+    system (overlayfs) on its lower file, whose maps line shows the upper
+    path (6.8+, file_user_path). 0 where f_path is what maps shows."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return 1 << 24 | 1 << 25  # unknown: either bit sends the process to /proc
+    if (major, minor) < (6, 8):
+        return 0
+    return 1 << 25 if (major, minor) < (6, 13) else 1 << 24
+
+
+def _inode_id(dev: int, ino: int) -> str:
+    return f"{dev >> 20}:{dev & 0xFFFFF}:{ino}"
+
+
+def read_process_files(tgids: list[int] | None) -> tuple[dict[int, list[ProcessFile]], set[int]]:
+    """(rows of each process, the processes to read from /proc instead).
+
+    ``tgids`` None means every process. The rows of a process are its cwd,
+    rtd and txt, then its mapped files in address order, each inode once and
+    the executable's left out, as sources.fdfacts.process_files gives them.
+    """
+    with _run_lock:  # the programs' globals and filter map are per process
+        _set_filter(tgids, threads=False, stacks=False)
+        try:
+            roots = bpf_iterator("snapshot", "snapshot_roots").run()
+            maps = bpf_iterator("snapshot", "snapshot_maps").run()
+        finally:
+            _clear_filter(tgids)
+    rows, txt, want_maps, fallback = _roots(roots)
+    _maps(maps, rows, txt, want_maps, fallback)
+    fallback |= want_maps  # a process with memory but no mapped file seen
+    if tgids is not None:
+        fallback |= set(tgids) - rows.keys()
+    for tgid in fallback:
+        rows.pop(tgid, None)
+    return rows, fallback
+
+
+def _roots(out: bytes) -> tuple[dict[int, list[ProcessFile]], dict[int, str], set[int], set[int]]:
+    rows: dict[int, list[ProcessFile]] = {}
+    txt: dict[int, str] = {}
+    want_maps: set[int] = set()
+    fallback: set[int] = set()
+    paths: dict[bytes, str] = {}
+    unpack, size, end = PF_REC.unpack_from, PF_REC.size, len(out)
+    off = 0
+    while off + size <= end:
+        tgid, kind, _file, ino, dev, _mode, path_len, flags = unpack(out, off)
+        off += size
+        if kind == PF_TASK:
+            rows[tgid] = []
+            if flags & PF_HAS_MM:
+                want_maps.add(tgid)
+            continue
+        if path_len < 0 or kind > PF_TXT:
+            fallback.add(tgid)
+            continue
+        raw = out[off : off + path_len]
+        off += path_len
+        path = paths.get(raw)
+        if path is None:
+            path = paths[raw] = decode(raw)
+        if flags in _OWN_DEVICES:
+            inode = stat_inode_id(f"/proc/{tgid}/{_LINKS[kind]}")
+        else:
+            inode = _inode_id(dev, ino)
+        rows[tgid].append(ProcessFile(tgid, _KINDS[kind], path, inode))
+        if kind == PF_TXT:
+            txt[tgid] = inode
+    return rows, txt, want_maps, fallback
+
+
+def _maps(
+    out: bytes,
+    rows: dict[int, list[ProcessFile]],
+    txt: dict[int, str],
+    want_maps: set[int],
+    fallback: set[int],
+) -> None:
+    backing = _backing_bit()
+    # struct file address -> (path, inode id) of the row maps would show;
+    # None for a file maps leaves out (no inode, not a path), _UNKNOWN for
+    # one whose row BPF cannot give exactly (its processes go to /proc).
+    files: dict[int, tuple[str, str] | None] = {}
+    # The struct files each process maps, in address order: forks of one
+    # program map the same files, so their rows are worked out once.
+    groups: list[tuple[int, list[int]]] = []
+    mapped: list[int] = []
+    unpack, size, end = PF_REC.unpack_from, PF_REC.size, len(out)
+    off, tgid_now = 0, -1
+    while off + size <= end:
+        tgid, _kind, file, ino, dev, f_mode, path_len, _flags = unpack(out, off)
+        off += size
+        if path_len >= 0:
+            path = decode(out[off : off + path_len])
+            off += path_len
+            if f_mode & backing:
+                files[file] = _UNKNOWN
+            elif ino and path[:1] == "/":
+                if "\n" in path:  # maps escapes it (seq_path), readlink does not
+                    path = path.replace("\n", "\\012")
+                files[file] = (path, _inode_id(dev, ino))
+            else:
+                files[file] = None
+        elif path_len != PATH_SEEN or file not in files:
+            files[file] = _UNKNOWN
+        if tgid != tgid_now:
+            tgid_now, mapped = tgid, []
+            groups.append((tgid, mapped))
+        mapped.append(file)
+    made: dict[tuple, list[tuple[str, str]] | None] = {}
+    for tgid, addrs in groups:
+        want_maps.discard(tgid)
+        mine = rows.get(tgid)
+        if mine is None:
+            continue
+        key = (txt.get(tgid, ""), *addrs)
+        spec = made.get(key, _UNKNOWN)
+        if spec is _UNKNOWN:
+            spec = made[key] = _mem_rows(files, addrs, key[0])
+        if spec is None:
+            fallback.add(tgid)
+        else:
+            mine.extend([ProcessFile(tgid, "mem", path, inode) for path, inode in spec])
+
+
+def _mem_rows(
+    files: dict[int, tuple[str, str] | None], addrs: list[int], exe: str
+) -> list[tuple[str, str]] | None:
+    """(path, inode id) of each row: each inode once, the executable's left
+    out, as maps shows them; None when one of them is unknown here."""
+    spec: list[tuple[str, str]] = []
+    seen = {exe}
+    for file in addrs:
+        known = files[file]
+        if known is _UNKNOWN:
+            return None
+        if known is not None and known[1] not in seen:
+            seen.add(known[1])
+            spec.append(known)
+    return spec
