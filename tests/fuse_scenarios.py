@@ -70,15 +70,38 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-WATCHDOG = """
+def abort_connection(connection: int | str) -> None:
+    """Abort a FUSE connection: fail every pending request (the only way to
+    free a client whose request the server took). fusectl may have been
+    unmounted meanwhile by another test session's teardown (each unmounts
+    what it mounted): then a private fusectl mount of our own does it."""
+    try:
+        with open(f"{FUSECTL}/{connection}/abort", "w") as f:
+            f.write("1")
+        return
+    except OSError:
+        pass
+    where = tempfile.mkdtemp(prefix="kpeek-fusectl-")
+    try:
+        if subprocess.run(["mount", "-t", "fusectl", "none", where], capture_output=True,
+                          timeout=10, check=False).returncode != 0:
+            return
+        try:
+            with contextlib.suppress(OSError), open(f"{where}/{connection}/abort", "w") as f:
+                f.write("1")
+        finally:
+            subprocess.run(["umount", where], capture_output=True, timeout=30, check=False)
+    finally:
+        os.rmdir(where)
+
+
+WATCHDOG = f"""
 import os, subprocess, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from fuse_scenarios import abort_connection
 fd, connection, mountpoint = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 os.read(fd, 1)  # end-of-file: the test process closed the pipe, or died
-try:
-    with open(f"/sys/fs/fuse/connections/{connection}/abort", "w") as f:
-        f.write("1")
-except OSError:
-    pass
+abort_connection(connection)
 subprocess.run(["umount", "-l", mountpoint], capture_output=True, timeout=30, check=False)
 """
 
@@ -144,8 +167,7 @@ class FuseMount:
         return p
 
     def abort(self) -> None:
-        with contextlib.suppress(OSError), open(f"{FUSECTL}/{self.connection}/abort", "w") as f:
-            f.write("1")
+        abort_connection(self.connection)
 
 
 @contextlib.contextmanager

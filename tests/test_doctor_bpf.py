@@ -317,3 +317,15 @@ def test_lock_offsets_relocated_by_libbpf_are_btfs():
             got = None
         assert got == want, (name, path, got, want)
     assert layout.lookup("struct mutex").offsetof("wait_list") is not None
+
+
+def test_explain_sources_says_where_system_calls_come_from():
+    require("root", "bpf")
+    from kpeek.sources.explain import explain_sources, kernel_features
+
+    features = kernel_features()
+    [fact] = [f for f in explain_sources(features) if f.fact.startswith("the system call")]
+    assert fact.source.startswith("BPF (bpf_task_pt_regs") == features.has_task_pt_regs
+    release = tuple(int(x) for x in os.uname().release.split(".")[:2])
+    if os.uname().machine == "x86_64" and release >= (5, 15):  # built for x86-64; 5.15+
+        assert features.has_task_pt_regs and fact.source.startswith("BPF")

@@ -34,6 +34,7 @@ class KernelFeatures:
     has_blocker: bool  # task_struct.blocker (6.16+)
     has_bpf_loop: bool  # bpf_loop and bpf_snprintf: stacks formatted in BPF
     refcount_field: str | None  # file.f_ref (6.13+) or file.f_count
+    has_task_pt_regs: bool = False  # bpf_task_pt_regs (5.15+): system calls read in BPF
 
 
 def _load_error(name: str) -> str | None:
@@ -47,7 +48,7 @@ def _load_error(name: str) -> str | None:
     return None
 
 
-def _btf_features() -> tuple[bool, bool, str | None]:
+def _btf_features() -> tuple[bool, bool, str | None, bool]:
     from kpeek.kernel.btf import Kind, load_vmlinux_btf
 
     btf = load_vmlinux_btf()
@@ -63,7 +64,8 @@ def _btf_features() -> tuple[bool, bool, str | None]:
     helpers = {e.name for e in func_ids.enumerators} if func_ids else set()
     loop = {"BPF_FUNC_loop", "BPF_FUNC_snprintf"} <= helpers
     refcount = next((f for f in ("f_ref", "f_count") if has("struct file", f)), None)
-    return has("struct task_struct", "blocker"), loop, refcount
+    pt_regs = "BPF_FUNC_task_pt_regs" in helpers and has("struct pt_regs", "orig_ax")
+    return has("struct task_struct", "blocker"), loop, refcount, pt_regs
 
 
 def kernel_features() -> KernelFeatures:
@@ -73,10 +75,11 @@ def kernel_features() -> KernelFeatures:
     snapshot_error = _load_error("snapshot")
     reader_error = _load_error("reader")
     try:
-        blocker, loop, refcount = _btf_features()
+        blocker, loop, refcount, pt_regs = _btf_features()
     except KpeekError:  # no BTF: the load errors above already say so
-        blocker, loop, refcount = False, False, None
-    return KernelFeatures(release, snapshot_error, reader_error, blocker, loop, refcount)
+        blocker, loop, refcount, pt_regs = False, False, None, False
+    return KernelFeatures(release, snapshot_error, reader_error, blocker, loop, refcount,
+                          pt_regs)
 
 
 def explain_sources(k: KernelFeatures | None = None) -> list[FactSource]:
@@ -105,6 +108,14 @@ def explain_sources(k: KernelFeatures | None = None) -> list[FactSource]:
                else "")
         facts.append(FactSource("wait channels and kernel stacks",
                                 "/proc (PID/wchan, PID/stack)", why))
+    if bpf and k.has_task_pt_regs:
+        facts.append(FactSource("the system call a sleeping task is in, and its arguments",
+                                "BPF (bpf_task_pt_regs: the user registers saved at entry)"))
+    else:
+        facts.append(FactSource(
+            "the system call a sleeping task is in, and its arguments", "/proc (PID/syscall)",
+            "" if not bpf else "this kernel's BPF lacks bpf_task_pt_regs (5.15+) or is not "
+            "x86-64"))
     facts.append(FactSource("file locks and who waits on them", "/proc/locks"))
     if not memory:
         facts.append(FactSource("the kernel lock (mutex, rwsem, semaphore) a D-state task "
