@@ -165,3 +165,27 @@ def test_a_task_in_pause_is_named_as_proc_stack_names_it():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_name_looked_up_before_the_table_is_built_gets_the_tables_answer():
+    """Kallsyms.load (lazy_from_text) answers names from the text until the
+    table is needed:
+    the same Symbol (address, size, type; a global before a static one)."""
+    require("root")
+    rows = _proc_kallsyms()
+    counts: dict[str, int] = {}
+    for _, _, name in rows:
+        counts[name] = counts.get(name, 0) + 1
+    repeated = [n for n, c in counts.items() if c > 1][:200]
+    names = repeated + random.Random(3).sample([r[2] for r in rows], 500)
+    names += [name for group in _aliased_groups().values() for name, _ in group]
+    names += ["no_such_symbol_kpeek", rows[-1][2]]
+    with open("/proc/kallsyms") as f:
+        text = f.read()
+    table = Kallsyms.from_text(text)
+    for name in names:
+        lazy = Kallsyms.lazy_from_text(text)
+        assert lazy.symbol(name) == table.symbol(name), name
+        assert lazy.address_of(name) == table.address_of(name), name
+        assert "_text" in lazy.__dict__ or name in (rows[-1][2], "no_such_symbol_kpeek") \
+            or table.symbol(name).module, name  # answered without building the table

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import UsageError
 from kpeek.kernel.address import parse_address
@@ -89,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if variables:
         return _show_variables(variables, results, args)
     if args.json:
+        from kpeek import jsonout  # only here: orjson costs start-up time
+
         jsonout.emit("sym", {"symbols": [
             {
                 "query": what,
@@ -126,6 +127,8 @@ def _is_hex(word: str) -> bool:
 def _show_variables(variables: list[dict], results: list, args: argparse.Namespace) -> int:
     """Names found only as BTF variables (printed after any kallsyms answers)."""
     if args.json:
+        from kpeek import jsonout
+
         jsonout.emit("sym", {"symbols": [
             {"query": what, "address": f"0x{address:x}", "name": sym.name,
              "symbol_address": f"0x{sym.address:x}", "offset": address - sym.address,

@@ -18,6 +18,8 @@ not data symbols.
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 import os
 import re
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from kpeek.errors import NotPermitted, NotSupported
 
 KALLSYMS = "/proc/kallsyms"
+# A line whose address is not all zeros (none when the kernel hides them).
+_NONZERO_ADDRESS = re.compile(r"^0*[1-9a-f]", re.M)
 # "ffffffff81000000 T _text" or "... t name\t[module]"
 _LINE = re.compile(r"^([0-9a-fA-F]+) (\S) (\S+)(?:\s+\[(\S+)\])?[ \t]*$", re.M)
 
@@ -84,28 +88,63 @@ class Kallsyms:
         # it picks a name in); several names may share one address.
         n = len(addresses)
         mods = modules if modules is not None else [None] * n
-        order = range(n)
-        if any(addresses[i] > addresses[i + 1] for i in range(n - 1)):
-            order = sorted(order, key=addresses.__getitem__)
+        order: range | list[int] = range(n)
+        if not all(map(operator.le, addresses, itertools.islice(addresses, 1, None))):
+            order = sorted(order, key=addresses.__getitem__)  # stable: ties keep their order
         self._names_raw = (addresses, kinds, names, mods)
         self._by_name_cache: dict[str, int] | None = None
-        addrs: list[int] = []
-        picks: list[int] = []  # index into the raw lists of each address's chosen name
-        last = -1
-        for i in order:  # a stable sort: ties keep the kernel's order
-            a = addresses[i]
-            if a == last:
-                # The first listed names the address, unless it is one the
-                # kernel skips (an unnamed or mapping symbol).
-                if not _names_an_address(names[picks[-1]]) and _names_an_address(names[i]):
-                    picks[-1] = i
-                continue
-            last = a
-            addrs.append(a)
-            picks.append(i)
-        self._addrs = addrs
-        self._picks = picks
+        self._name_lookups = 0
+        # The first index at each address names it: a dict filled in reverse
+        # order keeps each address's first index as its value (C speed; a
+        # Python loop over 120,000 symbols cost 50 ms of every start-up).
+        backwards = order[::-1]
+        first = dict(zip(map(addresses.__getitem__, backwards), backwards, strict=True))
+        self._addrs: list[int] = list(first)[::-1]
+        self._picks: list[int] = list(first.values())[::-1]
+        # Names the kernel's lookup skips are rare (arm modules' "$x"): one
+        # search of all names joined finds whether there are any.
+        joined = "\n" + "\n".join(names) + "\n"
+        if any(mark in joined for mark in ("\n\n", "\n$", "\n.L", "\nL0")):
+            self._skip_unnamed()
         self._ends: list[int] = []  # where a section ends: no symbol reaches past one
+
+    def _skip_unnamed(self) -> None:
+        """Where the first symbol at an address is one the kernel's lookup skips
+        (an unnamed or mapping symbol: module symtabs have them), the next one
+        names it."""
+        addresses, _, names, _ = self._names_raw
+        bad = [k for k, pick in enumerate(self._picks) if not _names_an_address(names[pick])]
+        wanted = {self._addrs[k] for k in bad}
+        by_address: dict[int, list[int]] = {}
+        for i in sorted(range(len(addresses)), key=addresses.__getitem__):
+            if addresses[i] in wanted and _names_an_address(names[i]):
+                by_address.setdefault(addresses[i], []).append(i)
+        for k in bad:
+            better = by_address.get(self._addrs[k])
+            if better:
+                self._picks[k] = better[0]
+
+    _NAME_SCANS = 8  # lookups by name answered by list scans before a dict pays off
+
+    def _index_of(self, name: str) -> int | None:
+        """Raw index of ``name``; a global name wins over a static one of that name."""
+        if self._by_name_cache is None and self._name_lookups < self._NAME_SCANS:
+            # One name (kpeek sym NAME): list.index scans at C speed; the dict
+            # of 120,000 names cost 60 ms.
+            self._name_lookups += 1
+            _, kinds, names, _ = self._names_raw
+            found: int | None = None
+            at = -1
+            while True:
+                try:
+                    at = names.index(name, at + 1)
+                except ValueError:
+                    return found
+                if found is None:
+                    found = at
+                if kinds[at].isupper():
+                    return at
+        return self._by_name.get(name)
 
     @property
     def _by_name(self) -> dict[str, int]:
@@ -134,19 +173,72 @@ class Kallsyms:
             raise NotSupported(f"{path} is missing: the kernel lacks CONFIG_KALLSYMS") from None
         except PermissionError:
             raise NotPermitted(f"cannot read {path}: run kpeek as root") from None
-        return cls.from_text(text, source=path)
+        return cls.lazy_from_text(text, source=path)
+
+    @classmethod
+    def lazy_from_text(cls, text: str, source: str = KALLSYMS) -> Kallsyms:
+        """Like :meth:`from_text`, the table built when first needed: a lookup
+        by name (kpeek sym NAME) is answered from the text (80 ms less)."""
+        if text and not _NONZERO_ADDRESS.search(text):
+            cls.from_text(text, source=source)  # raises, saying what hides them
+        out = cls.__new__(cls)
+        out._text, out._source = text, source
+        return out
+
+    # Attributes of the table, built from _text on first access.
+    _TABLE = frozenset(("_names_raw", "_by_name_cache", "_name_lookups", "_addrs", "_picks",
+                        "_ends"))
+
+    def __getattr__(self, attr: str):
+        if attr in Kallsyms._TABLE and "_text" in self.__dict__:
+            text = self.__dict__.pop("_text")
+            self.__dict__.update(Kallsyms.from_text(text, source=self._source).__dict__)
+            return getattr(self, attr)
+        raise AttributeError(attr)
+
+    def _from_text_by_name(self, name: str) -> Symbol | None:
+        """``name``'s symbol straight from the unparsed text of the kernel image's
+        lines (sorted by address), or None to say "build the table": a name of
+        a module's, or the image's last symbol. The same answer as the table's:
+        a global name before a static one, the size up to the next address."""
+        text = self.__dict__["_text"]
+        end = text.find("[")
+        end = len(text) if end < 0 else text.rfind("\n", 0, end) + 1
+        needle = f" {name}\n"
+        found = None
+        at = text.find(needle, 0, end)
+        while at >= 0:  # lines "ADDRESS T NAME"
+            head = text[text.rfind("\n", 0, at) + 1:at].split(" ")
+            if len(head) == 2 and len(head[1]) == 1 and head[0]:
+                if found is None or (found[2].islower() and head[1].isupper()):
+                    found = (at + len(needle) - 1, head[0], head[1])
+                if found[2].isupper():
+                    break
+            at = text.find(needle, at + 1, end)
+        if found is None:
+            return None
+        at, address = found[0], int(found[1], 16)
+        while at + 1 < end:  # the next line with a higher address gives the size
+            word = text[at + 1:at + 1 + len(found[1])]
+            if int(word, 16) > address:
+                return Symbol(name, address, int(word, 16) - address, None, found[2])
+            at = text.find("\n", at + 1, end)
+            if at < 0:
+                break
+        return None
 
     @classmethod
     def from_text(cls, text: str, source: str = KALLSYMS) -> Kallsyms:
         modules: list[str | None] | None = None
-        if "[" in text:  # module (and BPF program) symbols carry a fourth column
-            lines = text.splitlines()
-            plain = [line for line in lines if "[" not in line]
-            tagged = _LINE.findall("\n".join(line for line in lines if "[" in line))
-        else:
-            plain, tagged = None, []
+        # Module (and BPF program, ftrace) symbols carry a fourth column, and
+        # come after the kernel image's: split the lines from the first of them.
+        cut = text.find("[")
+        cut = len(text) if cut < 0 else text.rfind("\n", 0, cut) + 1
+        lines = text[cut:].splitlines()
+        tagged = _LINE.findall("\n".join(line for line in lines if "[" in line))
         # the fast path: three words per line, split all at once
-        words = text.split() if plain is None else " ".join(plain).split()
+        words = text[:cut].split()
+        words += " ".join(line for line in lines if "[" not in line).split()
         if len(words) % 3:
             raise NotSupported(f"{source}: unexpected format")
         addrs = [int(a, 16) for a in words[0::3]]
@@ -188,6 +280,7 @@ class Kallsyms:
             tail = Kallsyms(addresses[base:], kinds[base:], names[base:], modules[base:])
             out = Kallsyms.__new__(Kallsyms)
             out._by_name_cache = None
+            out._name_lookups = 0
             out._names_raw = (addresses, kinds, names, modules)
             out._addrs = self._addrs + tail._addrs
             out._picks = self._picks + [base + i for i in tail._picks]
@@ -234,12 +327,19 @@ class Kallsyms:
 
     def address_of(self, name: str) -> int | None:
         """Address of the symbol called ``name``, or None."""
-        raw = self._by_name.get(name)
+        sym = self._from_text_by_name(name) if "_text" in self.__dict__ else None
+        if sym is not None:
+            return sym.address
+        raw = self._index_of(name)
         return None if raw is None else self._names_raw[0][raw]
 
     def symbol(self, name: str) -> Symbol | None:
         """The full :class:`Symbol` for ``name`` (size included), or None."""
-        raw = self._by_name.get(name)
+        if "_text" in self.__dict__:
+            sym = self._from_text_by_name(name)
+            if sym is not None:
+                return sym
+        raw = self._index_of(name)
         if raw is None:
             return None
         i = bisect.bisect_left(self._addrs, self._names_raw[0][raw])
