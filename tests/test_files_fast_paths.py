@@ -6,11 +6,14 @@ families: the same bytes, the same rows, the same open files.
   have a newline in their name, a chroot and a deleted working directory;
 - the JSON document assembled from pieces against jsonout.encode of
   files_document, for both sources, with a pipe shared by more processes
-  than the endpoint lists show, sockets, locks, ptys, eventfds.
+  than the endpoint lists show, sockets, locks, ptys, eventfds;
+- the text tables from cached cells and one format per line against fd_rows
+  and plain.table.
 """
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import Iterator
 
@@ -18,6 +21,9 @@ import pytest
 
 from capabilities import require
 from kpeek import jsonout
+from kpeek.commands.files import COLUMNS, drop_empty, fd_rows
+from kpeek.render import files_text, plain
+from kpeek.render.fdfacts import FdFacts
 from kpeek.render.files_json import files_json
 from kpeek.render.tables import files_document
 from kpeek.sources import fdfacts, take_snapshot
@@ -123,3 +129,27 @@ def test_json_from_pieces_is_the_reference_document(scenes, source, raw):
     assert files_json(snap, procs[1:], raw, chosen) == jsonout.encode(
         {"schema": "kpeek.files/1", **files_document(snap, procs[1:], raw, chosen)}
     )
+
+
+@pytest.mark.parametrize("source", ["bpf", "procfs"])
+def test_text_tables_are_the_reference_lines(scenes, source):
+    if source == "bpf":
+        require("bpf")
+    pids = _pids(scenes)
+    snap = take_snapshot(source, pids=pids, threads=False)
+    snap = fdfacts.enrich(snap, pids)
+    facts = FdFacts(snap)
+    cells = files_text.FileCells(snap, facts)
+    chosen = {(d.tgid, d.fd) for d in snap.fds if d.fd % 2}
+    for pick in (None, chosen):
+        for t in sorted(snap.processes(), key=lambda t: t.pid):
+            reference, fast = io.StringIO(), io.StringIO()
+            plain.table(*drop_empty(COLUMNS, fd_rows(snap, t, pick, facts)), reference)
+            files_text.table(*drop_empty(COLUMNS, files_text.rows_of(cells, t, pick)), fast)
+            assert fast.getvalue() == reference.getvalue()
+    everything = scenes[0].info["parent"]
+    text = io.StringIO()
+    files_text.table(
+        *drop_empty(COLUMNS, files_text.rows_of(cells, snap.task(everything), None)), text
+    )
+    assert "LOCK" in text.getvalue() and " -> " in text.getvalue() and "[eventfd" in text.getvalue()

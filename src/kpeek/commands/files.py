@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import operator
 import os
 import sys
 from collections import defaultdict
@@ -21,7 +22,7 @@ from kpeek.commands.common import (
 )
 from kpeek.errors import NotSupported, UsageError
 from kpeek.model import ProcessFile, Snapshot, Task
-from kpeek.render import cplayground, plain
+from kpeek.render import cplayground, files_text, plain
 from kpeek.render.fdfacts import FdFacts
 from kpeek.render.fileflags import access_mode, flag_names
 from kpeek.render.files_json import files_json
@@ -289,13 +290,13 @@ def _print_tables(
     snap: Snapshot, processes: list[Task], chosen: set[tuple[int, int]] | None = None
 ) -> None:
     out = sys.stdout
-    facts = FdFacts(snap)
+    cells = files_text.FileCells(snap, FdFacts(snap))
     for t in processes:
-        rows = fd_rows(snap, t, chosen, facts)
+        rows = files_text.rows_of(cells, t, chosen)  # fd_rows' cells, each open file's made once
         title = f"PID {t.pid} {t.comm}  (pid {t.ns_pid} in pidns {namespace_id(t.pidns)})"
         plain.bold(out, for_terminal(title))
         if rows:
-            plain.table(*drop_empty(COLUMNS, rows), out)
+            files_text.table(*drop_empty(COLUMNS, rows), out)
         else:
             plain.line(out, "  (no descriptors)")
         plain.line(out)
@@ -355,7 +356,8 @@ def drop_empty(
     """Leave out LOCK and DETAILS when no row has one (most tables)."""
     drop = {i for i, c in enumerate(columns) if c in _OPTIONAL and not any(r[i] for r in rows)}
     keep = [i for i in range(len(columns)) if i not in drop]
-    return tuple(columns[i] for i in keep), [tuple(r[i] for i in keep) for r in rows]
+    pick = operator.itemgetter(*keep)  # a tuple of those cells, in C
+    return tuple(columns[i] for i in keep), [pick(r) for r in rows]
 
 
 def _print_containers(snap: Snapshot, processes: list[Task]) -> None:

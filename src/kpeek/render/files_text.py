@@ -1,0 +1,135 @@
+"""``kpeek files`` as text tables at whole-system scale: the very lines that
+``fd_rows`` and ``plain.table`` give (commands/files.py), with each open
+file's cells and each endpoint list made once and every table line made
+by one str.format.
+
+tests/test_files_fast_paths.py holds the two against each other.
+"""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from kpeek.model import FileDescriptor, ProcessFile, Snapshot, Task
+from kpeek.render import plain
+from kpeek.render.fdfacts import _PER_PROCESS as _PER_HOLDER
+from kpeek.render.fdfacts import MAX_ENDPOINTS, FdFacts, socket_name, summary
+from kpeek.render.fileflags import access_mode, flag_names
+from kpeek.textsafe import for_terminal
+
+Row = tuple[str, ...]
+
+
+class FileCells:
+    """The cells of descriptor rows, each open file's made once."""
+
+    def __init__(self, snap: Snapshot, facts: FdFacts) -> None:
+        self.snap = snap
+        self.facts = facts
+        # open file id -> ((FILE..FLAGS cells), (TYPE, INODE), PATH, the
+        # description before the endpoints, the first candidates' keys, the
+        # DETAILS cell of the other holders)
+        self.of_file: dict[str, tuple[tuple[Row, Row], str, str, set | None, str]] = {}
+        self.pf_rows: dict[tuple[str, str, str], Row] = {}
+        self.locked = facts._locks_by_fd
+
+    def fd_row(self, d: FileDescriptor) -> Row:
+        """fd_rows' row of one descriptor, as str cells."""
+        known = self.of_file.get(d.open_file)
+        if known is None:
+            known = self.of_file[d.open_file] = self._file(d)
+        cells, path, base, head, details = known
+        if head is _PER_HOLDER or (head is not None and (d.tgid, d.fd) in head):
+            details = _details(base, self.facts.endpoint_label(d))
+        lock = self.facts.lock_label(d) if self.locked else ""
+        return (
+            str(d.fd),
+            "cloexec" if d.cloexec else "",
+            *cells[0],
+            lock,
+            *cells[1],
+            path,
+            details,
+        )
+
+    def _file(self, d: FileDescriptor) -> tuple[tuple[Row, Row], str, str, set | None, str]:
+        snap, facts = self.snap, self.facts
+        f = snap.open_files[d.open_file]
+        inode = snap.inodes.get(f.inode)
+        sharers = len(snap.holders(d.open_file))
+        cells = (
+            (
+                d.open_file,
+                f"x{sharers}" if sharers > 1 else "",
+                "" if f.refcount is None else str(f.refcount),
+                str(f.pos),
+                access_mode(f.flags).removeprefix("O_"),
+                ",".join(n.removeprefix("O_") for n in flag_names(f.flags)),
+            ),
+            (inode.type if inode else "?", f.inode),
+        )
+        parts = []
+        if (s := facts.socket(d)) is not None:
+            parts.append(socket_name(s))
+        details = snap.details.get(d.open_file)
+        if details and (text := summary(dict(details))):
+            parts.append(text)
+        head, ends = self._file_ends(d)
+        base = " ".join(parts)
+        return cells, for_terminal(f.path), base, head, _details(base, ends)
+
+    def _file_ends(self, d: FileDescriptor) -> tuple[set | None, str]:
+        """The endpoint label of every holder but the first candidates (whose
+        lists leave them out), as FdFacts.endpoint_label words it."""
+        facts = self.facts
+        candidates = facts._candidates(d)
+        if facts._candidates_of_file.get(d.open_file) is not candidates:
+            return _PER_HOLDER, ""  # an eventfd's: they depend on the holder
+        if not candidates:
+            return None, ""
+        head = candidates[:MAX_ENDPOINTS]
+        words = [f"{o.tgid},{facts._comm(o.tgid)},{o.fd}{facts._mode(o)}" for o in head]
+        if len(head) == MAX_ENDPOINTS:
+            mine = 1 if facts._includes_self(d) else 0
+            if (more := max(0, len(candidates) - mine) - len(head)) > 0:
+                words.append(f"(+{more} more)")
+        return {(o.tgid, o.fd) for o in head}, " ".join(words)
+
+    def pf_row(self, pf: ProcessFile) -> Row:
+        key = (pf.kind, pf.path, pf.inode)
+        row = self.pf_rows.get(key)
+        if row is None:
+            row = self.pf_rows[key] = (pf.kind, *[""] * 9, pf.inode, for_terminal(pf.path), "")
+        return row
+
+
+def _details(base: str, ends: str) -> str:
+    """The DETAILS cell: FdFacts.description's words, escaped."""
+    if ends:
+        return for_terminal(f"{base} -> {ends}" if base else f"-> {ends}")
+    return for_terminal(base)
+
+
+def rows_of(cells: FileCells, t: Task, chosen: set[tuple[int, int]] | None) -> list[Row]:
+    """fd_rows(snap, t, chosen) with every cell a str."""
+    rows = [cells.pf_row(pf) for pf in cells.facts.process_files(t.tgid)]
+    fds = cells.snap.fds_of(t.tgid)
+    if chosen is not None:
+        fds = [d for d in fds if (d.tgid, d.fd) in chosen]
+    rows += [cells.fd_row(d) for d in fds]
+    return rows
+
+
+def table(columns: tuple[str, ...], rows: list[Row], out: TextIO) -> None:
+    """plain.table(columns, rows, out) for str cells: one format per line
+    where every cell is ASCII (a terminal column each), else plain.table."""
+    widths = []
+    for name, cells in zip(columns, zip(*rows, strict=True), strict=True):
+        if not "".join(cells).isascii() or not name.isascii():
+            plain.table(columns, rows, out)
+            return
+        widths.append(max(len(name), *map(len, cells)))
+    # The last column is not padded.
+    fmt = "  ".join([*(f"{{:<{w}}}" for w in widths[:-1]), "{}"])
+    plain.line(out, fmt.format(*columns).rstrip(), plain._BOLD)
+    out.write("".join([fmt.format(*row).rstrip() + "\n" for row in rows]))
