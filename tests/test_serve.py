@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import psutil
 import pytest
 
+import slow_clients
 from browser import Browser
 from capabilities import require
 from kpeek.web.server import LiveServer
@@ -188,34 +189,52 @@ def test_live_page_highlights_what_changed_since_the_last_refresh():
         assert fam.info["path"] in browser.evaluate(svg_text)
 
 
-@pytest.mark.timeout(120)
-def test_idle_connections_do_not_pile_up_threads_and_a_real_request_is_answered():
-    """200 connections that send nothing: a fixed number of threads, the idle ones
-    dropped after the timeout, and a request with the token still answered."""
+@contextmanager
+def serve_process(pid: int) -> Iterator[tuple[subprocess.Popen, int, str]]:
+    """`kpeek serve PID` as a user starts it: (process, port, token)."""
+    proc = subprocess.Popen([sys.executable, "-m", "kpeek", "serve", str(pid)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=([\w-]+)", proc.stdout.readline())
+        assert match, proc.stderr.read()
+        yield proc, int(match[1]), match[2]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.timeout(180)
+def test_idle_and_slow_drip_clients_hold_no_worker_and_a_token_request_is_answered():
+    """The issue's goal: 200 idle connections, and (the slowloris hole) 20
+    clients that send their request one byte a second and never finish it:
+    more than the workers. A request with the token is answered while they are
+    all connected; every one of them is closed by the deadline for the whole
+    request head, and after 15 s the server runs at most 20 threads."""
     require("graphviz")
     from kpeek.web import server as web
 
-    with family(PIPE_FORK_DUP2) as fam, running([fam.info["parent"]]) as server:
-        idle = []
+    with family(PIPE_FORK_DUP2) as fam, serve_process(fam.info["parent"]) as (proc, port, token):
+        idle = slow_clients.connect(port, 200)
+        drip = slow_clients.Drip(port, 2 * web.WORKERS + 4, every=1.0)
         try:
-            for _ in range(200):
-                s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-                idle.append(s)
-            time.sleep(1)
-            threads = threading.active_count()
-            assert threads <= web.WORKERS + 10, threads
-            deadline = time.monotonic() + web.IDLE_TIMEOUT + 20
-            while True:  # a request gets through once idle ones time out or are shed
-                try:
-                    status, body, _ = get(server, f"/diagram.svg?token={server.token}")
-                    break
-                except (OSError, http.client.HTTPException):
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
+            time.sleep(3)  # every slow client has sent bytes: before the fix each held a worker
+            status, body, _ = slow_clients.timed_get(port, f"/diagram.svg?token={token}")
+            answered_at = time.monotonic() - drip.start
             assert status == 200 and body.lstrip().startswith(b"<")
-            assert threading.active_count() <= web.WORKERS + 10
+            assert answered_at < web.IDLE_TIMEOUT, answered_at  # the slow ones were all there
+            assert min(drip.sent) >= 3
+            time.sleep(max(0.0, 15 - (time.monotonic() - drip.start)))
+            assert slow_clients.threads_of(proc.pid) <= 20
+            assert drip.open_count() == 0, drip.closed_after  # no byte-a-second client outlives it
+            assert max(drip.closed_after.values()) < web.IDLE_TIMEOUT + 4, drip.closed_after
+            assert all(not s.recv(1) for s in idle[:20])  # the idle ones were closed too
+            assert slow_clients.timed_get(port, f"/?token={token}")[0] == 200
         finally:
+            drip.close()
             for s in idle:
                 s.close()
 

@@ -9,6 +9,7 @@ stays in the address bar.
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import secrets
@@ -29,8 +30,9 @@ LOOPBACK = "127.0.0.1"
 MAX_PIDS = 64
 WORKERS = 8  # threads that answer requests; idle connections cannot pile up threads
 BACKLOG = 32  # connections with a request waiting for a worker; more are closed
-IDLE_TIMEOUT = 10.0  # seconds a connection may sit without sending its request
-MAX_PENDING = 512  # connections that have not sent anything yet; more are closed
+IDLE_TIMEOUT = 10.0  # seconds a connection has to send its whole request head
+MAX_PENDING = 512  # connections whose request head is not complete yet; more are closed
+MAX_HEAD = 16 << 10  # bytes of request line and headers; a GET needs far less
 
 SnapshotFn = Callable[[Sequence[int]], Snapshot]
 
@@ -47,9 +49,12 @@ def _default_snapshot(pids: Sequence[int]) -> Snapshot:
 
 class LiveServer(HTTPServer):
     """An HTTP server bound to 127.0.0.1 with the page's state, answering with a
-    fixed pool of worker threads. A new connection waits in one selector thread
-    until it sends something (closed after IDLE_TIMEOUT if it never does), so
-    idle or half-open connections hold no worker and no thread of their own."""
+    fixed pool of worker threads. One selector thread reads every new
+    connection's request head (request line and headers) without blocking and
+    hands it to a worker only once it is complete; a connection that has not
+    sent it all within IDLE_TIMEOUT of connecting is closed. So idle,
+    half-open and slow-drip clients (one byte every few seconds) hold no worker
+    and no thread of their own."""
 
     def __init__(self, port: int = 0, pids: Sequence[int] = (), interval: float = 2.0,
                  snapshot: SnapshotFn = _default_snapshot) -> None:
@@ -76,12 +81,17 @@ class LiveServer(HTTPServer):
             if len(self._pending) >= MAX_PENDING:
                 self.shutdown_request(request)
                 return
-            self._pending[request] = (client_address, time.monotonic() + IDLE_TIMEOUT)
+            request.setblocking(False)
+            # The deadline is for the whole head, counted from the connection:
+            # bytes that trickle in do not extend it (slowloris).
+            deadline = time.monotonic() + IDLE_TIMEOUT
+            self._pending[request] = _Pending(client_address, deadline)
             self._selector.register(request, selectors.EVENT_READ)
 
     def _watch(self) -> None:
-        """Hand a connection to the workers once it has sent something; close
-        the ones that stay silent past their deadline."""
+        """Read what pending connections sent; hand a connection to the workers
+        once its request head is complete, close the ones past their deadline,
+        that closed, or that send more than MAX_HEAD."""
         while not self._closing:
             ready = self._selector.select(timeout=0.5) if self._pending else ()
             if not self._pending:
@@ -90,26 +100,47 @@ class LiveServer(HTTPServer):
             with self._pending_lock:
                 for key, _ in ready:
                     request = key.fileobj
-                    address, _deadline = self._pending.pop(request)
-                    self._selector.unregister(request)
+                    pending = self._pending.get(request)
+                    if pending is None:
+                        continue
                     try:
-                        self._waiting.put_nowait((request, address))
-                    except queue.Full:
+                        data = request.recv(4096)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        data = b""
+                    pending.head += data
+                    complete = _head_complete(pending.head)
+                    if complete or not data or len(pending.head) > MAX_HEAD:
+                        self._forget(request)
+                        if complete:
+                            self._hand_over(request, pending)
+                        else:
+                            self.shutdown_request(request)
+                for request, pending in list(self._pending.items()):
+                    if now > pending.deadline:
+                        self._forget(request)
                         self.shutdown_request(request)
-                for request, (_address, deadline) in list(self._pending.items()):
-                    if now > deadline:
-                        del self._pending[request]
-                        self._selector.unregister(request)
-                        self.shutdown_request(request)
+
+    def _forget(self, request) -> None:
+        del self._pending[request]
+        self._selector.unregister(request)
+
+    def _hand_over(self, request, pending: _Pending) -> None:
+        request.setblocking(True)  # the handler sets its own timeout for writing
+        try:
+            self._waiting.put_nowait((request, pending.address, bytes(pending.head)))
+        except queue.Full:
+            self.shutdown_request(request)
 
     def _work(self) -> None:
         while True:
             item = self._waiting.get()
             if item is None:
                 return
-            request, client_address = item
+            request, client_address, head = item
             try:
-                self.finish_request(request, client_address)
+                _Handler(request, client_address, self, head)
             except Exception:
                 self.handle_error(request, client_address)
             finally:
@@ -154,6 +185,23 @@ class LiveServer(HTTPServer):
         return {f"{LOOPBACK}:{self.port}", f"localhost:{self.port}"}
 
 
+class _Pending:
+    """A connection whose request head is still arriving."""
+
+    __slots__ = ("address", "deadline", "head")
+
+    def __init__(self, address: object, deadline: float) -> None:
+        self.address = address
+        self.deadline = deadline
+        self.head = bytearray()
+
+
+def _head_complete(head: bytes | bytearray) -> bool:
+    """The request line and headers have all arrived (a blank line ends them;
+    http.server accepts bare LF line ends too)."""
+    return b"\r\n\r\n" in head or b"\n\n" in head
+
+
 def parse_pids(text: str) -> list[int]:
     """"1, 2 3" -> [1, 2, 3]; raises ValueError on anything else."""
     parts = [p for p in text.replace(",", " ").split() if p]
@@ -167,7 +215,17 @@ class _Handler(BaseHTTPRequestHandler):
     server: LiveServer
     server_version = "kpeek"
     sys_version = ""
-    timeout = IDLE_TIMEOUT  # socket timeout: an idle or half-open client is dropped
+    timeout = IDLE_TIMEOUT  # socket timeout for writing the answer
+
+    def __init__(self, request, client_address, server, head: bytes = b"") -> None:
+        self._head = head
+        super().__init__(request, client_address, server)
+
+    def setup(self) -> None:
+        super().setup()
+        # The request head was read whole by the server's selector thread; a
+        # GET or HEAD has no body, so the handler reads nothing from the socket.
+        self.rfile = io.BytesIO(self._head)
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # quiet: the URL with the token must not end up in logs
