@@ -49,6 +49,25 @@ def add_raw_pointers(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_snapshot_outputs(parser: argparse.ArgumentParser) -> None:
+    """--source, --json and the pointer options: every verb that prints a snapshot."""
+    add_source(parser)
+    add_json(parser)
+    add_raw_pointers(parser)
+
+
+def add_pid_lists(parser: argparse.ArgumentParser, *flags: str, dest: str, help: str) -> None:
+    """A repeatable -p PID[,PID...] (comma or space lists), kept as given in
+    ``dest`` (a list of strings) for the verb to read."""
+    parser.add_argument(*flags, dest=dest, action="append", default=[],
+                        metavar="PID[,PID...]", help=help)
+
+
+def add_users(parser: argparse.ArgumentParser, *flags: str, dest: str, help: str) -> None:
+    """A repeatable -u USER[,USER...] (names or uids), kept as given in ``dest``."""
+    parser.add_argument(*flags, dest=dest, action="append", metavar="USER[,USER...]", help=help)
+
+
 def raw_pointers_allowed(args: argparse.Namespace) -> bool:
     """Kernel pointers are secrets: raw only for root, and only when asked.
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from kpeek.commands import file_select
 from kpeek.commands.common import (
-    add_json,
-    add_raw_pointers,
-    add_source,
+    add_pid_lists,
+    add_snapshot_outputs,
+    add_users,
     is_live,
     raw_pointers_allowed,
     snapshot,
@@ -48,14 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PID|PATH",
         help="processes to show (default: all); a path shows who has that file open",
     )
-    p.add_argument(
-        "-p",
-        dest="pid_lists",
-        action="append",
-        default=[],
-        metavar="PID[,PID...]",
-        help="processes to show (lsof -p)",
-    )
+    add_pid_lists(p, "-p", dest="pid_lists", help="processes to show (lsof -p)")
     p.add_argument(
         "-i",
         dest="inet",
@@ -65,13 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="ADDR",
         help="internet sockets only, optionally [46][tcp|udp][@host][:port]",
     )
-    p.add_argument(
-        "-u",
-        dest="users",
-        action="append",
-        metavar="USER",
-        help="processes of these users (names or uids, comma list, ^ excludes)",
-    )
+    add_users(p, "-u", dest="users", help="processes of these users (^ excludes)")
     p.add_argument(
         "-c",
         dest="comms",
@@ -113,9 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     for fmt in DIAGRAM_FORMATS:
         p.add_argument(f"--{fmt}", metavar="FILE", help=f"write a {fmt.upper()} diagram to FILE")
-    add_source(p)
-    add_json(p)
-    add_raw_pointers(p)
+    add_snapshot_outputs(p)
     p.set_defaults(func=run)
 
 

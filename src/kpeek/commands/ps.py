@@ -10,9 +10,9 @@ from collections import defaultdict
 
 from kpeek import jsonout
 from kpeek.commands.common import (
-    add_json,
-    add_raw_pointers,
-    add_source,
+    add_pid_lists,
+    add_snapshot_outputs,
+    add_users,
     is_live,
     namespace_number,
     raw_pointers_allowed,
@@ -32,22 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ps", help="processes and threads", description=__doc__)
     p.add_argument("pids", nargs="*", metavar="PID", help="only these processes (as -p)")
     p.add_argument("-t", "--threads", action="store_true", help="list threads too")
-    p.add_argument(
-        "-p",
-        "--pid",
-        action="append",
-        default=[],
-        metavar="PID[,PID...]",
-        help="only these processes (repeatable, comma or space lists)",
-    )
+    add_pid_lists(p, "-p", "--pid", dest="pid", help="only these processes")
     p.add_argument("-c", "--comm", help="only commands matching this glob, e.g. 'sort*'")
-    p.add_argument(
-        "-u",
-        "--user",
-        action="append",
-        metavar="USER[,USER...]",
-        help="only tasks of these users (names or uids)",
-    )
+    add_users(p, "-u", "--user", dest="user", help="only tasks of these users")
     p.add_argument("-s", "--state", help="only these states, e.g. 'D' or 'DR'")
     p.add_argument("--ns", type=namespace_number,
                    help="only tasks in this PID namespace (its inode number, as shown)")
@@ -67,9 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--forest", action="store_true", help="processes as a tree under parents")
     p.add_argument("--stacks", action="store_true", help="with each task, its kernel stack (root)")
-    add_source(p)
-    add_json(p)
-    add_raw_pointers(p)
+    add_snapshot_outputs(p)
     p.set_defaults(func=run)
 
 
