@@ -118,3 +118,28 @@ def test_endless_stdin_stops(tmp_path):
     with pytest.raises(Exception) as err:
         parse_stream(io.BytesIO(data), "stdin", chunk=1 << 16, max_input=1 << 20)
     assert "larger than" in str(err.value)
+
+
+@pytest.mark.timeout(300)
+def test_endless_stdin_through_the_cli_is_one_line_exit_2_in_bounded_memory():
+    """`yes ... | kpeek oops -` as a user runs it: refused at the 1 GiB input
+    limit with one line and exit 2, never holding more than a few windows."""
+    yes = subprocess.Popen(["yes", "[    1.000000] an ordinary console line"],
+                           stdout=subprocess.PIPE)
+    try:
+        with open(os.devnull, "wb") as null:
+            err_r, err_w = os.pipe()
+            kpeek = subprocess.Popen([sys.executable, "-m", "kpeek", "oops", "-"],
+                                     stdin=yes.stdout, stdout=null, stderr=err_w)
+            os.close(err_w)
+            yes.stdout.close()  # kpeek holds the only reader now
+            with os.fdopen(err_r, "rb") as err_file:
+                err = err_file.read().decode()
+            _, status, usage = os.wait4(kpeek.pid, 0)
+            kpeek.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        yes.kill()
+        yes.wait()
+    assert kpeek.returncode == 2, err
+    assert err.count("\n") == 1 and "larger than" in err, err
+    assert usage.ru_maxrss < 200 * 1024, f"{usage.ru_maxrss} KB"
