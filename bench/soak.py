@@ -1,49 +1,209 @@
-"""Soak: N snapshots (default 1000) of the whole system under bounded fork/exit
-churn, from each source; counts inconsistent documents, tracebacks and hangs.
+"""Soak: N whole-system snapshots per source under bounded fork/exit churn.
 
-    sudo .venv/bin/python bench/soak.py [N]
+Counts what the issue's goal names: tracebacks (an exception out of a
+snapshot, or a traceback / unexpected exit status from the CLI), inconsistent
+documents (a reference in the snapshot or in its files --json document that
+does not resolve), hangs (one snapshot taking longer than --hang seconds) and
+new kernel messages (/dev/kmsg records logged during the run).
+
+Sources run side by side, each in --jobs worker processes (a snapshot is one
+process's work; the machine has 2 CPUs). Every --cli-every'th snapshot is a
+real `kpeek files --json --source S` run, as a user would start it.
+
+    sudo .venv/bin/python bench/soak.py --snapshots 1000 --jobs 1
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import multiprocessing as mp
+import os
+import queue
+import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
 
-from churn import Churn, dangling
-from kpeek.sources import take_snapshot
+from churn import Churn, dangling, dangling_in_document  # noqa: E402
+
+
+def kmsg_records() -> list[tuple[int, str]]:
+    """Every record in the kernel's log buffer now, as (sequence, text)."""
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    found = []
+    try:
+        while True:
+            try:
+                raw = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # a record overwritten while reading: go on
+                continue
+            head, _, text = raw.decode(errors="replace").partition(";")
+            found.append((int(head.split(",")[1]), text.split("\n", 1)[0]))
+    finally:
+        os.close(fd)
+    return found
+
+
+def _in_process(source: str) -> tuple[list[str], int]:
+    from kpeek.render.tables import files_document
+    from kpeek.sources import take_snapshot
+
+    snap = take_snapshot(source)
+    doc = json.loads(json.dumps(files_document(snap, list(snap.processes()))))
+    return dangling(snap) + dangling_in_document(doc), snap.vanished
+
+
+def _cli(source: str) -> tuple[list[str], int]:
+    run = subprocess.run(
+        [sys.executable, "-m", "kpeek", "files", "--json", "--source", source],
+        capture_output=True,
+        timeout=3600,
+    )
+    if run.returncode != 0 or b"Traceback" in run.stderr:
+        raise RuntimeError(f"kpeek files exit {run.returncode}: {run.stderr[-400:]!r}")
+    doc = json.loads(run.stdout)
+    return dangling_in_document(doc), doc["vanished"]
+
+
+def _worker(source: str, rounds: range, cli_every: int, out: mp.Queue) -> None:
+    for i in rounds:
+        out.put(("start", source, i, time.monotonic()))
+        t0 = time.monotonic()
+        try:
+            take = _cli if cli_every and i % cli_every == 0 else _in_process
+            bad, vanished = take(source)
+            out.put(("done", source, i, time.monotonic() - t0, bad[:5], vanished))
+        except Exception:
+            out.put(("error", source, i, time.monotonic() - t0, traceback.format_exc(limit=4)))
+    out.put(("exit", source, -1, 0.0))
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.done = self.inconsistent = self.errors = self.hangs = self.vanished = 0
+        self.slowest = 0.0
+        self.examples: list[str] = []
+
+
+def soak(sources: list[str], n: int, jobs: int, cli_every: int, hang_s: float) -> dict:
+    ctx = mp.get_context("fork")
+    out: mp.Queue = ctx.Queue()
+    workers: dict[tuple[str, int], mp.Process] = {}
+    for source in sources:
+        for j in range(jobs):
+            p = ctx.Process(target=_worker, args=(source, range(j, n, jobs), cli_every, out))
+            p.start()
+            workers[(source, j)] = p
+    tally = {s: Tally() for s in sources}
+    running: dict[tuple[str, int], float] = {}  # (source, snapshot) -> started
+    live = len(workers)
+    while live:
+        try:
+            msg = out.get(timeout=5)
+        except queue.Empty:
+            msg = None
+        if msg:
+            kind, source, i = msg[:3]
+            t = tally[source]
+            if kind == "start":
+                running[(source, i)] = msg[3]
+            elif kind == "exit":
+                live -= 1
+            else:
+                running.pop((source, i), None)
+                t.done += 1
+                t.slowest = max(t.slowest, msg[3])
+                if kind == "error":
+                    t.errors += 1
+                    t.examples.append(msg[4])
+                else:
+                    t.inconsistent += bool(msg[4])
+                    t.examples += msg[4][:1]
+                    t.vanished += msg[5]
+        now = time.monotonic()
+        for (source, i), started in list(running.items()):
+            if now - started > hang_s:  # stop the worker stuck in it
+                tally[source].hangs += 1
+                del running[(source, i)]
+                key = (source, i % jobs)
+                workers[key].kill()
+                live -= 1
+    for p in workers.values():
+        p.join()
+    return tally
 
 
 def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--snapshots", type=int, default=1000, help="per source")
+    ap.add_argument("--sources", default="bpf,procfs")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes per source")
+    ap.add_argument(
+        "--cli-every",
+        type=int,
+        default=10,
+        help="every Nth snapshot through the kpeek CLI (0: none)",
+    )
+    ap.add_argument("--hang", type=float, default=300, help="seconds that count as a hang")
+    ap.add_argument("--out", default=str(REPO / "bench/results/soak.txt"))
+    args = ap.parse_args()
+    sources = args.sources.split(",")
+
     churn = Churn("/etc/hostname")
-    failed = 0
+    forks_before = _forks()
+    kmsg_before = kmsg_records()
+    last_seq = kmsg_before[-1][0] if kmsg_before else -1
+    cpu0, wall0 = os.times(), time.monotonic()
     try:
-        for source in ("bpf", "procfs"):
-            start = time.monotonic()
-            bad = errors = vanished = slowest = 0.0
-            for _ in range(n):
-                t0 = time.monotonic()
-                try:
-                    snap = take_snapshot(source)
-                except Exception:
-                    errors += 1
-                    traceback.print_exc(limit=3)
-                    continue
-                slowest = max(slowest, time.monotonic() - t0)
-                bad += bool(dangling(snap))
-                vanished += snap.vanished
-            took = time.monotonic() - start
-            print(f"{source:7} {n} snapshots in {took:.0f} s: {int(bad)} inconsistent, "
-                  f"{int(errors)} tracebacks, slowest {slowest:.2f} s, "
-                  f"{int(vanished)} descriptors counted as vanished")
-            failed += int(bad + errors)
+        tally = soak(sources, args.snapshots, args.jobs, args.cli_every, args.hang)
     finally:
         churn.stop()
+    wall, cpu1 = time.monotonic() - wall0, os.times()
+    cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
+    new_kmsg = [text for seq, text in kmsg_records() if seq > last_seq]
+    forks = _forks() - forks_before
+
+    lines = [
+        f"bench/soak.py --snapshots {args.snapshots} --sources {args.sources} --jobs {args.jobs} "
+        f"--cli-every {args.cli_every} --hang {args.hang:g}",
+        f"machine: {os.cpu_count()} CPUs, {_processes()} processes "
+        f"at start, load {os.getloadavg()[0]:.1f} at end; kernel {os.uname().release}",
+        f"{wall:.0f} s wall, {cpu:.0f} s CPU (workers and CLI runs), {forks} forks on the machine "
+        "during the run (the churn's and everyone else's)",
+    ]
+    failed = bool(new_kmsg)
+    for source, t in tally.items():
+        lines.append(
+            f"{source:7} {t.done} snapshots: {t.errors} tracebacks, {t.inconsistent} inconsistent "
+            f"documents, {t.hangs} hangs; slowest {t.slowest:.1f} s; {t.vanished} descriptors "
+            "counted as vanished"
+        )
+        failed |= bool(t.errors or t.inconsistent or t.hangs or t.done < args.snapshots)
+        lines += [f"  e.g. {e.strip()}" for e in t.examples[:3]]
+    lines.append(f"new kernel messages during the run: {len(new_kmsg)}")
+    lines += [f"  {m}" for m in new_kmsg[:20]]
+    report = "\n".join(lines) + "\n"
+    print(report, end="")
+    Path(args.out).write_text(report)
     return 1 if failed else 0
+
+
+def _forks() -> int:
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("processes "):
+            return int(line.split()[1])
+    return 0
+
+
+def _processes() -> int:
+    return sum(1 for d in os.listdir("/proc") if d.isdigit())
 
 
 if __name__ == "__main__":

@@ -57,8 +57,38 @@ def dangling(snap) -> list[str]:
     """Every reference in a snapshot that does not resolve."""
     tgids = {t.tgid for t in snap.processes()}
     bad = [f"fd {d.tgid}/{d.fd}: no such process" for d in snap.fds if d.tgid not in tgids]
-    bad += [f"fd {d.tgid}/{d.fd}: no open file {d.open_file}" for d in snap.fds
-            if d.open_file not in snap.open_files]
+    bad += [
+        f"fd {d.tgid}/{d.fd}: no open file {d.open_file}"
+        for d in snap.fds
+        if d.open_file not in snap.open_files
+    ]
     held = {d.open_file for d in snap.fds}
     bad += [f"open file {k}: no holder" for k in snap.open_files if k not in held]
+    return bad
+
+
+def dangling_in_document(doc: dict) -> list[str]:
+    """Every reference in a files --json document that does not resolve: a
+    holder [pid, fd] whose pid is not among its processes, an fd whose open
+    file, or an open file whose inode, is not listed."""
+    pids = {p["pid"] for p in doc["processes"]}
+    bad = [
+        f"holder {h}: no such process"
+        for f in doc["open_files"]
+        for h in f["holders"]
+        if h[0] not in pids
+    ]
+    files = {f["id"] for f in doc["open_files"]}
+    bad += [
+        f"fd {p['pid']}/{d['fd']}: no open file {d['open_file']}"
+        for p in doc["processes"]
+        for d in p["fds"]
+        if d["open_file"] not in files
+    ]
+    inodes = {i["id"] for i in doc["inodes"]}
+    bad += [
+        f"open file {f['id']}: no inode {f['inode']}"
+        for f in doc["open_files"]
+        if f["inode"] not in inodes
+    ]
     return bad

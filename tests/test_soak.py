@@ -11,7 +11,7 @@ import time
 import pytest
 
 from capabilities import require
-from churn import Churn, dangling
+from churn import Churn, dangling, dangling_in_document
 from kpeek.render.tables import files_document
 from kpeek.sources import take_snapshot
 
@@ -33,9 +33,7 @@ def test_snapshots_under_churn_have_no_dangling_references(source, rounds, budge
             snap = take_snapshot(source)
             bad += dangling(snap)
             doc = json.loads(json.dumps(files_document(snap, list(snap.processes()))))
-            pids = {p["pid"] for p in doc["processes"]}
-            bad += [f"holder {h}" for f in doc["open_files"] for h in f["holders"]
-                    if h[0] not in pids]
+            bad += dangling_in_document(doc)
             counted += snap.vanished
             done += 1
     finally:
