@@ -27,8 +27,11 @@ def _mixed_log(seed: int, count: int) -> bytes:
     parts = []
     for log in rnd.sample(logs, count):
         parts.append(log)
-        parts.append(b"".join(b"[ %d.000000] ordinary line %d\n" % (i, i)
-                              for i in range(rnd.randrange(0, 5000))))
+        parts.append(
+            b"".join(
+                b"[ %d.000000] ordinary line %d\n" % (i, i) for i in range(rnd.randrange(0, 5000))
+            )
+        )
     return b"\n".join(parts)
 
 
@@ -46,8 +49,9 @@ def test_stream_finds_what_one_piece_finds(chunk):
 
 
 def _run(args, **kw):
-    return subprocess.run([sys.executable, "-m", "kpeek", *args], capture_output=True,
-                          text=True, timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "kpeek", *args], capture_output=True, text=True, timeout=120, **kw
+    )
 
 
 @pytest.mark.timeout(120)
@@ -87,8 +91,9 @@ def test_a_big_log_in_bounded_memory(tmp_path):
     (the whole-file reader held several times the file)."""
     log = tmp_path / "big.log"
     logs = _corpus_logs()[:5]
-    noise = b"".join(b"[ %d.000000] eth0: link up, an ordinary line %d\n" % (i, i)
-                     for i in range(50_000))
+    noise = b"".join(
+        b"[ %d.000000] eth0: link up, an ordinary line %d\n" % (i, i) for i in range(50_000)
+    )
     with log.open("wb") as f:
         i = 0
         while f.tell() < 64 << 20:
@@ -96,14 +101,17 @@ def test_a_big_log_in_bounded_memory(tmp_path):
             f.write(logs[i % len(logs)] + b"\n")
             i += 1
     # VmHWM, not ru_maxrss: that one keeps the forking parent's size across exec
-    code = ("import sys\n"
-            "from kpeek.cli import main\n"
-            "rc = main(['oops', '--summary', sys.argv[1]])\n"
-            "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')]\n"
-            "print(hwm[0].split()[1], file=sys.stderr)\n"
-            "sys.exit(rc)\n")
-    p = subprocess.run([sys.executable, "-c", code, str(log)], capture_output=True, text=True,
-                       timeout=280)
+    code = (
+        "import sys\n"
+        "from kpeek.cli import main\n"
+        "rc = main(['oops', '--summary', sys.argv[1]])\n"
+        "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')]\n"
+        "print(hwm[0].split()[1], file=sys.stderr)\n"
+        "sys.exit(rc)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(log)], capture_output=True, text=True, timeout=280
+    )
     assert p.returncode == 0, p.stderr
     peak_kb = int(p.stderr.strip().splitlines()[-1])
     assert peak_kb < 100 * 1024, f"peak {peak_kb} KB"
@@ -124,13 +132,18 @@ def test_endless_stdin_stops(tmp_path):
 def test_endless_stdin_through_the_cli_is_one_line_exit_2_in_bounded_memory():
     """`yes ... | kpeek oops -` as a user runs it: refused at the 1 GiB input
     limit with one line and exit 2, never holding more than a few windows."""
-    yes = subprocess.Popen(["yes", "[    1.000000] an ordinary console line"],
-                           stdout=subprocess.PIPE)
+    yes = subprocess.Popen(
+        ["yes", "[    1.000000] an ordinary console line"], stdout=subprocess.PIPE
+    )
     try:
         with open(os.devnull, "wb") as null:
             err_r, err_w = os.pipe()
-            kpeek = subprocess.Popen([sys.executable, "-m", "kpeek", "oops", "-"],
-                                     stdin=yes.stdout, stdout=null, stderr=err_w)
+            kpeek = subprocess.Popen(
+                [sys.executable, "-m", "kpeek", "oops", "-"],
+                stdin=yes.stdout,
+                stdout=null,
+                stderr=err_w,
+            )
             os.close(err_w)
             yes.stdout.close()  # kpeek holds the only reader now
             with os.fdopen(err_r, "rb") as err_file:

@@ -56,8 +56,14 @@ def test_token_is_required_for_every_path():
         assert len(token) >= 32
         wrong_last = token[:-1] + ("y" if token[-1] == "x" else "x")  # always one char off
         assert token.upper() != token  # so the upper-cased token is wrong too
-        for path in ("/", "/diagram.svg", "/?token=", f"/?token={wrong_last}",
-                     f"/diagram.svg?token={token.upper()}", "/nothing"):
+        for path in (
+            "/",
+            "/diagram.svg",
+            "/?token=",
+            f"/?token={wrong_last}",
+            f"/diagram.svg?token={token.upper()}",
+            "/nothing",
+        ):
             status, body, _ = get(server, path)
             assert status == 403, path
             assert b"svg" not in body and token.encode() not in body
@@ -69,8 +75,10 @@ def test_token_is_required_for_every_path():
         assert headers["Referrer-Policy"] == "no-referrer"
         status, svg, headers = get(server, f"/diagram.svg?token={token}")
         assert status == 200 and headers["Content-Type"] == "image/svg+xml"
-        texts = " ".join("".join(t.itertext()) for t in ET.fromstring(svg).iter(
-            "{http://www.w3.org/2000/svg}text"))
+        texts = " ".join(
+            "".join(t.itertext())
+            for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")
+        )
         assert f"PID {fam.info['parent']}" in texts
         # another process, chosen in the URL; junk pids are a 400, not a crash
         status, svg, _ = get(server, f"/diagram.svg?token={token}&pids={fam.info['child']}")
@@ -105,13 +113,17 @@ def test_not_reachable_on_other_addresses():
 @pytest.mark.timeout(120)
 def test_live_page_in_chromium_shows_and_refreshes_the_diagram():
     require("graphviz", "chromium")
-    with family(PIPE_FORK_DUP2) as fam, running([fam.info["parent"]], interval=0.5) as server, \
-            Browser() as browser:
+    with (
+        family(PIPE_FORK_DUP2) as fam,
+        running([fam.info["parent"]], interval=0.5) as server,
+        Browser() as browser,
+    ):
         browser.open(server.url)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             updates = browser.evaluate(
-                "Number(document.getElementById('diagram').dataset.updates || 0)")
+                "Number(document.getElementById('diagram').dataset.updates || 0)"
+            )
             if updates >= 2:
                 break
             time.sleep(0.2)
@@ -121,8 +133,7 @@ def test_live_page_in_chromium_shows_and_refreshes_the_diagram():
         )
         assert f"PID {fam.info['parent']}" in " ".join(texts)
         assert "open file table" in texts
-        assert browser.evaluate("document.getElementById('pids').value") == str(
-            fam.info["parent"])
+        assert browser.evaluate("document.getElementById('pids').value") == str(fam.info["parent"])
         # the same page without the token: refused
         browser.open(f"http://127.0.0.1:{server.port}/")
         assert "forbidden" in browser.evaluate("document.body.textContent")
@@ -133,7 +144,10 @@ def test_serve_command_prints_a_tokened_loopback_url_and_stops_on_ctrl_c():
     require("graphviz")
     proc = subprocess.Popen(
         [sys.executable, "-m", "kpeek", "serve", str(os.getpid())],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=([\w-]+)", line)
@@ -165,13 +179,16 @@ CHANGED = "#ffe680"
 @pytest.mark.timeout(120)
 def test_live_page_highlights_what_changed_since_the_last_refresh():
     require("graphviz", "chromium")
-    with family(ON_SIGNAL) as fam, running([fam.pid], interval=0.5) as server, \
-            Browser() as browser:
+    with family(ON_SIGNAL) as fam, running([fam.pid], interval=0.5) as server, Browser() as browser:
         browser.open(server.url)
-        svg_text = ("Array.from(document.querySelectorAll('#diagram svg text'))"
-                    ".map(t => t.textContent).join('\\n')")
-        yellow = ("Array.from(document.querySelectorAll('#diagram svg polygon'))"
-                  f".filter(p => p.getAttribute('fill') === '{CHANGED}').length")
+        svg_text = (
+            "Array.from(document.querySelectorAll('#diagram svg text'))"
+            ".map(t => t.textContent).join('\\n')"
+        )
+        yellow = (
+            "Array.from(document.querySelectorAll('#diagram svg polygon'))"
+            f".filter(p => p.getAttribute('fill') === '{CHANGED}').length"
+        )
 
         def wait(condition) -> None:
             deadline = time.monotonic() + 30
@@ -179,8 +196,12 @@ def test_live_page_highlights_what_changed_since_the_last_refresh():
                 assert time.monotonic() < deadline, "the page did not update"
                 time.sleep(0.1)
 
-        wait(lambda: browser.evaluate(
-            "Number(document.getElementById('diagram').dataset.updates || 0)") >= 2)
+        wait(
+            lambda: (
+                browser.evaluate("Number(document.getElementById('diagram').dataset.updates || 0)")
+                >= 2
+            )
+        )
         assert browser.evaluate(yellow) == 0  # nothing changed between refreshes
         os.kill(fam.pid, signal.SIGUSR1)
         wait(lambda: fam.info["path"] in browser.evaluate(svg_text))
@@ -192,8 +213,12 @@ def test_live_page_highlights_what_changed_since_the_last_refresh():
 @contextmanager
 def serve_process(pid: int) -> Iterator[tuple[subprocess.Popen, int, str]]:
     """`kpeek serve PID` as a user starts it: (process, port, token)."""
-    proc = subprocess.Popen([sys.executable, "-m", "kpeek", "serve", str(pid)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kpeek", "serve", str(pid)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         match = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=([\w-]+)", proc.stdout.readline())
         assert match, proc.stderr.read()
@@ -245,8 +270,9 @@ def test_a_diagram_with_one_pid_gone_still_draws_the_others():
     with family(PIPE_FORK_DUP2) as fam, running([fam.info["parent"]]) as server:
         gone = subprocess.Popen(["true"])
         gone.wait()
-        status, body, _ = get(server, f"/diagram.svg?pids={fam.info['parent']},{gone.pid}"
-                                      f"&token={server.token}")
+        status, body, _ = get(
+            server, f"/diagram.svg?pids={fam.info['parent']},{gone.pid}&token={server.token}"
+        )
         assert status == 200, body
         assert b"<svg" in body
 
@@ -254,8 +280,12 @@ def test_a_diagram_with_one_pid_gone_still_draws_the_others():
 @pytest.mark.timeout(60)
 def test_sigterm_stops_serve_cleanly():
     require("graphviz")
-    proc = subprocess.Popen([sys.executable, "-m", "kpeek", "serve", str(os.getpid())],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kpeek", "serve", str(os.getpid())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "token=" in proc.stdout.readline()
         proc.send_signal(signal.SIGTERM)

@@ -56,12 +56,19 @@ class LiveServer(HTTPServer):
     half-open and slow-drip clients (one byte every few seconds) hold no worker
     and no thread of their own."""
 
-    def __init__(self, port: int = 0, pids: Sequence[int] = (), interval: float = 2.0,
-                 snapshot: SnapshotFn = _default_snapshot) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        pids: Sequence[int] = (),
+        interval: float = 2.0,
+        snapshot: SnapshotFn = _default_snapshot,
+    ) -> None:
         super().__init__((LOOPBACK, port), _Handler)
         self._waiting: queue.Queue = queue.Queue(BACKLOG)
-        self._workers = [threading.Thread(target=self._work, daemon=True, name=f"kpeek-{i}")
-                         for i in range(WORKERS)]
+        self._workers = [
+            threading.Thread(target=self._work, daemon=True, name=f"kpeek-{i}")
+            for i in range(WORKERS)
+        ]
         self._pending: dict = {}  # socket -> (client address, deadline)
         self._pending_lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
@@ -203,7 +210,7 @@ def _head_complete(head: bytes | bytearray) -> bool:
 
 
 def parse_pids(text: str) -> list[int]:
-    """"1, 2 3" -> [1, 2, 3]; raises ValueError on anything else."""
+    """ "1, 2 3" -> [1, 2, 3]; raises ValueError on anything else."""
     parts = [p for p in text.replace(",", " ").split() if p]
     pids = [int(p) for p in parts]
     if any(p <= 0 for p in pids) or len(pids) > MAX_PIDS:
