@@ -29,6 +29,7 @@ GUEST_TESTS = (
     "tests/test_doctor.py::test_missing_close_names_the_childs_fd",
     "tests/test_doctor.py::test_fuse_writer_holds_i_rwsem_and_truncate_hangs",
     "tests/test_kernlocks.py::test_mutex_waiter_holder_and_route",
+    "tests/test_doctor_bpf.py::test_lock_offsets_relocated_by_libbpf_are_btfs",
     "tests/test_kmem_cli.py::test_task_and_struct_members_match_proc",
     "tests/test_lists.py::test_children_and_thread_lists_of_a_real_process",
     "tests/test_sources_explained.py",

@@ -125,6 +125,14 @@ struct kpeek_task_rec {
 	__u32 has_stack;   /* the kernel has the helpers that read stacks and wchan */
 };
 
+/* The task record being built (see snapshot_tasks). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kpeek_task_rec);
+} task_rec SEC(".maps");
+
 struct kpeek_file_rec {
 	__u32 tgid, fd;
 	__u64 file, inode;
@@ -306,7 +314,8 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 {
 	struct seq_file *seq = ctx->meta->seq;
 	struct task_struct *task = ctx->task;
-	struct kpeek_task_rec rec = {};
+	struct kpeek_task_rec *rec;
+	__u32 zero = 0;
 	struct pid *pid, *tgid_pid, *pgrp, *session, *parent_tgid;
 	struct pid_namespace *ns;
 	struct nsproxy *nsp;
@@ -315,33 +324,39 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 
 	if (!task)
 		return 0;
-	rec.pid = BPF_CORE_READ(task, pid);
-	rec.tgid = BPF_CORE_READ(task, tgid);
-	if (snap_args.leaders_only && rec.pid != rec.tgid)
+	/* In a map, not on the BPF stack: with the bpf_loop callback's frame it
+	 * would pass the 512 bytes 6.1's verifier allows for both together. */
+	rec = bpf_map_lookup_elem(&task_rec, &zero);
+	if (!rec)
 		return 0;
-	if (!wanted_tgid(rec.tgid))
+	__builtin_memset(rec, 0, sizeof(*rec));
+	rec->pid = BPF_CORE_READ(task, pid);
+	rec->tgid = BPF_CORE_READ(task, tgid);
+	if (snap_args.leaders_only && rec->pid != rec->tgid)
+		return 0;
+	if (!wanted_tgid(rec->tgid))
 		return 0;
 
-	rec.address = (__u64)task;
-	rec.start_boottime = BPF_CORE_READ(task, start_boottime);
+	rec->address = (__u64)task;
+	rec->start_boottime = BPF_CORE_READ(task, start_boottime);
 	if (bpf_core_field_exists(task->__state)) {
-		rec.state = BPF_CORE_READ(task, __state);
+		rec->state = BPF_CORE_READ(task, __state);
 	} else {
 		struct task_struct___state *old = (void *)task;
 
-		rec.state = BPF_CORE_READ(old, state);
+		rec->state = BPF_CORE_READ(old, state);
 	}
-	rec.exit_state = BPF_CORE_READ(task, exit_state);
-	rec.flags = BPF_CORE_READ(task, flags);
-	rec.uid = BPF_CORE_READ(task, real_cred, uid.val);
-	rec.euid = BPF_CORE_READ(task, real_cred, euid.val);
-	rec.ppid = BPF_CORE_READ(task, real_parent, tgid);
-	BPF_CORE_READ_INTO(&rec.comm, task, comm);
+	rec->exit_state = BPF_CORE_READ(task, exit_state);
+	rec->flags = BPF_CORE_READ(task, flags);
+	rec->uid = BPF_CORE_READ(task, real_cred, uid.val);
+	rec->euid = BPF_CORE_READ(task, real_cred, euid.val);
+	rec->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	BPF_CORE_READ_INTO(&rec->comm, task, comm);
 
 	struct task_struct___blocker *tb = (void *)task;
 	if (bpf_core_field_exists(tb->blocker)) {
-		rec.has_blocker = 1;
-		rec.blocker = BPF_CORE_READ(tb, blocker);
+		rec->has_blocker = 1;
+		rec->blocker = BPF_CORE_READ(tb, blocker);
 	}
 
 	pid = BPF_CORE_READ(task, thread_pid);
@@ -349,8 +364,8 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 	pgrp = BPF_CORE_READ(task, signal, pids[PIDTYPE_PGID]);
 	session = BPF_CORE_READ(task, signal, pids[PIDTYPE_SID]);
 	parent_tgid = BPF_CORE_READ(task, real_parent, signal, pids[PIDTYPE_TGID]);
-	rec.pgid = global_nr(pgrp);
-	rec.sid = global_nr(session);
+	rec->pgid = global_nr(pgrp);
+	rec->sid = global_nr(session);
 
 	if (pid) {
 		struct upid own = {};
@@ -358,32 +373,32 @@ int snapshot_tasks(struct bpf_iter__task *ctx)
 		level = BPF_CORE_READ(pid, level) & (MAX_PID_LEVEL - 1);
 		bpf_probe_read_kernel(&own, sizeof(own), &pid->numbers[level]);
 		ns = own.ns;
-		rec.ns_pid = own.nr;
-		rec.pidns = BPF_CORE_READ(ns, ns.inum);
-		rec.ns_tgid = nr_in_ns(tgid_pid, level, ns);
-		rec.ns_pgid = nr_in_ns(pgrp, level, ns);
-		rec.ns_sid = nr_in_ns(session, level, ns);
-		rec.ns_ppid = nr_in_ns(parent_tgid, level, ns);
+		rec->ns_pid = own.nr;
+		rec->pidns = BPF_CORE_READ(ns, ns.inum);
+		rec->ns_tgid = nr_in_ns(tgid_pid, level, ns);
+		rec->ns_pgid = nr_in_ns(pgrp, level, ns);
+		rec->ns_sid = nr_in_ns(session, level, ns);
+		rec->ns_ppid = nr_in_ns(parent_tgid, level, ns);
 	}
 
 	nsp = BPF_CORE_READ(task, nsproxy);
 	if (nsp) {
-		rec.ns_mnt = BPF_CORE_READ(nsp, mnt_ns, ns.inum);
-		rec.ns_net = BPF_CORE_READ(nsp, net_ns, ns.inum);
-		rec.ns_ipc = BPF_CORE_READ(nsp, ipc_ns, ns.inum);
-		rec.ns_uts = BPF_CORE_READ(nsp, uts_ns, ns.inum);
-		rec.ns_cgroup = BPF_CORE_READ(nsp, cgroup_ns, ns.inum);
-		rec.ns_time = BPF_CORE_READ(nsp, time_ns, ns.inum);
+		rec->ns_mnt = BPF_CORE_READ(nsp, mnt_ns, ns.inum);
+		rec->ns_net = BPF_CORE_READ(nsp, net_ns, ns.inum);
+		rec->ns_ipc = BPF_CORE_READ(nsp, ipc_ns, ns.inum);
+		rec->ns_uts = BPF_CORE_READ(nsp, uts_ns, ns.inum);
+		rec->ns_cgroup = BPF_CORE_READ(nsp, cgroup_ns, ns.inum);
+		rec->ns_time = BPF_CORE_READ(nsp, time_ns, ns.inum);
 	}
-	rec.ns_user = BPF_CORE_READ(task, real_cred, user_ns, ns.inum);
+	rec->ns_user = BPF_CORE_READ(task, real_cred, user_ns, ns.inum);
 
-	syscall_and_sched(task, &rec);
-	rec.stack_bytes = collect_stack(task, &rec, snap_args.stacks == STACKS_OF_BLOCKED ?
-					(rec.state & BLOCKED_MASK) == TASK_UNINTERRUPTIBLE :
+	syscall_and_sched(task, rec);
+	rec->stack_bytes = collect_stack(task, rec, snap_args.stacks == STACKS_OF_BLOCKED ?
+					(rec->state & BLOCKED_MASK) == TASK_UNINTERRUPTIBLE :
 					snap_args.stacks != 0, &buf);
-	bpf_seq_write(seq, &rec, sizeof(rec));
-	if (buf && rec.stack_bytes > 0)
-		bpf_seq_write(seq, buf + TEXT_AT, rec.stack_bytes & (TEXT_MAX - 1));
+	bpf_seq_write(seq, rec, sizeof(*rec));
+	if (buf && rec->stack_bytes > 0)
+		bpf_seq_write(seq, buf + TEXT_AT, rec->stack_bytes & (TEXT_MAX - 1));
 	return 0;
 }
 
