@@ -38,11 +38,14 @@ def timed_get(port: int, path: str, timeout: float = 30) -> tuple[int, bytes, fl
 
 class Drip:
     """Send each socket the next byte of an endless request every ``every``
-    seconds; note when the server closes it (``closed_after``, seconds from
-    the start, per socket)."""
+    seconds; note when the server closes it (``closed_after``: seconds from
+    that socket's connection, per socket)."""
 
     def __init__(self, port: int, n: int, every: float = 2.0) -> None:
-        self.socks = connect(port, n)
+        self.socks, self.connected = [], []
+        for _ in range(n):  # when each connected: a full accept queue delays some
+            self.socks += connect(port, 1)
+            self.connected.append(time.monotonic())
         self.request = (
             f"GET /?token=x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n" + "X-Pad: " + "a" * 10_000
         ).encode()
@@ -66,7 +69,7 @@ class Drip:
                     s.send(self.request[self.sent[i] : self.sent[i] + 1])
                     self.sent[i] += 1
                 except OSError:
-                    self.closed_after[i] = time.monotonic() - self.start
+                    self.closed_after[i] = time.monotonic() - self.connected[i]
             self._stop.wait(self.every)
 
     def open_count(self) -> int:
