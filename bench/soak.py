@@ -2,8 +2,8 @@
 
 Counts what the issue's goal names: tracebacks (an exception out of a
 snapshot, or a traceback / unexpected exit status from the CLI), inconsistent
-documents (a reference in the snapshot or in its files --json document that
-does not resolve), hangs (one snapshot taking longer than --hang seconds) and
+documents (a reference that does not resolve: in every snapshot, and in the
+files --json document of every CLI run), hangs (one snapshot taking longer than --hang seconds) and
 new kernel messages (/dev/kmsg records logged during the run).
 
 Sources run side by side, each in --jobs worker processes (a snapshot is one
@@ -20,10 +20,12 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import re
 import subprocess
 import sys
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,12 +54,12 @@ def kmsg_records() -> list[tuple[int, str]]:
 
 
 def _in_process(source: str) -> tuple[list[str], int]:
-    from kpeek.render.tables import files_document
+    # The snapshot itself is checked here; its files --json document in the
+    # CLI runs (building one for 5,000 processes costs more than the snapshot).
     from kpeek.sources import take_snapshot
 
     snap = take_snapshot(source)
-    doc = json.loads(json.dumps(files_document(snap, list(snap.processes()))))
-    return dangling(snap) + dangling_in_document(doc), snap.vanished
+    return dangling(snap), snap.vanished
 
 
 def _cli(source: str) -> tuple[list[str], int]:
@@ -72,8 +74,10 @@ def _cli(source: str) -> tuple[list[str], int]:
     return dangling_in_document(doc), doc["vanished"]
 
 
-def _worker(source: str, rounds: range, cli_every: int, out: mp.Queue) -> None:
+def _worker(source: str, rounds: range, cli_every: int, until: float, out: mp.Queue) -> None:
     for i in rounds:
+        if time.monotonic() > until:  # out of time: what was done is reported
+            break
         out.put(("start", source, i, time.monotonic()))
         t0 = time.monotonic()
         try:
@@ -85,6 +89,9 @@ def _worker(source: str, rounds: range, cli_every: int, out: mp.Queue) -> None:
     out.put(("exit", source, -1, 0.0))
 
 
+WORKER_PIDS: set[int] = set()  # for telling kernel messages about them
+
+
 class Tally:
     def __init__(self) -> None:
         self.done = self.inconsistent = self.errors = self.hangs = self.vanished = 0
@@ -92,14 +99,17 @@ class Tally:
         self.examples: list[str] = []
 
 
-def soak(sources: list[str], n: int, jobs: int, cli_every: int, hang_s: float) -> dict:
+def soak(
+    sources: list[str], n: int, jobs: int, cli_every: int, hang_s: float, until: float
+) -> dict:
     ctx = mp.get_context("fork")
     out: mp.Queue = ctx.Queue()
     workers: dict[tuple[str, int], mp.Process] = {}
     for source in sources:
         for j in range(jobs):
-            p = ctx.Process(target=_worker, args=(source, range(j, n, jobs), cli_every, out))
+            p = ctx.Process(target=_worker, args=(source, range(j, n, jobs), cli_every, until, out))
             p.start()
+            WORKER_PIDS.add(p.pid)
             workers[(source, j)] = p
     tally = {s: Tally() for s in sources}
     running: dict[tuple[str, int], float] = {}  # (source, snapshot) -> started
@@ -152,6 +162,7 @@ def main() -> int:
         help="every Nth snapshot through the kpeek CLI (0: none)",
     )
     ap.add_argument("--hang", type=float, default=300, help="seconds that count as a hang")
+    ap.add_argument("--minutes", type=float, default=0, help="stop starting snapshots after")
     ap.add_argument("--out", default=str(REPO / "bench/results/soak.txt"))
     args = ap.parse_args()
     sources = args.sources.split(",")
@@ -162,7 +173,8 @@ def main() -> int:
     last_seq = kmsg_before[-1][0] if kmsg_before else -1
     cpu0, wall0 = os.times(), time.monotonic()
     try:
-        tally = soak(sources, args.snapshots, args.jobs, args.cli_every, args.hang)
+        until = time.monotonic() + (args.minutes * 60 if args.minutes else 1e9)
+        tally = soak(sources, args.snapshots, args.jobs, args.cli_every, args.hang, until)
     finally:
         churn.stop()
     wall, cpu1 = time.monotonic() - wall0, os.times()
@@ -172,7 +184,8 @@ def main() -> int:
 
     lines = [
         f"bench/soak.py --snapshots {args.snapshots} --sources {args.sources} --jobs {args.jobs} "
-        f"--cli-every {args.cli_every} --hang {args.hang:g}",
+        f"--cli-every {args.cli_every} --hang {args.hang:g}"
+        + (f" --minutes {args.minutes:g}" if args.minutes else ""),
         f"machine: {os.cpu_count()} CPUs, {_processes()} processes "
         f"at start, load {os.getloadavg()[0]:.1f} at end; kernel {os.uname().release}",
         f"{wall:.0f} s wall, {cpu:.0f} s CPU (workers and CLI runs), {forks} forks on the machine "
@@ -188,7 +201,13 @@ def main() -> int:
         failed |= bool(t.errors or t.inconsistent or t.hangs or t.done < args.snapshots)
         lines += [f"  e.g. {e.strip()}" for e in t.examples[:3]]
     lines.append(f"new kernel messages during the run: {len(new_kmsg)}")
-    lines += [f"  {m}" for m in new_kmsg[:20]]
+    # Other sessions share this kernel: say what the records are, and whether
+    # any names a process of this soak (its own, its workers', the churn's).
+    ours = {os.getpid(), churn.proc.pid, *WORKER_PIDS}
+    named = {int(n) for m in new_kmsg for n in re.findall(r"(?:pid[: ]|:)(\d+)\b", m)}
+    titles = Counter(m for m in new_kmsg if m and not m[0].isspace() and not m.startswith(" "))
+    lines += [f"  {n} x {t[:120]}" for t, n in titles.most_common(10)]
+    lines.append(f"  naming a process of this soak: {len(named & ours)}")
     report = "\n".join(lines) + "\n"
     print(report, end="")
     Path(args.out).write_text(report)
