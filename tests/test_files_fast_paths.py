@@ -8,12 +8,17 @@ families: the same bytes, the same rows, the same open files.
   files_document, for both sources, with a pipe shared by more processes
   than the endpoint lists show, sockets, locks, ptys, eventfds;
 - the text tables from cached cells and one format per line against fd_rows
-  and plain.table.
+  and plain.table;
+- open-file identity by kcmp in one pass (about one kcmp per descriptor)
+  against one sort of every descriptor by kcmp, on 20,000 descriptors of
+  one file shared by fork and dup.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import os
 import shutil
 from collections.abc import Iterator
 
@@ -27,6 +32,10 @@ from kpeek.render.fdfacts import FdFacts
 from kpeek.render.files_json import files_json
 from kpeek.render.tables import files_document
 from kpeek.sources import fdfacts, take_snapshot
+from kpeek.sources.kcmp import compare_files
+from kpeek.sources.mounts import MountTable
+from kpeek.sources.proc_files import list_fds, read_descriptor
+from kpeek.sources.sharing import group_open_files
 from scenarios import Family, children_of, family
 from test_files_lsof_parity import EVERYTHING
 
@@ -153,3 +162,68 @@ def test_text_tables_are_the_reference_lines(scenes, source):
         *drop_empty(COLUMNS, files_text.rows_of(cells, snap.task(everything), None)), text
     )
     assert "LOCK" in text.getvalue() and " -> " in text.getvalue() and "[eventfd" in text.getvalue()
+
+
+# 20,000 descriptors of one file: one open file inherited by 1,000 processes
+# and dup()ed 9 times in each, and in each a second open of it dup()ed 9 times
+# (1,000 more open files of 10 descriptors).
+OPENS_OF_ONE_FILE = """
+import tempfile
+path = tempfile.mktemp(prefix="kpeek-opens-")
+shared = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+kids = []
+for _ in range(1000):
+    kid = os.fork()
+    if kid == 0:
+        for _ in range(9):
+            os.dup(shared)
+        own = os.open(path, os.O_RDWR)
+        for _ in range(9):
+            os.dup(own)
+        hold()
+    kids.append(kid)
+os.close(shared)
+report(parent=os.getpid(), kids=kids, tmp=path)
+"""
+
+
+def _by_sort(members, compare):
+    """The partition by one sort of every descriptor by kcmp (the reference)."""
+    ordered = sorted(
+        members, key=functools.cmp_to_key(lambda a, b: compare(a.tgid, a.fd, b.tgid, b.fd))
+    )
+    groups = [[ordered[0]]]
+    for d in ordered[1:]:
+        head = groups[-1][0]
+        if compare(head.tgid, head.fd, d.tgid, d.fd) == 0:
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    return groups
+
+
+def test_open_file_identity_costs_about_one_kcmp_per_descriptor():
+    require("root")
+    with family(OPENS_OF_ONE_FILE, timeout=120) as fam:
+        try:
+            kids = fam.info["kids"]
+            mounts = MountTable()
+            raw = [read_descriptor(k, fd, mounts) for k in kids for fd in list_fds(k)]
+            ino = os.stat(fam.info["tmp"]).st_ino
+            mine = [d for d in raw if d.ino == ino]
+            assert len(mine) == 20_000
+            calls = 0
+
+            def counted(*args: int) -> int:
+                nonlocal calls
+                calls += 1
+                return compare_files(*args)
+
+            groups = group_open_files(mine, counted)
+            assert calls < 2 * len(mine) + 1_001 * 12  # not 20,000 x log2(20,000)
+            assert sorted(len(g) for g in groups) == [10] * 1000 + [10_000]
+            reference = _by_sort(mine, compare_files)
+            as_sets = sorted(sorted((d.tgid, d.fd) for d in g) for g in groups)
+            assert as_sets == sorted(sorted((d.tgid, d.fd) for d in g) for g in reference)
+        finally:
+            os.unlink(fam.info["tmp"])

@@ -9,6 +9,7 @@ import operator
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from kpeek.commands import file_select
@@ -25,7 +26,7 @@ from kpeek.model import ProcessFile, Snapshot, Task
 from kpeek.render import cplayground, files_text, plain
 from kpeek.render.fdfacts import FdFacts
 from kpeek.render.fileflags import access_mode, flag_names
-from kpeek.render.files_json import files_json
+from kpeek.render.files_json import files_json_chunks
 from kpeek.render.tables import namespace_id
 from kpeek.sources import fdfacts
 from kpeek.textsafe import for_terminal
@@ -165,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
         _write_diagrams(snap, [t.tgid for t in processes], diagrams)
         return status
     if args.json:
-        _emit_json(files_json(snap, processes, raw, chosen))
+        _emit_json(files_json_chunks(snap, processes, raw, chosen))
     elif args.format == "cplayground":
         initial = _own_pid_namespace()
         shown = processes if args.all else [t for t in processes if t.pidns != initial]
@@ -177,15 +178,16 @@ def _run(args: argparse.Namespace) -> int:
     return status
 
 
-def _emit_json(data: bytes) -> None:
-    """A finished document and a newline, as jsonout.emit writes one."""
+def _emit_json(chunks: Iterator[bytes]) -> None:
+    """A document written as it is made, and a newline, as jsonout.emit writes one."""
     out = sys.stdout
     raw = getattr(out, "buffer", None)
     if raw is None:  # a StringIO (tests)
-        out.write(data.decode("ascii") + "\n")
+        out.write(b"".join(chunks).decode("ascii") + "\n")
         return
     out.flush()
-    raw.write(data)
+    for chunk in chunks:
+        raw.write(chunk)
     raw.write(b"\n")
     raw.flush()
 

@@ -14,6 +14,7 @@ holds the two against each other on real families.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -29,14 +30,15 @@ from kpeek.render.tables import snapshot_meta, task_dict
 
 def _encode(obj: Any) -> bytes:
     """jsonout.encode(obj), skipping its checks where orjson's bytes need no
-    fixing (ASCII, no float orjson writes unlike Python, no DEL)."""
+    fixing (ASCII, no float orjson writes unlike Python, no DEL). A copy:
+    orjson's own bytes keep a 4 KiB buffer however short (pieces are kept)."""
     try:
         out = orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
-    except orjson.JSONEncodeError:
-        return jsonout.encode(obj)
-    if out.isascii() and b"e-" not in out and b"0.0000" not in out and b"\x7f" not in out:
-        return out
-    return jsonout.encode(obj)
+    except orjson.JSONEncodeError:  # surrogates, a huge int: jsonout knows
+        return bytes(memoryview(jsonout.encode(obj)))
+    if not (out.isascii() and b"e-" not in out and b"0.0000" not in out and b"\x7f" not in out):
+        out = jsonout.encode(obj)
+    return bytes(memoryview(out))
 
 
 def _word(s: str) -> bytes:
@@ -205,27 +207,47 @@ def files_json(
     chosen: set[tuple[int, int]] | None = None,
 ) -> bytes:
     """``jsonout.encode({"schema": "kpeek.files/1", **files_document(...)})``."""
+    return b"".join(files_json_chunks(snap, processes, raw_pointers, chosen))
+
+
+def files_json_chunks(
+    snap: Snapshot,
+    processes: list[Task],
+    raw_pointers: bool = False,
+    chosen: set[tuple[int, int]] | None = None,
+) -> Iterator[bytes]:
+    """:func:`files_json` in pieces, to be written as they come (a whole-system
+    document is tens of MB: it is never held whole)."""
     facts = FdFacts(snap)
     pieces = _Pieces(snap, facts, raw_pointers)
-    procs = []
+    head = _encode({"schema": f"kpeek.files/{jsonout.SCHEMA_VERSION}", **snapshot_meta(snap)})
+    yield head[:-1] + b',"processes":['
     file_ids: set[str] = set()
+    sep = b""
     for t in processes:
         fds = snap.fds_of(t.tgid)
         if chosen is not None:
             fds = [d for d in fds if (d.tgid, d.fd) in chosen]
         file_ids.update([d.open_file for d in fds])
-        procs.append(
-            _encode(task_dict(t, raw_pointers))[:-1]
-            + b',"fds":['
-            + b",".join([pieces.fd(d) for d in fds])
-            + b'],"process_files":['
-            + pieces.process_files(facts.process_files(t.tgid))
-            + b"]}"
+        yield b"".join(
+            [
+                sep,
+                _encode(task_dict(t, raw_pointers))[:-1],
+                b',"fds":[',
+                b",".join([pieces.fd(d) for d in fds]),
+                b'],"process_files":[',
+                pieces.process_files(facts.process_files(t.tgid)),
+                b"]}",
+            ]
         )
+        sep = b","
     files = [snap.open_files[i] for i in sorted(file_ids)]
-    open_files = b"[" + b",".join([pieces.open_file(f) for f in files]) + b"]"
+    yield b'],"open_files":['
+    for start in range(0, len(files), 1000):
+        chunk = b",".join([pieces.open_file(f) for f in files[start : start + 1000]])
+        yield chunk if start == 0 else b"," + chunk
     inode_ids = sorted({f.inode for f in files})
-    inodes = _encode(
+    yield b'],"inodes":' + _encode(
         [
             {
                 "id": i.id,
@@ -237,16 +259,4 @@ def files_json(
             for i in (snap.inodes[n] for n in inode_ids if n in snap.inodes)
         ]
     )
-    head = _encode({"schema": f"kpeek.files/{jsonout.SCHEMA_VERSION}", **snapshot_meta(snap)})
-    return b"".join(
-        [
-            head[:-1],
-            b',"processes":[',
-            b",".join(procs),
-            b'],"open_files":',
-            open_files,
-            b',"inodes":',
-            inodes,
-            b"}",
-        ]
-    )
+    yield b"}"
