@@ -307,7 +307,7 @@ def extract_details(lines: list[ConsoleLine], prefix: list[str] = ()) -> Details
                 "RIP: 0033:"):
             d.code = parse_code_line(stripped)
         prev_text = stripped
-        if stripped[:1] in "RxlsC" and ":" in stripped:
+        if stripped[:1] in "RxlsC" and ":" in stripped and _has_poison_word(stripped):
             for name, value in _REGISTERS.findall(stripped):
                 notes = _register_hint(int(value, 16))
                 if notes:
@@ -348,6 +348,12 @@ def _read_taint(d: Details, text: str) -> None:
         letters = re.findall(r"\[([A-Z])\]", m.group(1))
         d.taint_flags = [(c, TAINT_FLAGS.get(c, "unknown taint flag")) for c in letters]
         d.tainted = True
+
+
+def _has_poison_word(line: str) -> bool:
+    """Whether a register line may hold a value :func:`_register_hint` knows
+    (the register regex costs more than these three searches)."""
+    return "dead000000000" in line or "6b6b6b6b6b6b6b6b" in line or "5a5a5a5a5a5a5a5a" in line
 
 
 def _register_hint(value: int) -> str:
