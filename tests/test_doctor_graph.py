@@ -246,3 +246,15 @@ def _only_reports(diagnose):
     def run(snapshot, **kw):
         return diagnose(Snapshot(source="test", tasks=()), **kw)
     return run
+
+
+def test_unreadable_descriptor_tables_forbid_nobody_holds_it_on_either_source():
+    """"No process holds the other end" needs every table read: the BPF
+    source's note for a process the iterators skip counts as procfs's does."""
+    from kpeek.diagnose.graph import WaitGraph
+    from kpeek.model import Snapshot
+
+    for note in ("descriptors of 1 processes not readable (permission denied)",
+                 "pid 1: descriptors not readable (cannot read the descriptors of pid 1)"):
+        assert not WaitGraph(Snapshot("x", (), notes=(note,))).all_descriptors_seen()
+    assert WaitGraph(Snapshot("bpf", (), notes=("pid 1 read from /proc",))).all_descriptors_seen()

@@ -142,7 +142,9 @@ class WaitGraph:
     def all_descriptors_seen(self) -> bool:
         """Whether every process's descriptor table was read: only then can
         "no process holds the other end" be said."""
-        return not any(n.startswith("descriptors of") for n in self.snapshot.notes)
+        # procfs: "descriptors of N processes not readable"; bpf, for a process
+        # the iterators do not visit: "pid N: descriptors not readable".
+        return not any("descriptors" in n and "not readable" in n for n in self.snapshot.notes)
 
     def nodes(self) -> set[str]:
         found = {e.waiter for e in self.edges}
