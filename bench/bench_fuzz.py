@@ -3,7 +3,8 @@ logs (tests/mutants.py, the same edits as the CI fuzz test), each through the
 one-piece parser and the stream reader, in this process; every --cli-every'th
 one also through `kpeek oops FILE` as a user runs it (exit 0 or 2, never a
 traceback); and one large log (--big-mb of mutants back to back) through
-`kpeek oops -` on stdin. Peak memory is ru_maxrss. The unmutated corpus is
+`kpeek oops -` on stdin. Peak memory: ru_maxrss of this
+process, VmHWM of each kpeek run (tests/peakmem.py). The unmutated corpus is
 parsed in the same run as the baseline.
 
     .venv/bin/python bench/bench_fuzz.py --mutants 5000
@@ -27,6 +28,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from corpus import corpus_logs  # noqa: E402
 from mutants import mutate, read_mutant  # noqa: E402
+from peakmem import wait_with_peak  # noqa: E402
 
 SEED = 20261202
 KPEEK = [sys.executable, "-m", "kpeek"]
@@ -48,14 +50,12 @@ def _maxrss_mb(who: int) -> float:
 
 def cli_run(args: list[str], stdin: Path | None = None) -> tuple[str | None, float]:
     """(None when kpeek answered as it should: exit 0, or 2 with one line; else
-    why not, and the run's peak memory in MB (ru_maxrss from wait4)."""
+    why not, and the run's peak memory in MB (VmHWM, see tests/peakmem.py)."""
     with tempfile.TemporaryFile() as err, open(stdin or os.devnull, "rb") as inp:
         proc = subprocess.Popen([*KPEEK, *args], stdin=inp, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        rss = wait_with_peak(proc, every=0.02) / 1024
         err.seek(0)
         text = err.read().decode(errors="replace")
-    rss = usage.ru_maxrss / 1024
     why = None
     if proc.returncode not in (0, 2) or "Traceback" in text:
         why = f"kpeek {' '.join(args)} exit {proc.returncode}: {text.strip()[-300:]}"
@@ -132,8 +132,8 @@ def main() -> int:
         f"{cli_runs} of them through `kpeek oops FILE` too: {cli_cpu:.1f} s CPU",
         f"one {big_size >> 20} MiB log of mutants through `kpeek oops -`: {big_wall:.1f} s, "
         f"peak {big_rss:.0f} MB",
-        f"peak memory (ru_maxrss): this process {peak_rss:.0f} MB (corpus loaded: "
-        f"{base_rss:.0f} MB); largest `kpeek oops FILE` run {cli_peak:.0f} MB",
+        f"peak memory: this process {peak_rss:.0f} MB ru_maxrss (corpus loaded: "
+        f"{base_rss:.0f} MB); largest `kpeek oops FILE` run {cli_peak:.0f} MB VmHWM",
         f"tracebacks or wrong exits: {len(failures)}",
         *[f"  {f.strip()}" for f in failures[:10]],
     ]

@@ -14,6 +14,7 @@ import pytest
 from corpus import corpus_logs
 from kpeek.reports.parse import parse_log
 from kpeek.reports.stream import parse_stream
+from peakmem import wait_with_peak
 
 
 def _corpus_logs() -> list[bytes]:
@@ -129,30 +130,27 @@ def test_endless_stdin_stops(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_endless_stdin_through_the_cli_is_one_line_exit_2_in_bounded_memory():
+def test_endless_stdin_through_the_cli_is_one_line_exit_2_in_bounded_memory(tmp_path):
     """`yes ... | kpeek oops -` as a user runs it: refused at the 1 GiB input
     limit with one line and exit 2, never holding more than a few windows."""
     yes = subprocess.Popen(
         ["yes", "[    1.000000] an ordinary console line"], stdout=subprocess.PIPE
     )
+    err_path = tmp_path / "stderr"
     try:
-        with open(os.devnull, "wb") as null:
-            err_r, err_w = os.pipe()
+        with err_path.open("wb") as err_file:
             kpeek = subprocess.Popen(
                 [sys.executable, "-m", "kpeek", "oops", "-"],
                 stdin=yes.stdout,
-                stdout=null,
-                stderr=err_w,
+                stdout=subprocess.DEVNULL,
+                stderr=err_file,
             )
-            os.close(err_w)
             yes.stdout.close()  # kpeek holds the only reader now
-            with os.fdopen(err_r, "rb") as err_file:
-                err = err_file.read().decode()
-            _, status, usage = os.wait4(kpeek.pid, 0)
-            kpeek.returncode = os.waitstatus_to_exitcode(status)
+            peak_kb = wait_with_peak(kpeek)
     finally:
         yes.kill()
         yes.wait()
+    err = err_path.read_text()
     assert kpeek.returncode == 2, err
     assert err.count("\n") == 1 and "larger than" in err, err
-    assert usage.ru_maxrss < 200 * 1024, f"{usage.ru_maxrss} KB"
+    assert 0 < peak_kb < 200 * 1024, f"{peak_kb} KB"
