@@ -25,6 +25,7 @@ from kpeek.textsafe import decode
 
 # struct kpeek_pfile_rec in snapshot.bpf.c
 PF_REC = struct.Struct("<IIQQIIiI")
+_PF_KEY = struct.Struct("<I4xQ16xi")  # tgid, file, path_len
 PF_CWD, PF_RTD, PF_TXT, PF_MEM, PF_TASK = range(5)
 PF_HAS_MM = 1
 PATH_SEEN = -2
@@ -130,10 +131,12 @@ def _maps(
     mapped: list[int] = []
     unpack, size, end = PF_REC.unpack_from, PF_REC.size, len(out)
     off, tgid_now = 0, -1
+    unpack_key = _PF_KEY.unpack_from
     while off + size <= end:
-        tgid, _kind, file, ino, dev, f_mode, path_len, _flags = unpack(out, off)
+        tgid, file, path_len = unpack_key(out, off)
         off += size
         if path_len >= 0:
+            _, _, _, ino, dev, f_mode, _, _ = unpack(out, off - size)
             path = decode(out[off : off + path_len])
             off += path_len
             if f_mode & backing:

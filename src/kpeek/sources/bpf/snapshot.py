@@ -33,9 +33,9 @@ SOURCE = "bpf"
 # struct kpeek_task_rec and struct kpeek_file_rec in snapshot.bpf.c
 TASK_REC = struct.Struct("<QQQ24Iq6QQ4I16s64siI")
 FILE_REC = struct.Struct("<II6Q8IiI")
-_FILE_HEAD = struct.Struct("<IIQ")  # tgid, fd, file
-_TAIL_AT = 84  # cloexec, path_len
-_unpack_tail = struct.Struct("<Ii").unpack_from
+# tgid, fd, file, then (at 84) cloexec, path_len: what a descriptor of a
+# file seen before needs, in one unpack
+_FILE_HEAD = struct.Struct("<IIQ68xIi")
 _ARGS = struct.Struct("<6I")
 _generation = itertools.count(1)
 _run_lock = threading.Lock()
@@ -158,8 +158,7 @@ def _run_files(
     off = 0
     while off + size <= end:
         # Most descriptors share a file seen before: read just what they need.
-        tgid, fd, file_addr = unpack_head(out, off)
-        cloexec, path_len = _unpack_tail(out, off + _TAIL_AT)
+        tgid, fd, file_addr, cloexec, path_len = unpack_head(out, off)
         file_id = file_ids.get(file_addr)
         if file_id is None:
             (_, _, _, inode_addr, pos, isize, refcount, ino, f_mode, f_flags, dev, _rdev,
