@@ -1,6 +1,7 @@
 """kpeek's commands against their peers, each timed in the same run.
 
-Start-up on the idle machine (each verb against ``python3 -c pass``), then,
+Start-up on the idle machine (each verb against ``python -c pass``, the very
+interpreter kpeek runs on), then,
 for a family of N sleeping processes with 10 descriptors each, at every N
 given: ``kpeek ps`` (text and --json) against ``ps aux``, and whole-system
 ``kpeek files`` (text, --json, both sources) against ``lsof -n -P`` and
@@ -34,7 +35,9 @@ from family import Family
 
 RESULTS = Path(__file__).parent / "results" / "bench_cli.txt"
 KPEEK = [sys.executable, "-m", "kpeek"]
-PY = "python3"
+# The interpreter kpeek runs on: "python3" from PATH may be a version
+# manager's shell shim that costs ten times the interpreter's own start.
+PY = sys.executable
 RAW_READ = (
     "from kpeek.sources.bpf.loaded import bpf_iterator as it\n"
     "it('snapshot', 'snapshot_tasks').run(); it('snapshot', 'snapshot_files').run()\n"
