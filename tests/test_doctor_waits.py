@@ -522,6 +522,15 @@ def test_parent_in_vfork_waits_on_its_stopped_child(procs, tmp_path, source):
         assert (h.chain[0].kind, h.chain[0].holder, h.chain[0].certain) == (
             "vfork", f"proc:{child}", True)
         assert h.fix == f"kill -CONT {child}"
+        # The kernel's hung-task report of a task still in D state is a
+        # finding; of one that woke, exited, or whose pid was reused, history.
+        from kpeek.diagnose.findings import _hang_is_over
+
+        report = "INFO: task {}:{} blocked for more than 120 seconds."
+        assert not _hang_is_over([report.format(h.task.comm, parent.pid)])
+        assert _hang_is_over([report.format("someone-else", parent.pid)])
+        assert _hang_is_over([report.format(h.task.comm, child)])  # stopped, not D
+        assert _hang_is_over([report.format("python3", 2 ** 22 + 1)])  # no such pid
     finally:
         with contextlib.suppress(OSError):
             os.kill(child, 9)

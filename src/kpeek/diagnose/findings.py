@@ -4,6 +4,7 @@ end-of-file, and recent kernel reports, computed from one wait-for graph.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -469,7 +470,38 @@ def recent_reports(kernel: Kernel | None = None) -> tuple[list[KernelReport], st
     except Exception as e:  # the log is optional: say why it is missing
         return [], f"the kernel log could not be read ({e})"
     reports = parse_reports(text)
-    return [KernelReport(r.title, r.kind, r.start_line) for r in reports], None
+    note = None
+    if kernel is None:  # the live log keeps reports of hangs long over
+        lines = text.splitlines()
+        over = [r for r in reports if _hang_is_over(lines[r.start_line:r.start_line + 2])]
+        if over:
+            reports = [r for r in reports if r not in over]
+            note = (f"{len(over)} hung-task reports in the kernel log name tasks that have "
+                    "since exited or woken up: left out (kpeek oops shows the whole log)")
+    return [KernelReport(r.title, r.kind, r.start_line) for r in reports], note
+
+
+# The hung task detector's lines: "INFO: task COMM:PID blocked for more than N
+# seconds." and (6.16+) "INFO: task COMM:PID <writer> blocked on an rw-semaphore...".
+_HUNG_TASK = re.compile(r"INFO: task (.{1,16}?):(\d+)\b[^\n]*? blocked (?:for more than|on )")
+
+
+def _hang_is_over(lines: list[str]) -> bool:
+    """A hung-task report whose task has exited (or whose pid another
+    process now has) or is no longer in D state tells of the past."""
+    for line in lines:
+        m = _HUNG_TASK.search(line)
+        if m is None:
+            continue
+        comm, pid = m.group(1), int(m.group(2))
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            return True
+        name = raw[raw.find(b"(") + 1:raw.rfind(b")")].decode("utf-8", "replace")
+        return name != comm or raw[raw.rfind(b")") + 2:raw.rfind(b")") + 3] != b"D"
+    return False
 
 
 def _ring_text(kernel: Kernel) -> str:
