@@ -25,7 +25,9 @@ from kpeek.reports.parse import (
 )
 
 MAX_INPUT = 1 << 30  # bytes read from one log before giving up
-CHUNK = 4 << 20  # bytes read per window
+# Bytes read per window: on a log of fuzz mutants 4 MiB windows peaked at
+# 69 MB and 2 MiB ones at 45 MB, in the same time.
+CHUNK = 2 << 20
 _SNIFF = 64 << 10
 _TAIL_LINES = MAX_SCAN_LINES + 64  # lines a report may still need after its start
 _TAIL_BYTES = 8 << 20  # ... but never more than this carried over
