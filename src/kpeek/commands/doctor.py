@@ -90,21 +90,21 @@ def live_snapshot(source: str) -> Snapshot:
     """The live system with stacks: from BPF iterators (tasks with their
     stacks, wait channels and system calls, then descriptors: two iterator
     runs) where they load, else from /proc, and then a note says why."""
-    from kpeek.sources import procfs
+    from kpeek.sources import BLOCKED, procfs
 
     if source == "procfs":
-        return procfs.take_snapshot(stacks=True)
+        return procfs.take_snapshot(stacks=BLOCKED)
     from kpeek.sources.bpf import snapshot as bpf
 
     try:
         # The waits of tasks in S state are told by their wait channels and
         # system calls; only D-state sleeps need the whole stack.
-        return bpf.take_snapshot(stacks=bpf.BLOCKED)
+        return bpf.take_snapshot(stacks=BLOCKED)
     except (KpeekError, OSError) as e:
         if source == "bpf":
             raise
         why = os_reason(e) if isinstance(e, OSError) else str(e)
-        snap = procfs.take_snapshot(stacks=True)
+        snap = procfs.take_snapshot(stacks=BLOCKED)
         note = (f"the BPF source failed ({why}): tasks, descriptors, stacks and system calls "
                 "were read from /proc instead")
         return dataclasses.replace(snap, notes=(note, *snap.notes))

@@ -15,6 +15,9 @@ from kpeek.errors import KpeekError, NotSupported, UsageError, os_reason
 from kpeek.model import Snapshot
 
 SOURCES = ("auto", "bpf", "procfs", "memory")
+# stacks=BLOCKED: kernel stacks of tasks in D state only (the doctor's need:
+# every other task's wait channel and system call say what it waits on).
+BLOCKED = "blocked"
 # What only the BPF source knows (see docs/bpf.md).
 LOST_WITHOUT_BPF = (
     "struct file and task addresses, file reference counts, f_mode and lock blockers"

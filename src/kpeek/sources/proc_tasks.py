@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 
 from kpeek.model import Namespace, Task
+from kpeek.sources import BLOCKED
 from kpeek.textsafe import decode
 
 NAMESPACE_KINDS = ("pid", "mnt", "net", "ipc", "uts", "user", "cgroup", "time")
@@ -112,7 +113,7 @@ def read_stack(base: str) -> tuple[str, ...] | None:
 
 
 def read_task(
-    base: str, *, stacks: bool = False, all_namespaces: bool = False
+    base: str, *, stacks: bool | str = False, all_namespaces: bool = False
 ) -> tuple[Task, tuple[int, ...]]:
     """The Task at ``base`` (/proc/PID or /proc/PID/task/TID) and its NSpid list.
 
@@ -129,6 +130,12 @@ def read_task(
     except PermissionError:
         wchan = ""
     uid_field = status.get(b"Uid", b"0").split()
+    state = f[0].decode()
+    stack = None
+    if stacks is True or (stacks == BLOCKED and state == "D"):
+        stack = read_stack(base)
+    elif stacks:
+        stack = ()  # BLOCKED, and not in D state: not wanted (None means unreadable)
     return Task(
         pid=pid,
         tgid=tgid,
@@ -136,7 +143,7 @@ def read_task(
         pgid=int(f[2]),
         sid=int(f[3]),
         comm=comm,
-        state=f[0].decode(),
+        state=state,
         pidns=pid_namespace(base),
         ns_pid=nspid[-1],
         ns_tgid=_ns_ids(status, b"NStgid", tgid)[-1],
@@ -147,7 +154,7 @@ def read_task(
         wchan=wchan if wchan and wchan != "0" else None,
         start_time=int(f[19]),
         namespaces=namespaces(base) if all_namespaces else (),
-        kernel_stack=read_stack(base) if stacks else None,
+        kernel_stack=stack,
     ), tuple(nspid)
 
 
@@ -176,7 +183,7 @@ def nspids_of(pid: int) -> tuple[int, ...] | None:
 
 
 def iter_tasks(
-    tgids: list[int], *, threads: bool, stacks: bool, all_namespaces: bool
+    tgids: list[int], *, threads: bool, stacks: bool | str, all_namespaces: bool
 ) -> Iterator[tuple[Task, tuple[int, ...]] | None]:
     """(task, NSpid) for each task of ``tgids``; None for each that vanished."""
     for tgid in tgids:

@@ -33,7 +33,7 @@ def take_snapshot(
     *,
     threads: bool = True,
     files: bool = True,
-    stacks: bool = False,
+    stacks: bool | str = False,
     all_namespaces: bool = False,
 ) -> Snapshot:
     """Tasks (and, with ``files``, their descriptor tables) of ``pids`` or of all.

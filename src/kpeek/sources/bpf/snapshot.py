@@ -21,7 +21,7 @@ from kpeek.errors import UsageError
 from kpeek.ids import keyed_id
 from kpeek.kernel.sched import state_letter
 from kpeek.model import FileDescriptor, Inode, Namespace, OpenFile, Snapshot, Task
-from kpeek.sources import proc_tasks
+from kpeek.sources import BLOCKED, proc_tasks
 from kpeek.sources.bpf import hidden
 from kpeek.sources.bpf.loaded import bpf_iterator, bpf_object
 from kpeek.sources.consistent import make_consistent
@@ -40,7 +40,6 @@ _ARGS = struct.Struct("<6I")
 _generation = itertools.count(1)
 _run_lock = threading.Lock()
 
-BLOCKED = "blocked"  # stacks=BLOCKED: kernel stacks of tasks in D state only
 _NS_KINDS = ("mnt", "net", "ipc", "uts", "user", "cgroup", "time")  # after pid, as in /proc
 _NSEC_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
