@@ -43,9 +43,9 @@ WAITER = """
 import os, select, socket, sys
 shape, fd = sys.argv[1], int(sys.argv[2])
 print("ready", flush=True)
-if shape == "pipe-read":
+if shape in ("pipe-read", "fifo-read"):
     os.read(fd, 1)
-elif shape == "pipe-write":
+elif shape in ("pipe-write", "fifo-write"):
     while True:
         os.write(fd, b"x" * 4096)
 elif shape.endswith("-read"):
@@ -70,6 +70,10 @@ elif shape == "epoll":
 SHAPES = {
     "pipe-read": ("pipe", {"read"}),
     "pipe-write": ("pipe", {"write"}),
+    # A named FIFO held open by another process: its holders are the wakers
+    # (one that only the waiter holds is woken by whoever opens it next).
+    "fifo-read": ("fifo", {"read"}),
+    "fifo-write": ("fifo", {"write"}),
     "unix-stream-read": ("socket", {"recvfrom"}),
     "unix-stream-write": ("socket", {"sendto"}),
     "unix-dgram-read": ("socket", {"recvfrom"}),
@@ -88,8 +92,16 @@ CASES = [(s, b) for s in SHAPES for b in ("free", "stop")] + [
     (s, b) for s in EVERY_BLOCKER for b in ("trace", "freeze", "stuck")]
 
 
-def ends(shape: str) -> tuple[int, int]:
-    """(the waiter's fd, the blocker's fd): two ends of one channel."""
+def ends(shape: str, where: str | None = None) -> tuple[int, int]:
+    """(the waiter's fd, the blocker's fd): two ends of one channel (a FIFO's
+    in the folder ``where``)."""
+    if shape.startswith("fifo"):
+        path = os.path.join(where or "", "fifo")
+        os.mkfifo(path)
+        r = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # no writer yet: do not wait
+        w = os.open(path, os.O_WRONLY)
+        os.set_blocking(r, True)
+        return (w, r) if shape == "fifo-write" else (r, w)
     if shape.startswith("pipe") or shape in ("poll", "select", "epoll"):
         r, w = os.pipe()
         return (w, r) if shape == "pipe-write" else (r, w)
@@ -162,10 +174,10 @@ ROOT_WORDS = {"stop": "stopped by a signal", "trace": "stopped by its tracer",
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(("shape", "how"), CASES)
-def test_wait_on_a_blocked_side_is_a_finding_and_on_a_free_side_not(procs, shape, how):
+def test_wait_on_a_blocked_side_is_a_finding_and_on_a_free_side_not(procs, shape, how, tmp_path):
     require("root")
     kind, calls = SHAPES[shape]
-    mine, theirs = ends(shape)
+    mine, theirs = ends(shape, str(tmp_path))
     try:
         blocker = start(procs, BLOCKER, "stuck" if how == "stuck" else "sleep", fds=(theirs,))
         waiter = start(procs, WAITER, shape, str(mine), fds=(mine,))

@@ -84,14 +84,14 @@ class Ends:
         inode = self.snapshot.inodes.get(f.inode)
         kind = inode.type if inode else ""
         if kind in ("pipe", "fifo"):
-            return self._pipe(f, fd, direction, kind)
+            return self._pipe(f, fd, direction, kind, task.tgid)
         if kind == "socket" or socket_inode(f) is not None:
             return self._socket(f, fd, direction)
         what = f"{f.path} (fd {fd})"
         return Wake(f"{'data on' if direction == 'in' else 'room in'} {what}", "", kind=kind,
                     outside=f"{what} is woken by events outside the processes")
 
-    def _pipe(self, f: OpenFile, fd: int, direction: str, kind: str) -> Wake:
+    def _pipe(self, f: OpenFile, fd: int, direction: str, kind: str, tgid: int) -> Wake:
         want = _writable if direction == "in" else _readable
         holders: dict[int, list[int]] = {}
         for d in self.index.holders(f.inode, want):
@@ -99,7 +99,10 @@ class Ends:
         end = "the write end" if direction == "in" else "the read end"
         what = "data or end-of-file on" if direction == "in" else "room to write in"
         outside = None
-        if kind == "fifo":  # anyone may still open a named FIFO: never stuck
+        if kind == "fifo" and not holders.keys() - {tgid}:
+            # Only the waiter holds the other end (a daemon that opened its
+            # command FIFO read-write): whoever opens the FIFO next wakes it.
+            # Held elsewhere, those holders are the wakers, as for a pipe.
             outside = f"any process may open the FIFO {f.path}"
         return Wake(f"{what} {f.path} (fd {fd})", end,
                     {k: tuple(v) for k, v in sorted(holders.items())}, outside, kind)

@@ -56,6 +56,7 @@ def _read_inode(snapshot: Snapshot, task: Task, live: bool) -> tuple[int | None,
         if f is not None and snapshot.inodes.get(f.inode) and \
                 snapshot.inodes[f.inode].type in PIPE_TYPES:
             return target.fd, f.inode
+        return None  # it reads a FIFO (or what the fd table no longer holds): no guess
     # Without the syscall: the one pipe this process reads from, if only one.
     readable = []
     for fd, file_id in sorted(index_of(snapshot).table(task.tgid).items()):
