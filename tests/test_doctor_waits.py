@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import socket
 import subprocess
 import sys
+import tty
 
 import pytest
 
@@ -43,9 +45,9 @@ WAITER = """
 import os, select, socket, sys
 shape, fd = sys.argv[1], int(sys.argv[2])
 print("ready", flush=True)
-if shape in ("pipe-read", "fifo-read"):
+if shape in ("pipe-read", "fifo-read", "tty-read"):
     os.read(fd, 1)
-elif shape in ("pipe-write", "fifo-write"):
+elif shape in ("pipe-write", "fifo-write", "tty-write"):
     while True:
         os.write(fd, b"x" * 4096)
 elif shape.endswith("-read"):
@@ -74,6 +76,10 @@ SHAPES = {
     # (one that only the waiter holds is woken by whoever opens it next).
     "fifo-read": ("fifo", {"read"}),
     "fifo-write": ("fifo", {"write"}),
+    # A pseudo-terminal: the process holding its master side (a terminal
+    # emulator, sshd, tmux) is who gives it input and drains its output.
+    "tty-read": ("tty", {"read"}),
+    "tty-write": ("tty", {"write"}),
     "unix-stream-read": ("socket", {"recvfrom"}),
     "unix-stream-write": ("socket", {"sendto"}),
     "unix-dgram-read": ("socket", {"recvfrom"}),
@@ -95,6 +101,10 @@ CASES = [(s, b) for s in SHAPES for b in ("free", "stop")] + [
 def ends(shape: str, where: str | None = None) -> tuple[int, int]:
     """(the waiter's fd, the blocker's fd): two ends of one channel (a FIFO's
     in the folder ``where``)."""
+    if shape.startswith("tty"):
+        primary, secondary = pty.openpty()
+        tty.setraw(secondary)  # no echo: output waits only for the master's reader
+        return secondary, primary
     if shape.startswith("fifo"):
         path = os.path.join(where or "", "fifo")
         os.mkfifo(path)
@@ -575,7 +585,6 @@ def test_healthy_waits_are_no_finding(procs, shape):
     """A daemon in epoll on a listening socket, a reader of a terminal, a
     poll with a timeout, a sleep: woken from outside or by a timer."""
     require("root")
-    import pty
 
     primary, secondary = pty.openpty()
     try:

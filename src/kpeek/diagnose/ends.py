@@ -7,17 +7,23 @@ descriptor and one direction ("in": data to read, "out": room to write)
 with either the processes holding the other end, or the reason something
 outside the processes we see could wake it (a remote peer, a terminal, a
 listening socket, anyone who may open a FIFO), or neither: nobody holds the
-other end at all.
+other end at all. A terminal's other end is its master side (/dev/ptmx, held
+by a terminal emulator, sshd or tmux), matched by fdinfo's tty-index.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 
 from kpeek.diagnose.fdindex import index_of, socket_inode
 from kpeek.model import OpenFile, Snapshot, Socket, Task
+from kpeek.sources.fdinfo_details import parse, read_fdinfo
+
+_PTS = re.compile(r"/dev/pts/(\d+)")
+_PTMX = ("/dev/ptmx", "/dev/pts/ptmx")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Ends:
         self.notes = notes
         self.index = index_of(snapshot)
         self._sockets: dict[int, Socket] | None = None
+        self._masters: dict[int, dict[int, list[int]]] | None = None
 
     def file(self, tgid: int, fd: int) -> OpenFile | None:
         return self.index.file(tgid, fd)
@@ -87,6 +94,8 @@ class Ends:
             return self._pipe(f, fd, direction, kind, task.tgid)
         if kind == "socket" or socket_inode(f) is not None:
             return self._socket(f, fd, direction)
+        if kind == "chardev" and (pts := _PTS.fullmatch(f.path)):
+            return self._terminal(f, fd, direction, int(pts[1]))
         what = f"{f.path} (fd {fd})"
         return Wake(f"{'data on' if direction == 'in' else 'room in'} {what}", "", kind=kind,
                     outside=f"{what} is woken by events outside the processes")
@@ -106,6 +115,34 @@ class Ends:
             outside = f"any process may open the FIFO {f.path}"
         return Wake(f"{what} {f.path} (fd {fd})", end,
                     {k: tuple(v) for k, v in sorted(holders.items())}, outside, kind)
+
+    def _terminal(self, f: OpenFile, fd: int, direction: str, index: int) -> Wake:
+        """A pseudo-terminal's input comes from, and its output is drained by,
+        whoever holds its master side."""
+        what = "input on" if direction == "in" else "room to write on"
+        resource = f"{what} the terminal {f.path} (fd {fd})"
+        holders = self.masters().get(index)
+        if not holders:
+            return Wake(resource, "", kind="tty",
+                        outside="its master side is in no descriptor table we could read")
+        return Wake(resource, "its master side (/dev/ptmx)",
+                    {k: tuple(v) for k, v in sorted(holders.items())}, None, "tty")
+
+    def masters(self) -> dict[int, dict[int, list[int]]]:
+        """pts number -> tgid -> the fds holding that terminal's master side
+        (each /dev/ptmx descriptor's fdinfo names its pts)."""
+        if self._masters is None:
+            self._masters = {}
+            for f in self.snapshot.open_files.values():
+                if f.path not in _PTMX:
+                    continue
+                for d in self.snapshot.holders(f.id):
+                    raw = read_fdinfo(d.tgid, d.fd)
+                    info = parse(f.path, raw) if raw is not None else None
+                    if info and info.get("kind") == "ptmx":
+                        pts = self._masters.setdefault(int(info["tty_index"]), {})
+                        pts.setdefault(d.tgid, []).append(d.fd)
+        return self._masters
 
     def _socket(self, f: OpenFile, fd: int, direction: str) -> Wake:
         ino = socket_inode(f)
