@@ -291,6 +291,47 @@ def test_thread_on_a_plain_futex_whose_owner_thread_is_traced(procs, how):
         assert "stopped by its tracer" in h.root and tracer in h.fix
 
 
+SEMAPHORE = """
+import ctypes, mmap, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(sys.argv[2], os.O_RDWR)
+shared = mmap.mmap(fd, 64, mmap.MAP_SHARED)
+sem = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(shared)))
+if sys.argv[1] == "poster":
+    libc.sem_init(sem, 1, 0)  # process-shared, nothing posted: the waiter sleeps
+    print("ready", flush=True)
+    time.sleep(600)           # would post one day
+else:
+    print("ready", flush=True)
+    libc.sem_wait(sem)
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("how", ["free", "stop"])
+def test_shared_semaphore_waits_on_the_processes_that_map_it(procs, tmp_path, how):
+    """sem_wait on a process-shared semaphore in a shared file mapping: a
+    shared futex, which any process mapping that memory could post."""
+    require("root")
+    path = tmp_path / "sem"
+    path.write_bytes(bytes(4096))
+    poster = start(procs, SEMAPHORE, "poster", str(path))
+    waiter = start(procs, SEMAPHORE, "waiter", str(path))
+    wait_for(lambda: sleeping_in(waiter.pid, {"futex"}), 15, "the waiter in sem_wait")
+    with blocked(how if how != "free" else "none", poster.pid) as fix:
+        diag = doctor(waiter.pid, poster.pid)
+        edges = [e for e in diag.graph.edges if e.waiter == f"task:{waiter.pid}"]
+        assert [(e.kind, e.holder) for e in edges] == [("futex", f"proc:{poster.pid}")], edges
+        assert "shared memory" in edges[0].resource and "records no owner" in edges[0].note
+        found = [h for h in diag.hung if h.task.pid == waiter.pid]
+        if how == "free":
+            assert found == [], all_text(diag)
+            return
+        [h] = found
+        assert f"pid {poster.pid}" in h.root and "stopped by a signal" in h.root
+        assert fix in h.fix
+
+
 PI_MUTEX = r"""
 #include <pthread.h>
 #include <stdio.h>

@@ -27,6 +27,7 @@ from __future__ import annotations
 from kpeek.diagnose.ends import Ends, Wake
 from kpeek.diagnose.graph import Root, WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import read_user, syscall_name
+from kpeek.diagnose.sharedmem import SharedMappers, mapping_at
 from kpeek.model import Task
 
 READS = {"read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"}
@@ -64,16 +65,17 @@ def is_kernel_thread(t: Task) -> bool:
 def general_edges(graph: WaitGraph) -> None:
     """Add edges for every sleeping task that has none yet."""
     ends = Ends(graph.snapshot, graph.notes)
+    shared = SharedMappers(p.tgid for p in graph.snapshot.processes())
     waiting = {e.waiter for e in graph.edges}
     for t in graph.snapshot.tasks:
         node = task_node(t.pid)
         if t.state not in ("S", "D") or node in waiting or node in graph.roots \
                 or is_kernel_thread(t) or (t.wchan or "").startswith(FREE_WAITS):
             continue
-        _resolve(graph, ends, t)
+        _resolve(graph, ends, shared, t)
 
 
-def _resolve(graph: WaitGraph, ends: Ends, t: Task) -> None:
+def _resolve(graph: WaitGraph, ends: Ends, shared: SharedMappers, t: Task) -> None:
     call = syscall_name(t)
     frames = (t.wchan or "", *(t.kernel_stack or ())[:6])
     if any("wait_for_vfork_done" in f or "do_sys_vfork" in f for f in frames) or (
@@ -96,7 +98,7 @@ def _resolve(graph: WaitGraph, ends: Ends, t: Task) -> None:
             add_wakes(graph, t, wakes, multiplexed=True,
                       source=f"/proc/PID/syscall ({name}) and its descriptor set")
     elif name == "futex":
-        futex_edges(graph, t, args)
+        futex_edges(graph, t, args, shared)
 
 
 def add_wakes(graph: WaitGraph, t: Task, wakes: list[Wake], *, multiplexed: bool,
@@ -234,7 +236,7 @@ def _owner_task(graph: WaitGraph, waiter: Task, tid: int) -> Task | None:
                  if x.pidns == waiter.pidns and x.ns_pid == tid), None)
 
 
-def futex_edges(graph: WaitGraph, t: Task, args: list[int]) -> None:
+def futex_edges(graph: WaitGraph, t: Task, args: list[int], shared: SharedMappers) -> None:
     uaddr, op, _, timeout = args[:4]
     cmd = op & 0x7F
     if timeout or cmd not in FUTEX_WAITS | FUTEX_LOCK_PI:
@@ -262,7 +264,8 @@ def futex_edges(graph: WaitGraph, t: Task, args: list[int]) -> None:
                            certain=False, source=source))
         return
     if not op & FUTEX_PRIVATE:
-        return  # a shared futex: any process mapping it may wake it
+        _shared_futex(graph, t, uaddr, where, shared, source)
+        return
     if len(graph.threads_of(t.tgid)) < 2:
         root = f"none:futex:{t.pid}:{uaddr:#x}"
         graph.roots[root] = Root(
@@ -275,6 +278,26 @@ def futex_edges(graph: WaitGraph, t: Task, args: list[int]) -> None:
                        note="a plain futex records no owner: any thread of the process "
                             "could wake it", relation="which any thread may wake, in",
                        source=source))
+
+
+def _shared_futex(graph: WaitGraph, t: Task, uaddr: int, where: str, shared: SharedMappers,
+                  source: str) -> None:
+    """A process-shared futex: any process that maps its memory may wake it.
+    Only other processes count (a single thread cannot wake itself); with none
+    seen, someone may still map it (a named shared memory object): no edge."""
+    found = mapping_at(t.tgid, uaddr)
+    if found is None:
+        return  # private memory with a shared futex op: as good as private, unknown here
+    mappers = [m for m in shared.of(*found) if m != t.tgid or len(graph.threads_of(m)) > 1]
+    if not any(m != t.tgid for m in mappers):
+        return
+    for tgid in mappers:
+        graph.add(WaitEdge(task_node(t.pid), proc_node(tgid), "futex", f"{where} (shared memory)",
+                           any_of=True, certain=False,
+                           note="a shared futex records no owner: any process that maps it "
+                                "could wake it",
+                           relation="shared with",
+                           source=source + ", /proc/PID/maps"))
 
 
 # -- vfork ---------------------------------------------------------------------------
