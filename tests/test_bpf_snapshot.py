@@ -230,12 +230,8 @@ def test_a_kernel_without_bpf_loop_gets_stacks_from_proc() -> None:
     with family(PIPE_FORK_DUP2) as fam:
         parent = fam.info["parent"]
         _wait_sleeping([parent])
-        with bpf._run_lock:
-            bpf._set_filter([parent], False, False)
-            try:
-                records, _ = bpf._run_tasks()
-            finally:
-                bpf._clear_filter([parent])
+        with bpf.filtered([parent], False, False):
+            records, _ = bpf._run_tasks()
         (rec,) = [r for r in records if r[3] == parent]
         assert rec[-1] == 1  # this kernel has the helpers
         task = bpf._task((*rec[:-1], 0), None, True, False)

@@ -19,7 +19,7 @@ import struct
 
 from kpeek.model import ProcessFile
 from kpeek.sources.bpf.loaded import bpf_iterator
-from kpeek.sources.bpf.snapshot import _clear_filter, _run_lock, _set_filter
+from kpeek.sources.bpf.snapshot import dev_inode_id, filtered
 from kpeek.sources.statx import stat_inode_id
 from kpeek.textsafe import decode
 
@@ -51,10 +51,6 @@ def _backing_bit() -> int:
     return 1 << 25 if (major, minor) < (6, 13) else 1 << 24
 
 
-def _inode_id(dev: int, ino: int) -> str:
-    return f"{dev >> 20}:{dev & 0xFFFFF}:{ino}"
-
-
 def read_process_files(tgids: list[int] | None) -> tuple[dict[int, list[ProcessFile]], set[int]]:
     """(rows of each process, the processes to read from /proc instead).
 
@@ -62,13 +58,9 @@ def read_process_files(tgids: list[int] | None) -> tuple[dict[int, list[ProcessF
     rtd and txt, then its mapped files in address order, each inode once and
     the executable's left out, as sources.fdfacts.process_files gives them.
     """
-    with _run_lock:  # the programs' globals and filter map are per process
-        _set_filter(tgids, threads=False, stacks=False)
-        try:
-            roots = bpf_iterator("snapshot", "snapshot_roots").run()
-            maps = bpf_iterator("snapshot", "snapshot_maps").run()
-        finally:
-            _clear_filter(tgids)
+    with filtered(tgids, threads=False, stacks=False):
+        roots = bpf_iterator("snapshot", "snapshot_roots").run()
+        maps = bpf_iterator("snapshot", "snapshot_maps").run()
     rows, txt, want_maps, fallback = _roots(roots)
     _maps(maps, rows, txt, want_maps, fallback)
     fallback |= want_maps  # a process with memory but no mapped file seen
@@ -106,7 +98,7 @@ def _roots(out: bytes) -> tuple[dict[int, list[ProcessFile]], dict[int, str], se
         if flags in _OWN_DEVICES:
             inode = stat_inode_id(f"/proc/{tgid}/{_LINKS[kind]}")
         else:
-            inode = _inode_id(dev, ino)
+            inode = dev_inode_id(dev, ino)
         rows[tgid].append(ProcessFile(tgid, _KINDS[kind], path, inode))
         if kind == PF_TXT:
             txt[tgid] = inode
@@ -144,7 +136,7 @@ def _maps(
             elif ino and path[:1] == "/":
                 if "\n" in path:  # maps escapes it (seq_path), readlink does not
                     path = path.replace("\n", "\\012")
-                files[file] = (path, _inode_id(dev, ino))
+                files[file] = (path, dev_inode_id(dev, ino))
             else:
                 files[file] = None
         elif path_len != PATH_SEEN or file not in files:

@@ -11,11 +11,12 @@ keyed hash), so the two can be compared.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from kpeek.errors import UsageError
 from kpeek.ids import keyed_id
@@ -135,7 +136,7 @@ def _proc_wchan_stack(tgid: int, pid: int, stacks: bool) -> tuple[str, tuple[str
     return ("" if wchan == "0" else wchan), stack
 
 
-def _inode_id(dev: int, ino: int) -> str:
+def dev_inode_id(dev: int, ino: int) -> str:
     return f"{dev >> 20}:{dev & 0xFFFFF}:{ino}"  # the kernel's MAJOR/MINOR of dev_t
 
 
@@ -172,7 +173,7 @@ def _run_files(
                     vanished += 1
                     off += size + max(path_len, 0)
                     continue
-            inode_id = _inode_id(dev, ino)
+            inode_id = dev_inode_id(dev, ino)
             file_id = keyed_id("file", file_addr)
             file_ids[file_addr] = file_id
             open_files[file_id] = OpenFile(
@@ -207,20 +208,25 @@ def _run_files(
     return fds, open_files, inodes, vanished, in_order
 
 
-def _set_filter(tgids: list[int] | None, threads: bool, stacks: bool | str) -> None:
-    obj = bpf_object("snapshot")
-    for tgid in tgids or ():
-        obj.update("wanted", tgid.to_bytes(4, "little"), b"\1")
-    obj.set_globals(
-        _ARGS.pack(tgids is not None, not threads, 2 if stacks == BLOCKED else bool(stacks), True,
-                   next(_generation) & 0xFFFFFFFF, 0)
-    )
-
-
-def _clear_filter(tgids: list[int] | None) -> None:
-    obj = bpf_object("snapshot")
-    for tgid in tgids or ():
-        obj.delete("wanted", tgid.to_bytes(4, "little"))
+@contextlib.contextmanager
+def filtered(tgids: list[int] | None, threads: bool, stacks: bool | str) -> Iterator[None]:
+    """The snapshot programs' filter set for the iterator runs inside: only
+    ``tgids`` (None: all), threads or not, which stacks. The programs' globals
+    and filter map are one per process: one run at a time, the map emptied
+    after."""
+    with _run_lock:
+        obj = bpf_object("snapshot")
+        for tgid in tgids or ():
+            obj.update("wanted", tgid.to_bytes(4, "little"), b"\1")
+        obj.set_globals(
+            _ARGS.pack(tgids is not None, not threads, 2 if stacks == BLOCKED else bool(stacks),
+                       True, next(_generation) & 0xFFFFFFFF, 0)
+        )
+        try:
+            yield
+        finally:
+            for tgid in tgids or ():
+                obj.delete("wanted", tgid.to_bytes(4, "little"))
 
 
 def take_snapshot(
@@ -256,14 +262,10 @@ def take_snapshot(
     open_files: dict[str, OpenFile] = {}
     inodes: dict[str, Inode] = {}
     vanished, in_order = 0, True
-    with _run_lock:  # the programs' globals and filter map are per process
-        _set_filter(tgids, threads, stacks)
-        try:
-            records, stack_of = _run_tasks()
-            if files:
-                fds, open_files, inodes, vanished, in_order = _run_files(notes)
-        finally:
-            _clear_filter(tgids)
+    with filtered(tgids, threads, stacks):
+        records, stack_of = _run_tasks()
+        if files:
+            fds, open_files, inodes, vanished, in_order = _run_files(notes)
     wanted = set(pids) if pids is not None else None
     tasks = [
         _task(rec, stack_of.get(rec[3]), stacks, all_namespaces)
