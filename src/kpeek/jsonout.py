@@ -13,6 +13,7 @@ import codecs
 import dataclasses
 import enum
 import sys
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 import orjson
@@ -125,14 +126,20 @@ def dumps(kind: str, payload: dict[str, Any]) -> str:
 
 
 def emit(kind: str, payload: dict[str, Any], out: TextIO | None = None) -> None:
-    out = out or sys.stdout
     doc = {"schema": f"kpeek.{kind}/{SCHEMA_VERSION}", **payload}
+    write_document((encode(doc),), out)
+
+
+def write_document(chunks: Iterable[bytes], out: TextIO | None = None) -> None:
+    """An encoded document, given in pieces, and a newline: as bytes straight
+    out (no str copy of a document of tens of MB), each piece as it comes."""
+    out = out or sys.stdout
     raw = getattr(out, "buffer", None)
     if raw is None:  # a StringIO (tests): text it is
-        out.write(encode(doc).decode("ascii") + "\n")
+        out.write(b"".join(chunks).decode("ascii") + "\n")
         return
-    # Bytes straight out: no str copy of a document of tens of MB.
     out.flush()
-    raw.write(encode(doc))
+    for chunk in chunks:
+        raw.write(chunk)
     raw.write(b"\n")
     raw.flush()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from kpeek.errors import NotPermitted
 
@@ -143,3 +145,18 @@ def namespace_number(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a namespace (its inode number, as in the PIDNS column)")
     return int(digits)
+
+
+@contextlib.contextmanager
+def cyclic_gc_off() -> Iterator[None]:
+    """No cyclic garbage collection while a one-shot verb builds and prints
+    its snapshot: hundreds of thousands of small objects (tasks, descriptors)
+    live until the end, and the collector would walk them again and again
+    for nothing. Switched back on after (verbs also run inside tests)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import os
 
 from kpeek import jsonout
-from kpeek.commands.common import add_json, seconds
+from kpeek.commands.common import add_json, cyclic_gc_off, seconds
 from kpeek.errors import EXIT_FINDINGS, EXIT_OK, KpeekError, UsageError, os_reason
 from kpeek.model import Snapshot
 from kpeek.targets import core_path, open_kernel
@@ -41,16 +40,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kpeek.diagnose.findings import diagnose
-    from kpeek.diagnose.story import all_text, to_dot, to_json
-
     if args.explain_sources:
         from kpeek.commands.sources import explain
 
         return explain(args)
-    # Hundreds of thousands of small objects (tasks, descriptors) live until
-    # the end: the cyclic collector would walk them again and again for none.
-    gc.disable()
+    with cyclic_gc_off():
+        return _diagnose(args)
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from kpeek.diagnose.findings import diagnose
+    from kpeek.diagnose.story import all_text, to_dot, to_json
+
     kernel = None
     if core_path(args) is not None:  # a dump: every fact from its kernel objects
         from kpeek.sources import memwalk

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import operator
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
+from kpeek import jsonout
 from kpeek.commands import file_select
 from kpeek.commands.common import (
     add_pid_lists,
     add_snapshot_outputs,
     add_users,
+    cyclic_gc_off,
     is_live,
     raw_pointers_allowed,
     snapshot,
@@ -116,16 +116,8 @@ are shown; the exit code is then 1 (as lsof).
 
 
 def run(args: argparse.Namespace) -> int:
-    # Hundreds of thousands of small objects that live until the output is
-    # written: the cyclic collector would walk them again and again for
-    # nothing (none of them forms a cycle that matters for one command).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with cyclic_gc_off():
         return _run(args)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -166,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         _write_diagrams(snap, [t.tgid for t in processes], diagrams)
         return status
     if args.json:
-        _emit_json(files_json_chunks(snap, processes, raw, chosen))
+        jsonout.write_document(files_json_chunks(snap, processes, raw, chosen))
     elif args.format == "cplayground":
         initial = _own_pid_namespace()
         shown = processes if args.all else [t for t in processes if t.pidns != initial]
@@ -176,20 +168,6 @@ def _run(args: argparse.Namespace) -> int:
     else:
         _print_tables(snap, processes, chosen)
     return status
-
-
-def _emit_json(chunks: Iterator[bytes]) -> None:
-    """A document written as it is made, and a newline, as jsonout.emit writes one."""
-    out = sys.stdout
-    raw = getattr(out, "buffer", None)
-    if raw is None:  # a StringIO (tests)
-        out.write(b"".join(chunks).decode("ascii") + "\n")
-        return
-    out.flush()
-    for chunk in chunks:
-        raw.write(chunk)
-    raw.write(b"\n")
-    raw.flush()
 
 
 def _targets(args: argparse.Namespace) -> tuple[list[int], list[str]]:
