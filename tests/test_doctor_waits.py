@@ -246,6 +246,10 @@ def test_parent_in_wait4_on_a_blocked_child(procs, how):
     procs.insert(0, Child())
     wait_for(lambda: sleeping_in(parent.pid, {"wait4", "waitid"}), 15, "the parent in wait4")
     with blocked(how if how != "free" else "none", child) as fix:
+        # The child's stop wakes the parent's wait4 for a moment (the stop is
+        # reported to it); a snapshot in that moment sees no wait at all.
+        wait_for(lambda: sleeping_in(parent.pid, {"wait4", "waitid"}), 15,
+                 "the parent back in wait4")
         diag = doctor(parent.pid, child)
         found = [h for h in diag.hung if h.task.pid == parent.pid]
         if how == "free":
