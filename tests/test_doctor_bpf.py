@@ -24,7 +24,7 @@ from kpeek.diagnose.procinfo import SchedClock, read_syscall
 from kpeek.errors import NotSupported
 from kpeek.sources import procfs
 from kpeek.sources.bpf import snapshot as bpf
-from test_doctor_waits import BLOCKER, SHAPES, WAITER, ends, sleeping_in, start
+from test_doctor_waits import BLOCKER, SHAPES, WAITER, ends, sleeping_in, start, waiter_args
 from wait_scenarios import stopped, traced
 
 PY = sys.executable
@@ -60,7 +60,8 @@ def told(diag, tid: int) -> tuple:
 # Waits read from a system call's arguments (fd, poll set, epoll fd): the
 # iterator's registers must name the same descriptors /proc/PID/syscall does.
 BPF_SHAPES = ("pipe-read", "pipe-write", "unix-stream-read", "unix-dgram-write",
-              "unix-seqpacket-read", "tcp-read", "tcp-write", "poll", "select", "epoll")
+              "unix-seqpacket-read", "tcp-read", "tcp-write", "poll", "select", "epoll",
+              "unix-connect", "unix-dgram-sendto")
 
 
 @pytest.mark.timeout(120)
@@ -71,7 +72,7 @@ def test_bpf_and_procfs_tell_the_same_wait_stopped_and_free(procs, shape):
     mine, theirs = ends(shape)
     try:
         blocker = start(procs, BLOCKER, "sleep", fds=(theirs,))
-        waiter = start(procs, WAITER, shape, str(mine), fds=(mine,))
+        waiter = start(procs, WAITER, *waiter_args(shape, mine), fds=(mine,))
     finally:
         os.close(mine)
         os.close(theirs)

@@ -44,8 +44,17 @@ time.sleep(600)
 WAITER = """
 import os, select, socket, sys
 shape, fd = sys.argv[1], int(sys.argv[2])
+address = sys.argv[3] if sys.argv[3:] else None
+if address and address.startswith("@"):
+    address = "\\0" + address[1:]
 print("ready", flush=True)
-if shape in ("pipe-read", "fifo-read", "tty-read"):
+if shape == "unix-connect":
+    socket.socket(fileno=fd).connect(address)
+elif shape == "unix-dgram-sendto":
+    s = socket.socket(fileno=fd)
+    while True:
+        s.sendto(b"x" * 1024, address)
+elif shape in ("pipe-read", "fifo-read", "tty-read"):
     os.read(fd, 1)
 elif shape in ("pipe-write", "fifo-write", "tty-write"):
     while True:
@@ -85,6 +94,10 @@ SHAPES = {
     "unix-dgram-read": ("socket", {"recvfrom"}),
     "unix-dgram-write": ("socket", {"sendto"}),
     "unix-seqpacket-read": ("socket", {"recvfrom"}),
+    # The address in the call names the other end: a listener whose backlog
+    # is full (only its accept makes room), a datagram receiver whose queue is.
+    "unix-connect": ("socket", {"connect"}),
+    "unix-dgram-sendto": ("socket", {"sendto"}),
     "tcp-read": ("socket", {"recvfrom"}),
     "tcp-write": ("socket", {"sendto"}),
     "poll": ("pipe", {"poll", "ppoll"}),
@@ -98,9 +111,42 @@ CASES = [(s, b) for s in SHAPES for b in ("free", "stop")] + [
     (s, b) for s in EVERY_BLOCKER for b in ("trace", "freeze", "stuck")]
 
 
+# The waiter's fd -> the address it connects or sends to (see waiter_args).
+ADDRESSES: dict[int, str] = {}
+
+
+def waiter_args(shape: str, mine: int) -> tuple[str, ...]:
+    """WAITER's arguments: the shape, its fd and, if the shape names one, the
+    address ("@" for an abstract name's NUL)."""
+    return (shape, str(mine), *([ADDRESSES.pop(mine)] if mine in ADDRESSES else []))
+
+
+def _addressed(shape: str, where: str | None) -> tuple[int, int]:
+    """A listener with a full backlog (a path in ``where``), or a datagram
+    receiver (an abstract name); the waiter's socket is unbound."""
+    stream = shape == "unix-connect"
+    kind = socket.SOCK_STREAM if stream else socket.SOCK_DGRAM
+    mine = socket.socket(socket.AF_UNIX, kind)
+    if where is not None:
+        address = os.path.join(where, f"bound-{mine.fileno()}.sock")
+    else:
+        address = f"@kpeek-test-{os.getpid()}-{mine.fileno()}"
+    name = "\0" + address[1:] if address.startswith("@") else address
+    bound = socket.socket(socket.AF_UNIX, kind)
+    bound.bind(name)
+    if stream:
+        bound.listen(0)
+        with socket.socket(socket.AF_UNIX) as filler:  # the backlog of 0 is full
+            filler.connect(name)
+    ADDRESSES[mine.fileno()] = address
+    return mine.detach(), bound.detach()
+
+
 def ends(shape: str, where: str | None = None) -> tuple[int, int]:
     """(the waiter's fd, the blocker's fd): two ends of one channel (a FIFO's
     in the folder ``where``)."""
+    if shape in ("unix-connect", "unix-dgram-sendto"):
+        return _addressed(shape, where)
     if shape.startswith("tty"):
         primary, secondary = pty.openpty()
         tty.setraw(secondary)  # no echo: output waits only for the master's reader
@@ -190,7 +236,7 @@ def test_wait_on_a_blocked_side_is_a_finding_and_on_a_free_side_not(procs, shape
     mine, theirs = ends(shape, str(tmp_path))
     try:
         blocker = start(procs, BLOCKER, "stuck" if how == "stuck" else "sleep", fds=(theirs,))
-        waiter = start(procs, WAITER, shape, str(mine), fds=(mine,))
+        waiter = start(procs, WAITER, *waiter_args(shape, mine), fds=(mine,))
     finally:
         os.close(mine)
         os.close(theirs)

@@ -13,7 +13,10 @@ call and its arguments (/proc/PID/task/TID/syscall) say what it waits on:
   that thread), and so does a robust mutex and pthread_join's wait; a plain
   futex (a pthread mutex, a condition variable) does not, and any other
   thread of the process could wake it;
-* vfork: the parent waits for the child to exec or exit.
+* vfork: the parent waits for the child to exec or exit;
+* connect to a unix listener with a full backlog, and a send addressed to a
+  unix datagram socket with a full queue: the holders of the socket bound to
+  that address (addressed.py).
 
 A wait with a timeout ends by itself, and a wait that anything outside the
 processes may end (a remote peer, a terminal, a listening socket, a signal)
@@ -24,6 +27,7 @@ wakeup channel (a self-pipe that a signal handler writes to).
 
 from __future__ import annotations
 
+from kpeek.diagnose.addressed import addressed_wake
 from kpeek.diagnose.ends import Ends, Wake
 from kpeek.diagnose.graph import Root, WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import read_user, syscall_name
@@ -33,6 +37,8 @@ from kpeek.model import Task
 READS = {"read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"}
 WRITES = {"write", "writev", "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg",
           "sendmmsg"}
+# Calls that may name a unix address: connect, and a send with a destination.
+ADDRESSED = {"connect", "sendto", "sendmsg"}
 MULTIPLEX = {"poll", "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait",
              "epoll_pwait2"}
 EPOLLIN, EPOLLPRI, EPOLLOUT, EPOLLRDHUP = 0x1, 0x2, 0x4, 0x2000
@@ -87,7 +93,10 @@ def _resolve(graph: WaitGraph, ends: Ends, shared: SharedMappers, t: Task) -> No
     name, args = call
     if name in FREE_CALLS:
         return
-    if name in READS or name in WRITES:
+    if name in ADDRESSED and (wake := addressed_wake(ends, t, name, args)) is not None:
+        add_wakes(graph, t, [wake], multiplexed=False,
+                  source=f"/proc/PID/syscall ({name}), the address in its memory")
+    elif name in READS or name in WRITES:
         wake = ends.wakers(t, args[0] & 0xFFFFFFFF, "in" if name in READS else "out")
         if wake is not None:
             add_wakes(graph, t, [wake], multiplexed=False,
