@@ -54,9 +54,9 @@ elif shape == "unix-dgram-sendto":
     s = socket.socket(fileno=fd)
     while True:
         s.sendto(b"x" * 1024, address)
-elif shape in ("pipe-read", "fifo-read", "tty-read"):
+elif shape in ("pipe-read", "fifo-read", "tty-read", "ptmx-read"):
     os.read(fd, 1)
-elif shape in ("pipe-write", "fifo-write", "tty-write"):
+elif shape in ("pipe-write", "fifo-write", "tty-write", "ptmx-write"):
     while True:
         os.write(fd, b"x" * 4096)
 elif shape.endswith("-read"):
@@ -89,6 +89,10 @@ SHAPES = {
     # emulator, sshd, tmux) is who gives it input and drains its output.
     "tty-read": ("tty", {"read"}),
     "tty-write": ("tty", {"write"}),
+    # Its master side, the other way round: the programs holding the
+    # terminal write what the master reads and read what it writes.
+    "ptmx-read": ("tty", {"read"}),
+    "ptmx-write": ("tty", {"write"}),
     "unix-stream-read": ("socket", {"recvfrom"}),
     "unix-stream-write": ("socket", {"sendto"}),
     "unix-dgram-read": ("socket", {"recvfrom"}),
@@ -147,10 +151,10 @@ def ends(shape: str, where: str | None = None) -> tuple[int, int]:
     in the folder ``where``)."""
     if shape in ("unix-connect", "unix-dgram-sendto"):
         return _addressed(shape, where)
-    if shape.startswith("tty"):
+    if shape.startswith(("tty", "ptmx")):
         primary, secondary = pty.openpty()
         tty.setraw(secondary)  # no echo: output waits only for the master's reader
-        return secondary, primary
+        return (secondary, primary) if shape.startswith("tty") else (primary, secondary)
     if shape.startswith("fifo"):
         path = os.path.join(where or "", "fifo")
         os.mkfifo(path)

@@ -8,7 +8,8 @@ with either the processes holding the other end, or the reason something
 outside the processes we see could wake it (a remote peer, a terminal, a
 listening socket, anyone who may open a FIFO), or neither: nobody holds the
 other end at all. A terminal's other end is its master side (/dev/ptmx, held
-by a terminal emulator, sshd or tmux), matched by fdinfo's tty-index.
+by a terminal emulator, sshd or tmux), matched by fdinfo's tty-index; and
+the master side's other end is the terminal, held by the programs in it.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ class Ends:
             return self._socket(f, fd, direction)
         if kind == "chardev" and (pts := _PTS.fullmatch(f.path)):
             return self._terminal(f, fd, direction, int(pts[1]))
+        if kind == "chardev" and f.path in _PTMX and (index := _pts_index(task.tgid, fd)) \
+                is not None:
+            return self._master(f, fd, direction, index)
         what = f"{f.path} (fd {fd})"
         return Wake(f"{'data on' if direction == 'in' else 'room in'} {what}", "", kind=kind,
                     outside=f"{what} is woken by events outside the processes")
@@ -128,6 +132,22 @@ class Ends:
         return Wake(resource, "its master side (/dev/ptmx)",
                     {k: tuple(v) for k, v in sorted(holders.items())}, None, "tty")
 
+    def _master(self, f: OpenFile, fd: int, direction: str, index: int) -> Wake:
+        """A terminal's master side reads what its programs write and writes
+        what they read: its wakers hold the terminal itself (/dev/pts/N)."""
+        what = "output from" if direction == "in" else "room to write to"
+        resource = f"{what} the terminal /dev/pts/{index} ({f.path}, fd {fd})"
+        holders: dict[int, list[int]] = {}
+        for other in self.snapshot.open_files.values():
+            if other.path == f"/dev/pts/{index}":
+                for d in self.snapshot.holders(other.id):
+                    holders.setdefault(d.tgid, []).append(d.fd)
+        if not holders:
+            return Wake(resource, "", kind="tty",
+                        outside=f"any process may open the terminal /dev/pts/{index}")
+        return Wake(resource, f"the terminal /dev/pts/{index}",
+                    {k: tuple(sorted(v)) for k, v in sorted(holders.items())}, None, "tty")
+
     def masters(self) -> dict[int, dict[int, list[int]]]:
         """pts number -> tgid -> the fds holding that terminal's master side
         (each /dev/ptmx descriptor's fdinfo names its pts)."""
@@ -137,12 +157,18 @@ class Ends:
                 if f.path not in _PTMX:
                     continue
                 for d in self.snapshot.holders(f.id):
-                    raw = read_fdinfo(d.tgid, d.fd)
-                    info = parse(f.path, raw) if raw is not None else None
-                    if info and info.get("kind") == "ptmx":
-                        pts = self._masters.setdefault(int(info["tty_index"]), {})
+                    index = _pts_index(d.tgid, d.fd)
+                    if index is not None:
+                        pts = self._masters.setdefault(index, {})
                         pts.setdefault(d.tgid, []).append(d.fd)
         return self._masters
+
+
+def _pts_index(tgid: int, fd: int) -> int | None:
+    """The pts number a /dev/ptmx descriptor is the master of (its fdinfo's tty-index)."""
+    raw = read_fdinfo(tgid, fd)
+    info = parse("/dev/ptmx", raw) if raw is not None else None
+    return int(info["tty_index"]) if info and info.get("kind") == "ptmx" else None
 
     def _socket(self, f: OpenFile, fd: int, direction: str) -> Wake:
         ino = socket_inode(f)
