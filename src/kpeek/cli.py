@@ -45,13 +45,19 @@ VERBS: dict[str, tuple[str, str]] = {
 
 
 class _LazyVerbs(argparse._SubParsersAction):
-    """Subcommands whose parsers are placeholders until chosen: only then is
-    the verb's module imported and its real parser registered in place."""
+    """Subcommands known by name and help line only until chosen: only then is
+    the verb's module imported and its parser built (building a parser for
+    each of the 19 verbs cost more than parsing)."""
+
+    def add_placeholder(self, name: str, help_line: str) -> None:
+        # What add_parser records for `kpeek --help` and for the choices an
+        # unknown verb is told about, without the parser.
+        self._choices_actions.append(self._ChoicesPseudoAction(name, (), help_line))
+        self._name_parser_map[name] = None
 
     def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
         name = values[0]
-        if name in VERBS and name not in self._loaded:
-            self._loaded.add(name)
+        if name in VERBS and self._name_parser_map.get(name) is None:
             listed = list(self._choices_actions)
             del self._name_parser_map[name]
             importlib.import_module(VERBS[name][0]).register(self)
@@ -64,6 +70,26 @@ class _Parser(argparse.ArgumentParser):
         sys.stderr.write(f"kpeek: {message}\n")
         raise SystemExit(EXIT_USAGE)
 
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse makes a formatter for every add_argument (to check the
+        # metavar) and sizes it with shutil, whose import (bz2, lzma...) is
+        # 3 ms of every start-up; the same width, found the same way:
+        return self.formatter_class(prog=self.prog, width=_terminal_columns() - 2)
+
+
+def _terminal_columns() -> int:
+    """shutil.get_terminal_size().columns: $COLUMNS, else stdout's terminal, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kpeek", description="See inside a running Linux kernel, safely.")
@@ -75,9 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.register("action", "lazy_verbs", _LazyVerbs)
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser,
                                 action="lazy_verbs")
-    sub._loaded = set()  # type: ignore[attr-defined]
     for name, (_module, help_line) in VERBS.items():
-        sub.add_parser(name, help=help_line)
+        sub.add_placeholder(name, help_line)
     return parser
 
 
