@@ -9,15 +9,17 @@ colours) are ANSI codes only where stdout is a terminal.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
 
 from kpeek.render.plain import cell_width
 from kpeek.reports.kinds import KINDS
 from kpeek.textsafe import for_terminal
 
+TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
+
 if TYPE_CHECKING:  # capstone loads only for a report with Code: bytes
+    from typing import Any, TextIO
+
     from kpeek.kernel.disasm import Listing
     from kpeek.reports import Report
     from kpeek.reports.details import Details
@@ -48,7 +50,12 @@ class Lines:
         self.lines.append(self.style(text, style))
 
     def rule(self) -> None:
-        width = shutil.get_terminal_size().columns if self.tty else PIPE_WIDTH
+        if not self.tty:
+            width = PIPE_WIDTH
+        else:  # shutil (and its bz2, lzma) only for a terminal
+            import shutil
+
+            width = shutil.get_terminal_size().columns
         self.lines.append("─" * width)
 
     def table(self, columns: Sequence[str] | None, rows: Iterable[Sequence[str]],

@@ -16,38 +16,40 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from kpeek.lazyre import lazy
+
 # Longer lines are cut: nothing in a report needs more, and it bounds the
 # work every pattern does on hostile input.
 MAX_LINE = 2048
 
 CONSOLE_CONTEXT = "console"
 
-_KERNEL_PREFIX = re.compile(
+_KERNEL_PREFIX = lazy(
     r"^(?:\*\* [0-9]+ printk messages dropped \*\* )?(?:.{0,200}? login: )?(?:<[0-9]+>)?"
     r"\[ *[0-9]+\.[0-9]+\](\[ *(?:C|T)[0-9]+\])? "
 )
 # The same without the "login: " prompt, for the lines (nearly all) that have
 # none: the lazy ".{0,200}? login: " costs every other line a 200-char scan.
-_KERNEL_PREFIX_NO_LOGIN = re.compile(
+_KERNEL_PREFIX_NO_LOGIN = lazy(
     r"^(?:\*\* [0-9]+ printk messages dropped \*\* )?(?:<[0-9]+>)?"
     r"\[ *[0-9]+\.[0-9]+\](\[ *(?:C|T)[0-9]+\])? "
 )
 # "dmesg -T": [Mon Nov 23 16:00:00 2026] msg
-_WALLCLOCK_PREFIX = re.compile(
+_WALLCLOCK_PREFIX = lazy(
     r"^(?:<[0-9]+>)?\[(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ 0-9]\d "
     r"\d\d:\d\d:\d\d \d{4}\] "
 )
 # syslog/journal: "Nov 23 16:00:00 host kernel: msg" or ISO "2026-11-23T16:00:00+0000 host kernel: "
-_SYSLOG_PREFIX = re.compile(
+_SYSLOG_PREFIX = lazy(
     r"^(?:[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d(?:\.\d{1,9})?"
     r"|\d{4}-\d\d-\d\dT[0-9:.,+\-]{8,32}) [^ ]{1,64} kernel: "
 )
 # "dmesg -x": "kern  :warn  : [  1.0] msg"
-_FACILITY_PREFIX = re.compile(r"^[a-z]{3,8} *:[a-z]{3,7} *: ")
+_FACILITY_PREFIX = lazy(r"^[a-z]{3,8} *:[a-z]{3,7} *: ")
 # "journalctl -o short-monotonic": "[  123.456789] host kernel: msg"
-_HOST_KERNEL = re.compile(r"^[^ ]{1,64} kernel: ")
+_HOST_KERNEL = lazy(r"^[^ ]{1,64} kernel: ")
 # An unreliable stack frame: "[<ffff...>] ? func+0x1/0x2" or " ? func+0x1/0x2".
-_QUESTIONABLE = re.compile(r"(\[<[0-9a-f]+>\])? \? ")
+_QUESTIONABLE = lazy(r"(\[<[0-9a-f]+>\])? \? ")
 
 
 # Not frozen: a frozen dataclass's __init__ costs 2.5x, once per log line.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from kpeek.lazyre import lazy
 from kpeek.reports.console import ConsoleLine
 from kpeek.reports.demangle import demangle
 
@@ -37,26 +38,26 @@ TAINT_FLAGS: dict[str, str] = {
     "N": "in-kernel test (kunit) has run",
 }
 
-_TAINTED = re.compile(r"(?:^|\s)(Not tainted|Tainted: ([A-Z ]+?))\s+(\d+\.\d+\S*)")
-_TAINT_LIST = re.compile(r"^Tainted: ((?:\[[A-Z]\]=\w+,? ?)+)$")
+_TAINTED = lazy(r"(?:^|\s)(Not tainted|Tainted: ([A-Z ]+?))\s+(\d+\.\d+\S*)")
+_TAINT_LIST = lazy(r"^Tainted: ((?:\[[A-Z]\]=\w+,? ?)+)$")
 # "INFO: task kworker/u4:2:51 blocked for more than 143 seconds." (comm may hold ':')
-_HUNG_TASK = re.compile(r"INFO: task (.{1,64}):(\d+) (?:blocked (?:in I/O wait )?for|can't die for)"
+_HUNG_TASK = lazy(r"INFO: task (.{1,64}):(\d+) (?:blocked (?:in I/O wait )?for|can't die for)"
                         r" more than (\d+) seconds")
-_TASK = re.compile(r"CPU: (\d+) (?:UID: \d+ )?PID: (\d+) Comm: (.{1,64}?) (?:Not tainted|Tainted)")
+_TASK = lazy(r"CPU: (\d+) (?:UID: \d+ )?PID: (\d+) Comm: (.{1,64}?) (?:Not tainted|Tainted)")
 
 # ---------------------------------------------------------------- addresses
 
 _ADDRESS_PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"unable to handle (?:kernel )?(?:paging request|NULL pointer dereference|page fault"
+    lazy(r"unable to handle (?:kernel )?(?:paging request|NULL pointer dereference|page fault"
                r" for address)(?: at|:)(?: virtual address)? (?:0x)?([0-9a-f]{1,16})\b", re.I),
-    re.compile(r"NULL pointer dereference, address: (?:0x)?([0-9a-f]{1,16})\b"),
-    re.compile(r"(?:Read|Write) (?:of size \d+ )?at addr (?:0x)?([0-9a-f]{1,16})\b"),
-    re.compile(r"probably for non-canonical address (0x[0-9a-f]{1,16})"),
-    re.compile(r"(?:read|write) at (0x[0-9a-f]{1,16}) \(in kfence"),
-    re.compile(r"null-ptr-deref in range \[(0x[0-9a-f]{1,16})-"),
+    lazy(r"NULL pointer dereference, address: (?:0x)?([0-9a-f]{1,16})\b"),
+    lazy(r"(?:Read|Write) (?:of size \d+ )?at addr (?:0x)?([0-9a-f]{1,16})\b"),
+    lazy(r"probably for non-canonical address (0x[0-9a-f]{1,16})"),
+    lazy(r"(?:read|write) at (0x[0-9a-f]{1,16}) \(in kfence"),
+    lazy(r"null-ptr-deref in range \[(0x[0-9a-f]{1,16})-"),
 )
 # Lines that say in words what went wrong; shown as they are.
-_EXPLANATIONS = re.compile(
+_EXPLANATIONS = lazy(
     r"^(refcount_t: [a-z0-9 ;-]+\.?"
     r"|list_[a-z_]+ corruption.*"
     r"|.*(?:double-free|double free|use-after-free|out-of-bounds).{0,40}detected.*"
@@ -75,13 +76,13 @@ def _explains(text: str) -> bool:
 
 
 # "list_del corruption, ffff...->next is LIST_POISON1 (dead000000000100)"
-_LIST_POISON_ADDRESS = re.compile(r"is LIST_POISON[12] \((?:0x)?([0-9a-f]{16})\)")
+_LIST_POISON_ADDRESS = lazy(r"is LIST_POISON[12] \((?:0x)?([0-9a-f]{16})\)")
 # CR2/FAR are not used: outside a page fault they hold some older fault's address.
 def _may_have_address(text: str) -> bool:
     return "ddr" in text or "request" in text or "kfence" in text or "range [" in text
 _NOT_FRAMES = ("RIP:", "IP:", "pc :", "lr :", "PC is at", "LR is at")
 
-_REGISTERS = re.compile(r"\b(R[A-Z0-9]{1,2}|x\d{1,2}|lr|sp)\s?: ?(?:0x)?([0-9a-f]{16})\b")
+_REGISTERS = lazy(r"\b(R[A-Z0-9]{1,2}|x\d{1,2}|lr|sp)\s?: ?(?:0x)?([0-9a-f]{16})\b")
 
 KASAN_SHADOW_OFFSET = 0xDFFFFC0000000000
 LIST_POISON1 = 0xDEAD000000000100
@@ -152,23 +153,23 @@ def interpret_address(addr: int, x86: bool = True) -> list[str]:
 # kernel prints " [mod]", syzkaller's symbolizer puts " file.c:12" right
 # after the offset.
 _SOURCE = r"[\w\-/.+]+\.[A-Za-z]+:\d+"
-_FRAME = re.compile(
+_FRAME = lazy(
     r"^\s*(?:\[<(?:0x)?([0-9a-f]+)>\]\s*)?(\?\s+)?([A-Za-z0-9_.$]+)\+(0x[0-9a-f]+)/(0x[0-9a-f]+)"
     rf"(?:\s+({_SOURCE}))?(?:\s+\[([A-Za-z0-9_\-]+)[^\]]*\])?(?:\s+({_SOURCE}))?"
 )
 # A function the symbolizer found inlined at the frame below: "f file.h:12 [inline]".
-_INLINE_FRAME = re.compile(
+_INLINE_FRAME = lazy(
     rf"^\s*(?:\[<(?:0x)?[0-9a-f]+>\]\s*)?(\?\s+)?([A-Za-z0-9_.$]+) ({_SOURCE}) \[inline\]"
 )
-_RAW_ADDRESS_FRAME = re.compile(r"^\s*(\?\s+)?\[<(?:0x)?([0-9a-f]{8,16})>\]\s*$")
-_SECTION = re.compile(
+_RAW_ADDRESS_FRAME = lazy(r"^\s*(\?\s+)?\[<(?:0x)?([0-9a-f]{8,16})>\]\s*$")
+_SECTION = lazy(
     r"^(Call Trace|Call trace|Backtrace|stack backtrace|Allocated by task \d+|Freed by task \d+"
     r"|Last potentially related work creation|Second to last potentially related work creation"
     r"|Uninit was (?:created|stored to memory) at|Local variable .* created at"
     r"|backtrace(?: \(crc [0-9a-f]+\))?|page last (?:allocated|free)[^:]*|Exception stack\(.*?\))"
     r":?"
 )
-_MARKER = re.compile(r"^\s*(</?(?:IRQ|TASK|NMI|EOI|SOFTIRQ)>)\s*$")
+_MARKER = lazy(r"^\s*(</?(?:IRQ|TASK|NMI|EOI|SOFTIRQ)>)\s*$")
 
 
 # Not frozen: a frozen dataclass's __init__ costs 2.5x (a log has thousands
@@ -366,7 +367,7 @@ def _register_hint(value: int) -> str:
     return ""
 
 
-_CODE_TOKEN = re.compile(r"^[<(]?([0-9a-fA-F]{2}|[0-9a-fA-F]{4}|[0-9a-fA-F]{8})[>)]?$")
+_CODE_TOKEN = lazy(r"^[<(]?([0-9a-fA-F]{2}|[0-9a-fA-F]{4}|[0-9a-fA-F]{8})[>)]?$")
 
 
 def parse_code_line(line: str) -> CodeBytes | None:

@@ -10,9 +10,9 @@ characters per line), so any input finishes in time linear in its size.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
+from kpeek.lazyre import lazy
 from kpeek.reports.console import CONSOLE_CONTEXT, MAX_LINE, ConsoleLine, split_line
 from kpeek.reports.describe import corruption, describe, normalize_title
 from kpeek.reports.details import Details, extract_details
@@ -40,7 +40,7 @@ _INTERLEAVE_BYTES = 32 << 10
 # A GCE serial console drops the connection right after a panic; what we
 # have of the report is then likely cut short.
 _CONSOLE_HANGUP = "serialport: VM disconnected."
-_GUILTY_FRAME = re.compile(r".* in ((?:<[a-zA-Z0-9_: ]+>)?[a-zA-Z0-9_:]+)")
+_GUILTY_FRAME = lazy(r".* in ((?:<[a-zA-Z0-9_: ]+>)?[a-zA-Z0-9_:]+)")
 
 
 @dataclass
@@ -197,7 +197,7 @@ def parse_log(text: str, *, max_reports: int = MAX_REPORTS, start: int = 0,
 
 # A Go program's crash ("panic: runtime error: ..." then "goroutine 1 [running]:")
 # shares the "panic:" marker with kernel panics but is no kernel report.
-_GOROUTINE = re.compile(r"^goroutine [0-9]+ \[|^\[signal SIG[A-Z]+: ")
+_GOROUTINE = lazy(r"^goroutine [0-9]+ \[|^\[signal SIG[A-Z]+: ")
 
 
 def _is_go_crash(report: Report) -> bool:

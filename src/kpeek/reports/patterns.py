@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kpeek.lazyre import lazy
+
 # Shorthands used inside table patterns.
 _EXPAND = {
     "{{ADDR}}": r"0x[0-9a-f]+",
@@ -26,10 +28,11 @@ _EXPAND = {
 
 
 def rx(pattern: str) -> re.Pattern[str]:
-    """Compile ``pattern`` after expanding the {{PC}}/{{FUNC}}/{{SRC}}/{{ADDR}} shorthands."""
+    """``pattern`` with the {{PC}}/{{FUNC}}/{{SRC}}/{{ADDR}} shorthands expanded,
+    compiled on first use."""
     for key, value in _EXPAND.items():
         pattern = pattern.replace(key, value)
-    return re.compile(pattern)
+    return lazy(pattern)
 
 
 class _ParseStack:
@@ -103,7 +106,7 @@ class ReportKind:
 
     def __post_init__(self) -> None:
         joined = "|".join(f"(?:{s.pattern})" for s in self.suppressions)
-        object.__setattr__(self, "_suppressed", re.compile(joined) if joined else None)
+        object.__setattr__(self, "_suppressed", lazy(joined) if joined else None)
 
     def starts(self, line: str) -> bool:
         """True when ``line`` starts a report of this kind."""

@@ -11,11 +11,10 @@ its first 64 KiB; an endless stream stops at MAX_INPUT.
 from __future__ import annotations
 
 import os
-import re
 import stat
-from typing import BinaryIO
 
 from kpeek.errors import UsageError
+from kpeek.lazyre import lazy
 from kpeek.reports.parse import (
     MAX_REPORTS,
     MAX_SCAN_LINES,
@@ -23,6 +22,10 @@ from kpeek.reports.parse import (
     drop_truncated_repeat,
     parse_log,
 )
+
+TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 MAX_INPUT = 1 << 30  # bytes read from one log before giving up
 # Bytes read per window: on a log of fuzz mutants 4 MiB windows peaked at
@@ -36,7 +39,7 @@ _PREFIX = 12  # lines before a window's scan start, for a report's prefix
 
 # Control characters no log holds (tab, line ends, escape and backspace do),
 # and bytes that were not UTF-8 (decoded as surrogate escapes).
-_BINARY_CHAR = re.compile("[\x00-\x07\x0b\x0c\x0e-\x1a\x1c-\x1f\udc80-\udcff]")
+_BINARY_CHAR = lazy("[\x00-\x07\x0b\x0c\x0e-\x1a\x1c-\x1f\udc80-\udcff]")
 
 
 class NotALog(UsageError):

@@ -10,11 +10,12 @@ every boot), so this is applied to /dev/kmsg, never to files.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
-_BARE_FRAME = re.compile(r"^(.*?\] ?\s*(?:\?\s+)?)\[<([0-9a-f]{8,16})>\]\s*$")
-_BARE_IP = re.compile(r"^(.*?(?:RIP|IP|pc) ?: ?(?:[0-9]{4}:)?)(?:0x)?([0-9a-f]{16})\s*$")
+from kpeek.lazyre import lazy
+
+_BARE_FRAME = lazy(r"^(.*?\] ?\s*(?:\?\s+)?)\[<([0-9a-f]{8,16})>\]\s*$")
+_BARE_IP = lazy(r"^(.*?(?:RIP|IP|pc) ?: ?(?:[0-9]{4}:)?)(?:0x)?([0-9a-f]{16})\s*$")
 
 
 def symbolize_log(text: str, symbolize: Callable[[int], str | None]) -> str:

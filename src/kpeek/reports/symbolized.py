@@ -12,13 +12,13 @@ the title and the guilty frame. The frame list keeps everything (see
 
 from __future__ import annotations
 
-import re
+from kpeek.lazyre import lazy
 
 # "func file:line [inline]", possibly after a prefix (a header such as
 # "BUG: KASAN: use-after-free in ", "RIP: 0010:" or a "[<pc>] ? ").
-_INLINE = re.compile(r"[A-Za-z0-9_.$]+ [\w\-/.+]+:\d+ \[inline\]")
+_INLINE = lazy(r"[A-Za-z0-9_.$]+ [\w\-/.+]+:\d+ \[inline\]")
 # " file:line" right after an offset/size: added by the symbolizer.
-_SOURCE_AFTER_OFFSET = re.compile(r"(\+0x[0-9a-f]+/0x[0-9a-f]+) [\w\-/.+]+\.[A-Za-z]+:\d+")
+_SOURCE_AFTER_OFFSET = lazy(r"(\+0x[0-9a-f]+/0x[0-9a-f]+) [\w\-/.+]+\.[A-Za-z]+:\d+")
 
 
 def is_inline_frame(line: str) -> bool:

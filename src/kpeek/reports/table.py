@@ -20,6 +20,7 @@ from kpeek.reports.patterns import (
     ReportKind,
     StackSpec,
     Step,
+    lazy,
     rx,
 )
 
@@ -35,19 +36,19 @@ CALL_TRACE = rx(r"(?:Call (?:T|t)race:)|(?:Backtrace:)")
 
 # Lines that start a stack trace (and end the previous one).
 STACK_STARTS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"Call (?:T|t)race"),
-    re.compile(r"Allocated:"),
-    re.compile(r"Allocated by task [0-9]+:"),
-    re.compile(r"Freed:"),
-    re.compile(r"Freed by task [0-9]+:"),
+    lazy(r"Call (?:T|t)race"),
+    lazy(r"Allocated:"),
+    lazy(r"Allocated by task [0-9]+:"),
+    lazy(r"Freed:"),
+    lazy(r"Freed by task [0-9]+:"),
     # "backtrace:" of kmemleak, but not lockdep's "stack backtrace:".
-    re.compile(r"[^k] backtrace(?: \(crc [0-9a-fA-F]*\))?:"),
-    re.compile(r"Backtrace:"),
-    re.compile(r"Uninit was stored to memory at"),
+    lazy(r"[^k] backtrace(?: \(crc [0-9a-fA-F]*\))?:"),
+    lazy(r"Backtrace:"),
+    lazy(r"Uninit was stored to memory at"),
 )
-STACK_START_ANY = re.compile("|".join(f"(?:{p.pattern})" for p in STACK_STARTS))
+STACK_START_ANY = lazy("|".join(f"(?:{p.pattern})" for p in STACK_STARTS))
 # RISC-V prints registers and then the stack without a "Call Trace" line.
-RISCV_STACK_START = re.compile(
+RISCV_STACK_START = lazy(
     r"status: [0-9a-f]{16} badaddr: [0-9a-f]{16} cause: [0-9a-f]{16}"
 )
 
@@ -60,7 +61,7 @@ FRAME_LINES: tuple[re.Pattern[str], ...] = (
 
 # Fault-injection stacks interleave with reports and make them unreliable.
 CORRUPTED_LINES: tuple[re.Pattern[str], ...] = (
-    re.compile(r"^( \[<?(?:0x)?[0-9a-f]+>?\])? should_fail(slab)?(\.[a-z0-9.]+)?\+0x"),
+    lazy(r"^( \[<?(?:0x)?[0-9a-f]+>?\])? should_fail(slab)?(\.[a-z0-9.]+)?\+0x"),
 )
 
 # Functions that are never the one to blame: the reporting machinery,
@@ -147,7 +148,7 @@ STRIP_FRAME_PREFIXES: tuple[str, ...] = (
 # Frames where a stall's looping code is entered from a dispatcher: the
 # frame just above one of these names the stalled work.
 STALL_ANCHORS: tuple[re.Pattern[str], ...] = tuple(
-    re.compile(p)
+    lazy(p)
     for p in (
         "process_one_work", "do_syscall_", "do_fast_syscall_", "sysenter_dispatch",
         "tracesys_phase2", "el0_svc_handler", "invoke_syscall", "ret_fast_syscall",
@@ -395,7 +396,7 @@ _BUG = ReportKind(
             rx(r"BUG: Bad page (state|cache)"),
             "BUG: Bad page {0} in {1}",
             stack=StackSpec(
-                parts=(re.compile(r"page last allocated"), PARSE_STACK),
+                parts=(lazy(r"page last allocated"), PARSE_STACK),
                 skip=("(free|put|get|update|release)_page", "free_unref", "^_*folio",
                       "truncate_inode_pages", "page_frag_free", "alloc", "vmap", "page_owner"),
             ),
@@ -446,11 +447,11 @@ _BUG = ReportKind(
         Format(rx(r"BUG:\s*$"), "BUG: corrupted", corrupted=True),
     ),
     suppressions=(
-        re.compile(r"ODEBUG:"),
-        re.compile(r"Boot_DEBUG:"),
-        re.compile(r"xlog_status:"),
-        re.compile(r"DEBUG:"),
-        re.compile(r"BUG: no syscalls can create resource"),
+        lazy(r"ODEBUG:"),
+        lazy(r"Boot_DEBUG:"),
+        lazy(r"xlog_status:"),
+        lazy(r"DEBUG:"),
+        lazy(r"BUG: no syscalls can create resource"),
     ),
 )
 
@@ -556,7 +557,7 @@ _WARNING = ReportKind(
         Format(rx(r"WARNING:\s*$"), "WARNING: corrupted", corrupted=True),
     ),
     suppressions=tuple(
-        re.compile(p)
+        lazy(p)
         for p in (
             r"WARNING: /etc/ssh/moduli does not exist, using fixed modulus",
             r"WARNING: workqueue cpumask: online intersect > possible intersect",
@@ -601,8 +602,8 @@ _INFO = ReportKind(
             "INFO: rcu detected stall in {0}",
             alt=("stall in {0}",),
             stack=StackSpec(
-                parts=(re.compile(r"apic_timer_interrupt"), RIP_FRAME, PARSE_STACK),
-                parts2=(re.compile(r"(?:apic_timer_interrupt|Exception stack|el1h_64_irq)"),
+                parts=(lazy(r"apic_timer_interrupt"), RIP_FRAME, PARSE_STACK),
+                parts2=(lazy(r"(?:apic_timer_interrupt|Exception stack|el1h_64_irq)"),
                         PARSE_STACK),
                 skip=("apic_timer_interrupt", "rcu"),
                 chooser=choose_stall_frame,
@@ -631,7 +632,7 @@ _INFO = ReportKind(
         Format(rx(r"INFO:\s*$"), "INFO: corrupted", corrupted=True),
     ),
     suppressions=tuple(
-        re.compile(p)
+        lazy(p)
         for p in (
             r"INFO: lockdep is turned off",
             r"INFO: Stall ended before state dump start",
@@ -722,7 +723,7 @@ _RUST_PANIC = ReportKind(
     "rust_kernel: panicked",
     (
         Format(rx(r"rust_kernel: panicked"), "{0} in {1}",
-               report=(Step(rx(r"rust_kernel: panicked at ")), Step(re.compile(r"^(.+)$"))),
+               report=(Step(rx(r"rust_kernel: panicked at ")), Step(lazy(r"^(.+)$"))),
                stack=_trace(r"__rustc::rust_begin_unwind")),
     ),
 )
@@ -744,7 +745,7 @@ REPORT_KINDS: tuple[ReportKind, ...] = (
         (Format(rx(r"general protection fault.*:"), "general protection fault in {0}",
                 alt=("bad-access in {0}",), stack=_rip_trace()),),
         # A user-space GPF logged by the kernel ("... error:0 in libc.so").
-        suppressions=(re.compile(r"general protection fault .* error:\d+ in "),),
+        suppressions=(lazy(r"general protection fault .* error:\d+ in "),),
     ),
     _simple("stack segment: ", r"stack segment: ", "stack segment fault in {0}", _rip_trace()),
     _PANIC,
@@ -765,7 +766,7 @@ REPORT_KINDS: tuple[ReportKind, ...] = (
                                  "{0} in {1}", alt=("bad-access in {1}",),
                                  stack=_rip_trace()),),
                # "Oops: 0000 [#1]" is the error code line inside a BUG report
-               suppressions=(re.compile(r"Oops: [0-9a-f]+ \[#"),)),
+               suppressions=(lazy(r"Oops: [0-9a-f]+ \[#"),)),
     ReportKind(
         "UBSAN:",
         (
@@ -782,7 +783,7 @@ REPORT_KINDS: tuple[ReportKind, ...] = (
     ReportKind(
         "Booting the kernel.",
         (Format(rx(r"^Booting the kernel"), "unexpected kernel reboot", no_stack_trace=True),),
-        suppressions=(re.compile(r"Parsing ELF|Decompressing Linux|Unknown parameter '"),),
+        suppressions=(lazy(r"Parsing ELF|Decompressing Linux|Unknown parameter '"),),
     ),
     _simple("unregister_netdevice: waiting for",
             r"unregister_netdevice: waiting for (?:.*) to become free",
@@ -809,19 +810,19 @@ REPORT_KINDS: tuple[ReportKind, ...] = (
                    "panic: Sentry detected stuck tasks", no_stack_trace=True),
             Format(rx(r"panic:(.*)"), "panic:{0}", no_stack_trace=True),
         ),
-        suppressions=(re.compile(r"_panic:"), re.compile(r"xlog_status:"),
-                      re.compile(r"ddb\.onpanic:"), re.compile(r"evtlog_status:")),
+        suppressions=(lazy(r"_panic:"), lazy(r"xlog_status:"),
+                      lazy(r"ddb\.onpanic:"), lazy(r"evtlog_status:")),
     ),
 )
 
 # Start markers that may appear inside another report without starting a new one.
 CONTINUATION_MARKERS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"invalid opcode: 0000"),
-    re.compile(r"Kernel panic - not syncing"),
-    re.compile(r"unregister_netdevice: waiting for"),
+    lazy(r"invalid opcode: 0000"),
+    lazy(r"Kernel panic - not syncing"),
+    lazy(r"unregister_netdevice: waiting for"),
     # A double fault can happen while handling a page fault of the same report.
-    re.compile(r"PANIC: double fault"),
-    re.compile(r"Internal error:"),
+    lazy(r"PANIC: double fault"),
+    lazy(r"Internal error:"),
 )
 
 # Informational messages with a stack trace: inside a report they mean
@@ -833,4 +834,4 @@ INFO_WITH_STACK: tuple[str, ...] = (
 )
 
 # Titles with a console timestamp inside are interleaved lines.
-CORRUPTED_TITLES: tuple[re.Pattern[str], ...] = (re.compile(r"\[ *[0-9]+\.[0-9]+\]"),)
+CORRUPTED_TITLES: tuple[re.Pattern[str], ...] = (lazy(r"\[ *[0-9]+\.[0-9]+\]"),)
