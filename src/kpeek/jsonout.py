@@ -14,9 +14,12 @@ import dataclasses
 import enum
 import sys
 from collections.abc import Iterable
-from typing import Any, TextIO
 
 import orjson
+
+TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 SCHEMA_VERSION = 1
 _OPTIONS = orjson.OPT_NON_STR_KEYS

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from kpeek import jsonout
 from kpeek.commands.common import add_json
@@ -19,6 +18,10 @@ from kpeek.kernel.program import Kernel
 from kpeek.kernel.sched import state_letter
 from kpeek.targets import open_kernel
 from kpeek.textsafe import for_terminal
+
+TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 # Shown in this order when the running kernel's task_struct has them.
 SCALAR_FIELDS = (

@@ -4,11 +4,13 @@ as JSON-ready dicts, and the wait-for graph as Graphviz DOT.
 
 from __future__ import annotations
 
-from typing import Any
-
 from kpeek.diagnose.findings import Deadlock, Diagnosis, HungTask, NeverEof, who
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, node_pid
 from kpeek.textsafe import for_terminal
+
+TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 SLEEP_SOURCE = ("time since it last ran: se.exec_start (read by the BPF iterator, or from "
                 "/proc/PID/sched), against the scheduler clock calibrated on kpeek's own "

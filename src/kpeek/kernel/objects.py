@@ -15,12 +15,15 @@ that buffer. Following a pointer starts a new object (and a new read).
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 from kpeek.errors import UsageError
 from kpeek.kernel.btf import INT_BOOL, INT_CHAR, Btf, Kind, Type, UnknownMember
 from kpeek.kernel.memory import KernelMemory, MemoryReadError
 from kpeek.textsafe import decode
+
+TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 # A root object larger than this is not read whole; members read their own bytes.
 _WHOLE_READ_LIMIT = 64 << 10

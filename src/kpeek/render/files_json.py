@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import orjson
 
@@ -26,6 +25,10 @@ from kpeek.render.fdfacts import _PER_PROCESS as _PER_HOLDER
 from kpeek.render.fdfacts import MAX_ENDPOINTS, FdFacts, lock_dict, socket_dict
 from kpeek.render.fileflags import access_mode, flag_names
 from kpeek.render.tables import snapshot_meta, task_dict
+
+TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _encode(obj: Any) -> bytes:

@@ -8,14 +8,16 @@ tests/test_files_fast_paths.py holds the two against each other.
 
 from __future__ import annotations
 
-from typing import TextIO
-
 from kpeek.model import FileDescriptor, ProcessFile, Snapshot, Task
 from kpeek.render import plain
 from kpeek.render.fdfacts import _PER_PROCESS as _PER_HOLDER
 from kpeek.render.fdfacts import MAX_ENDPOINTS, FdFacts, socket_name, summary
 from kpeek.render.fileflags import access_mode, flag_names
 from kpeek.textsafe import for_terminal
+
+TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
+if TYPE_CHECKING:
+    from typing import TextIO
 
 Row = tuple[str, ...]
 

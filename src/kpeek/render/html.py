@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any
 
 from kpeek.textsafe import for_terminal
+
+TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 LEGEND = (
     '<p class="legend"><span class="swatch changed"></span> changed by this step '

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from rich.text import Text
 
@@ -13,6 +12,10 @@ from kpeek.render.fileflags import access_mode
 from kpeek.textsafe import for_terminal
 from kpeek.trace.changes import StepView
 from kpeek.trace.tracer import Trace
+
+TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _result(view: StepView) -> str | None:
