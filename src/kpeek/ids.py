@@ -10,14 +10,18 @@ guessed address against a hash, so keep it as private as the addresses.
 
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
 
 from kpeek.errors import NotPermitted
 
+try:  # hashlib's own blake2b, without hashlib's OpenSSL load (2 ms of every start-up)
+    from _blake2 import blake2b
+except ImportError:  # not CPython
+    from hashlib import blake2b
+
 TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
 _RUN_KEY = os.urandom(16)
@@ -25,10 +29,12 @@ KEY_ENV = "KPEEK_ID_KEY"
 
 
 def _key_from(text: str) -> bytes:
-    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+    return blake2b(text.encode(), digest_size=16).digest()
 
 
 def key_file() -> Path:
+    from pathlib import Path  # only for --stable-ids: pathlib costs 4 ms to import
+
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "kpeek" / "id-key"
 
@@ -62,7 +68,7 @@ def keyed_id(*parts: object, width: int = 12) -> str:
     """A short hex id for ``parts``, keyed with this run's secret."""
     global _keyed
     if _keyed[0] is not _RUN_KEY:  # copying a keyed hasher skips the key setup
-        _keyed = (_RUN_KEY, hashlib.blake2b(key=_RUN_KEY, digest_size=16))
+        _keyed = (_RUN_KEY, blake2b(key=_RUN_KEY, digest_size=16))
     h = _keyed[1].copy()
     h.update(repr(parts).encode())
     return h.hexdigest()[:width]

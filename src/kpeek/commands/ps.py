@@ -8,7 +8,6 @@ import fnmatch
 import sys
 from collections import defaultdict
 
-from kpeek import jsonout
 from kpeek.commands.common import (
     add_pid_lists,
     add_snapshot_outputs,
@@ -153,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
     tasks = _sorted(tasks, args.sort, clock)
     rows = _forest(tasks) if args.forest else [(t, 0) for t in tasks]
     if args.json:
+        from kpeek import jsonout  # orjson only for JSON
+
         jsonout.emit(
             "ps",
             {
