@@ -20,7 +20,6 @@ from kpeek.commands.common import (
 from kpeek.errors import UsageError
 from kpeek.model import STATE_NAMES, Task
 from kpeek.render import plain, ps_columns
-from kpeek.render.tables import snapshot_meta, task_dict
 from kpeek.sources.proc_usage import with_usage
 from kpeek.textsafe import for_terminal
 
@@ -152,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     tasks = _sorted(tasks, args.sort, clock)
     rows = _forest(tasks) if args.forest else [(t, 0) for t in tasks]
     if args.json:
-        from kpeek import jsonout  # orjson only for JSON
+        from kpeek import jsonout  # orjson and the file tables' renderers only for JSON
+        from kpeek.render.tables import snapshot_meta, task_dict
 
         jsonout.emit(
             "ps",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 
 ACCESS_MODES = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
 
 # 64-bit userspace defines O_LARGEFILE as 0, but the kernel sets its own bit
 # in f_flags of every file opened by a 64-bit process.
-_KERNEL_O_LARGEFILE = {"x86_64": 0o100000, "aarch64": 0o400000}.get(platform.machine(), 0)
+_KERNEL_O_LARGEFILE = {"x86_64": 0o100000, "aarch64": 0o400000}.get(os.uname().machine, 0)
 
 # Order matters where bits overlap: O_SYNC includes O_DSYNC's bit and
 # O_TMPFILE includes O_DIRECTORY's.

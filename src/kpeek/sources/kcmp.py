@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 
 KCMP_FILE = 0
 KCMP_VM = 1
@@ -18,7 +17,7 @@ _SYSCALL_NUMBERS = {"x86_64": 312, "aarch64": 272, "riscv64": 272, "ppc64le": 35
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
-_NR_KCMP = _SYSCALL_NUMBERS.get(platform.machine())
+_NR_KCMP = _SYSCALL_NUMBERS.get(os.uname().machine)
 
 
 class KcmpUnavailable(OSError):

@@ -11,19 +11,15 @@ import os
 from collections.abc import Iterable
 
 from kpeek.errors import NotPermitted, UsageError
-from kpeek.ids import keyed_id
-from kpeek.model import FileDescriptor, Inode, OpenFile, Snapshot, Task
-from kpeek.sources.kcmp import KcmpUnavailable
-from kpeek.sources.mounts import MountTable
-from kpeek.sources.proc_files import (
-    UNASKED,
-    RawDescriptor,
-    file_type,
-    list_fds,
-    read_descriptor,
-)
+from kpeek.model import Snapshot, Task
 from kpeek.sources.proc_tasks import Vanished, iter_tasks, list_pids, ns_ppid, nspids_of
-from kpeek.sources.sharing import group_open_files
+
+# The descriptor side (kcmp, mounts, statx, the file-table classes) is
+# imported where it is used: a snapshot of tasks alone (ps) starts faster.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kpeek.model import FileDescriptor, Inode, OpenFile
+    from kpeek.sources.proc_files import RawDescriptor
 
 SOURCE = "procfs"
 
@@ -71,6 +67,8 @@ def take_snapshot(
     open_files: dict[str, OpenFile] = {}
     inodes: dict[str, Inode] = {}
     if files:
+        from kpeek.sources.proc_files import UNASKED
+
         leaders = [t.tgid for t in tasks if not t.is_thread]
         raw, lost, denied = _read_descriptors(leaders)
         vanished += lost
@@ -124,6 +122,9 @@ def _with_ns_ppids(read: list[tuple[Task, tuple[int, ...]]]) -> list[Task]:
 
 def _read_descriptors(tgids: list[int]) -> tuple[list[RawDescriptor], int, list[int]]:
     """(descriptors, how many vanished, pids whose fds we may not read)."""
+    from kpeek.sources.mounts import MountTable
+    from kpeek.sources.proc_files import list_fds, read_descriptor
+
     raw: list[RawDescriptor] = []
     vanished = 0
     denied: list[int] = []
@@ -150,6 +151,12 @@ def _read_descriptors(tgids: list[int]) -> tuple[list[RawDescriptor], int, list[
 def _identify(
     raw: list[RawDescriptor], notes: list[str]
 ) -> tuple[tuple[FileDescriptor, ...], dict[str, OpenFile], dict[str, Inode]]:
+    from kpeek.ids import keyed_id
+    from kpeek.model import FileDescriptor, Inode, OpenFile
+    from kpeek.sources.kcmp import KcmpUnavailable
+    from kpeek.sources.proc_files import file_type
+    from kpeek.sources.sharing import group_open_files
+
     try:
         groups = group_open_files(raw)
     except KcmpUnavailable as e:

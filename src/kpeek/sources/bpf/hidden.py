@@ -14,8 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kpeek.errors import KpeekError, NotPermitted
-from kpeek.model import FileDescriptor, Inode, OpenFile, Task
-from kpeek.sources.kcmp import KcmpUnavailable, compare_files
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kpeek.model import FileDescriptor, Inode, OpenFile, Task
 
 
 def proc_pids() -> list[int]:
@@ -73,6 +75,9 @@ def from_procfs(
         if renamed[file_id] == file_id:
             out.open_files[file_id] = f
     out.tasks = list(snap.tasks)
+    if snap.fds:  # the file-table classes load only with file tables (not for ps)
+        from kpeek.model import FileDescriptor
+
     out.fds = [
         FileDescriptor(d.tgid, d.fd, d.cloexec, renamed.get(d.open_file, d.open_file))
         for d in snap.fds
@@ -85,6 +90,8 @@ def from_procfs(
 
 def _same_file(holder: FileDescriptor, candidates: dict[str, tuple[int, int]]) -> str | None:
     """The BPF open file id ``holder`` refers to, asked of kcmp; None if none."""
+    from kpeek.sources.kcmp import KcmpUnavailable, compare_files  # ctypes: only here
+
     for file_id, (tgid, fd) in candidates.items():
         try:
             if compare_files(holder.tgid, holder.fd, tgid, fd) == 0:

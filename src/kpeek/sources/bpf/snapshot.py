@@ -21,13 +21,16 @@ from collections.abc import Iterable, Iterator
 from kpeek.errors import UsageError
 from kpeek.ids import keyed_id
 from kpeek.kernel.sched import state_letter
-from kpeek.model import FileDescriptor, Inode, Namespace, OpenFile, Snapshot, Task
+from kpeek.model import Namespace, Snapshot, Task
 from kpeek.sources import BLOCKED, proc_tasks
 from kpeek.sources.bpf import hidden
 from kpeek.sources.bpf.loaded import bpf_iterator, bpf_object
 from kpeek.sources.consistent import make_consistent
-from kpeek.sources.proc_files import O_CLOEXEC, file_type
 from kpeek.textsafe import decode
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kpeek.model import FileDescriptor, Inode, OpenFile
 
 SOURCE = "bpf"
 
@@ -144,6 +147,10 @@ def _run_files(
     notes: list[str],
 ) -> tuple[list[FileDescriptor], dict[str, OpenFile], dict[str, Inode], int, bool]:
     """(descriptors, open files, inodes, vanished, whether in (tgid, fd) order)."""
+    # Here, not at the top: kpeek ps takes no file tables and starts faster.
+    from kpeek.model import FileDescriptor, Inode, OpenFile
+    from kpeek.sources.proc_files import O_CLOEXEC, file_type
+
     out = bpf_iterator("snapshot", "snapshot_files").run()
     fds: list[FileDescriptor] = []
     open_files: dict[str, OpenFile] = {}

@@ -1,0 +1,109 @@
+"""The file tables of the model: descriptors, open files, inodes, and what lsof
+shows besides (sockets, locks, files held without a descriptor).
+
+Split from kpeek.model so that verbs without file tables (ps) do not build
+these dataclasses; ``from kpeek.model import OpenFile`` still works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Inode:
+    """An inode (the 'vnode table' entry), keyed by device and inode number."""
+
+    id: str  # "major:minor:ino", stable for the life of the inode
+    dev: int
+    ino: int
+    type: str  # regular, dir, pipe, socket, anon_inode, memfd, chardev, blockdev, fifo, symlink
+    nlink: int | None = None
+    size: int | None = None
+    address: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenFile:
+    """An open file description: the offset and flags that descriptors share."""
+
+    id: str  # keyed hash; equal ids <=> one struct file
+    inode: str  # Inode.id
+    path: str  # as /proc/PID/fd shows it, " (deleted)" included
+    pos: int
+    flags: int  # f_flags as fdinfo shows them (O_ACCMODE included, O_CLOEXEC excluded)
+    mnt_id: int | None = None
+    refcount: int | None = None  # f_count, when a source can read it
+    f_mode: int | None = None
+    address: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileDescriptor:
+    """One slot of a process's descriptor table."""
+
+    tgid: int
+    fd: int
+    cloexec: bool
+    open_file: str  # OpenFile.id
+
+
+@dataclass(frozen=True, slots=True)
+class Socket:
+    """What a socket inode is: as ss(8) and lsof show it.
+
+    ``state`` is the TCP state name (ESTABLISHED, LISTEN...) for TCP, and
+    "connected"/"unconnected" for datagram sockets. ``peer`` is the inode
+    number of the other end of a connected unix socket.
+    """
+
+    inode: int
+    family: str  # unix, inet, inet6, netlink, packet
+    type: str  # stream, dgram, seqpacket, raw
+    protocol: str = ""  # tcp, udp, icmp..., a netlink family, an ethertype
+    local: str = ""
+    remote: str = ""
+    state: str = ""
+    path: str = ""  # unix: the bound name (abstract names start with "@")
+    peer: int | None = None
+    interface: str = ""  # packet sockets
+    netns: int | None = None  # inode of its network namespace, when known
+
+
+@dataclass(frozen=True, slots=True)
+class FileLock:
+    """A lock from /proc/locks, with the descriptor that owns it when known.
+
+    ``end`` None means to end of file. ``owners`` are the (tgid, fd) whose
+    fdinfo lists the lock (every fd of the open file that placed it);
+    ``waiters`` are the pids blocked on it.
+    """
+
+    kind: str  # POSIX, OFDLCK, FLOCK, LEASE
+    mode: str  # READ, WRITE
+    inode: str  # Inode.id
+    pid: int  # as /proc/locks shows it (-1 for OFD locks)
+    start: int
+    end: int | None
+    owners: tuple[tuple[int, int], ...] = ()
+    waiters: tuple[int, ...] = ()
+
+    @property
+    def whole_file(self) -> bool:
+        return self.start == 0 and self.end is None
+
+    @property
+    def letter(self) -> str:
+        """lsof's lock column: r/w on part of the file, R/W on all of it."""
+        letter = "r" if self.mode == "READ" else "w"
+        return letter.upper() if self.whole_file else letter
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFile:
+    """A file a process holds without a descriptor: lsof's cwd, rtd, txt, mem rows."""
+
+    tgid: int
+    kind: str  # cwd, rtd, txt, mem
+    path: str
+    inode: str = ""  # Inode.id ("major:minor:ino") when known
