@@ -9,9 +9,14 @@ from __future__ import annotations
 import argparse
 
 from kpeek.errors import NotSupported
-from kpeek.kernel.btf import Btf, load_vmlinux_btf
-from kpeek.kernel.program import Kernel
-from kpeek.kernel.symbols import Kallsyms, load_kallsyms
+
+# The kernel layer is imported where it is used: kpeek sym needs only the
+# symbols, kpeek struct only the types.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kpeek.kernel.btf import Btf
+    from kpeek.kernel.program import Kernel
+    from kpeek.kernel.symbols import Kallsyms
 
 _dumps: dict[str, Kernel] = {}
 
@@ -41,6 +46,8 @@ def open_types(args: argparse.Namespace) -> Btf:
     """The target's BTF types alone (no root needed on the live kernel)."""
     if core_path(args) is not None:
         return open_kernel(args, "reading types").types
+    from kpeek.kernel.btf import load_vmlinux_btf
+
     return load_vmlinux_btf()
 
 
@@ -51,6 +58,7 @@ def open_symbols(args: argparse.Namespace, what: str) -> Kallsyms:
         if symbols is None:
             raise NotSupported(f"{core_path(args)}: no kernel symbols found in the dump")
         return symbols
+    from kpeek.kernel.symbols import load_kallsyms
     from kpeek.targets.live import require_root
 
     require_root(what)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 
 from kpeek.errors import NotPermitted, NotSupported, os_reason
-from kpeek.kernel.btf import load_vmlinux_btf
-from kpeek.kernel.program import Kernel
-from kpeek.kernel.symbols import load_kallsyms
-from kpeek.sources.proc_tasks import Vanished, list_pids, parse_stat, parse_status, read_bytes
+
+# Imported where used: kpeek sym asks this module for require_root alone.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kpeek.kernel.program import Kernel
 
 
 def require_root(what: str) -> None:
@@ -67,6 +68,8 @@ def _thread_of(k: Kernel, leader, pid: int) -> int | None:
 
 def _relatives(pid: int) -> list[int]:
     """Threads of pid's process, then tasks whose parent is that process (from /proc)."""
+    from kpeek.sources.proc_tasks import Vanished, list_pids, parse_stat, parse_status, read_bytes
+
     out: list[int] = []
     tgid = pid
     try:
@@ -101,6 +104,9 @@ def open_live(*, symbols: bool = True) -> Kernel:
     """The running kernel. Raises NotPermitted (not root) or NotSupported
     (no BTF, BPF will not load)."""
     require_root("opening the live kernel")
+    from kpeek.kernel.btf import load_vmlinux_btf
+    from kpeek.kernel.program import Kernel
+    from kpeek.kernel.symbols import load_kallsyms
     from kpeek.sources.bpf.reader import BpfKernelMemory
 
     try:
