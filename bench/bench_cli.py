@@ -19,6 +19,7 @@ Needs root. Writes bench/results/bench_cli.txt.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shlex
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).parent.parent / "tests"))
 
 from family import Family
 
@@ -120,12 +122,35 @@ def startup(repeat: int) -> list[str]:
             *kpeek("oops", log),
         ]
         lines = table("start-up, idle machine", [PY, "-c", "pass"], rows, repeat, "", 0)
+        lines += ["", *kept_startup(repeat)]
         if shutil.which("pahole"):
             lines += ["", *table("struct layout, a new process each", ["pahole", "task_struct"],
                                  kpeek("struct", "task_struct"), repeat, "", 0)]
         return lines
     finally:
         os.unlink(log)
+
+
+def kept_startup(repeat: int) -> list[str]:
+    """The BPF verbs with their programs loaded by each process
+    (KPEEK_KEEP_BPF=0) and kept in bpffs by an earlier one (kept.py). Where
+    /sys/fs/bpf is no bpffs, the kept rows run in a private mount namespace
+    that has one (tests/bpffs_ns.py; nsenter's own start is in the figures)."""
+    from bpffs_ns import private_bpffs
+    from kpeek.sources.bpf import kept
+
+    with contextlib.ExitStack() as stack:
+        inside: list[str] = []
+        if kept.why_not():
+            inside = stack.enter_context(private_bpffs()).prefix()
+        run([*inside, *KPEEK, "ps", "-p", "1"])  # the first run keeps the programs
+        rows = []
+        for args in (("ps", "-p", "1"), ("files", str(os.getpid()))):
+            rows += [(f"kpeek {' '.join(args)}  (each process loads, KPEEK_KEEP_BPF=0)",
+                      ["KPEEK_KEEP_BPF=0", *KPEEK, *args]),
+                     (f"kpeek {' '.join(args)}  (kept BPF programs)", [*inside, *KPEEK, *args])]
+        return table("start-up of the BPF verbs, BPF programs loaded vs kept",
+                     [*inside, PY, "-c", "pass"], rows, repeat, "", 0)
 
 
 def at_scale(processes: int, repeat: int) -> list[str]:

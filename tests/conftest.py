@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -23,3 +26,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         mark = item.get_closest_marker("timeout")
         if mark and mark.args:
             item.add_marker(pytest.mark.timeout(mark.args[0] * scale), append=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leave_bpffs_as_found() -> Iterator[None]:
+    """Where /sys/fs/bpf is a bpffs, kpeek run by the tests as root keeps its
+    BPF programs there (kpeek.sources.bpf.kept): remove the key directories
+    the session made, and kpeek's directory if it was not there before."""
+    from kpeek.sources.bpf import kept
+
+    had_home = os.path.lexists(kept.HOME)
+    before = set(kept.kept_dirs())
+    yield
+    if not had_home:
+        with suppress(OSError):
+            kept.forget()
+        return
+    for name in set(kept.kept_dirs()) - before:
+        with suppress(OSError):
+            kept.remove_key_dir(name)

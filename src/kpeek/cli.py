@@ -35,6 +35,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "rd": ("kpeek.commands.rd", "hex dump of kernel memory"),
     "serve": ("kpeek.commands.serve", "live diagram of file tables in a local web page"),
     "shell": ("kpeek.commands.shell", "interactive drgn session with kpeek's types and symbols"),
+    "sources": ("kpeek.commands.sources", "where each fact comes from here; kept BPF programs"),
     "struct": ("kpeek.commands.struct", "a kernel type's layout, or its values at an address"),
     "sym": ("kpeek.commands.sym", "kernel symbol <-> address"),
     "sys": ("kpeek.commands.sys", "kernel release, build id, uptime, CPUs, taint, panic"),

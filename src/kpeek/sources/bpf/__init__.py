@@ -7,8 +7,10 @@ the package, and loaded through libbpf via ctypes, which relocates them for
 the running kernel. Modules:
 
 - ``build``: rebuild the shipped objects (developers only).
-- ``loaded``: load a shipped object once per process.
-- ``libbpf``: the ctypes binding; open, load, attach and run iterators.
+- ``loaded``: get a shipped object once per process: kept, else loaded.
+- ``libbpf``: the ctypes binding; open, load and attach iterators.
+- ``bpfsys``: bpf(2) itself: maps, pins, iterator links and runs.
+- ``kept``: programs loaded once, pinned in bpffs, reused by later processes.
 - ``reader``: :class:`BpfKernelMemory`, the KernelMemory of the live kernel.
 - ``tasks``: task_struct addresses by tid.
 - ``snapshot``: a whole Snapshot (tasks, descriptors, open files, inodes).

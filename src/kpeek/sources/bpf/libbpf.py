@@ -1,5 +1,7 @@
-"""libbpf (libbpf.so.1) through ctypes: open and load an object, attach an
-iterator program, run it, and set its global variables.
+"""libbpf (libbpf.so.1) through ctypes: open and load an object (CO-RE
+relocation against the kernel's BTF, then the verifier) and attach its
+iterator programs. Map access and iterator runs are plain bpf(2) calls
+(bpfsys.py), shared with the kept programs (kept.py).
 
 Only the handful of calls kpeek needs are bound. libbpf's log lines are
 captured (not printed) so that a failed load turns into one clean line that
@@ -14,13 +16,11 @@ import ctypes.util
 import errno
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable
 from functools import cache
 
 from kpeek.errors import NotPermitted, NotSupported
-
-# enum bpf_map_update flags
-BPF_ANY = 0
+from kpeek.sources.bpf.bpfsys import BpfIterator, MapAccess
 
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 _log: list[str] = []
@@ -80,12 +80,12 @@ def _lib() -> ctypes.CDLL:
         "bpf_map__name": (ctypes.c_char_p, [vp]),
         "bpf_map__fd": (ci, [vp]),
         "bpf_map__value_size": (cu, [vp]),
-        "bpf_map_update_elem": (ci, [ci, vp, vp, ctypes.c_uint64]),
-        "bpf_map_delete_elem": (ci, [ci, vp]),
+        "bpf_object__next_program": (vp, [vp, vp]),
+        "bpf_program__name": (ctypes.c_char_p, [vp]),
+        "bpf_program__fd": (ci, [vp]),
         "bpf_program__attach_iter": (vp, [vp, ctypes.POINTER(_IterAttachOpts)]),
         "bpf_link__fd": (ci, [vp]),
         "bpf_link__destroy": (ci, [vp]),
-        "bpf_iter_create": (ci, [ci]),
     }
     for fn, (res, args) in sigs.items():
         f = getattr(lib, fn)
@@ -118,7 +118,7 @@ def _fail(what: str, err: int) -> NotSupported | NotPermitted:
     return NotSupported(f"{what}: {why}{detail}; use --source procfs")
 
 
-class BpfObject:
+class BpfObject(MapAccess):
     """A loaded BPF object: its programs can be attached as iterators.
 
     Raises NotPermitted when the kernel refuses BPF to this user and
@@ -163,8 +163,9 @@ class BpfObject:
             lib.bpf_object__close(self._obj)
             self._obj = None
 
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+    def __del__(self, _suppress: type = contextlib.suppress) -> None:
+        # At exit this module may be torn down first (it is imported late).
+        with _suppress(Exception):
             self.close()
 
     def _map(self, suffix: str) -> int:
@@ -183,24 +184,24 @@ class BpfObject:
     def map_value_size(self, suffix: str) -> int:
         return _lib().bpf_map__value_size(self._map(suffix))
 
-    def update(self, suffix: str, key: bytes, value: bytes) -> None:
-        """bpf_map_update_elem on the map named ``*suffix``; raises OSError."""
-        k = ctypes.create_string_buffer(key, len(key))
-        v = ctypes.create_string_buffer(value, len(value))
-        ret = _lib().bpf_map_update_elem(self.map_fd(suffix), k, v, BPF_ANY)
-        if ret != 0:
-            raise OSError(
-                _errno_of(ret), f"bpf_map_update_elem({suffix}): {os.strerror(_errno_of(ret))}"
-            )
+    def program_fds(self) -> dict[str, int]:
+        """Each program's name and fd (kept.py pins them)."""
+        lib = _lib()
+        return self._each(lib.bpf_object__next_program, lib.bpf_program__name,
+                          lib.bpf_program__fd)
 
-    def delete(self, suffix: str, key: bytes) -> None:
-        """bpf_map_delete_elem on the map named ``*suffix``; a missing key is fine."""
-        k = ctypes.create_string_buffer(key, len(key))
-        _lib().bpf_map_delete_elem(self.map_fd(suffix), k)
+    def map_fds(self) -> dict[str, int]:
+        """Each map's name (``<prefix>.bss`` for the globals) and fd."""
+        lib = _lib()
+        return self._each(lib.bpf_object__next_map, lib.bpf_map__name, lib.bpf_map__fd)
 
-    def set_globals(self, value: bytes) -> None:
-        """Replace the whole .bss section (all zero-initialised globals)."""
-        self.update(".bss", b"\0\0\0\0", value)
+    def _each(self, next_of: Callable, name_of: Callable, fd_of: Callable) -> dict[str, int]:
+        found: dict[str, int] = {}
+        item = next_of(self._obj, None)
+        while item:
+            found[name_of(item).decode()] = fd_of(item)
+            item = next_of(self._obj, item)
+        return found
 
     def attach_iter(self, program: str, *, tid: int = 0, tgid: int = 0) -> BpfIterator:
         """Attach ``program`` (SEC("iter/...")) as an iterator link.
@@ -226,29 +227,3 @@ class BpfObject:
             raise _fail(f"cannot attach BPF iterator {program}", _errno_of(0))
         self._links.append(link)
         return BpfIterator(lib.bpf_link__fd(link), program)
-
-
-class BpfIterator:
-    """An attached iterator link; each :meth:`run` walks the kernel objects anew."""
-
-    def __init__(self, link_fd: int, name: str) -> None:
-        self.link_fd = link_fd
-        self.name = name
-
-    def chunks(self, bufsize: int = 1 << 20) -> Iterator[bytes]:
-        """The iterator's output, as the kernel hands it over (≤ 32 KiB a read)."""
-        fd = _lib().bpf_iter_create(self.link_fd)
-        if fd < 0:
-            raise _fail(f"cannot create BPF iterator {self.name}", _errno_of(fd))
-        try:
-            while True:
-                chunk = os.read(fd, bufsize)
-                if not chunk:
-                    return
-                yield chunk
-        finally:
-            os.close(fd)
-
-    def run(self) -> bytes:
-        """Run the iterator to the end and return all it wrote."""
-        return b"".join(self.chunks())

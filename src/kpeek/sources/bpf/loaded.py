@@ -1,21 +1,32 @@
-"""Loaded BPF objects, one per program file and process, loaded on first use."""
+"""BPF objects, one per program file and process, got on first use: the
+kept programs of an earlier kpeek process when there are trusted ones
+(kept.py: no libbpf, no BTF, no verifier), else loaded with libbpf and then
+kept for the next process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from importlib import resources
+from collections.abc import Iterator
 
 from kpeek.errors import NotSupported
-from kpeek.sources.bpf.libbpf import BpfIterator, BpfObject
+from kpeek.sources.bpf import kept
+
+TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
+if TYPE_CHECKING:
+    from kpeek.sources.bpf.bpfsys import BpfIterator
+    from kpeek.sources.bpf.libbpf import BpfObject
+
+    Object = BpfObject | kept.KeptObject
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
-_objects: dict[str, BpfObject] = {}
+_objects: dict[str, Object] = {}
 _lock = threading.Lock()
 
 
-def bpf_object(name: str) -> BpfObject:
-    """The object ``<name>.bpf.o`` shipped in this package, loaded once per process.
+def bpf_object(name: str) -> Object:
+    """The object ``<name>.bpf.o`` shipped in this package, got once per process.
 
     Raises NotPermitted (not root) or NotSupported (no BTF, the verifier
     refused), each with one line saying what would make it work.
@@ -23,20 +34,62 @@ def bpf_object(name: str) -> BpfObject:
     with _lock:
         obj = _objects.get(name)
         if obj is None:
-            if not os.path.exists(VMLINUX_BTF):
-                raise NotSupported(
-                    f"the kernel has no BTF ({VMLINUX_BTF}), which BPF CO-RE needs; it "
-                    "must be built with CONFIG_DEBUG_INFO_BTF=y (use --source procfs)"
-                )
-            obj = BpfObject(shipped_object(name), name)
+            obj = kept.open_kept(name)
+            if obj is None:
+                fresh, data = _load(name)
+                kept.publish(name, data, fresh.program_fds(), fresh.map_fds())
+                obj = fresh
             _objects[name] = obj
         return obj
+
+
+def _load(name: str) -> tuple[BpfObject, bytes]:
+    """A private load with libbpf (CO-RE relocation, the verifier), and the
+    object's bytes."""
+    if not os.path.exists(VMLINUX_BTF):
+        raise NotSupported(
+            f"the kernel has no BTF ({VMLINUX_BTF}), which BPF CO-RE needs; it "
+            "must be built with CONFIG_DEBUG_INFO_BTF=y (use --source procfs)"
+        )
+    data = shipped_object(name)
+    from kpeek.sources.bpf.libbpf import BpfObject
+
+    return BpfObject(data, name), data
+
+
+@contextlib.contextmanager
+def exclusive(name: str) -> Iterator[Object]:
+    """The object, its globals and maps this process's alone for the span.
+
+    Kept objects are shared by every kpeek process: the span holds their
+    lock. When another process holds it for too long, this process loads a
+    private object (used from then on) rather than wait.
+    """
+    obj = bpf_object(name)
+    if not isinstance(obj, kept.KeptObject):
+        yield obj
+        return
+    if not obj.acquire():
+        private = _load(name)[0]
+        kept.status[name] = f"loaded by this process ({obj.path} was busy)"
+        with _lock:
+            _objects[name] = private
+            for key in [k for k in _iterators if k[0] == name]:
+                del _iterators[key]
+        yield private
+        return
+    try:
+        yield obj
+    finally:
+        obj.release()
 
 
 def shipped_object(name: str) -> bytes:
     """The bytes of ``<name>.bpf.o``, built once with CO-RE relocations and
     installed with the Python code (never from a user-writable cache: root
     loads only what came with kpeek itself)."""
+    from importlib import resources
+
     try:
         return resources.files(__package__).joinpath(f"{name}.bpf.o").read_bytes()
     except OSError:

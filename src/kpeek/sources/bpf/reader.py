@@ -16,8 +16,8 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from kpeek.kernel.memory import MemoryReadError
-from kpeek.sources.bpf.libbpf import BpfIterator
-from kpeek.sources.bpf.loaded import bpf_iterator, bpf_object
+from kpeek.sources.bpf.bpfsys import BpfIterator
+from kpeek.sources.bpf.loaded import bpf_iterator, exclusive
 
 PAGE = 4096
 MAX_REQS = 7  # as in reader.bpf.c
@@ -43,9 +43,9 @@ def _run_batch(requests: Sequence[tuple[int, int]]) -> list[bytes | int]:
     for addr, size in requests:
         flat += [addr, size, 0]
     flat += [0, 0, 0] * (MAX_REQS - len(requests))
-    with _lock:
+    with _lock, exclusive("reader") as obj:  # the globals may be shared (kept.py)
         it = _reader_iterator()
-        bpf_object("reader").set_globals(_ARGS.pack(*flat))
+        obj.set_globals(_ARGS.pack(*flat))
         out = it.run()
     results: list[bytes | int] = []
     off = 0

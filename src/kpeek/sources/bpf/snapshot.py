@@ -12,7 +12,6 @@ keyed hash), so the two can be compared.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import struct
 import threading
@@ -24,7 +23,7 @@ from kpeek.kernel.sched import state_letter
 from kpeek.model import Namespace, Snapshot, Task
 from kpeek.sources import BLOCKED, proc_tasks
 from kpeek.sources.bpf import hidden
-from kpeek.sources.bpf.loaded import bpf_iterator, bpf_object
+from kpeek.sources.bpf.loaded import bpf_iterator, exclusive
 from kpeek.sources.consistent import make_consistent
 from kpeek.textsafe import decode
 
@@ -41,7 +40,6 @@ FILE_REC = struct.Struct("<II6Q8IiI")
 # file seen before needs, in one unpack
 _FILE_HEAD = struct.Struct("<IIQ68xIi")
 _ARGS = struct.Struct("<6I")
-_generation = itertools.count(1)
 _run_lock = threading.Lock()
 
 _NS_KINDS = ("mnt", "net", "ipc", "uts", "user", "cgroup", "time")  # after pid, as in /proc
@@ -220,14 +218,19 @@ def filtered(tgids: list[int] | None, threads: bool, stacks: bool | str) -> Iter
     """The snapshot programs' filter set for the iterator runs inside: only
     ``tgids`` (None: all), threads or not, which stacks. The programs' globals
     and filter map are one per process: one run at a time, the map emptied
-    after."""
-    with _run_lock:
-        obj = bpf_object("snapshot")
+    after. Kept programs (kept.py) are shared with other kpeek processes:
+    the span holds their lock too, the run number is the last one's plus one
+    whoever ran it (a file seen in another process's run is not "seen"), and
+    filter entries a killed process left behind are dropped first."""
+    with _run_lock, exclusive("snapshot") as obj:
+        generation = _ARGS.unpack(obj.read_globals())[4] + 1
+        for key in obj.keys("wanted", 4):
+            obj.delete("wanted", key)
         for tgid in tgids or ():
             obj.update("wanted", tgid.to_bytes(4, "little"), b"\1")
         obj.set_globals(
             _ARGS.pack(tgids is not None, not threads, 2 if stacks == BLOCKED else bool(stacks),
-                       True, next(_generation) & 0xFFFFFFFF, 0)
+                       True, generation & 0xFFFFFFFF, 0)
         )
         try:
             yield
