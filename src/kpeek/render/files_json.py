@@ -20,7 +20,7 @@ import orjson
 
 from kpeek import jsonout
 from kpeek.ids import show_pointer
-from kpeek.model import FileDescriptor, OpenFile, Snapshot, Task
+from kpeek.model import FileDescriptor, Snapshot, Task
 from kpeek.render.fdfacts import _PER_PROCESS as _PER_HOLDER
 from kpeek.render.fdfacts import MAX_ENDPOINTS, FdFacts, lock_dict, socket_dict
 from kpeek.render.fileflags import access_mode, flag_names
@@ -54,6 +54,18 @@ def _word(s: str) -> bytes:
 _WORD = re.compile(rb"[0-9A-Za-z:#_-]*")
 
 
+def _string(s: str) -> bytes:
+    """A str as JSON: as it is when nothing in it is escaped (printable
+    ASCII but quote and backslash), else as jsonout writes it."""
+    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return b'"%s"' % s.encode()
+    return _encode(s)
+
+
+_BOOL = (b"false", b"true")
+_ENDED = frozenset({"pipe", "fifo", "socket"})
+
+
 def _address(shown: str | None) -> bytes:
     return b"null" if shown is None else _word(shown)
 
@@ -70,35 +82,48 @@ class _Pieces:
         self.snap = snap
         self.facts = facts
         self.raw = raw_pointers
-        self.of_file: dict[str, tuple[bytes, bytes, set | None, bytes]] = {}
+        self.of_file: dict[str, tuple[bytes, set | list | None]] = {}
+        self.of_part: dict[str, tuple[bytes, bytes, bytes]] = {}
+        self.words: dict[str, bytes] = {}
+        self.entries: dict[str, bytes] = {}  # open file id -> its open_files entry
+        self.comms: dict[int, bytes] = {}
+        self.holders_of = snap._fds_by_file
         self.end_entry: dict[tuple[int, int], bytes] = {}
         self.pf_rows: dict[tuple[str, str, str], bytes] = {}
         self.paths: dict[str, bytes] = {}
         self.flag_words: dict[int, bytes] = {}
         self.locked = facts._locks_by_fd
 
-    def fd(self, d: FileDescriptor) -> bytes:
-        """One descriptor: ``{**fd_dict(snap, d), **facts.fd_extras(d)}``."""
-        known = self.of_file.get(d.open_file)
-        if known is None:
-            known = self.of_file[d.open_file] = self._file(d)
-        part, extras, head, ends = known
+    def fds(self, fds: list[FileDescriptor]) -> bytes:
+        """The descriptors, each ``{**fd_dict(snap, d), **facts.fd_extras(d)}``,
+        joined with commas."""
+        of_file, locked, out = self.of_file, self.locked, []
+        for d in fds:
+            known = of_file.get(d.open_file)
+            if known is None:
+                known = of_file[d.open_file] = self._file(d)
+            tail, head = known
+            if (head is not None and (head is _PER_HOLDER or (d.tgid, d.fd) in head)) or (
+                locked and (d.tgid, d.fd) in locked
+            ):
+                tail = self._own_tail(d, head)
+            out.append(b'{"fd":%d,"cloexec":%s,%s' % (d.fd, _BOOL[d.cloexec], tail))
+        return b",".join(out)
+
+    def _own_tail(self, d: FileDescriptor, head: set | list | None) -> bytes:
+        """d's entry after its cloexec: its open file's, with d's own endpoint
+        list (when d is among the first candidates) and locks."""
+        part, extras, ends = self.of_part[d.open_file]
         if head is _PER_HOLDER or (head is not None and (d.tgid, d.fd) in head):
             ends = self._ends_text(d, self.facts.endpoints(d))
         if self.locked and (d.tgid, d.fd) in self.locked:
             extras = self._extras(d, self.facts.locks(d))
-        return b'{"fd":%d,"cloexec":%s,%s%s%s}' % (
-            d.fd,
-            b"true" if d.cloexec else b"false",
-            part,
-            extras,
-            ends,
-        )
+        return b"%s%s%s}" % (part, extras, ends)
 
     def path(self, path: str) -> bytes:
         got = self.paths.get(path)
         if got is None:
-            got = self.paths[path] = _encode(path)
+            got = self.paths[path] = _string(path)
         return got
 
     def flags(self, flags: int) -> bytes:
@@ -110,24 +135,48 @@ class _Pieces:
             )
         return got
 
-    def _file(self, d: FileDescriptor) -> tuple[bytes, bytes, set | None, bytes]:
-        """(fd_dict's part from the open file, fd_extras' socket and details,
-        the keys of the first candidate ends, the endpoints text of a holder
-        not among them): the same for every holder of d's open file."""
+    def _file(self, d: FileDescriptor) -> tuple[bytes, set | list | None]:
+        """(the entry after cloexec of every holder of d's open file but those
+        with their own, whose set of keys, or _PER_HOLDER, comes second):
+        fd_dict's part from the open file, fd_extras' socket and details, the
+        endpoints text of a holder not among the first candidates. Its
+        open_file_dict entry is made here too, from the same pieces."""
         snap = self.snap
         file_id = d.open_file
         f = snap.open_files[file_id]
         inode = snap.inodes.get(f.inode)
+        kind = inode.type if inode else "unknown"
+        holders = self.holders_of[file_id]
+        id_b, inode_b, path_b = _word(file_id), _word(f.inode), self.path(f.path)
+        flags_b = self.flags(f.flags)
         part = b'"open_file":%s,"pos":%d,%s,"type":%s,"path":%s,"inode":%s,"sharers":%d' % (
-            _word(file_id),
-            f.pos,
-            self.flags(f.flags),
-            _word(inode.type if inode else "unknown"),
-            self.path(f.path),
-            _word(f.inode),
-            len(snap.holders(file_id)),
-        )
-        return (part, self._extras(d, []), *self._file_ends(d))
+            id_b, f.pos, flags_b, self.word(kind), path_b, inode_b, len(holders),
+        )  # fmt: skip
+        self.entries[file_id] = (
+            b'{"id":%s,"inode":%s,"path":%s,"pos":%d,%s,"refcount":%s,"holders":[%s],"address":%s}'
+            % (
+                id_b, inode_b, path_b, f.pos, flags_b,
+                b"null" if f.refcount is None else b"%d" % f.refcount,
+                b",".join([b"[%d,%d]" % (h.tgid, h.fd) for h in holders]),
+                _address(show_pointer(f.address, self.raw)),
+            )
+        )  # fmt: skip
+        extras = ends = b""
+        head = None
+        detailed = file_id in snap.details
+        if kind == "socket" or detailed:
+            extras = self._extras(d, [])
+        # Other ends: of pipes, FIFOs, sockets, ptys and eventfds only (FdFacts)
+        if kind in _ENDED or detailed or f.path.startswith("/dev/pts/"):
+            head, ends = self._file_ends(d)
+        self.of_part[file_id] = (part, extras, ends)
+        return b"%s%s%s}" % (part, extras, ends), head
+
+    def word(self, s: str) -> bytes:
+        got = self.words.get(s)
+        if got is None:
+            got = self.words[s] = _word(s)
+        return got
 
     def _extras(self, d: FileDescriptor, locks: list) -> bytes:
         """fd_extras' socket, locks and details keys."""
@@ -160,10 +209,12 @@ class _Pieces:
         key = (o.tgid, o.fd)
         got = self.end_entry.get(key)
         if got is None:
-            facts = self.facts
-            got = self.end_entry[key] = _encode(
-                {"pid": o.tgid, "comm": facts._comm(o.tgid), "fd": o.fd, "mode": facts._mode(o)}
-            )
+            comm = self.comms.get(o.tgid)
+            if comm is None:
+                comm = self.comms[o.tgid] = _string(self.facts._comm(o.tgid))
+            got = self.end_entry[key] = b'{"pid":%d,"comm":%s,"fd":%d,"mode":"%s"}' % (
+                o.tgid, comm, o.fd, self.facts._mode(o).encode(),
+            )  # fmt: skip
         return got
 
     def _ends_text(self, d: FileDescriptor, ends: list[FileDescriptor]) -> bytes:
@@ -185,22 +236,6 @@ class _Pieces:
                 got = cache[key] = _encode({"kind": pf.kind, "path": pf.path, "inode": pf.inode})
             parts.append(got)
         return b",".join(parts)
-
-    def open_file(self, f: OpenFile) -> bytes:
-        """open_file_dict(snap, f, raw_pointers)"""
-        return (
-            b'{"id":%s,"inode":%s,"path":%s,"pos":%d,%s,"refcount":%s,"holders":[%s],"address":%s}'
-            % (
-                _encode(f.id),
-                _encode(f.inode),
-                self.path(f.path),
-                f.pos,
-                self.flags(f.flags),
-                b"null" if f.refcount is None else b"%d" % f.refcount,
-                b",".join([b"[%d,%d]" % (d.tgid, d.fd) for d in self.snap.holders(f.id)]),
-                _encode(show_pointer(f.address, self.raw)),
-            )
-        )
 
 
 def files_json(
@@ -225,31 +260,31 @@ def files_json_chunks(
     pieces = _Pieces(snap, facts, raw_pointers)
     head = _encode({"schema": f"kpeek.files/{jsonout.SCHEMA_VERSION}", **snapshot_meta(snap)})
     yield head[:-1] + b',"processes":['
-    file_ids: set[str] = set()
     sep = b""
     for t in processes:
         fds = snap.fds_of(t.tgid)
         if chosen is not None:
             fds = [d for d in fds if (d.tgid, d.fd) in chosen]
-        file_ids.update([d.open_file for d in fds])
         yield b"".join(
             [
                 sep,
                 _encode(task_dict(t, raw_pointers))[:-1],
                 b',"fds":[',
-                b",".join([pieces.fd(d) for d in fds]),
+                pieces.fds(fds),
                 b'],"process_files":[',
                 pieces.process_files(facts.process_files(t.tgid)),
                 b"]}",
             ]
         )
         sep = b","
-    files = [snap.open_files[i] for i in sorted(file_ids)]
+    # The open files of the descriptors shown, each entry made with its first one.
+    entries = pieces.entries
+    file_ids = sorted(entries)
     yield b'],"open_files":['
-    for start in range(0, len(files), 1000):
-        chunk = b",".join([pieces.open_file(f) for f in files[start : start + 1000]])
+    for start in range(0, len(file_ids), 1000):
+        chunk = b",".join([entries[i] for i in file_ids[start : start + 1000]])
         yield chunk if start == 0 else b"," + chunk
-    inode_ids = sorted({f.inode for f in files})
+    inode_ids = sorted({snap.open_files[i].inode for i in file_ids})
     yield b'],"inodes":' + _encode(
         [
             {
