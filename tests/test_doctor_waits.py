@@ -48,7 +48,13 @@ address = sys.argv[3] if sys.argv[3:] else None
 if address and address.startswith("@"):
     address = "\\0" + address[1:]
 print("ready", flush=True)
-if shape == "unix-connect":
+if shape == "eventfd-read":
+    os.read(fd, 8)
+elif shape == "pidfd-poll":
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    p.poll()
+elif shape == "unix-connect":
     socket.socket(fileno=fd).connect(address)
 elif shape == "unix-dgram-sendto":
     s = socket.socket(fileno=fd)
@@ -101,6 +107,8 @@ SHAPES = {
     # The address in the call names the other end: a listener whose backlog
     # is full (only its accept makes room), a datagram receiver whose queue is.
     "unix-connect": ("socket", {"connect"}),
+    # An eventfd is written through the open file its holders share.
+    "eventfd-read": ("eventfd", {"read"}),
     "unix-dgram-sendto": ("socket", {"sendto"}),
     "tcp-read": ("socket", {"recvfrom"}),
     "tcp-write": ("socket", {"sendto"}),
@@ -151,6 +159,9 @@ def ends(shape: str, where: str | None = None) -> tuple[int, int]:
     in the folder ``where``)."""
     if shape in ("unix-connect", "unix-dgram-sendto"):
         return _addressed(shape, where)
+    if shape.startswith("eventfd"):
+        counter = os.eventfd(0)
+        return counter, os.dup(counter)
     if shape.startswith(("tty", "ptmx")):
         primary, secondary = pty.openpty()
         tty.setraw(secondary)  # no echo: output waits only for the master's reader
@@ -308,6 +319,122 @@ def test_parent_in_wait4_on_a_blocked_child(procs, how):
         [h] = found
         assert h.chain[0].kind == "child" and h.chain[0].holder == f"proc:{child}"
         assert ROOT_WORDS[how] in h.root and fix in h.fix
+
+
+# A parent with two children: "apart" in a process group of its own, "near"
+# in the parent's. The parent waits in the call given, for whom it names.
+TWO_CHILDREN = """
+import os, sys, time
+def child(group):
+    pid = os.fork()
+    if pid == 0:
+        if group:
+            os.setpgid(0, 0)
+        time.sleep(600)
+        os._exit(0)
+    return pid
+apart, near = child(True), child(False)
+try:
+    os.setpgid(apart, apart)  # as the child does: whichever runs first
+except OSError:
+    pass
+pidfd = os.pidfd_open(apart)
+print("ready", apart, near, flush=True)
+how = sys.argv[1]
+if how == "wait4-pid":
+    os.waitpid(apart, 0)
+elif how == "wait4-own-group":
+    os.waitpid(0, 0)
+elif how == "wait4-group":
+    os.waitpid(-apart, 0)
+elif how == "waitid-pid":
+    os.waitid(os.P_PID, apart, os.WEXITED)
+elif how == "waitid-group":
+    os.waitid(os.P_PGID, apart, os.WEXITED)
+elif how == "waitid-pidfd":
+    os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+elif how == "waitid-all":
+    os.waitid(os.P_ALL, 0, os.WEXITED)
+"""
+
+
+class _Pid:
+    """A process the test did not start, stopped and killed by pid."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def send_signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout=None) -> None:
+        pass  # its parent reaps it
+
+
+# how -> whether the wait names only the stopped child "apart"
+SELECTORS = {"wait4-pid": True, "wait4-own-group": False, "wait4-group": True,
+             "waitid-pid": True, "waitid-group": True, "waitid-pidfd": True,
+             "waitid-all": False}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("how", sorted(SELECTORS))
+def test_a_wait_for_some_children_waits_for_those_only(procs, how):
+    """wait4's pid and waitid's idtype narrow the children: with "apart"
+    stopped and "near" free, a wait that names only "apart" is stuck, one
+    that "near" may end is not."""
+    require("root")
+    parent = subprocess.Popen([PY, "-c", TWO_CHILDREN, how], stdout=subprocess.PIPE, text=True)
+    procs.append(parent)
+    _, apart, near = parent.stdout.readline().split()
+    apart, near = int(apart), int(near)
+    procs[:0] = [_Pid(apart), _Pid(near)]
+    wait_for(lambda: sleeping_in(parent.pid, {"wait4", "waitid"}), 15, "the parent waiting")
+    with stopped(apart):
+        wait_for(lambda: sleeping_in(parent.pid, {"wait4", "waitid"}), 15,
+                 "the parent back in its wait")
+        diag = doctor(parent.pid, apart, near)
+        kids = {e.holder for e in diag.graph.edges if e.waiter == f"task:{parent.pid}"}
+        found = [h for h in diag.hung if h.task.pid == parent.pid]
+        if SELECTORS[how]:
+            assert kids == {f"proc:{apart}"}, kids
+            [h] = found
+            assert f"pid {apart}" in h.root and "stopped" in h.root
+        else:
+            assert f"proc:{near}" in kids and found == [], all_text(diag)
+
+
+PIDFD_WAITER = """
+import os, select, sys
+fd = os.pidfd_open(int(sys.argv[1]))
+print("ready", flush=True)
+p = select.poll()
+p.register(fd, select.POLLIN)
+p.poll()
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("how", ["free", "stop"])
+def test_a_poll_on_a_pidfd_waits_for_that_process(procs, how):
+    """A supervisor polling a pidfd waits for the process it names to exit."""
+    require("root")
+    target = start(procs, BLOCKER, "sleep")
+    waiter = start(procs, PIDFD_WAITER, str(target.pid))
+    wait_for(lambda: sleeping_in(waiter.pid, {"poll", "ppoll"}), 15, "the waiter in poll")
+    with blocked("stop" if how == "stop" else "none", target.pid):
+        diag = doctor(waiter.pid, target.pid)
+        edges = [e for e in diag.graph.edges if e.waiter == f"task:{waiter.pid}"]
+        assert [(e.kind, e.holder) for e in edges] == [("pidfd", f"proc:{target.pid}")], edges
+        found = [h for h in diag.hung if h.task.pid == waiter.pid]
+        if how == "free":
+            assert found == [], all_text(diag)
+            return
+        [h] = found
+        story = "\n".join(hung_text(diag.graph, h))
+        assert f"(pid {target.pid}) to exit" in story, story
+        assert f"pid {target.pid}" in h.root
 
 
 FUTEX = """

@@ -100,6 +100,13 @@ class Ends:
         if kind == "chardev" and f.path in _PTMX and (index := _pts_index(task.tgid, fd)) \
                 is not None:
             return self._master(f, fd, direction, index)
+        if f.path == "anon_inode:[eventfd]":
+            return self._eventfd(f, fd, direction)
+        if f.path == "anon_inode:[pidfd]" and direction == "in":
+            pid = _pidfd_pid(task.tgid, fd)
+            if pid is not None and pid > 0:  # -1: it has exited and been reaped
+                return Wake(f"{f.path}, fd {fd}", "",
+                            {pid: ()}, None, "pidfd")
         what = f"{f.path} (fd {fd})"
         return Wake(f"{'data on' if direction == 'in' else 'room in'} {what}", "", kind=kind,
                     outside=f"{what} is woken by events outside the processes")
@@ -148,6 +155,17 @@ class Ends:
         return Wake(resource, f"the terminal /dev/pts/{index}",
                     {k: tuple(sorted(v)) for k, v in sorted(holders.items())}, None, "tty")
 
+    def _eventfd(self, f: OpenFile, fd: int, direction: str) -> Wake:
+        """An eventfd's counter is written (or drained) through the same open
+        file, passed on by fork, dup or a unix socket: its holders, the
+        waiter's own process included (another of its threads may write)."""
+        holders: dict[int, list[int]] = {}
+        for d in self.snapshot.holders(f.id):
+            holders.setdefault(d.tgid, []).append(d.fd)
+        what = "a write to" if direction == "in" else "a read of"
+        return Wake(f"{what} {f.path} (fd {fd})", "the eventfd",
+                    {k: tuple(v) for k, v in sorted(holders.items())}, None, "eventfd")
+
     def masters(self) -> dict[int, dict[int, list[int]]]:
         """pts number -> tgid -> the fds holding that terminal's master side
         (each /dev/ptmx descriptor's fdinfo names its pts)."""
@@ -162,6 +180,12 @@ class Ends:
                         pts = self._masters.setdefault(index, {})
                         pts.setdefault(d.tgid, []).append(d.fd)
         return self._masters
+
+
+def _pidfd_pid(tgid: int, fd: int) -> int | None:
+    raw = read_fdinfo(tgid, fd)
+    info = parse("anon_inode:[pidfd]", raw) if raw is not None else None
+    return int(info["pid"]) if info and info.get("kind") == "pidfd" else None
 
 
 def _pts_index(tgid: int, fd: int) -> int | None:

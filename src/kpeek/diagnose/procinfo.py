@@ -115,6 +115,12 @@ def _read_syscall(task: Task) -> tuple[int, list[int]] | None:
         return None
 
 
+def s32(value: int) -> int:
+    """A system call argument register read as a C int."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 def syscall_name(task: Task) -> tuple[str, list[int]] | None:
     """(name, arguments) of the system call a task sleeps in, for the calls
     the doctor knows (see SYSCALL_NAMES); the number as text otherwise."""

@@ -28,10 +28,13 @@ def edge_words(graph: WaitGraph, e: WaitEdge) -> str:
     elif e.kind == "pipe":
         text = f"waits for {e.resource}"
         if e.holder:
-            text += f", write end held by {who(graph, e.holder)}"
+            # a writer to a full pipe waits on the read end (relation says which)
+            text += f", {e.relation or 'write end held by'} {who(graph, e.holder)}"
     elif e.kind == "child":
         text = f"waits for its child {who(graph, e.holder)} to exit" if e.holder else \
             "waits for a child"
+    elif e.kind == "pidfd":  # a poll on a pidfd: the process it names to exit
+        text = f"waits for {who(graph, e.holder)} to exit ({e.resource})"
     elif e.kind == "thread":
         return f"acts through its thread {who(graph, e.holder)}" if e.holder else ""
     elif e.relation:

@@ -30,7 +30,7 @@ from __future__ import annotations
 from kpeek.diagnose.addressed import addressed_wake
 from kpeek.diagnose.ends import Ends, Wake
 from kpeek.diagnose.graph import Root, WaitEdge, WaitGraph, proc_node, task_node
-from kpeek.diagnose.procinfo import read_user, syscall_name
+from kpeek.diagnose.procinfo import read_user, s32, syscall_name
 from kpeek.diagnose.sharedmem import SharedMappers, mapping_at
 from kpeek.model import Task
 
@@ -57,11 +57,6 @@ FREE_WAITS = ("do_nanosleep", "hrtimer_nanosleep", "common_nsleep", "sigsuspend"
               "do_sys_pause", "__do_sys_pause", "__x64_sys_pause")
 # The same by system call (known at no cost when the BPF source read it).
 FREE_CALLS = {"pause", "nanosleep", "clock_nanosleep", "rt_sigsuspend", "rt_sigtimedwait"}
-
-
-def _s32(value: int) -> int:
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def is_kernel_thread(t: Task) -> bool:
@@ -135,21 +130,21 @@ def add_wakes(graph: WaitGraph, t: Task, wakes: list[Wake], *, multiplexed: bool
         for tgid, fds in w.holders.items():
             graph.add(WaitEdge(
                 task_node(t.pid), proc_node(tgid), w.kind, w.resource, any_of=True,
-                detail=f"fd {', '.join(map(str, fds))}",
-                relation=f"{w.other_end} held by", source=source))
+                detail=f"fd {', '.join(map(str, fds))}" if fds else None,
+                relation=f"{w.other_end} held by" if w.other_end else None, source=source))
 
 
 # -- poll, select, epoll -----------------------------------------------------------
 def multiplexed_wakes(t: Task, name: str, args: list[int], ends: Ends) -> list[Wake] | None:
     """The wakers of every descriptor a poll/select/epoll waits on; None when
     the wait has a timeout or its set cannot be read."""
-    if name == "poll" and _s32(args[2]) >= 0:
+    if name == "poll" and s32(args[2]) >= 0:
         return None
     if name in ("ppoll", "epoll_pwait2") and args[2 if name == "ppoll" else 3]:
         return None
     if name in ("select", "pselect6") and args[4]:
         return None
-    if name in ("epoll_wait", "epoll_pwait") and _s32(args[3]) >= 0:
+    if name in ("epoll_wait", "epoll_pwait") and s32(args[3]) >= 0:
         return None
     if name.startswith("epoll"):
         wanted = _epoll_set(t, args[0] & 0xFFFFFFFF, ends)
@@ -210,7 +205,7 @@ def _poll_set(t: Task, address: int, nfds: int) -> list[tuple[int, str]] | None:
         return None
     wanted = []
     for i in range(nfds):
-        fd = _s32(int.from_bytes(raw[8 * i:8 * i + 4], "little"))
+        fd = s32(int.from_bytes(raw[8 * i:8 * i + 4], "little"))
         events = int.from_bytes(raw[8 * i + 4:8 * i + 6], "little")
         if fd >= 0:
             wanted += [(fd, d) for d in _directions(events, POLLIN | POLLPRI, POLLOUT)]
@@ -218,7 +213,7 @@ def _poll_set(t: Task, address: int, nfds: int) -> list[tuple[int, str]] | None:
 
 
 def _select_set(t: Task, nfds: int, readfds: int, writefds: int) -> list[tuple[int, str]] | None:
-    nfds = _s32(nfds)
+    nfds = s32(nfds)
     if not 0 <= nfds <= MAX_FDS:
         return None
     size = (nfds + 63) // 64 * 8
