@@ -182,18 +182,6 @@ class Ends:
         return self._masters
 
 
-def _pidfd_pid(tgid: int, fd: int) -> int | None:
-    raw = read_fdinfo(tgid, fd)
-    info = parse("anon_inode:[pidfd]", raw) if raw is not None else None
-    return int(info["pid"]) if info and info.get("kind") == "pidfd" else None
-
-
-def _pts_index(tgid: int, fd: int) -> int | None:
-    """The pts number a /dev/ptmx descriptor is the master of (its fdinfo's tty-index)."""
-    raw = read_fdinfo(tgid, fd)
-    info = parse("/dev/ptmx", raw) if raw is not None else None
-    return int(info["tty_index"]) if info and info.get("kind") == "ptmx" else None
-
     def _socket(self, f: OpenFile, fd: int, direction: str) -> Wake:
         ino = socket_inode(f)
         info = self.sockets().get(ino) if ino is not None else None
@@ -221,3 +209,16 @@ def _pts_index(tgid: int, fd: int) -> int | None:
                         outside=f"its peer socket:[{info.peer}] is in no descriptor table")
         return Wake(f"{what} {label}", f"its peer socket:[{info.peer}]",
                     {k: tuple(v) for k, v in sorted(holders.items())}, None, "socket")
+
+
+def _pidfd_pid(tgid: int, fd: int) -> int | None:
+    raw = read_fdinfo(tgid, fd)
+    info = parse("anon_inode:[pidfd]", raw) if raw is not None else None
+    return int(info["pid"]) if info and info.get("kind") == "pidfd" else None
+
+
+def _pts_index(tgid: int, fd: int) -> int | None:
+    """The pts number a /dev/ptmx descriptor is the master of (its fdinfo's tty-index)."""
+    raw = read_fdinfo(tgid, fd)
+    info = parse("/dev/ptmx", raw) if raw is not None else None
+    return int(info["tty_index"]) if info and info.get("kind") == "ptmx" else None
