@@ -256,12 +256,14 @@ def _print_tables(
 ) -> None:
     out = sys.stdout
     cells = files_text.FileCells(snap, FdFacts(snap))
+    lines: dict[str, dict] = {}  # the cwd/rtd/txt/mem lines of forks of one program
     for t in processes:
         rows = files_text.rows_of(cells, t, chosen)  # fd_rows' cells, each open file's made once
         title = f"PID {t.pid} {t.comm}  (pid {t.ns_pid} in pidns {namespace_id(t.pidns)})"
         plain.bold(out, for_terminal(title))
         if rows:
-            files_text.table(*drop_empty(COLUMNS, rows), out)
+            shared = len(cells.facts.process_files(t.tgid))
+            files_text.table(*drop_empty(COLUMNS, rows), out, lines, shared)
         else:
             plain.line(out, "  (no descriptors)")
         plain.line(out)
@@ -319,7 +321,11 @@ def drop_empty(
     columns: tuple[str, ...], rows: list[tuple[object, ...]]
 ) -> tuple[tuple[str, ...], list[tuple[object, ...]]]:
     """Leave out LOCK and DETAILS when no row has one (most tables)."""
-    drop = {i for i, c in enumerate(columns) if c in _OPTIONAL and not any(r[i] for r in rows)}
+    drop = {
+        i
+        for i, c in enumerate(columns)
+        if c in _OPTIONAL and not any(map(operator.itemgetter(i), rows))
+    }
     keep = [i for i in range(len(columns)) if i not in drop]
     pick = operator.itemgetter(*keep)  # a tuple of those cells, in C
     return tuple(columns[i] for i in keep), [pick(r) for r in rows]

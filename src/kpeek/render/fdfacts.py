@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from functools import cached_property
 from itertools import islice
 
-from kpeek.model import FileDescriptor, FileLock, ProcessFile, Snapshot, Socket
+from kpeek.model import FileDescriptor, FileLock, OpenFile, ProcessFile, Snapshot, Socket
 from kpeek.render.fileflags import access_mode
 
 TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 MAX_ENDPOINTS = 8
 _ACCESS_LETTER = {"O_RDONLY": "r", "O_WRONLY": "w", "O_RDWR": "u"}
 _PER_PROCESS: list[FileDescriptor] = []  # a marker: candidates depend on the holder
+_ENDED = frozenset({"pipe", "fifo", "socket"})
 
 
 class FdFacts:
@@ -122,6 +123,12 @@ class FdFacts:
     def _includes_self(self, d: FileDescriptor) -> bool:
         inode = self.snap.inodes.get(self.snap.open_files[d.open_file].inode)
         return inode is not None and inode.type in ("pipe", "fifo")  # listed by inode
+
+    def may_have_ends(self, f: OpenFile, kind: str) -> bool:
+        """Whether the descriptors of ``f`` (its inode of type ``kind``) may
+        have other ends: only pipes, FIFOs, sockets, ptys and files with
+        details (eventfds, ptmx) do (see _file_candidates)."""
+        return kind in _ENDED or f.id in self.snap.details or f.path.startswith("/dev/pts/")
 
     def _candidates(self, d: FileDescriptor) -> list[FileDescriptor]:
         """Every descriptor on the other side of ``d``, perhaps with ``d`` itself."""

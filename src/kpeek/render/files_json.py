@@ -63,7 +63,6 @@ def _string(s: str) -> bytes:
 
 
 _BOOL = (b"false", b"true")
-_ENDED = frozenset({"pipe", "fifo", "socket"})
 
 
 def _address(shown: str | None) -> bytes:
@@ -167,7 +166,7 @@ class _Pieces:
         if kind == "socket" or detailed:
             extras = self._extras(d, [])
         # Other ends: of pipes, FIFOs, sockets, ptys and eventfds only (FdFacts)
-        if kind in _ENDED or detailed or f.path.startswith("/dev/pts/"):
+        if self.facts.may_have_ends(f, kind):
             head, ends = self._file_ends(d)
         self.of_part[file_id] = (part, extras, ends)
         return b"%s%s%s}" % (part, extras, ends), head

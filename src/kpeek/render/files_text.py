@@ -34,6 +34,7 @@ class FileCells:
         self.of_file: dict[str, tuple[tuple[Row, Row], str, str, set | None, str]] = {}
         self.pf_rows: dict[tuple[str, str, str], Row] = {}
         self.locked = facts._locks_by_fd
+        self.access: dict[int, tuple[str, str]] = {}  # f_flags -> ACCESS and FLAGS cells
 
     def fd_row(self, d: FileDescriptor) -> Row:
         """fd_rows' row of one descriptor, as str cells."""
@@ -58,25 +59,31 @@ class FileCells:
         snap, facts = self.snap, self.facts
         f = snap.open_files[d.open_file]
         inode = snap.inodes.get(f.inode)
+        kind = inode.type if inode else "?"
         sharers = len(snap.holders(d.open_file))
+        access = self.access.get(f.flags)
+        if access is None:
+            access = self.access[f.flags] = (
+                access_mode(f.flags).removeprefix("O_"),
+                ",".join(n.removeprefix("O_") for n in flag_names(f.flags)),
+            )
         cells = (
             (
                 d.open_file,
                 f"x{sharers}" if sharers > 1 else "",
                 "" if f.refcount is None else str(f.refcount),
                 str(f.pos),
-                access_mode(f.flags).removeprefix("O_"),
-                ",".join(n.removeprefix("O_") for n in flag_names(f.flags)),
+                *access,
             ),
-            (inode.type if inode else "?", f.inode),
+            (kind, f.inode),
         )
         parts = []
-        if (s := facts.socket(d)) is not None:
+        if kind == "socket" and (s := facts.socket(d)) is not None:
             parts.append(socket_name(s))
         details = snap.details.get(d.open_file)
         if details and (text := summary(dict(details))):
             parts.append(text)
-        head, ends = self._file_ends(d)
+        head, ends = self._file_ends(d) if facts.may_have_ends(f, kind) else (None, "")
         base = " ".join(parts)
         return cells, for_terminal(f.path), base, head, _details(base, ends)
 
@@ -122,9 +129,18 @@ def rows_of(cells: FileCells, t: Task, chosen: set[tuple[int, int]] | None) -> l
     return rows
 
 
-def table(columns: tuple[str, ...], rows: list[Row], out: TextIO) -> None:
+def table(
+    columns: tuple[str, ...],
+    rows: list[Row],
+    out: TextIO,
+    memo: dict[str, dict] | None = None,
+    shared: int = 0,
+) -> None:
     """plain.table(columns, rows, out) for str cells: one format per line
-    where every cell is ASCII (a terminal column each), else plain.table."""
+    where every cell is ASCII (a terminal column each), else plain.table.
+    The lines of the first ``shared`` rows (rows that many tables repeat,
+    such as the mapped files of forks of one program) are kept in ``memo``
+    by format and row."""
     widths = []
     for name, cells in zip(columns, zip(*rows, strict=True), strict=True):
         if not "".join(cells).isascii() or not name.isascii():
@@ -134,4 +150,14 @@ def table(columns: tuple[str, ...], rows: list[Row], out: TextIO) -> None:
     # The last column is not padded.
     fmt = "  ".join([*(f"{{:<{w}}}" for w in widths[:-1]), "{}"])
     plain.line(out, fmt.format(*columns).rstrip(), plain._BOLD)
-    out.write("".join([fmt.format(*row).rstrip() + "\n" for row in rows]))
+    head = []
+    if memo is not None and shared:
+        known = memo.setdefault(fmt, {})
+        for row in rows[:shared]:
+            line = known.get(row)
+            if line is None:
+                line = known[row] = fmt.format(*row).rstrip() + "\n"
+            head.append(line)
+    else:
+        shared = 0
+    out.write("".join([*head, *[fmt.format(*row).rstrip() + "\n" for row in rows[shared:]]]))
