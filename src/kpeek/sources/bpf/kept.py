@@ -49,7 +49,8 @@ _TMP = "tmp-"
 _MANIFEST = os.path.join(os.path.dirname(__file__), "objects.json")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-# How each object got to the kernel in this process (kpeek sources says it).
+# How this process got each object: "kept in PATH", or "loaded: WHY" (kpeek
+# sources says it).
 status: dict[str, str] = {}
 _noted = False
 
@@ -269,25 +270,25 @@ def open_kept(name: str) -> KeptObject | None:
     boot and kpeek; None otherwise (load it then). Never raises."""
     reason = why_not()
     if reason:
-        status[name] = f"loaded by this process (not kept: {reason})"
+        status[name] = f"loaded: not kept here: {reason}"
         return None
     key = key_names().get(name)
     path = f"{HOME}/{key}"
     try:
         if not key or not os.path.lexists(path):
-            status[name] = "loaded by this process (no kept programs yet)"
+            status[name] = "loaded: none kept yet"
             return None
         obj = KeptObject(name, path)
     except (Untrusted, OSError) as e:
         if isinstance(e, OSError) and e.errno in (errno.EPERM, errno.EACCES):
-            status[name] = f"loaded by this process (kept ones: {os.strerror(e.errno)})"
+            status[name] = f"loaded: kept ones refused: {os.strerror(e.errno)}"
             return None  # BPF refused to this process: the load will say so
         why = str(e) if isinstance(e, Untrusted) else f"{path}: {os.strerror(e.errno or 0)}"
-        status[name] = f"loaded by this process (kept ones not trusted: {why})"
+        status[name] = f"loaded: kept ones not trusted: {why}"
         _note(f"kept BPF programs not used ({why}); loading them afresh "
               "(kpeek sources --forget-kept removes them)")
         return None
-    status[name] = f"kept in {path} (verified once, reused)"
+    status[name] = f"kept in {path}"
     return obj
 
 
@@ -357,16 +358,16 @@ def publish(name: str, data: bytes, programs: dict[str, int], maps: dict[str, in
             if os.path.lexists(tmp):
                 _remove_tree(tmp)
         return False
-    status[name] = f"loaded by this process, then kept in {HOME}/{key}"
+    status[name] = f"loaded: then kept in {HOME}"
     return True
 
 
 def describe() -> tuple[str, str]:
     """(how, why) this process got its BPF objects, for ``kpeek sources``."""
-    if status and all(s.startswith("kept in") for s in status.values()):
+    if status and all(s.startswith("kept in ") for s in status.values()):
         return f"kept, pinned in {HOME} (verified once, reused without libbpf)", ""
-    why = "; ".join(f"{name}: {s}" for name, s in sorted(status.items()))
-    return "loaded with libbpf and verified by this process", why
+    why = sorted({s.removeprefix("loaded: ") for s in status.values() if s.startswith("loaded: ")})
+    return "loaded with libbpf and verified by this process", "; ".join(why)
 
 
 def kept_dirs() -> list[str]:
