@@ -265,3 +265,18 @@ def test_key_names_follow_objects_json() -> None:
     for name, key in keys.items():
         assert key.startswith(f"{name}-{manifest[name]['object'][:24]}-") and boot in key
         assert "." not in key  # bpffs refuses dots in names
+
+
+def test_root_without_bpf_capabilities_does_not_use_kept_programs(bpffs: Bpffs) -> None:
+    """Pins answer to file permissions only: a root process stripped of
+    CAP_BPF and CAP_PERFMON could open them, but kpeek must not do more for
+    it than it could do itself (refused, exit 3, as without kept programs)."""
+    import shutil
+
+    _probe(bpffs)
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is part of every Debian system"
+    r = bpffs.run([setpriv, "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-m",
+                   "kpeek", "ps", "--source", "bpf", "-p", str(os.getpid())], timeout=60)
+    assert r.returncode == 3, r
+    assert "Operation not permitted" in r.stderr and "note:" not in r.stderr, r.stderr

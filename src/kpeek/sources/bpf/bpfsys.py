@@ -26,8 +26,8 @@ PROG_TYPE_TRACING = 26  # enum bpf_prog_type: iterator programs are tracing prog
 TRACE_ITER = 28  # enum bpf_attach_type BPF_TRACE_ITER
 OBJ_NAME_LEN = 16
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
+libc = ctypes.CDLL(None, use_errno=True)
+_syscall = libc.syscall
 _syscall.restype = ctypes.c_long
 _syscall.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint)
 

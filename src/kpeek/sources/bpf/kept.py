@@ -9,10 +9,11 @@ versions, and publishing one key removes every other. A later process
 (:func:`open_kept`) gets the pinned fds with BPF_OBJ_GET, checks them with
 BPF_OBJ_GET_INFO_BY_FD and makes its own iterator links.
 
-Trust: used only as root, when /sys/fs/bpf is a bpffs, and when the kpeek
-directory, the key directory and every pin in it belong to root and are
-writable by root alone; each program must be an iterator (tracing) program
-of the pinned name whose maps are the pinned maps. Anything else is ignored
+Trust: used only by root with CAP_BPF and CAP_PERFMON (what loading needs;
+pins answer to file permissions alone), when /sys/fs/bpf is a bpffs, and
+when the kpeek directory, the key directory and every pin in it belong to
+root and are writable by root alone; each program must be an iterator
+(tracing) program of the pinned name whose maps are the pinned maps. Anything else is ignored
 (one note on stderr when something looks tampered with) and the object is
 loaded as usual. ``KPEEK_KEEP_BPF=0`` turns keeping off;
 ``kpeek sources --forget-kept`` removes the pins.
@@ -69,6 +70,8 @@ def why_not() -> str | None:
         return "KPEEK_KEEP_BPF=0"
     if os.geteuid() != 0:
         return "not root"
+    if not _may_load_bpf():
+        return "no CAP_BPF and CAP_PERFMON"
     if bpfsys.SYS_BPF is None:
         return f"bpf(2) on {os.uname().machine} is not known to kpeek"
     if _fs_type(ROOT) != BPF_FS_MAGIC:
@@ -76,10 +79,22 @@ def why_not() -> str | None:
     return None
 
 
+def _may_load_bpf() -> bool:
+    """Whether this process could load the programs itself (CAP_BPF and
+    CAP_PERFMON, or CAP_SYS_ADMIN). Pins answer to file permissions alone:
+    root stripped of them could use kept programs, which kpeek must not do."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    admin, perfmon, bpf = (eff >> 21 & 1, eff >> 38 & 1, eff >> 39 & 1)
+    return bool((bpf or admin) and (perfmon or admin))
+
+
 def _fs_type(path: str) -> int:
     buf = ctypes.create_string_buffer(256)  # struct statfs: f_type is the first word
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.statfs(os.fsencode(path), buf) != 0:
+    if bpfsys.libc.statfs(os.fsencode(path), buf) != 0:
         return 0
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
