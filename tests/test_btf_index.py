@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from kpeek.kernel import btf as btfmod
 
 
@@ -51,3 +53,31 @@ def test_names_in_shared_tails_and_in_the_bases_strings():
     mod = Btf(split.blob(), base=base)
     assert mod._names._scan("list_head") == [len(base)]
     assert mod.find("list_head", (Kind.TYPEDEF,)).id == len(base)
+
+
+def test_a_lazy_walk_answers_as_the_whole_walk():
+    """load_btf walks the type section only as far as asked (the types a
+    lookup reaches); answers, errors aside, are those of a whole walk."""
+    with open(btfmod.VMLINUX_BTF, "rb") as f:
+        data = f.read()
+    whole = btfmod.Btf(data)
+    names = whole._names._build()
+    sample = random.Random(7).sample(sorted(names), 40)
+    sample += ["list_head", "task_struct", "file", "int", "no_such_type_kpeek"]
+    kinds = (btfmod.Kind.STRUCT, btfmod.Kind.UNION, btfmod.Kind.TYPEDEF, btfmod.Kind.ENUM,
+             btfmod.Kind.INT)
+    for name in sample:
+        lazy = btfmod.Btf(data, lazy=True)  # fresh: each lookup starts a walk
+        for k in (kinds, (btfmod.Kind.FUNC,), None):
+            a, b = whole.find(name, k), lazy.find(name, k)
+            assert (a and (a.id, a.kind, a.name)) == (b and (b.id, b.kind, b.name)), name
+        assert btfmod.Btf(data, lazy=True)._names._scan(name) == names.get(name, [])
+    lazy = btfmod.Btf(data, lazy=True)
+    t = lazy.find("struct list_head")
+    assert isinstance(lazy._offsets, btfmod._LazyOffsets)  # not walked through
+    assert [lazy.declaration(m.type_id, m.name) for m in t.members] == [
+        "struct list_head *next", "struct list_head *prev"]
+    assert len(lazy) == len(whole) and list(lazy._offsets) == list(whole._offsets)
+    assert not isinstance(lazy._offsets, btfmod._LazyOffsets)  # whole now: the plain array
+    with pytest.raises(btfmod.BtfError):
+        btfmod.Btf(data, lazy=True).type(len(whole))

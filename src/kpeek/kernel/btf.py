@@ -22,6 +22,7 @@ DECL_TAG, TYPE_TAG and ENUM64, including ``kind_flag`` bitfield members.
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 import sys
@@ -449,8 +450,9 @@ def _split_path(path: str) -> list[str | int]:
 class _NameIndex:
     """Type ids by name, without a dict of every name (building one cost more
     than the rest of a cold ``kpeek struct``): a name's string offsets are
-    found in the string table, then the types whose first word is one of
-    them, by a byte search of an array of those first words. Past a few
+    found in the string table, then the words of the type section that hold
+    one of them and are followed by an indexed kind, by a byte search; each
+    such word that starts a type record is a type of that name. Past a few
     lookups a dict pays off and is built once.
     """
 
@@ -463,8 +465,6 @@ class _NameIndex:
     def __init__(self, btf: Btf) -> None:
         self._btf = btf
         self._dict: dict[str, list[int]] | None = None
-        self._name_offs: array | None = None
-        self._raw = b""
         self._lookups = 0
         self._scan_s = 0.0
 
@@ -496,31 +496,23 @@ class _NameIndex:
                 at = strings.find(key, at + 1)
         return found
 
-    def _name_offsets(self) -> array:
-        """Each type's first word (its name's offset), made on the first scan: a
-        tenth of the type section to search, and a type id is its index."""
-        if self._name_offs is None:
-            words = self._btf._words
-            self._name_offs = array("I", [words[off >> 2] for off in self._btf._offsets])
-            self._name_offs[0] = 0  # void
-            self._raw = self._name_offs.tobytes()
-        return self._name_offs
-
     def _scan(self, name: str) -> list[int]:
         btf = self._btf
-        name_offs = self._name_offsets()
-        raw, words, offsets, start = self._raw, btf._words, btf._offsets, btf._start
-        size = name_offs.itemsize
+        data, words, start = btf.data, btf._words, btf._start
+        lo, hi = btf._types_at, btf._types_at + len(btf._types)
+        order = "little" if btf._endian == "<" else "big"
         ids = []
         for off in self._string_offsets(name):
-            needle = off.to_bytes(size, sys.byteorder)  # the array holds native ints
-            at = raw.find(needle)
+            needle = off.to_bytes(4, order)  # as the section holds it
+            at = data.find(needle, lo, hi)
             while at >= 0:
-                if at % size == 0:
-                    i = at // size
-                    if _INDEXED[(words[(offsets[i] >> 2) + 1] >> 24) & 0x1F]:
+                w = (at - lo) >> 2
+                if (at - lo) & 3 == 0 and w + 1 < len(words) and _INDEXED[
+                        (words[w + 1] >> 24) & 0x1F]:
+                    i = _record_at(btf, w << 2)  # a member's or enumerator's word is none
+                    if i is not None:
                         ids.append(start + i)
-                at = raw.find(needle, at + 1)
+                at = data.find(needle, at + 1, hi)
         return sorted(ids)
 
     def _build(self) -> dict[str, list[int]]:
@@ -539,6 +531,92 @@ class _NameIndex:
         return names
 
 
+class _LazyOffsets:
+    """A Btf's type offsets (see Btf._index), walked only as far as asked.
+
+    The types a kernel's headers declare first (list_head, task_struct,
+    file, inode...) are among the first thousand of ~130,000, and walking
+    them all cost more than the rest of a cold ``kpeek struct``. Once the
+    walk is whole, the Btf holds the plain array instead of this.
+    """
+
+    _CHUNK = 1 << 14  # words walked at a time past what was asked
+
+    def __init__(self, btf: Btf) -> None:
+        self._btf = btf
+        self._offs = array("I", [0])  # type id 0 is void
+        self._pos = 0  # the next word to walk
+
+    def _extend(self, stop: int) -> None:
+        """Walk up to word ``stop``; the whole section makes it the Btf's array."""
+        btf = self._btf
+        self._pos = btf._walk(self._offs, self._pos, stop)
+        if self._pos >= len(btf._words):
+            btf._offsets = self._offs
+
+    def whole(self) -> array:
+        if self._pos < len(self._btf._words):
+            self._extend(len(self._btf._words))
+        return self._offs
+
+    def has(self, index: int) -> bool:
+        while index >= len(self._offs) and self._pos < len(self._btf._words):
+            self._extend(self._pos + self._CHUNK)
+        return index < len(self._offs)
+
+    def __getitem__(self, index: int) -> int:
+        if index >= len(self._offs) and not self.has(index):
+            raise IndexError(index)
+        return self._offs[index]
+
+    def __len__(self) -> int:
+        return len(self.whole())
+
+    def __iter__(self):
+        return iter(self.whole())
+
+    def first_named(self, name_offs: set[int], kind: int) -> int | None:
+        """Index of the first type of ``kind`` whose name is at one of
+        ``name_offs``, the walk going no further than that type."""
+        words = self._btf._words
+        done = 1  # indexes checked so far (0 is void)
+        while True:
+            offs = self._offs
+            for i in range(done, len(offs)):
+                w = offs[i] >> 2
+                if words[w] in name_offs and (words[w + 1] >> 24) & 0x1F == kind:
+                    return i
+            done = len(offs)
+            if self._pos >= len(words):
+                return None
+            self._extend(self._pos + self._CHUNK)
+
+    def record_at(self, byte_off: int) -> int | None:
+        """The index of the type that starts at ``byte_off`` in the section, or None."""
+        if byte_off >= (self._pos << 2):
+            self._extend((byte_off >> 2) + 1)
+        return _index_of(self._offs, byte_off)
+
+
+def _index_of(offsets: array, byte_off: int) -> int | None:
+    i = bisect.bisect_left(offsets, byte_off, 1)  # 1: void's 0 is no record
+    return i if i < len(offsets) and offsets[i] == byte_off else None
+
+
+def _record_at(btf: Btf, byte_off: int) -> int | None:
+    """Index of the type record starting at ``byte_off`` of ``btf``'s type section."""
+    offsets = btf._offsets
+    if isinstance(offsets, _LazyOffsets):
+        return offsets.record_at(byte_off)
+    return _index_of(offsets, byte_off)
+
+
+def _has_index(offsets: array | _LazyOffsets, index: int) -> bool:
+    if isinstance(offsets, _LazyOffsets):
+        return offsets.has(index)
+    return index < len(offsets)
+
+
 class Btf:
     """Parsed BTF: types by id and by name.
 
@@ -552,7 +630,11 @@ class Btf:
         data: bytes,
         *,
         base: Btf | None = None,
+        lazy: bool = False,
     ) -> None:
+        """``lazy``: walk the type section only as far as the types asked for
+        (a cold ``kpeek struct`` needs the first thousand of ~130,000 types);
+        a malformed section is then found when reached, not here."""
         self._base = base
         # local index i holds type id i + _start (index 0 is void / unused)
         self._start = len(base) - 1 if base is not None else 0
@@ -587,7 +669,7 @@ class Btf:
         self._cache: dict[int, Type] = {}
         self._decl_cache: dict[int, str] = {}
         self._words = self._as_words(self._types, e)
-        self._offsets = self._index()
+        self._offsets: array | _LazyOffsets = _LazyOffsets(self) if lazy else self._index()
         self._names = _NameIndex(self)
 
     @classmethod
@@ -609,16 +691,23 @@ class Btf:
 
     def _index(self) -> array:
         """One pass over the type section: the byte offset where each type starts."""
+        offsets = array("I", [0])  # type id 0 is void
+        self._walk(offsets, 0, len(self._words))
+        return offsets
+
+    def _walk(self, offsets: array, pos: int, stop: int) -> int:
+        """Append the offsets of the types from word ``pos`` on, until the
+        word ``stop`` (or past it, for a record that spans it); the word the
+        walk ended at. Raises BtfError for a malformed section."""
         words = self._words
         total = len(words)
+        stop = min(stop, total)
         step, per_item = _STEP, _PER_ITEM
-        offsets = array("I", [0])  # type id 0 is void
         append = offsets.append
-        pos = 0
         try:
             # Every record is whole words, so the walk is in words: indexing
             # a memoryview is faster than unpacking bytes.
-            while pos < total:
+            while pos < stop:
                 append(pos << 2)
                 info = words[pos + 1]
                 kind = (info >> 24) & 0x1F
@@ -628,9 +717,9 @@ class Btf:
         except TypeError:  # step[kind] is None
             raise BtfError(f"unknown BTF kind {kind} at type {self._start + len(offsets) - 1}"
                            ) from None
-        if pos != total:
+        if pos >= total and pos != total:
             raise BtfError("BTF type section does not end on a type boundary")
-        return offsets
+        return pos
 
     # -- access ----------------------------------------------------------------
     def __len__(self) -> int:
@@ -656,7 +745,7 @@ class Btf:
         if t is None:
             if self._base is not None and type_id <= self._start:
                 return self._base.type(type_id)
-            if not 0 <= type_id < len(self):
+            if type_id < 0 or not _has_index(self._offsets, type_id - self._start):
                 raise BtfError(f"BTF type id {type_id} out of range")
             t = self._cache[type_id] = Type(self, type_id)
         return t
@@ -698,6 +787,13 @@ class Btf:
         if kinds is None:
             kinds = (Kind.STRUCT, Kind.UNION, Kind.TYPEDEF, Kind.ENUM, Kind.ENUM64,
                      Kind.INT, Kind.FLOAT)
+        offsets = self._offsets
+        if isinstance(offsets, _LazyOffsets) and self._names._dict is None:
+            # The first type of the preferred kind is the answer: walk to it
+            # (often among the first types), not through all of them.
+            first = offsets.first_named(set(self._names._string_offsets(name)), kinds[0])
+            if first is not None:
+                return self.type(self._start + first)
         candidates = [self.type(i) for i in self._names.get(name, ())]
         for kind in kinds:
             for t in candidates:
@@ -832,7 +928,7 @@ def load_btf(path: str | os.PathLike[str], *, base: Btf | None = None) -> Btf:
                        "(CONFIG_DEBUG_INFO_BTF=y is needed)") from None
     except OSError as e:
         raise BtfError(f"cannot read {key}: {e.strerror}") from None
-    btf = _loaded[key] = Btf(data, base=base)
+    btf = _loaded[key] = Btf(data, base=base, lazy=True)
     return btf
 
 
