@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from kpeek.lazyre import lazy
+from kpeek.reports.symbolized import undecoded
 
 # Longer lines are cut: nothing in a report needs more, and it bounds the
 # work every pattern does on hostile input.
@@ -99,7 +100,7 @@ def split_line(raw: str, number: int) -> ConsoleLine:
     m = _WALLCLOCK_PREFIX.match(raw)
     if m:
         return _with_context(raw[m.end():], CONSOLE_CONTEXT, number)
-    return ConsoleLine(number, raw, "", False)
+    return ConsoleLine(number, undecoded(raw), "", False)
 
 
 def _kernel_prefix(raw: str) -> re.Match[str] | None:
@@ -109,9 +110,13 @@ def _kernel_prefix(raw: str) -> re.Match[str] | None:
 
 
 def _with_context(text: str, context: str, number: int) -> ConsoleLine:
+    text = undecoded(text)
     if "?" in text and "<EOI>" not in text and _QUESTIONABLE.search(text):
         pos = text.find(" ? ")
         return ConsoleLine(number, text[pos + 2:], context, True)
     if text.endswith(" (unreliable)"):  # powerpc marks unreliable frames this way
         return ConsoleLine(number, text[:-13], context, True)
+    if text.endswith((" unreliable ", " unreliable")) and "/0x" in text:
+        # the same after decode_stacktrace.sh, which strips the parentheses
+        return ConsoleLine(number, text.rstrip()[:-11], context, True)
     return ConsoleLine(number, text, context, False)

@@ -8,6 +8,15 @@ a crash from the console log before symbolization, so a title must come
 out the same from both: :func:`unsymbolized` gives back the raw lines for
 the title and the guilty frame. The frame list keeps everything (see
 :mod:`kpeek.reports.details`).
+
+The kernel's own scripts/decode_stacktrace.sh writes a frame differently:
+it drops the offset, puts the source places in parentheses (the inlined
+ones first, all on the line), drops the ``[<pc>]`` words and the line's
+leading blanks, and prints the module without brackets:
+``? ext4_map_blocks (fs/ext4/inode.c:12 fs/ext4/inode.c:40) ext4``.
+:func:`undecoded` turns such a line into the form above, with the frame's
+own place (the last one), an offset of 0/0 and, on a stack line, a pc of 0:
+both stand for "not known" (a report format may require a pc there).
 """
 
 from __future__ import annotations
@@ -19,6 +28,43 @@ from kpeek.lazyre import lazy
 _INLINE = lazy(r"[A-Za-z0-9_.$]+ [\w\-/.+]+:\d+ \[inline\]")
 # " file:line" right after an offset/size: added by the symbolizer.
 _SOURCE_AFTER_OFFSET = lazy(r"(\+0x[0-9a-f]+/0x[0-9a-f]+) [\w\-/.+]+\.[A-Za-z]+:\d+")
+
+
+# decode_stacktrace.sh: "[? ][seg:]name (a.c:1[ b.h:2...])[ module]", with the
+# trailing blank its echo leaves.
+_PLACE = r"[\w\-/.+]+\.[A-Za-z]+:\d+(?: \(discriminator \d+\))?"
+_DECODED = lazy(
+    rf"^(?P<head>.*?)(?P<name>[A-Za-z_][A-Za-z0-9_.$]*) \((?P<places>{_PLACE}(?: {_PLACE})*)\)"
+    r"(?: (?P<module>[A-Za-z0-9_\-]+))? ?$"
+)
+_QUESTION = lazy(r"^\?\s*$")
+_DISCRIMINATOR = lazy(r" \(discriminator \d+\)")
+_WAIT_TYPES = lazy(r"\}-\{\d+:\d+\}, at: $")
+
+
+def undecoded(text: str) -> str:
+    """A line of decode_stacktrace.sh output in the syzkaller form (a frame
+    line gets back its leading blank); other lines unchanged."""
+    if not text.endswith((") ", ")")) and ") " not in text:
+        return text
+    m = _DECODED.match(text)
+    if m is None:
+        return text
+    places = m["places"]
+    if "(" in places:
+        places = _DISCRIMINATOR.sub("", places)
+    place = places.rsplit(" ", 1)[-1]  # addr2line -i: the frame's own place last
+    module = f" [{m['module']}]" if m["module"] else ""
+    head, frame = m["head"], f"{m['name']}+0x0/0x0 {place}{module}"
+    if not head or _QUESTION.match(head):  # a stack line: the kernel indents it
+        return f" {head}[<0000000000000000>] {frame}"
+    if head.startswith("(") and head.endswith(") from "):  # 32-bit arm's caller line
+        return f"[<00000000>] {head}[<00000000>] ({frame})"
+    if head.endswith("}, at: ") and \
+            _WAIT_TYPES.search(head) is None:
+        # lockdep's held lock before its wait types ("-{3:3}", 5.8+) printed "at: [<pc>] f"
+        return f"{head}[<0000000000000000>] {frame}"
+    return f"{head}{frame}"
 
 
 def is_inline_frame(line: str) -> bool:
