@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable, Iterator
 
 from kpeek.errors import UsageError
-from kpeek.ids import keyed_id
+from kpeek.ids import address_ids
 from kpeek.kernel.sched import state_letter
 from kpeek.model import Namespace, Snapshot, Task
 from kpeek.sources import BLOCKED, proc_tasks
@@ -38,7 +38,7 @@ TASK_REC = struct.Struct("<QQQ24Iq6QQ4I16s64siI")
 FILE_REC = struct.Struct("<II6Q8IiI")
 # tgid, fd, file, then (at 84) cloexec, path_len: what a descriptor of a
 # file seen before needs, in one unpack
-_FILE_HEAD = struct.Struct("<IIQ68xIi")
+_FILE_HEAD = struct.Struct("<IIQ68x?3xi")  # cloexec (0 or 1) as a bool
 _ARGS = struct.Struct("<6I")
 _run_lock = threading.Lock()
 
@@ -154,9 +154,10 @@ def _run_files(
     open_files: dict[str, OpenFile] = {}
     inodes: dict[str, Inode] = {}
     file_ids: dict[int, str] = {}
+    ident = address_ids("file")  # keyed_id("file", address), as memwalk's
     vanished = readlinks = 0
     # The iterator walks tasks by pid and each table by fd: normally in order.
-    in_order, last_tgid, last_fd = True, -1, -1
+    in_order, last = True, -1
     size, end = FILE_REC.size, len(out)
     unpack_full, unpack_head = FILE_REC.unpack_from, _FILE_HEAD.unpack_from
     append = fds.append
@@ -178,36 +179,25 @@ def _run_files(
                     vanished += 1
                     off += size + max(path_len, 0)
                     continue
-            inode_id = dev_inode_id(dev, ino)
-            file_id = keyed_id("file", file_addr)
-            file_ids[file_addr] = file_id
+            inode_id = f"{dev >> 20}:{dev & 0xFFFFF}:{ino}"  # dev_inode_id
+            file_id = file_ids[file_addr] = ident(file_addr)
+            # (id, inode, path, pos, flags, mnt_id, refcount, f_mode, address);
+            # iter/task_file holds a reference of its own while visiting.
             open_files[file_id] = OpenFile(
-                id=file_id,
-                inode=inode_id,
-                path=path,
-                pos=pos,
-                flags=f_flags & ~O_CLOEXEC,
-                mnt_id=mnt_id,
-                # iter/task_file holds a reference of its own while visiting
-                refcount=refcount - 1 if refcount else refcount,
-                f_mode=f_mode,
-                address=file_addr,
-            )
+                file_id, inode_id, path, pos, f_flags & ~O_CLOEXEC, mnt_id,
+                refcount - 1 if refcount else refcount, f_mode, file_addr,
+            )  # fmt: skip
             if inode_id not in inodes:
+                # (id, dev, ino, type, nlink, size, address)
                 inodes[inode_id] = Inode(
-                    id=inode_id,
-                    dev=os.makedev(dev >> 20, dev & 0xFFFFF),
-                    ino=ino,
-                    type=file_type(i_mode, path),
-                    nlink=nlink,
-                    size=isize,
-                    address=inode_addr,
-                )
+                    inode_id, os.makedev(dev >> 20, dev & 0xFFFFF), ino,
+                    file_type(i_mode, path), nlink, isize, inode_addr,
+                )  # fmt: skip
         off += size + (path_len if path_len > 0 else 0)
-        append(FileDescriptor(tgid, fd, cloexec != 0, file_id))
+        append(FileDescriptor(tgid, fd, cloexec, file_id))
         if in_order:
-            in_order = tgid > last_tgid or (tgid == last_tgid and fd > last_fd)
-            last_tgid, last_fd = tgid, fd
+            key = tgid << 32 | fd
+            in_order, last = key > last, key
     if readlinks:
         notes.append(f"paths of {readlinks} open files read from /proc (bpf_d_path gave none)")
     return fds, open_files, inodes, vanished, in_order
