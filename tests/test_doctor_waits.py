@@ -48,7 +48,15 @@ address = sys.argv[3] if sys.argv[3:] else None
 if address and address.startswith("@"):
     address = "\\0" + address[1:]
 print("ready", flush=True)
-if shape == "eventfd-read":
+if shape == "splice-read":  # from the pipe into a pipe of its own
+    r, w = os.pipe()
+    os.splice(fd, w, 65536)
+elif shape == "splice-write":  # from a pipe of its own into the full pipe
+    r, w = os.pipe()
+    while True:
+        os.write(w, b"x" * 4096)
+        os.splice(r, fd, 4096)
+elif shape == "eventfd-read":
     os.read(fd, 8)
 elif shape == "pidfd-poll":
     p = select.poll()
@@ -107,6 +115,9 @@ SHAPES = {
     # The address in the call names the other end: a listener whose backlog
     # is full (only its accept makes room), a datagram receiver whose queue is.
     "unix-connect": ("socket", {"connect"}),
+    # splice's wait channel says which of its two descriptors it sleeps on.
+    "splice-read": ("pipe", {"splice"}),
+    "splice-write": ("pipe", {"splice"}),
     # An eventfd is written through the open file its holders share.
     "eventfd-read": ("eventfd", {"read"}),
     "unix-dgram-sendto": ("socket", {"sendto"}),
@@ -173,9 +184,9 @@ def ends(shape: str, where: str | None = None) -> tuple[int, int]:
         w = os.open(path, os.O_WRONLY)
         os.set_blocking(r, True)
         return (w, r) if shape == "fifo-write" else (r, w)
-    if shape.startswith("pipe") or shape in ("poll", "select", "epoll"):
+    if shape.startswith(("pipe", "splice")) or shape in ("poll", "select", "epoll"):
         r, w = os.pipe()
-        return (w, r) if shape == "pipe-write" else (r, w)
+        return (w, r) if shape.endswith("-write") else (r, w)
     if shape.startswith("unix-"):
         kind = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM,
                 "seqpacket": socket.SOCK_SEQPACKET}[shape.split("-")[1]]

@@ -9,6 +9,8 @@ call and its arguments (/proc/PID/task/TID/syscall) say what it waits on:
 * poll, ppoll, select, pselect6, epoll_wait: the union of the other ends of
   every descriptor in the set (epoll's from the ``tfd:`` lines of the epoll
   descriptor's fdinfo; poll's and select's from the task's own memory);
+* splice, tee, sendfile, copy_file_range: the other end of the input or the
+  output descriptor, whichever its wait channel says it sleeps on;
 * futex: a PI futex names its owner in the futex word (an all-of wait on
   that thread), and so does a robust mutex and pthread_join's wait; a plain
   futex (a pthread mutex, a condition variable) does not, and any other
@@ -39,6 +41,11 @@ WRITES = {"write", "writev", "pwrite64", "pwritev", "pwritev2", "sendto", "sendm
           "sendmmsg"}
 # Calls that may name a unix address: connect, and a send with a destination.
 ADDRESSED = {"connect", "sendto", "sendmsg"}
+# Calls that move data from one descriptor to another: (input fd, output fd)
+# argument positions. Which side it sleeps on, the wait channel tells.
+MOVES = {"splice": (0, 2), "tee": (0, 1), "sendfile": (1, 0), "copy_file_range": (0, 2)}
+_WAITS_TO_READ = ("readable", "read", "wait_data", "recv")
+_WAITS_TO_WRITE = ("writable", "write", "wait_memory", "wait_for_space", "send", "sndbuf")
 MULTIPLEX = {"poll", "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait",
              "epoll_pwait2"}
 EPOLLIN, EPOLLPRI, EPOLLOUT, EPOLLRDHUP = 0x1, 0x2, 0x4, 0x2000
@@ -96,6 +103,12 @@ def _resolve(graph: WaitGraph, ends: Ends, shared: SharedMappers, t: Task) -> No
         if wake is not None:
             add_wakes(graph, t, [wake], multiplexed=False,
                       source=f"/proc/PID/syscall ({name}), fd table")
+    elif name in MOVES:
+        side = _moving_side(t, *MOVES[name])
+        wake = ends.wakers(t, args[side[0]] & 0xFFFFFFFF, side[1]) if side else None
+        if wake is not None:
+            add_wakes(graph, t, [wake], multiplexed=False,
+                      source=f"/proc/PID/syscall ({name}) and the wait channel")
     elif name in MULTIPLEX:
         wakes = multiplexed_wakes(t, name, args, ends)
         if wakes is not None:
@@ -103,6 +116,19 @@ def _resolve(graph: WaitGraph, ends: Ends, shared: SharedMappers, t: Task) -> No
                       source=f"/proc/PID/syscall ({name}) and its descriptor set")
     elif name == "futex":
         futex_edges(graph, t, args, shared)
+
+
+def _moving_side(t: Task, fd_in: int, fd_out: int) -> tuple[int, str] | None:
+    """(argument position, direction) of the descriptor a splice, tee,
+    sendfile or copy_file_range sleeps on, from its wait channel
+    (pipe_wait_readable, pipe_wait_writable, sk_wait_data...); None if it
+    does not say."""
+    wchan = t.wchan or ""
+    if any(w in wchan for w in _WAITS_TO_WRITE):
+        return fd_out, "out"
+    if any(w in wchan for w in _WAITS_TO_READ):
+        return fd_in, "in"
+    return None
 
 
 def add_wakes(graph: WaitGraph, t: Task, wakes: list[Wake], *, multiplexed: bool,
