@@ -61,8 +61,8 @@ def told(diag, tid: int) -> tuple:
 # iterator's registers must name the same descriptors /proc/PID/syscall does.
 BPF_SHAPES = ("pipe-read", "pipe-write", "unix-stream-read", "unix-dgram-write",
               "unix-seqpacket-read", "tcp-read", "tcp-write", "poll", "select", "epoll",
-              "unix-connect", "unix-dgram-sendto", "ptmx-read", "ptmx-write", "eventfd-read", "splice-read",
-              "splice-write")
+              "unix-connect", "unix-dgram-sendto", "ptmx-read", "ptmx-write", "eventfd-read",
+              "splice-read", "splice-write")
 
 
 @pytest.mark.timeout(120)
