@@ -47,7 +47,11 @@ def _all_process_files(snap: Snapshot, tgids: list[int]) -> tuple[ProcessFile, .
     if snap.source == "bpf" and tgids:
         from kpeek.sources.bpf.procfiles import read_process_files
 
-        everyone = len(tgids) >= len({t.tgid for t in snap.processes()})
+        # Unfiltered for the rows of every process of a whole-system snapshot
+        # (a filter set of thousands of pids costs more than it spares), but
+        # filtered for a few even when the snapshot holds just those: kpeek
+        # files PID read the memory maps of every process on the machine.
+        everyone = len(tgids) > 256 and len(tgids) >= len({t.tgid for t in snap.processes()})
         by_bpf, _ = read_process_files(None if everyone or len(tgids) > 65536 else tgids)
     out: list[ProcessFile] = []
     for tgid in tgids:
