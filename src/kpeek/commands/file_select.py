@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,6 +65,8 @@ def _split(address: str) -> tuple[str, int | None]:
 
 
 def _resolve(host: str) -> set[str]:
+    import socket  # only for -i: 3 ms to import
+
     try:
         infos = socket.getaddrinfo(host, None)
     except OSError as e:
@@ -81,6 +82,8 @@ def _ports(text: str, proto: str) -> range:
         return range(int(low), int(high) + 1)
     if low.isdigit():
         return range(int(low), int(low) + 1)
+    import socket
+
     try:
         port = socket.getservbyname(low, proto or None)  # type: ignore[arg-type]
     except OSError as e:

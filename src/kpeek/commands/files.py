@@ -8,9 +8,7 @@ import operator
 import os
 import sys
 from collections import defaultdict
-from pathlib import Path
 
-from kpeek import jsonout
 from kpeek.commands import file_select
 from kpeek.commands.common import (
     add_pid_lists,
@@ -23,10 +21,9 @@ from kpeek.commands.common import (
 )
 from kpeek.errors import NotSupported, UsageError
 from kpeek.model import ProcessFile, Snapshot, Task
-from kpeek.render import cplayground, files_text, plain
+from kpeek.render import files_text, plain
 from kpeek.render.fdfacts import FdFacts
 from kpeek.render.fileflags import access_mode, flag_names
-from kpeek.render.files_json import files_json_chunks
 from kpeek.render.tables import namespace_id
 from kpeek.sources import fdfacts
 from kpeek.textsafe import for_terminal
@@ -157,9 +154,14 @@ def _run(args: argparse.Namespace) -> int:
     if diagrams:
         _write_diagrams(snap, [t.tgid for t in processes], diagrams)
         return status
-    if args.json:
+    if args.json:  # orjson and the JSON renderer only here
+        from kpeek import jsonout
+        from kpeek.render.files_json import files_json_chunks
+
         jsonout.write_document(files_json_chunks(snap, processes, raw, chosen))
     elif args.format == "cplayground":
+        from kpeek.render import cplayground
+
         initial = _own_pid_namespace()
         shown = processes if args.all else [t for t in processes if t.pidns != initial]
         sys.stdout.write(cplayground.render(snap, shown))
@@ -355,6 +357,7 @@ def _write_diagrams(snap: Snapshot, tgids: list[int], targets: list[tuple[str, s
     for fmt, path in targets:
         data = render_diagram(snap, tgids, fmt)
         try:
-            Path(path).write_bytes(data)
+            with open(path, "wb") as f:
+                f.write(data)
         except OSError as e:
             raise UsageError(f"cannot write {path}: {e.strerror}") from e

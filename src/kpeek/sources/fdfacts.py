@@ -22,8 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from kpeek.model import FileLock, ProcessFile, Snapshot
-from kpeek.sources import fdinfo_details, sockets
-from kpeek.sources.statx import stat_inode_id
+from kpeek.sources import fdinfo_details
 from kpeek.textsafe import decode
 
 
@@ -67,6 +66,10 @@ def _sockets(snap: Snapshot) -> dict:
             inode = snap.inodes.get(f.inode)
             if inode is not None and (fds := snap.holders(f.id)):
                 holders.setdefault(inode.ino, fds[0].tgid)
+    if not holders:  # the socket tables (socket, ipaddress, ctypes) only for sockets
+        return {}
+    from kpeek.sources import sockets
+
     return sockets.describe(holders, holders)
 
 
@@ -157,6 +160,8 @@ def _locks(snap: Snapshot) -> list[FileLock]:
 def process_files(tgid: int) -> list[ProcessFile]:
     """The cwd, rtd (root), txt (executable) and mem (mapped files) rows of one
     process; those it may not read are left out."""
+    from kpeek.sources.statx import stat_inode_id
+
     rows = []
     for kind, link in (("cwd", "cwd"), ("rtd", "root"), ("txt", "exe")):
         try:
