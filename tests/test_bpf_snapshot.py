@@ -231,7 +231,7 @@ def test_a_kernel_without_bpf_loop_gets_stacks_from_proc() -> None:
         parent = fam.info["parent"]
         _wait_sleeping([parent])
         with bpf.filtered([parent], False, False):
-            records, _ = bpf._run_tasks()
+            records, _ = bpf._run_tasks([parent])
         (rec,) = [r for r in records if r[3] == parent]
         assert rec[-1] == 1  # this kernel has the helpers
         task = bpf._task((*rec[:-1], 0), None, True, False)
@@ -453,3 +453,25 @@ def test_blocker_names_the_mutex_a_task_waits_on() -> None:
         # A mutex: type bits 0, the address of the very file's f_pos_lock.
         assert waiter.blocker == shared.address + f_pos_lock
         assert not holder.blocker
+
+
+def test_a_few_processes_are_walked_through_links_of_their_own(monkeypatch) -> None:
+    """A snapshot of a few pids walks each through an iterator link that
+    takes its pid (6.1+), not every task in the machine through a filter:
+    both must give the same tasks, descriptors, open files and inodes."""
+    require("root", "bpf")
+    from kpeek.sources.bpf import loaded
+    from kpeek.sources.bpf import snapshot as bpf
+
+    with family(PIPE_FORK_DUP2) as fam:
+        parent = fam.info["parent"]
+        pids = [parent, *children_of(parent)]
+        _wait_sleeping(pids)
+        by_pid = bpf.take_snapshot(pids)
+        assert loaded._per_process is True  # every kernel kpeek's tests run on takes a pid
+        assert {(t.tgid, t.pid) for t in by_pid.tasks} >= {(p, p) for p in pids}
+        monkeypatch.setattr(loaded, "_per_process", False)
+        filtered = bpf.take_snapshot(pids)
+    assert by_pid.tasks == filtered.tasks
+    assert by_pid.fds == filtered.fds and len(by_pid.fds) > 3 * len(pids)
+    assert by_pid.open_files == filtered.open_files and by_pid.inodes == filtered.inodes

@@ -116,3 +116,49 @@ def bpf_iterator(name: str, program: str, *, tid: int = 0) -> BpfIterator:
             it = obj.attach_iter(program, tid=tid)
             _iterators[key] = it
         return it
+
+
+# At most this many processes are walked one by one, each through links of
+# its own (task iterators take a pid, 6.1+): the kernel then visits only
+# their tasks, descriptors and memory maps, where a walk of every task in
+# the machine thinned out by the filter map costs as much as a whole-system
+# snapshot (0.16 s of CPU for one pid's maps among 5,000 processes).
+PER_PROCESS = 32
+_MAX_LINKS = 1024  # a long-lived process (kpeek serve) asked about ever new pids
+_per_process: bool | None = None  # None: not known yet
+
+
+def iterate(name: str, program: str, tgids: list[int] | None) -> bytes:
+    """The output of ``program`` over the processes ``tgids`` (None: all), in
+    their order. Call inside the object's filter (snapshot.filtered). A
+    process the iterators cannot visit by pid gives nothing (the caller reads
+    it from /proc, as it does any process the iterators miss)."""
+    global _per_process
+    if tgids is None or len(tgids) > PER_PROCESS or len(_iterators) > _MAX_LINKS:
+        return bpf_iterator(name, program).run()
+    if _per_process is None:  # this kernel takes a pid if it takes ours
+        try:
+            _process_iterator(name, program, os.getpid())
+            _per_process = True
+        except NotSupported:
+            _per_process = False
+    if not _per_process:
+        return bpf_iterator(name, program).run()
+    out = []
+    for tgid in tgids:
+        try:
+            out.append(_process_iterator(name, program, tgid).run())
+        except NotSupported:
+            continue  # exited, or out of the iterators' sight
+    return b"".join(out)
+
+
+def _process_iterator(name: str, program: str, tgid: int) -> BpfIterator:
+    obj = bpf_object(name)
+    with _lock:
+        key = (name, program, -tgid)  # negative: a process, not a thread
+        it = _iterators.get(key)
+        if it is None:
+            it = obj.attach_iter(program, tgid=tgid)
+            _iterators[key] = it
+        return it

@@ -18,7 +18,7 @@ import os
 import struct
 
 from kpeek.model import ProcessFile
-from kpeek.sources.bpf.loaded import bpf_iterator
+from kpeek.sources.bpf.loaded import iterate
 from kpeek.sources.bpf.snapshot import dev_inode_id, filtered
 from kpeek.sources.statx import stat_inode_id
 from kpeek.textsafe import decode
@@ -59,8 +59,8 @@ def read_process_files(tgids: list[int] | None) -> tuple[dict[int, list[ProcessF
     the executable's left out, as sources.fdfacts.process_files gives them.
     """
     with filtered(tgids, threads=False, stacks=False):
-        roots = bpf_iterator("snapshot", "snapshot_roots").run()
-        maps = bpf_iterator("snapshot", "snapshot_maps").run()
+        roots = iterate("snapshot", "snapshot_roots", tgids)
+        maps = iterate("snapshot", "snapshot_maps", tgids)
     rows, txt, want_maps, fallback = _roots(roots)
     _maps(maps, rows, txt, want_maps, fallback)
     fallback |= want_maps  # a process with memory but no mapped file seen

@@ -23,7 +23,7 @@ from kpeek.kernel.sched import state_letter
 from kpeek.model import Namespace, Snapshot, Task
 from kpeek.sources import BLOCKED, proc_tasks
 from kpeek.sources.bpf import hidden
-from kpeek.sources.bpf.loaded import bpf_iterator, exclusive
+from kpeek.sources.bpf.loaded import exclusive, iterate
 from kpeek.sources.consistent import make_consistent
 from kpeek.textsafe import decode
 
@@ -46,11 +46,11 @@ _NS_KINDS = ("mnt", "net", "ipc", "uts", "user", "cgroup", "time")  # after pid,
 _NSEC_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
-def _run_tasks() -> tuple[list[tuple], dict[int, tuple[str, ...]]]:
+def _run_tasks(tgids: list[int] | None) -> tuple[list[tuple], dict[int, tuple[str, ...]]]:
     """Task records, and the kernel stack text of each tid that has one."""
     if len(_comms) > 1 << 16:  # a long-lived process (kpeek serve) sees many names
         _comms.clear()
-    out = bpf_iterator("snapshot", "snapshot_tasks").run()
+    out = iterate("snapshot", "snapshot_tasks", tgids)
     records: list[tuple] = []
     stack_of: dict[int, tuple[str, ...]] = {}
     off, size, end = 0, TASK_REC.size, len(out)
@@ -142,14 +142,14 @@ def dev_inode_id(dev: int, ino: int) -> str:
 
 
 def _run_files(
-    notes: list[str],
+    notes: list[str], tgids: list[int] | None,
 ) -> tuple[list[FileDescriptor], dict[str, OpenFile], dict[str, Inode], int, bool]:
     """(descriptors, open files, inodes, vanished, whether in (tgid, fd) order)."""
     # Here, not at the top: kpeek ps takes no file tables and starts faster.
     from kpeek.model import FileDescriptor, Inode, OpenFile
     from kpeek.sources.proc_files import O_CLOEXEC, file_type
 
-    out = bpf_iterator("snapshot", "snapshot_files").run()
+    out = iterate("snapshot", "snapshot_files", tgids)
     fds: list[FileDescriptor] = []
     open_files: dict[str, OpenFile] = {}
     inodes: dict[str, Inode] = {}
@@ -263,9 +263,9 @@ def take_snapshot(
     inodes: dict[str, Inode] = {}
     vanished, in_order = 0, True
     with filtered(tgids, threads, stacks):
-        records, stack_of = _run_tasks()
+        records, stack_of = _run_tasks(tgids)
         if files:
-            fds, open_files, inodes, vanished, in_order = _run_files(notes)
+            fds, open_files, inodes, vanished, in_order = _run_files(notes, tgids)
     wanted = set(pids) if pids is not None else None
     tasks = [
         _task(rec, stack_of.get(rec[3]), stacks, all_namespaces)
