@@ -51,8 +51,8 @@ def test_a_file_system_that_refuses_stat_is_noted_not_fatal(monkeypatch, tmp_pat
     st = os.stat(path)
     with open(path) as f:
 
-        def refuse(link: str) -> None:
-            if os.readlink(link) == str(path):
+        def refuse(link: str | bytes) -> None:
+            if os.fsdecode(os.readlink(link)) == str(path):
                 raise ConnectionAbortedError(errno.ECONNABORTED, "Software caused connection abort")
             return real(link)
 

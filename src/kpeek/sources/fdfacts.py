@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -53,9 +54,10 @@ def _all_process_files(snap: Snapshot, tgids: list[int]) -> tuple[ProcessFile, .
         everyone = len(tgids) > 256 and len(tgids) >= len({t.tgid for t in snap.processes()})
         by_bpf, _ = read_process_files(None if everyone or len(tgids) > 65536 else tgids)
     out: list[ProcessFile] = []
+    parsed: dict[bytes, list[tuple[str, str]]] = {}  # one parse per distinct maps text
     for tgid in tgids:
         rows = by_bpf.get(tgid)
-        out.extend(process_files(tgid) if rows is None else rows)
+        out.extend(process_files(tgid, parsed) if rows is None else rows)
     return tuple(out)
 
 
@@ -157,9 +159,16 @@ def _locks(snap: Snapshot) -> list[FileLock]:
 # -- cwd, rtd, txt, mem -------------------------------------------------------
 
 
-def process_files(tgid: int) -> list[ProcessFile]:
+def process_files(
+    tgid: int, parsed: dict[bytes, list[tuple[str, str]]] | None = None
+) -> list[ProcessFile]:
     """The cwd, rtd (root), txt (executable) and mem (mapped files) rows of one
-    process; those it may not read are left out."""
+    process; those it may not read are left out.
+
+    ``parsed`` keeps each maps text's files across calls: the forks of one
+    program (a pre-forked server's workers) usually map the very same text.
+    """
+    from kpeek.sources.proc_tasks import Vanished, read_bytes
     from kpeek.sources.statx import stat_inode_id
 
     rows = []
@@ -171,20 +180,33 @@ def process_files(tgid: int) -> list[ProcessFile]:
         rows.append(ProcessFile(tgid, kind, path, stat_inode_id(f"/proc/{tgid}/{link}")))
     txt = {r.inode for r in rows if r.kind == "txt"}
     try:
-        with open(f"/proc/{tgid}/maps", "rb") as f:
-            maps = f.read()
-    except OSError:
+        maps = read_bytes(f"/proc/{tgid}/maps")
+    except (Vanished, OSError):
         return rows
-    seen: set[str] = set()
-    for line in maps.splitlines():
-        # address perms offset dev inode path
-        fields = line.split(None, 5)
-        if len(fields) < 6 or fields[4] == b"0" or not fields[5].startswith(b"/"):
-            continue
-        major, _, minor = fields[3].partition(b":")
-        inode = f"{int(major, 16)}:{int(minor, 16)}:{int(fields[4])}"
-        if inode in seen or inode in txt:
-            continue
-        seen.add(inode)
-        rows.append(ProcessFile(tgid, "mem", decode(fields[5]), inode))
+    files = parsed.get(maps) if parsed is not None else None
+    if files is None:
+        files = mapped_files(maps)
+        if parsed is not None:
+            parsed[maps] = files
+    rows.extend(ProcessFile(tgid, "mem", path, inode) for path, inode in files if inode not in txt)
     return rows
+
+
+# A mapped file's line of /proc/PID/maps: address perms offset dev inode path,
+# the path padded with spaces. Anonymous memory has inode 0; [heap], [vdso]
+# and the like are not paths. Only "\n" ends a line: maps escapes it in
+# names, not "\r".
+_MAPPED_FILE = re.compile(rb"^\S+ \S+ \S+ ([0-9a-f]+):([0-9a-f]+) ([1-9][0-9]*) +(/.*)$", re.M)
+
+
+def mapped_files(maps: bytes) -> list[tuple[str, str]]:
+    """(path, inode id) of each file mapped in a maps text, each inode once,
+    in address order."""
+    seen: set[tuple[bytes, bytes, bytes]] = set()
+    out = []
+    for major, minor, ino, path in _MAPPED_FILE.findall(maps):
+        if (major, minor, ino) in seen:
+            continue
+        seen.add((major, minor, ino))
+        out.append((decode(path), f"{int(major, 16)}:{int(minor, 16)}:{int(ino)}"))
+    return out

@@ -36,12 +36,16 @@ def compare_files(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     if _NR_KCMP is None:
         raise KcmpUnavailable(errno.ENOSYS, "kcmp: unknown syscall number on this machine")
     r = _syscall(_NR_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2)
-    if r < 0:
-        err = ctypes.get_errno()
-        if err in (errno.ENOSYS, errno.EPERM, errno.EACCES):
-            raise KcmpUnavailable(err, f"kcmp: {os.strerror(err)}")
-        raise OSError(err, os.strerror(err))
-    return {0: 0, 1: -1, 2: 1}.get(r, 1)
+    if r >= 0:
+        return _ORDER[r] if r < 3 else 1
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EPERM, errno.EACCES):
+        raise KcmpUnavailable(err, f"kcmp: {os.strerror(err)}")
+    raise OSError(err, os.strerror(err))
+
+
+# kcmp's answer (0 equal, 1 less, 2 greater) as a comparison.
+_ORDER = (0, -1, 1)
 
 
 def same_vm(pid1: int, pid2: int) -> bool:

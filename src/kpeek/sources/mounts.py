@@ -15,9 +15,18 @@ from dataclasses import dataclass
 from kpeek.sources.proc_tasks import Vanished, read_bytes
 from kpeek.textsafe import decode
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # statx loads libc through ctypes: only where files are stat()ed
+    from kpeek.sources.statx import Stat
+
 # File systems whose getattr may wait on a user-space server that is stuck;
 # kpeek never asks them for attributes (lsof's -b does the same).
 _SERVED_BY_USER_SPACE = ("fuse", "fuseblk")
+# File systems whose stat() gives every file the superblock's device (the
+# one mountinfo shows) and the inode number fdinfo shows: there one mount id
+# and inode number name one inode. Not so on btrfs (a subvolume has its own
+# device), overlayfs (a layer's device and inode), NFS and others.
+_OWN_INODE_NUMBERS = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs", "devtmpfs", "ramfs"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,10 @@ class Mount:
     def may_block(self) -> bool:
         return self.fstype.split(".", 1)[0] in _SERVED_BY_USER_SPACE
 
+    @property
+    def own_inode_numbers(self) -> bool:
+        return self.fstype in _OWN_INODE_NUMBERS
+
 
 class MountTable:
     def __init__(self) -> None:
@@ -90,7 +103,21 @@ class MountTable:
         # pipe on one internal mount has the same device and type, so one
         # stat per kind serves them all.
         self.pseudo: dict[tuple[int, str], tuple[int, int]] = {}
+        # mnt_id -> "pipe" or "socket": the kernel's pipe and socket mounts,
+        # learned from a first link that reads pipe:[INO] or socket:[INO].
+        self.names: dict[int | None, str] = {}
+        # (mnt_id, ino) -> what stat said, on mounts with own_inode_numbers:
+        # /dev/null or a shared log is stat()ed once, not once per holder.
+        self.stats: dict[tuple[int, int], Stat] = {}
+        self._prefixes: dict[int, str] = {}
         self._add("/proc/self/mountinfo")
+
+    def inode_id(self, dev: int, ino: int) -> str:
+        """"major:minor:ino", the model's name for an inode."""
+        prefix = self._prefixes.get(dev)
+        if prefix is None:
+            prefix = self._prefixes[dev] = f"{os.major(dev)}:{os.minor(dev)}:"
+        return prefix + str(ino)
 
     def lookup(self, tgid: int, mnt_id: int | None) -> Mount | None:
         """The mount ``mnt_id`` seen from process ``tgid``, None if not a mount in any

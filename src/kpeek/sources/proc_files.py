@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kpeek.sources.mounts import MountTable
 from kpeek.sources.proc_tasks import GONE, Vanished, read_bytes
@@ -18,12 +18,13 @@ from kpeek.textsafe import decode
 
 O_CLOEXEC = 0o2000000
 
-# RawDescriptor.error for a file kpeek chose not to stat (see read_descriptor).
+# RawDescriptor.error for a file kpeek chose not to stat (see _describe).
 UNASKED = "not asked: served from user space"
 
 
-@dataclass(frozen=True, slots=True)
-class RawDescriptor:
+class RawDescriptor(NamedTuple):
+    """One fd as /proc shows it (a tuple: made 130,000 times a snapshot)."""
+
     tgid: int
     fd: int
     path: str
@@ -36,11 +37,8 @@ class RawDescriptor:
     flags: int  # f_flags without O_CLOEXEC
     cloexec: bool
     mnt_id: int | None
+    inode_id: str  # "major:minor:ino"
     error: str | None = None  # why the file itself could not be examined
-
-    @property
-    def inode_id(self) -> str:
-        return f"{os.major(self.dev)}:{os.minor(self.dev)}:{self.ino}"
 
 
 def file_type(mode: int, path: str) -> str:
@@ -91,43 +89,116 @@ def list_fds(tgid: int) -> list[int]:
         raise Vanished(tgid) from e
 
 
+def read_table(tgid: int, mounts: MountTable) -> tuple[list[RawDescriptor], int, bool]:
+    """Every descriptor of a process by fd number, how many closed while it
+    was read, and whether a descriptor was refused (those before it are kept).
+    Raises Vanished (the process is gone) or PermissionError (its table).
+
+    Three system calls per fd (open, read and close of fdinfo), a readlink
+    for all but pipes and sockets, and a statx per file not seen before (see
+    _describe).
+    """
+    base = b"/proc/%d/" % tgid
+    try:
+        names = os.listdir(base + b"fd")
+    except GONE as e:
+        raise Vanished(tgid) from e
+    links, infos = base + b"fd/", base + b"fdinfo/"
+    os_open, os_read, os_close = os.open, os.read, os.close
+    out = []
+    closed = 0
+    for fd in sorted(map(int, names)):
+        name = b"%d" % fd
+        try:
+            f = os_open(infos + name, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                # pos, flags, mnt_id and ino are its first lines, well
+                # within one read (an epoll's or a lock's lines follow).
+                info = os_read(f, 4096)
+            finally:
+                os_close(f)
+            out.append(_describe(tgid, fd, info, links + name, mounts))
+        except (Vanished, FileNotFoundError, ProcessLookupError):
+            closed += 1
+        except PermissionError:
+            return out, closed, True
+    return out, closed, False
+
+
 def read_descriptor(tgid: int, fd: int, mounts: MountTable) -> RawDescriptor:
-    """One descriptor. Raises Vanished when it (or its process) is gone.
+    """One descriptor. Raises Vanished when it (or its process) is gone."""
+    info = read_bytes(f"/proc/{tgid}/fdinfo/{fd}", small=True)
+    return _describe(tgid, fd, info, f"/proc/{tgid}/fd/{fd}".encode(), mounts)
+
+
+def _describe(tgid: int, fd: int, info: bytes, link: bytes, mounts: MountTable) -> RawDescriptor:
+    """The descriptor whose fdinfo is ``info`` and whose /proc/PID/fd link is ``link``.
+
+    The link is read only when its text is not known: every file on the
+    kernel's pipe (socket) mount is named "pipe:[INO]" ("socket:[INO]"), so
+    once a link so named showed that mount's id, fdinfo's mnt_id and ino
+    name the others. The file is stat()ed only when no earlier descriptor
+    told: pipes, sockets and anonymous inodes of one internal mount share a
+    device and type (one stat per kind), and a file on a mount whose inode
+    numbers name its inodes is stat()ed once per snapshot (MountTable.stats).
 
     Files on mounts served from user space (FUSE) are never stat()ed: their
     server may be the very thing that is stuck. Their inode is named from
     fdinfo's ino and the mount's device, their type left unknown.
     """
-    link = f"/proc/{tgid}/fd/{fd}"
-    try:
-        path = decode(os.readlink(link.encode()))
-    except GONE as e:
-        raise Vanished(link) from e
-    fdinfo = read_bytes(f"/proc/{tgid}/fdinfo/{fd}", small=True)
-    pos, flags, mnt_id, fdinfo_ino = parse_fdinfo(fdinfo)
-    error = None
-    kind = _pseudo_kind(path)
-    if kind and mnt_id is not None and (known := mounts.pseudo.get((mnt_id, kind))):
-        return _raw(tgid, fd, path, Stat(known[0], fdinfo_ino, known[1], 1, 0), pos, flags, mnt_id)
-    mount = None if kind else mounts.lookup(tgid, mnt_id)
-    if mount is not None and mount.may_block:
-        st = Stat(mount.dev, fdinfo_ino, 0, 0, 0)
-        error = UNASKED
+    words = info.split(None, 8)
+    if words[6:7] == [b"ino:"] and words[:5:2] == [b"pos:", b"flags:", b"mnt_id:"]:
+        pos, flags, mnt_id, ino = int(words[1]), int(words[3], 8), int(words[5]), int(words[7])
+    else:  # before 5.14 (no ino), or an unexpected layout
+        pos, flags, mnt_id, ino = parse_fdinfo(info)
+    kind = mounts.names.get(mnt_id) if ino else None
+    if kind is not None:
+        path = f"{kind}:[{ino}]"
     else:
         try:
-            st = stat_cached(link)
+            target = os.readlink(link)
         except GONE as e:
             raise Vanished(link) from e
-        except PermissionError:
-            raise
-        except OSError as e:
-            # The descriptor is there but its file system will not describe
-            # the file (EIO, ECONNABORTED...).
-            error = e.strerror or str(e)
-            st = Stat(mount.dev if mount else 0, fdinfo_ino, 0, 0, 0)
+        path = decode(target)
+        kind = None if target[:1] == b"/" else _pseudo_kind(path)
+        if kind in _NAMED_BY_INODE and mnt_id is not None and path == f"{kind}:[{ino}]":
+            mounts.names[mnt_id] = kind
+    if kind and mnt_id is not None and (known := mounts.pseudo.get((mnt_id, kind))):
+        return _raw(tgid, fd, path, known[0], ino, known[1], 1, 0, pos, flags, mnt_id, mounts)
+    mount = None if kind else mounts.lookup(tgid, mnt_id)
+    error = None
+    if mount is not None and mount.may_block:
+        st = Stat(mount.dev, ino, 0, 0, 0)
+        error = UNASKED
+    else:
+        key = (mnt_id, ino) if ino and mount is not None and mount.own_inode_numbers else None
+        st = mounts.stats.get(key) if key else None
+        if st is None:
+            try:
+                st = stat_cached(link)
+            except GONE as e:
+                raise Vanished(link) from e
+            except PermissionError:
+                raise
+            except OSError as e:
+                # The descriptor is there but its file system will not describe
+                # the file (EIO, ECONNABORTED...).
+                error = e.strerror or str(e)
+                st = Stat(mount.dev if mount else 0, ino, 0, 0, 0)
+            else:
+                if key:
+                    mounts.stats[key] = st
     if kind and mnt_id is not None and not error:
         mounts.pseudo[(mnt_id, kind)] = (st.dev, st.mode)
-    return _raw(tgid, fd, path, st, pos, flags, mnt_id, error)
+    return _raw(
+        tgid, fd, path, st.dev, st.ino, st.mode, st.nlink, st.size, pos, flags, mnt_id, mounts,
+        error,
+    )  # fmt: skip
+
+
+# The kernel's mounts whose every file's link reads KIND:[INO] (pipefs_dname,
+# sockfs_dname); anonymous inodes' names vary ([eventfd], [eventpoll]...).
+_NAMED_BY_INODE = ("pipe", "socket")
 
 
 def _pseudo_kind(path: str) -> str | None:
@@ -142,24 +213,18 @@ def _raw(
     tgid: int,
     fd: int,
     path: str,
-    st: Stat,
+    dev: int,
+    ino: int,
+    mode: int,
+    nlink: int,
+    size: int,
     pos: int,
     flags: int,
     mnt_id: int | None,
+    mounts: MountTable,
     error: str | None = None,
 ) -> RawDescriptor:
     return RawDescriptor(
-        tgid=tgid,
-        fd=fd,
-        path=path,
-        dev=st.dev,
-        ino=st.ino,
-        mode=st.mode,
-        nlink=st.nlink,
-        size=st.size,
-        pos=pos,
-        flags=flags & ~O_CLOEXEC,
-        cloexec=bool(flags & O_CLOEXEC),
-        mnt_id=mnt_id,
-        error=error,
-    )
+        tgid, fd, path, dev, ino, mode, nlink, size, pos, flags & ~O_CLOEXEC,
+        bool(flags & O_CLOEXEC), mnt_id, mounts.inode_id(dev, ino), error,
+    )  # fmt: skip

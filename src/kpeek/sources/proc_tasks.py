@@ -27,8 +27,10 @@ GONE = (FileNotFoundError, ProcessLookupError)
 def read_bytes(path: str, small: bool = False) -> bytes:
     """Whole file in one or a few reads; Vanished when the task is gone.
 
-    ``small``: the file is known to fit one 4 KiB read (fdinfo of a plain
-    file), so the read that would only see end-of-file is skipped.
+    ``small``: the file is one record that usually fits one 4 KiB read (stat,
+    status, wchan, fdinfo), so a shorter read is all of it and the read that
+    would only see end-of-file is skipped. Not for files of many records
+    (maps): a read there may stop short before the end.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -120,13 +122,13 @@ def read_task(
     ns_ppid is left 0 here: it needs the parent's NSpid (see
     :func:`ns_ppid`). Raises Vanished when the task exits during the read.
     """
-    comm, f = parse_stat(read_bytes(f"{base}/stat"))
-    status = parse_status(read_bytes(f"{base}/status"))
+    comm, f = parse_stat(read_bytes(f"{base}/stat", small=True))
+    status = parse_status(read_bytes(f"{base}/status", small=True))
     pid = int(status[b"Pid"])
     tgid = int(status[b"Tgid"])
     nspid = _ns_ids(status, b"NSpid", pid)
     try:
-        wchan = read_bytes(f"{base}/wchan").decode("ascii", "replace")
+        wchan = read_bytes(f"{base}/wchan", small=True).decode("ascii", "replace")
     except PermissionError:
         wchan = ""
     uid_field = status.get(b"Uid", b"0").split()

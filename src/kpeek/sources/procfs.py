@@ -7,6 +7,7 @@ own processes' files and says what it could not see (Snapshot.notes).
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 from collections.abc import Iterable
 
@@ -96,7 +97,7 @@ def take_snapshot(
                 f"{len(failed)} descriptors' files could not be examined "
                 f"(their file system answered: {reasons})"
             )
-        fds, open_files, inodes = _identify(raw, notes)
+        fds, open_files, inodes = _identify(raw, notes, {t.tgid: t.ppid for t in tasks})
 
     return Snapshot(
         source=SOURCE,
@@ -123,7 +124,7 @@ def _with_ns_ppids(read: list[tuple[Task, tuple[int, ...]]]) -> list[Task]:
 def _read_descriptors(tgids: list[int]) -> tuple[list[RawDescriptor], int, list[int]]:
     """(descriptors, how many vanished, pids whose fds we may not read)."""
     from kpeek.sources.mounts import MountTable
-    from kpeek.sources.proc_files import list_fds, read_descriptor
+    from kpeek.sources.proc_files import read_table
 
     raw: list[RawDescriptor] = []
     vanished = 0
@@ -131,25 +132,21 @@ def _read_descriptors(tgids: list[int]) -> tuple[list[RawDescriptor], int, list[
     mounts = MountTable()
     for tgid in tgids:
         try:
-            numbers = list_fds(tgid)
+            table, closed, refused = read_table(tgid, mounts)
         except Vanished:
             continue  # the task itself was counted when it vanished
         except PermissionError:
             denied.append(tgid)
             continue
-        for fd in numbers:
-            try:
-                raw.append(read_descriptor(tgid, fd, mounts))
-            except Vanished:
-                vanished += 1
-            except PermissionError:
-                denied.append(tgid)
-                break
+        raw += table
+        vanished += closed
+        if refused:
+            denied.append(tgid)
     return raw, vanished, denied
 
 
 def _identify(
-    raw: list[RawDescriptor], notes: list[str]
+    raw: list[RawDescriptor], notes: list[str], parents: dict[int, int]
 ) -> tuple[tuple[FileDescriptor, ...], dict[str, OpenFile], dict[str, Inode]]:
     from kpeek.ids import keyed_id
     from kpeek.model import FileDescriptor, Inode, OpenFile
@@ -158,7 +155,7 @@ def _identify(
     from kpeek.sources.sharing import group_open_files
 
     try:
-        groups = group_open_files(raw)
+        groups = group_open_files(raw, parents=parents)
     except KcmpUnavailable as e:
         notes.append(f"open-file sharing unknown ({e.strerror}); each fd shown as its own file")
         groups = [[d] for d in raw]
@@ -167,7 +164,7 @@ def _identify(
     open_files: dict[str, OpenFile] = {}
     inodes: dict[str, Inode] = {}
     for group in groups:
-        first = min(group, key=lambda d: (d.tgid, d.fd))
+        first = group[0] if len(group) == 1 else min(group)  # the lowest (tgid, fd)
         file_id = keyed_id("file", first.tgid, first.fd, first.inode_id)
         open_files[file_id] = OpenFile(
             id=file_id,
@@ -177,17 +174,18 @@ def _identify(
             flags=first.flags,
             mnt_id=first.mnt_id,
         )
-        inodes.setdefault(
-            first.inode_id,
-            Inode(
+        if first.inode_id not in inodes:
+            inodes[first.inode_id] = Inode(
                 id=first.inode_id,
                 dev=first.dev,
                 ino=first.ino,
                 type=file_type(first.mode, first.path),
                 nlink=first.nlink,
                 size=first.size,
-            ),
-        )
-        fds.extend(FileDescriptor(d.tgid, d.fd, d.cloexec, file_id) for d in group)
-    fds.sort(key=lambda d: (d.tgid, d.fd))
+            )
+        fds.extend([FileDescriptor(d.tgid, d.fd, d.cloexec, file_id) for d in group])
+    fds.sort(key=_by_number)
     return tuple(fds), open_files, inodes
+
+
+_by_number = operator.attrgetter("tgid", "fd")

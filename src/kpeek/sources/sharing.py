@@ -1,9 +1,10 @@
 """Which descriptors share one open file description (struct file).
 
 Descriptors can only share a struct file if they refer to the same inode
-with the same access mode, so kcmp is asked only inside those groups (see
+through the same mount with the same access mode (none of which a struct
+file ever changes), so kcmp is asked only inside those groups (see
 _partition: about one kcmp per descriptor, and a sort of one descriptor per
-open file by kcmp's consistent order).
+open file by kcmp's order).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import errno
 import functools
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from kpeek.sources.kcmp import KcmpUnavailable, compare_files
 from kpeek.sources.proc_files import RawDescriptor
@@ -21,46 +22,51 @@ Comparator = Callable[[int, int, int, int], int]
 
 
 def group_open_files(
-    descriptors: Sequence[RawDescriptor], compare: Comparator = compare_files
+    descriptors: Sequence[RawDescriptor],
+    compare: Comparator = compare_files,
+    parents: Mapping[int, int] | None = None,
 ) -> list[list[RawDescriptor]]:
     """Partition descriptors into open files; each inner list shares one struct file.
 
-    Raises KcmpUnavailable when kcmp cannot be used (the caller then says
-    sharing is unknown rather than guessing it).
+    ``parents`` (tgid -> parent's tgid) only guides which descriptors kcmp
+    is asked about first. Raises KcmpUnavailable when kcmp cannot be used
+    (the caller then says sharing is unknown rather than guessing it).
     """
-    candidates: dict[tuple[str, int], list[RawDescriptor]] = defaultdict(list)
+    candidates: dict[tuple[str, int, int | None], list[RawDescriptor]] = defaultdict(list)
     for d in descriptors:
-        candidates[(d.inode_id, d.flags & os.O_ACCMODE)].append(d)
+        candidates[(d.inode_id, d.flags & os.O_ACCMODE, d.mnt_id)].append(d)
     groups: list[list[RawDescriptor]] = []
     for members in candidates.values():
         if len(members) == 1:
             groups.append(members)
         else:
-            groups.extend(_partition(members, compare))
+            groups.extend(_partition(members, compare, parents or {}))
     return groups
 
 
-# How many of the latest groups a descriptor is compared with before it
-# starts one of its own.
-_RECENT = 3
+def _partition(
+    members: list[RawDescriptor], compare: Comparator, parents: Mapping[int, int]
+) -> list[list[RawDescriptor]]:
+    """Open files among descriptors of one inode, mount and access mode, by kcmp alone.
 
-
-def _partition(members: list[RawDescriptor], compare: Comparator) -> list[list[RawDescriptor]]:
-    """Open files among descriptors of one inode and access mode, by kcmp alone.
-
-    One pass, process by process, puts each descriptor in one of the latest
-    groups whose first member kcmp says it shares with (what dup made is in
-    the same process; what fork passed on, in the next one), or starts a
-    group: about one kcmp per descriptor however many share one open
-    file. Only the groups' first members are then sorted by kcmp, so that
-    groups of one open file that the pass kept apart are merged and distinct
-    ones are known distinct: k log k for k open files, not n log n for n
-    descriptors (20,000 descriptors of one open file: 20,000 kcmp calls).
+    One pass, process by process, tries each descriptor against at most
+    three groups: the latest of its own process (what dup made), the one of
+    its parent's descriptor with its number (what fork passed on keeps its
+    number), and the latest with its number (a sibling's, when the parent
+    closed it), and starts a group of its own when none shares: about one
+    kcmp per descriptor however many share one open file. The groups' first
+    members are then sorted by kcmp, and groups kcmp found equal on the way
+    are merged, so that groups of one open file that the pass kept apart are
+    one and distinct ones are known distinct: k log k for k open files (kcmp
+    gives an order, no key to hash), not n log n for n descriptors.
     """
 
-    def same(a: RawDescriptor, b: RawDescriptor) -> bool:
+    def same(group: list[RawDescriptor] | None, d: RawDescriptor) -> bool:
+        if group is None:
+            return False
+        a = group[0]
         try:
-            return compare(a.tgid, a.fd, b.tgid, b.fd) == 0
+            return compare(a.tgid, a.fd, d.tgid, d.fd) == 0
         except KcmpUnavailable:
             raise
         except OSError as e:
@@ -69,36 +75,68 @@ def _partition(members: list[RawDescriptor], compare: Comparator) -> list[list[R
                 raise
             return False
 
-    def order(a: list[RawDescriptor], b: list[RawDescriptor]) -> int:
-        x, y = a[0], b[0]
+    groups: list[list[RawDescriptor]] = []
+    own: dict[int, list[RawDescriptor]] = {}  # tgid -> its latest group
+    at: dict[tuple[int, int], list[RawDescriptor]] = {}  # (tgid, fd) -> its group
+    by_fd: dict[int, list[RawDescriptor]] = {}  # fd number -> latest group with it
+    for d in sorted(members, key=lambda d: (d.tgid, d.fd)):
+        mine = own.get(d.tgid)
+        forked = at.get((parents.get(d.tgid, 0), d.fd))
+        sibling = by_fd.get(d.fd)
+        if same(mine, d):
+            group = mine
+        elif forked is not mine and same(forked, d):
+            group = forked
+        elif sibling is not mine and sibling is not forked and same(sibling, d):
+            group = sibling
+        else:
+            group = None
+        if group is None:
+            group = [d]
+            groups.append(group)
+        else:
+            group.append(d)
+        own[d.tgid] = by_fd[d.fd] = at[(d.tgid, d.fd)] = group
+    return groups if len(groups) == 1 else _merge_by_order(groups, compare)
+
+
+def _merge_by_order(
+    groups: list[list[RawDescriptor]], compare: Comparator
+) -> list[list[RawDescriptor]]:
+    """``groups`` in kcmp's order of their first members, those of one open
+    file merged.
+
+    Every kcmp answer "equal" joins two groups (union-find). A sort must have
+    compared each pair it leaves adjacent, directly or through members equal
+    to both, so every pair of equal groups is joined without asking again.
+    """
+    parent = list(range(len(groups)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def order(i: int, j: int) -> int:
+        x, y = groups[i][0], groups[j][0]
         try:
-            return compare(x.tgid, x.fd, y.tgid, y.fd)
+            r = compare(x.tgid, x.fd, y.tgid, y.fd)
         except KcmpUnavailable:
             raise
         except OSError as e:
             if e.errno not in (errno.EBADF, errno.ESRCH):
                 raise
             return -1 if (x.tgid, x.fd) < (y.tgid, y.fd) else 1
+        if r == 0:
+            parent[root(i)] = root(j)
+        return r
 
-    groups: list[list[RawDescriptor]] = []
-    recent: list[list[RawDescriptor]] = []  # latest used first
-    for d in sorted(members, key=lambda d: (d.pos, d.flags, d.tgid, d.fd)):
-        for at, group in enumerate(recent):
-            if same(group[0], d):
-                group.append(d)
-                if at:
-                    recent.insert(0, recent.pop(at))
-                break
+    merged: dict[int, list[RawDescriptor]] = {}
+    for i in sorted(range(len(groups)), key=functools.cmp_to_key(order)):
+        r = root(i)
+        if r in merged:
+            merged[r].extend(groups[i])
         else:
-            groups.append([d])
-            recent.insert(0, groups[-1])
-            del recent[_RECENT:]
-    if len(groups) == 1:
-        return groups
-    merged: list[list[RawDescriptor]] = []
-    for group in sorted(groups, key=functools.cmp_to_key(order)):
-        if merged and order(merged[-1], group) == 0:
-            merged[-1].extend(group)
-        else:
-            merged.append(group)
-    return merged
+            merged[r] = groups[i]
+    return list(merged.values())

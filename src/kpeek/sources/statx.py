@@ -37,7 +37,7 @@ class Stat:
     size: int
 
 
-def stat_cached(path: str) -> Stat:
+def stat_cached(path: str | bytes) -> Stat:
     """Attributes of the file ``path`` leads to, without waiting on its file system.
 
     Raises OSError like os.stat (FileNotFoundError, ProcessLookupError, ...).
