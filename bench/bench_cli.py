@@ -47,6 +47,11 @@ RAW_READ = (
     "from kpeek.sources.bpf.loaded import bpf_iterator as it\n"
     "it('snapshot', 'snapshot_tasks').run(); it('snapshot', 'snapshot_files').run()\n"
 )
+# The four iterators whole-system `files` reads: tasks, descriptors, and the
+# cwd/rtd/txt (iter/task) and mem (iter/task_vma) rows.
+RAW_READ_ALL = RAW_READ + (
+    "it('snapshot', 'snapshot_roots').run(); it('snapshot', 'snapshot_maps').run()\n"
+)
 OOPS_LOG = (
     "BUG: kernel NULL pointer dereference, address: 0000000000000008\n"
     "#PF: supervisor read access in kernel mode\n"
@@ -103,6 +108,7 @@ def table(title: str, peer: list[str], rows: list[tuple[str, list[str]]], repeat
 
 
 BEFORE: list[str] = []  # a source tree to time too, e.g. the main checkout's src
+SKIP_PROCFS = False  # --bpf-only
 
 
 def kpeek(*args: str) -> list[tuple[str, list[str]]]:
@@ -179,10 +185,12 @@ def at_scale(processes: int, repeat: int) -> list[str]:
             f"files, whole system, {processes} processes (us per fd)", ["lsof", "-n", "-P"],
             [
                 ("raw BPF iterator read (load + read, no model)", [sys.executable, "-c", RAW_READ]),
+                ("raw read of all 4 iterators files uses (+ roots, maps)",
+                 [sys.executable, "-c", RAW_READ_ALL]),
                 *kpeek("files", "--json", "--source", "bpf"),
                 *kpeek("files", "--source", "bpf"),
-                *kpeek("files", "--json", "--source", "procfs"),
-                *kpeek("files", "--source", "procfs"),
+                *(() if SKIP_PROCFS else kpeek("files", "--json", "--source", "procfs")),
+                *(() if SKIP_PROCFS else kpeek("files", "--source", "procfs")),
             ],
             repeat, "us/fd", fds,
         )  # fmt: skip
@@ -199,8 +207,11 @@ def main() -> int:
     ap.add_argument("--before", metavar="SRC", action="append", default=[],
                     help="also time kpeek from this source tree (PYTHONPATH), e.g. a main checkout")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--bpf-only", action="store_true", help="leave out the procfs source's rows")
     args = ap.parse_args()
     BEFORE.extend(args.before)
+    global SKIP_PROCFS
+    SKIP_PROCFS = args.bpf_only
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     lines = [
         f"kpeek bench_cli  {time.strftime('%Y-%m-%d %H:%M:%S')}  kernel {platform.release()}  "

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from functools import cached_property
-from itertools import islice
+from itertools import groupby, islice
+from operator import attrgetter
 
 from kpeek.model import FileDescriptor, FileLock, OpenFile, ProcessFile, Snapshot, Socket
 from kpeek.render.fileflags import access_mode
@@ -35,9 +36,13 @@ class FdFacts:
 
     @cached_property
     def _process_files(self) -> dict[int, list[ProcessFile]]:
-        index: dict[int, list[ProcessFile]] = defaultdict(list)
-        for pf in self.snap.process_files:
-            index[pf.tgid].append(pf)
+        rows = self.snap.process_files
+        # Sources give each process's rows together: grouped in C.
+        index = {tgid: list(mine) for tgid, mine in groupby(rows, attrgetter("tgid"))}
+        if sum(map(len, index.values())) != len(rows):  # not together after all
+            index = defaultdict(list)
+            for pf in rows:
+                index[pf.tgid].append(pf)
         return index
 
     def process_files(self, tgid: int) -> list[ProcessFile]:

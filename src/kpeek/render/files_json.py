@@ -146,18 +146,26 @@ class _Pieces:
         inode = snap.inodes.get(f.inode)
         kind = inode.type if inode else "unknown"
         holders = self.holders_of[file_id]
-        id_b, inode_b, path_b = _word(file_id), _word(f.inode), self.path(f.path)
-        flags_b = self.flags(f.flags)
+        # The cached pieces looked up here, not through a method each: this
+        # runs for every open file of the system.
+        raw = file_id.encode()
+        id_b = b'"%s"' % raw if raw.isalnum() else _word(file_id)  # a keyed hash's hex
+        inode_b = self.words.get(f.inode) or self.word(f.inode)
+        path_b = self.paths.get(f.path) or self.path(f.path)
+        flags_b = self.flag_words.get(f.flags) or self.flags(f.flags)
+        kind_b = self.words.get(kind) or self.word(kind)
+        pos, refcount, address = f.pos, f.refcount, f.address
         part = b'"open_file":%s,"pos":%d,%s,"type":%s,"path":%s,"inode":%s,"sharers":%d' % (
-            id_b, f.pos, flags_b, self.word(kind), path_b, inode_b, len(holders),
+            id_b, pos, flags_b, kind_b, path_b, inode_b, len(holders),
         )  # fmt: skip
         self.entries[file_id] = (
             b'{"id":%s,"inode":%s,"path":%s,"pos":%d,%s,"refcount":%s,"holders":[%s],"address":%s}'
             % (
-                id_b, inode_b, path_b, f.pos, flags_b,
-                b"null" if f.refcount is None else b"%d" % f.refcount,
+                id_b, inode_b, path_b, pos, flags_b,
+                b"null" if refcount is None else b"%d" % refcount,
                 b",".join([b"[%d,%d]" % (h.tgid, h.fd) for h in holders]),
-                _address(show_pointer(f.address, self.raw)),
+                # show_pointer's text is "#" or "0x" and hex digits
+                b"null" if address is None else b'"%s"' % show_pointer(address, self.raw).encode(),
             )
         )  # fmt: skip
         extras = ends = b""
