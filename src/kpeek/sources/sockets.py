@@ -116,12 +116,13 @@ def _from_proc_net(
             s = _inet_line(line, family, protocol, kind, netns)
             if s is not None and s.inode in wanted:
                 found[s.inode] = s
-    unix = [(ino, line) for line in _lines(f"{base}/unix") if (ino := _unix_inode(line)) in wanted]
+    # Num RefCount Protocol Flags Type St Inode [Path]: each line split once
+    unix = [f for line in _lines(f"{base}/unix") if len(f := line.split(None, 7)) >= 7]
+    unix = [(ino, f) for f in unix if (ino := int(f[6])) in wanted]
     if unix:
         peers = unix_peers(pid)
-        for ino, line in unix:
-            if (s := _unix_line(line, peers.get(ino), netns)) is not None:
-                found[ino] = s
+        for ino, f in unix:
+            found[ino] = _unix_socket(f, ino, peers.get(ino), netns)
     for line in _lines(f"{base}/netlink"):
         f = line.split()
         if len(f) >= 10 and int(f[9]) in wanted:
@@ -200,28 +201,14 @@ _UNIX_STATES = {1: "unconnected", 2: "connecting", 3: "connected", 4: "disconnec
 _UNIX_LISTENING = 0x10000
 
 
-def _unix_inode(line: bytes) -> int | None:
-    # Num RefCount Protocol Flags Type St Inode [Path]
-    f = line.split(None, 7)
-    return int(f[6]) if len(f) >= 7 else None
-
-
-def _unix_line(line: bytes, peer: int | None, netns: int | None) -> Socket | None:
-    f = line.split(None, 7)
-    if len(f) < 7:
-        return None
+def _unix_socket(f: list[bytes], ino: int, peer: int | None, netns: int | None) -> Socket:
+    """The socket of a /proc/net/unix line split in (up to) 8 fields."""
     kind, st, flags = int(f[4], 16), int(f[5], 16), int(f[3], 16)
     path = decode(f[7]) if len(f) > 7 else ""
     state = "LISTEN" if flags & _UNIX_LISTENING else _UNIX_STATES.get(st, str(st))
-    return Socket(
-        int(f[6]),
-        "unix",
-        SOCK_TYPES.get(kind, str(kind)),
-        path=path,
-        state=state,
-        peer=peer,
-        netns=netns,
-    )
+    # (inode, family, type, protocol, local, remote, state, path, peer, interface, netns)
+    return Socket(ino, "unix", SOCK_TYPES.get(kind, str(kind)), "", "", "", state, path, peer, "",
+                  netns)  # fmt: skip
 
 
 # sock_diag (linux/sock_diag.h, linux/unix_diag.h): a stable netlink ABI, asked
