@@ -62,7 +62,7 @@ def told(diag, tid: int) -> tuple:
 BPF_SHAPES = ("pipe-read", "pipe-write", "unix-stream-read", "unix-dgram-write",
               "unix-seqpacket-read", "tcp-read", "tcp-write", "poll", "select", "epoll",
               "unix-connect", "unix-dgram-sendto", "ptmx-read", "ptmx-write", "eventfd-read",
-              "splice-read", "splice-write")
+              "splice-read", "splice-write", "mqueue-read", "mqueue-write")
 
 
 @pytest.mark.timeout(120)

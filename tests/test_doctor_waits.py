@@ -14,6 +14,7 @@ import pty
 import socket
 import subprocess
 import sys
+import time
 import tty
 
 import pytest
@@ -48,7 +49,14 @@ address = sys.argv[3] if sys.argv[3:] else None
 if address and address.startswith("@"):
     address = "\\0" + address[1:]
 print("ready", flush=True)
-if shape == "splice-read":  # from the pipe into a pipe of its own
+if shape.startswith("mqueue"):
+    import ctypes
+    rt = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(8192)
+    while shape == "mqueue-write":
+        rt.mq_send(fd, b"x", 1, 0)
+    rt.mq_receive(fd, buf, 8192, None)
+elif shape == "splice-read":  # from the pipe into a pipe of its own
     r, w = os.pipe()
     os.splice(fd, w, 65536)
 elif shape == "splice-write":  # from a pipe of its own into the full pipe
@@ -118,6 +126,9 @@ SHAPES = {
     # splice's wait channel says which of its two descriptors it sleeps on.
     "splice-read": ("pipe", {"splice"}),
     "splice-write": ("pipe", {"splice"}),
+    # A POSIX message queue, like a FIFO: the other processes holding it open.
+    "mqueue-read": ("mqueue", {"mq_timedreceive"}),
+    "mqueue-write": ("mqueue", {"mq_timedsend"}),
     # An eventfd is written through the open file its holders share.
     "eventfd-read": ("eventfd", {"read"}),
     "unix-dgram-sendto": ("socket", {"sendto"}),
@@ -165,11 +176,27 @@ def _addressed(shape: str, where: str | None) -> tuple[int, int]:
     return mine.detach(), bound.detach()
 
 
+def _message_queue() -> tuple[int, int]:
+    """A POSIX message queue open read-write twice (two open files), its
+    name unlinked at once: nothing is left behind."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+    name = f"/kpeek-test-{os.getpid()}-{len(ADDRESSES)}-{time.monotonic_ns()}".encode()
+    fds = [libc.mq_open(name, os.O_RDWR | os.O_CREAT, 0o600, None) for _ in range(2)]
+    libc.mq_unlink(name)
+    assert min(fds) >= 0, os.strerror(ctypes.get_errno())
+    return fds[0], fds[1]
+
+
 def ends(shape: str, where: str | None = None) -> tuple[int, int]:
     """(the waiter's fd, the blocker's fd): two ends of one channel (a FIFO's
     in the folder ``where``)."""
     if shape in ("unix-connect", "unix-dgram-sendto"):
         return _addressed(shape, where)
+    if shape.startswith("mqueue"):
+        return _message_queue()
     if shape.startswith("eventfd"):
         counter = os.eventfd(0)
         return counter, os.dup(counter)

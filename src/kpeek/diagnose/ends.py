@@ -118,14 +118,27 @@ class Ends:
             holders.setdefault(d.tgid, []).append(d.fd)
         end = "the write end" if direction == "in" else "the read end"
         what = "data or end-of-file on" if direction == "in" else "room to write in"
+        if kind == "mqueue":
+            end = "the queue open for writing" if direction == "in" else \
+                "the queue open for reading"
+            what = "a message on" if direction == "in" else "room on"
         outside = None
-        if kind == "fifo" and not holders.keys() - {tgid}:
+        if kind in ("fifo", "mqueue") and not holders.keys() - {tgid}:
             # Only the waiter holds the other end (a daemon that opened its
-            # command FIFO read-write): whoever opens the FIFO next wakes it.
-            # Held elsewhere, those holders are the wakers, as for a pipe.
-            outside = f"any process may open the FIFO {f.path}"
+            # command FIFO read-write): whoever opens the FIFO (or the
+            # message queue, by name) next wakes it. Held elsewhere, those
+            # holders are the wakers, as for a pipe.
+            outside = f"any process may open {'the FIFO' if kind == 'fifo' else 'the queue'} " \
+                      f"{f.path}"
         return Wake(f"{what} {f.path} (fd {fd})", end,
                     {k: tuple(v) for k, v in sorted(holders.items())}, outside, kind)
+
+    def message_queue(self, task: Task, fd: int, direction: str) -> Wake | None:
+        """A POSIX message queue (mq_timedreceive/mq_timedsend with no
+        timeout) waits, like a FIFO, on the processes holding the queue open
+        for the other direction."""
+        f = self.file(task.tgid, fd)
+        return self._pipe(f, fd, direction, "mqueue", task.tgid) if f is not None else None
 
     def _terminal(self, f: OpenFile, fd: int, direction: str, index: int) -> Wake:
         """A pseudo-terminal's input comes from, and its output is drained by,

@@ -9,6 +9,8 @@ call and its arguments (/proc/PID/task/TID/syscall) say what it waits on:
 * poll, ppoll, select, pselect6, epoll_wait: the union of the other ends of
   every descriptor in the set (epoll's from the ``tfd:`` lines of the epoll
   descriptor's fdinfo; poll's and select's from the task's own memory);
+* mq_timedreceive/mq_timedsend with no timeout on a POSIX message queue:
+  the processes holding the queue open the other way (as for a FIFO);
 * splice, tee, sendfile, copy_file_range: the other end of the input or the
   output descriptor, whichever its wait channel says it sleeps on;
 * futex: a PI futex names its owner in the futex word (an all-of wait on
@@ -100,6 +102,12 @@ def _resolve(graph: WaitGraph, ends: Ends, shared: SharedMappers, t: Task) -> No
                   source=f"/proc/PID/syscall ({name}), the address in its memory")
     elif name in READS or name in WRITES:
         wake = ends.wakers(t, args[0] & 0xFFFFFFFF, "in" if name in READS else "out")
+        if wake is not None:
+            add_wakes(graph, t, [wake], multiplexed=False,
+                      source=f"/proc/PID/syscall ({name}), fd table")
+    elif name in ("mq_timedreceive", "mq_timedsend") and not args[4]:  # no timeout
+        wake = ends.message_queue(t, args[0] & 0xFFFFFFFF,
+                                  "in" if name == "mq_timedreceive" else "out")
         if wake is not None:
             add_wakes(graph, t, [wake], multiplexed=False,
                       source=f"/proc/PID/syscall ({name}), fd table")
