@@ -162,7 +162,8 @@ def _addressed(shape: str, where: str | None) -> tuple[int, int]:
     kind = socket.SOCK_STREAM if stream else socket.SOCK_DGRAM
     mine = socket.socket(socket.AF_UNIX, kind)
     if where is not None:
-        address = os.path.join(where, f"bound-{mine.fileno()}.sock")
+        # a newline too: /proc/net/unix prints a name raw, on two lines
+        address = os.path.join(where, f"bound-{mine.fileno()}\nname.sock")
     else:
         address = f"@kpeek-test-{os.getpid()}-{mine.fileno()}"
     name = "\0" + address[1:] if address.startswith("@") else address

@@ -10,9 +10,11 @@ caller's memory names:
 
 * an abstract name (``@name``) within the caller socket's network namespace,
   as /proc/net/unix prints it;
-* a path: the bound file, resolved in each side's root and working
-  directory and compared by device and inode (so a relative name, a symlink
-  or another mount of the same directory still match).
+* a path: the file it names, resolved in the caller's root and working
+  directory, compared by device and inode with the file each socket is
+  bound to as sock_diag reports it (UNIX_DIAG_VFS): so a relative name, a
+  symlink, another mount of the same directory, and a name with a newline
+  (which /proc/net/unix prints raw) all match.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import struct
 from kpeek.diagnose.ends import Ends, Wake
 from kpeek.diagnose.fdindex import socket_inode
 from kpeek.diagnose.procinfo import read_user
-from kpeek.model import Socket, Task
+from kpeek.model import Task
+from kpeek.sources.sockets import unix_bound_files
 
 AF_UNIX = 1
 SUN_LEN = 110  # sizeof(struct sockaddr_un)
@@ -61,7 +64,8 @@ def unix_name(t: Task, address: int, length: int) -> str | None:
 
 
 def _bound_file(tgid: int, path: str) -> tuple[int, int] | None:
-    """(st_dev, st_ino) of ``path`` as process ``tgid`` sees it."""
+    """(st_dev, st_ino & 0xFFFFFFFF) of ``path`` as process ``tgid`` sees it
+    (sock_diag gives a bound file's inode number in 32 bits)."""
     if not path.startswith("/"):
         try:
             path = os.path.join(os.readlink(f"/proc/{tgid}/cwd"), path)
@@ -71,7 +75,7 @@ def _bound_file(tgid: int, path: str) -> tuple[int, int] | None:
         st = os.stat(f"/proc/{tgid}/root{path}")
     except OSError:
         return None
-    return st.st_dev, st.st_ino
+    return st.st_dev, st.st_ino & 0xFFFFFFFF
 
 
 def addressed_wake(ends: Ends, t: Task, name: str, args: list[int]) -> Wake | None:
@@ -91,12 +95,19 @@ def addressed_wake(ends: Ends, t: Task, name: str, args: list[int]) -> Wake | No
     if bound is None:
         return None
     connecting = name == "connect"
-    want = _bound_file(t.tgid, bound) if not bound.startswith("@") else None
+    want, files = None, {}
+    if not bound.startswith("@"):
+        want = _bound_file(t.tgid, bound)
+        files = unix_bound_files(t.tgid)
     holders: dict[int, list[int]] = {}
     for s in sockets.values():
         if s.family != "unix" or not s.path or s.inode == mine.inode \
-                or (s.state == "LISTEN") != connecting \
-                or not _same_address(ends, s, bound, want, mine):
+                or (s.state == "LISTEN") != connecting:
+            continue
+        if bound.startswith("@"):
+            if s.path != bound or s.netns != mine.netns:
+                continue
+        elif want is None or files.get(s.inode) != want:
             continue
         for d in ends.index.socket_holders(s.inode):
             holders.setdefault(d.tgid, []).append(d.fd)
@@ -106,13 +117,3 @@ def addressed_wake(ends: Ends, t: Task, name: str, args: list[int]) -> Wake | No
     return Wake(f"room in {room} {bound} ({name} on {f.path}, fd {fd})",
                 "the listening socket" if connecting else "the receiving socket",
                 {k: tuple(v) for k, v in sorted(holders.items())}, None, "socket")
-
-
-def _same_address(ends: Ends, s: Socket, bound: str, want: tuple[int, int] | None,
-                  mine: Socket) -> bool:
-    if bound.startswith("@"):
-        return s.path == bound and s.netns == mine.netns
-    if want is None or s.path.startswith("@"):
-        return False
-    held = ends.index.socket_holders(s.inode)
-    return any(_bound_file(d.tgid, s.path) == want for d in held[:1])

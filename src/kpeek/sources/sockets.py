@@ -217,8 +217,8 @@ NETLINK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-UDIAG_SHOW_PEER = 0x4
-UNIX_DIAG_PEER = 2
+UDIAG_SHOW_VFS, UDIAG_SHOW_PEER = 0x2, 0x4
+UNIX_DIAG_VFS, UNIX_DIAG_PEER = 1, 2
 _NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _REQ = struct.Struct("=BBHIII8x")  # family, protocol, pad, states, ino, show, cookie
 _MSG = struct.Struct("=BBBxI8x")  # family, type, state, ino, cookie
@@ -228,25 +228,45 @@ _RTA = struct.Struct("=HH")
 def unix_peers(pid: int | None = None) -> dict[int, int]:
     """Inode -> peer inode of every connected unix socket in kpeek's network
     namespace, or in ``pid``'s, from sock_diag (as ``ss -x`` asks it); empty
-    where sock_diag cannot be used (another namespace needs CAP_SYS_ADMIN).
-    One dump request, answered in as many reads as it takes."""
-    peers: dict[int, int] = {}
+    where sock_diag cannot be used (another namespace needs CAP_SYS_ADMIN)."""
+    found = _unix_attribute(pid, UDIAG_SHOW_PEER, UNIX_DIAG_PEER, 4)
+    return {ino: struct.unpack_from("=I", raw)[0] for ino, raw in found.items()}
+
+
+def unix_bound_files(pid: int | None = None) -> dict[int, tuple[int, int]]:
+    """Inode -> (st_dev, st_ino & 0xFFFFFFFF) of the file each unix socket
+    bound to a path is bound to (sock_diag's UNIX_DIAG_VFS: the file itself,
+    however its name was written), in kpeek's network namespace or ``pid``'s."""
+    found = _unix_attribute(pid, UDIAG_SHOW_VFS, UNIX_DIAG_VFS, 8)
+    out = {}
+    for ino, raw in found.items():
+        vfs_ino, dev = struct.unpack_from("=II", raw)
+        out[ino] = (os.makedev(dev >> 20, dev & 0xFFFFF), vfs_ino)  # the kernel's dev_t
+    return out
+
+
+def _unix_attribute(pid: int | None, show: int, want: int, size: int) -> dict[int, bytes]:
+    """Inode -> the ``want`` attribute (its first ``size`` bytes) of every unix
+    socket sock_diag lists with ``show``. One dump request, answered in as
+    many reads as it takes; what was read before an error stands."""
+    found: dict[int, bytes] = {}
     try:
         s = _diag_socket() if pid is None else _diag_socket_in(pid)
     except OSError:
-        return peers
+        return found
     try:
-        _dump_unix(s, peers)
+        _dump_unix(s, show, want, size, found)
     except (OSError, struct.error):
-        pass  # what was read so far stands
+        pass
     finally:
         s.close()
-    return peers
+    return found
 
 
-def _dump_unix(s: socket.socket, peers: dict[int, int]) -> None:
+def _dump_unix(s: socket.socket, show: int, want: int, size: int,
+               found: dict[int, bytes]) -> None:
     s.settimeout(5.0)  # the kernel answers at once; never wait for good
-    body = _REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, UDIAG_SHOW_PEER)
+    body = _REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, show)
     header = _NLMSG.pack(
         _NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
     )
@@ -265,8 +285,8 @@ def _dump_unix(s: socket.socket, peers: dict[int, int]) -> None:
                 alen, atype = _RTA.unpack_from(data, attr)
                 if alen < _RTA.size:
                     break
-                if atype == UNIX_DIAG_PEER and alen >= 8:
-                    peers[ino] = struct.unpack_from("=I", data, attr + 4)[0]
+                if atype == want and alen >= _RTA.size + size:
+                    found[ino] = data[attr + _RTA.size:attr + _RTA.size + size]
                 attr += (alen + 3) & ~3
             off += (length + 3) & ~3
 
