@@ -232,7 +232,10 @@ class KeptObject(MapAccess):
         """Take the key directory's flock for a run; False when another
         process held it for LOCK_WAIT seconds."""
         if self._dir_pid != os.getpid():  # a forked child: an open file of its own
-            self._dir, self._dir_pid = os.open(self.path, _DIR_FLAGS), os.getpid()
+            try:
+                self._dir, self._dir_pid = os.open(self.path, _DIR_FLAGS), os.getpid()
+            except OSError:  # forgotten meanwhile: the caller loads its own
+                return False
             self._fds.append(self._dir)
         return _flock(self._dir)
 

@@ -71,7 +71,7 @@ def exclusive(name: str) -> Iterator[Object]:
         return
     if not obj.acquire():
         private = _load(name)[0]
-        kept.status[name] = f"loaded: {obj.path} was busy"
+        kept.status[name] = f"loaded: {obj.path} was busy (or forgotten)"
         with _lock:
             _objects[name] = private
             for key in [k for k in _iterators if k[0] == name]:
