@@ -1,8 +1,10 @@
 """Plain model of kernel state: what every source produces and every view reads.
 
-Sources (live /proc, live BPF, later crash dumps) fill these frozen
-dataclasses; diagnoses and renderers read only them. Names that come from the
-kernel (comm, paths) are ``str`` decoded with surrogateescape (see textsafe).
+Sources (live /proc, live BPF, later crash dumps) fill these dataclasses,
+frozen but for the file-table records made by the hundred thousand (see
+kpeek.filemodel), never changed once made; diagnoses and renderers read only
+them. Names that come from the kernel (comm, paths) are ``str`` decoded with
+surrogateescape (see textsafe).
 Kernel addresses, where a source knows them, are kept raw here and are hashed
 by the views (see ids.show_pointer).
 """
