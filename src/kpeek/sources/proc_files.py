@@ -224,7 +224,11 @@ def _raw(
     mounts: MountTable,
     error: str | None = None,
 ) -> RawDescriptor:
-    return RawDescriptor(
+    # tuple.__new__ directly: the NamedTuple's own __new__ is a Python call.
+    return _new(RawDescriptor, (
         tgid, fd, path, dev, ino, mode, nlink, size, pos, flags & ~O_CLOEXEC,
-        bool(flags & O_CLOEXEC), mnt_id, mounts.inode_id(dev, ino), error,
-    )  # fmt: skip
+        flags & O_CLOEXEC != 0, mnt_id, mounts.inode_id(dev, ino), error,
+    ))  # fmt: skip
+
+
+_new = tuple.__new__

@@ -7,6 +7,7 @@ task that vanished and count it, they never see a half-read task.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 
 from kpeek.model import Namespace, Task
@@ -77,6 +78,10 @@ def parse_status(raw: bytes) -> dict[bytes, bytes]:
     return fields
 
 
+# The lines of /proc/PID/status a Task is made of (of some fifty).
+_TASK_STATUS = re.compile(rb"^(Pid|Tgid|Uid|NStgid|NSpid|NSpgid|NSsid):[ \t]*([^\n]*)", re.M)
+
+
 def _ns_ids(status: dict[bytes, bytes], key: bytes, fallback: int) -> list[int]:
     value = status.get(key)
     return [int(x) for x in value.split()] if value else [fallback]
@@ -123,7 +128,8 @@ def read_task(
     :func:`ns_ppid`). Raises Vanished when the task exits during the read.
     """
     comm, f = parse_stat(read_bytes(f"{base}/stat", small=True))
-    status = parse_status(read_bytes(f"{base}/status", small=True))
+    raw_status = read_bytes(f"{base}/status", small=True)
+    status = {k: v.strip() for k, v in _TASK_STATUS.findall(raw_status)}
     pid = int(status[b"Pid"])
     tgid = int(status[b"Tgid"])
     nspid = _ns_ids(status, b"NSpid", pid)

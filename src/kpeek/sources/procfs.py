@@ -6,7 +6,6 @@ own processes' files and says what it could not see (Snapshot.notes).
 
 from __future__ import annotations
 
-import dataclasses
 import operator
 import os
 from collections.abc import Iterable
@@ -117,7 +116,10 @@ def _with_ns_ppids(read: list[tuple[Task, tuple[int, ...]]]) -> list[Task]:
     for task, nspids in read:
         if task.ppid not in known:
             known[task.ppid] = nspids_of(task.ppid)
-        result.append(dataclasses.replace(task, ns_ppid=ns_ppid(nspids, known[task.ppid])))
+        # Set on the Task just made (not yet seen by anyone), as its frozen
+        # __init__ does: dataclasses.replace would make each Task twice.
+        object.__setattr__(task, "ns_ppid", ns_ppid(nspids, known[task.ppid]))
+        result.append(task)
     return result
 
 
