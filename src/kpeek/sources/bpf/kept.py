@@ -9,7 +9,8 @@ versions, and publishing one key removes every other. A later process
 (:func:`open_kept`) gets the pinned fds with BPF_OBJ_GET, checks them with
 BPF_OBJ_GET_INFO_BY_FD and makes its own iterator links.
 
-Trust: used only by root with CAP_BPF and CAP_PERFMON (what loading needs;
+Only the snapshot object is kept (KEPT): the memory reader is loaded by
+each process, as before. Trust: used only by root with CAP_BPF and CAP_PERFMON (what loading needs;
 pins answer to file permissions alone), when /sys/fs/bpf is a bpffs, and
 when the kpeek directory, the key directory and every pin in it belong to
 root and are writable by root alone; each program must be an iterator
@@ -47,6 +48,10 @@ BPF_FS_MAGIC = 0xCAFE4A11
 LOCK_WAIT = 3.0  # seconds a run waits for another process's run on the kept object
 PROG, MAP = "p-", "m-"  # pin name prefixes
 _TMP = "tmp-"
+# Only the snapshot programs (tasks, descriptors, mapped files) are kept.
+# The reader reads any kernel address it is given: a pin of it would lend
+# that to any uid-0 process that can open the pin, capabilities or not.
+KEPT = ("snapshot",)
 _MANIFEST = os.path.join(os.path.dirname(__file__), "objects.json")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -286,7 +291,8 @@ def _note(text: str) -> None:
 def open_kept(name: str) -> KeptObject | None:
     """The kept object ``name`` if there is a trusted one for this kernel,
     boot and kpeek; None otherwise (load it then). Never raises."""
-    reason = why_not()
+    reason = why_not() or (None if name in KEPT else
+                            "it reads any kernel address: never kept")
     if reason:
         status[name] = f"loaded: not kept here: {reason}"
         return None
@@ -343,7 +349,7 @@ def publish(name: str, data: bytes, programs: dict[str, int], maps: dict[str, in
     """Pin the freshly loaded object ``name`` (its program and map fds) for
     later processes, and remove every other key's pins. False when it was not
     kept (not wanted here, already kept, refused); never raises."""
-    if why_not():
+    if why_not() or name not in KEPT:
         return False
     import hashlib
 
@@ -382,8 +388,11 @@ def publish(name: str, data: bytes, programs: dict[str, int], maps: dict[str, in
 
 def describe() -> tuple[str, str]:
     """(how, why) this process got its BPF objects, for ``kpeek sources``."""
-    if status and all(s.startswith("kept in ") for s in status.values()):
-        return f"kept, pinned in {HOME} (verified once, reused without libbpf)", ""
+    if status and all(s.startswith("kept in ") or n not in KEPT for n, s in status.items()):
+        private = sorted(n for n in status if n not in KEPT)
+        also = (f"; the {', '.join(private)} object loaded by each process (it reads any "
+                "kernel address)") if private else ""
+        return f"kept, pinned in {HOME} (verified once, reused without libbpf){also}", ""
     why = sorted({s.removeprefix("loaded: ") for s in status.values() if s.startswith("loaded: ")})
     return "loaded with libbpf and verified by this process", "; ".join(why)
 
