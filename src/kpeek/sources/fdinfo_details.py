@@ -10,7 +10,6 @@ Each parser returns plain JSON-ready values.
 from __future__ import annotations
 
 import re
-import signal
 
 TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
 if TYPE_CHECKING:
@@ -49,6 +48,8 @@ def _kernel_dev(sdev: str) -> str:
 
 
 def _signals(mask_hex: str) -> list[str]:
+    import signal  # only for a signalfd: its enums cost 1.5 ms of every files start
+
     mask = int(mask_hex, 16)
     names = []
     for bit in range(mask.bit_length()):
