@@ -72,6 +72,14 @@ for i in range(12):
             os.rmdir(d)
         hold()
     kids.append(kid)
+# Report once the chroot and the deleted cwd are in place (the children
+# race to them): the rows are read at once.
+import time
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline and not (
+        os.readlink(f"/proc/{kids[0]}/root") == tmp
+        and os.readlink(f"/proc/{kids[1]}/cwd").endswith("(deleted)")):
+    time.sleep(0.01)
 report(parent=os.getpid(), kids=kids, tmp=tmp)
 """
 
