@@ -176,7 +176,8 @@ class _Pieces:
         # Other ends: of pipes, FIFOs, sockets, ptys and eventfds only (FdFacts)
         if self.facts.may_have_ends(f, kind):
             head, ends = self._file_ends(d)
-        self.of_part[file_id] = (part, extras, ends)
+        if head is not None or self.locked:  # kept only for _own_tail
+            self.of_part[file_id] = (part, extras, ends)
         return b"%s%s%s}" % (part, extras, ends), head
 
     def word(self, s: str) -> bytes:
