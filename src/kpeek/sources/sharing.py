@@ -79,6 +79,11 @@ def _partition(
     own: dict[int, list[RawDescriptor]] = {}  # tgid -> its latest group
     at: dict[tuple[int, int], list[RawDescriptor]] = {}  # (tgid, fd) -> its group
     by_fd: dict[int, list[RawDescriptor]] = {}  # fd number -> latest group with it
+    # Where every process opened the file itself (/dev/null), the sibling
+    # never shares: after 8 misses in a row only every 2nd, then 4th... (at
+    # most 64th) descriptor asks, until one shares. What is not asked is
+    # still found by the sort.
+    misses, stride, chances = 0, 1, 0
     for d in sorted(members, key=lambda d: (d.tgid, d.fd)):
         mine = own.get(d.tgid)
         forked = at.get((parents.get(d.tgid, 0), d.fd))
@@ -87,10 +92,18 @@ def _partition(
             group = mine
         elif forked is not mine and same(forked, d):
             group = forked
-        elif sibling is not mine and sibling is not forked and same(sibling, d):
+        elif sibling is None or sibling is mine or sibling is forked:
+            group = None
+        elif (chances := chances + 1) % stride:
+            group = None  # not asked this time
+        elif same(sibling, d):
             group = sibling
+            misses, stride = 0, 1
         else:
             group = None
+            misses += 1
+            if misses % 8 == 0:
+                stride = min(stride * 2, 64)
         if group is None:
             group = [d]
             groups.append(group)
