@@ -9,7 +9,7 @@ FIFO (same inode), a connected unix socket (the peer inode), a pty pair
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from itertools import groupby, islice
 from operator import attrgetter
@@ -128,6 +128,23 @@ class FdFacts:
     def _includes_self(self, d: FileDescriptor) -> bool:
         inode = self.snap.inodes.get(self.snap.open_files[d.open_file].inode)
         return inode is not None and inode.type in ("pipe", "fifo")  # listed by inode
+
+    def shared_ends(
+        self, d: FileDescriptor, made: dict[int, Any], make: Callable[[list[FileDescriptor]], Any]
+    ) -> Any:
+        """What ``make`` says of the other-end candidates that every holder of
+        d's open file shares, made once per candidates list (the files of one
+        pipe, the sockets of one peer share it; FdFacts keeps it for the run);
+        _PER_PROCESS when they depend on the holder (eventfds), None for none."""
+        candidates = self._candidates(d)
+        if self._candidates_of_file.get(d.open_file) is not candidates:
+            return _PER_PROCESS
+        if not candidates:
+            return None
+        got = made.get(id(candidates))
+        if got is None:
+            got = made[id(candidates)] = make(candidates)
+        return got
 
     def may_have_ends(self, f: OpenFile, kind: str) -> bool:
         """Whether the descriptors of ``f`` (its inode of type ``kind``) may

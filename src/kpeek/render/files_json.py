@@ -86,6 +86,7 @@ class _Pieces:
         self.words: dict[str, bytes] = {}
         self.entries: dict[str, bytes] = {}  # open file id -> its open_files entry
         self.comms: dict[int, bytes] = {}
+        self.ends_of: dict[int, tuple[set, bytes]] = {}  # id(candidates) -> _head_ends
         self.holders_of = snap._fds_by_file
         self.end_entry: dict[tuple[int, int], bytes] = {}
         self.pf_rows: dict[tuple[str, str, str], bytes] = {}
@@ -200,12 +201,13 @@ class _Pieces:
     def _file_ends(self, d: FileDescriptor) -> tuple[set | None, bytes]:
         """Every holder of d's open file has the same other ends, but those
         among the first MAX_ENDPOINTS candidates (whose lists leave them out)."""
+        got = self.facts.shared_ends(d, self.ends_of, lambda c: self._head_ends(d, c))
+        if got is None or got is _PER_HOLDER:  # none; an eventfd's: they depend on the holder
+            return got, b""
+        return got
+
+    def _head_ends(self, d: FileDescriptor, candidates: list[FileDescriptor]) -> tuple[set, bytes]:
         facts = self.facts
-        candidates = facts._candidates(d)
-        if facts._candidates_of_file.get(d.open_file) is not candidates:
-            return _PER_HOLDER, b""  # an eventfd's: they depend on the holder
-        if not candidates:
-            return None, b""
         head = candidates[:MAX_ENDPOINTS]
         text = b',"endpoints":[' + b",".join([self._entry(o) for o in head]) + b"]"
         if len(head) == MAX_ENDPOINTS:

@@ -35,6 +35,7 @@ class FileCells:
         self.pf_rows: dict[tuple[str, str, str], Row] = {}
         self.locked = facts._locks_by_fd
         self.access: dict[int, tuple[str, str]] = {}  # f_flags -> ACCESS and FLAGS cells
+        self.ends_of: dict[int, tuple[set, str]] = {}  # id(candidates) -> _head_ends
 
     def fd_row(self, d: FileDescriptor) -> Row:
         """fd_rows' row of one descriptor, as str cells."""
@@ -90,12 +91,13 @@ class FileCells:
     def _file_ends(self, d: FileDescriptor) -> tuple[set | None, str]:
         """The endpoint label of every holder but the first candidates (whose
         lists leave them out), as FdFacts.endpoint_label words it."""
+        got = self.facts.shared_ends(d, self.ends_of, lambda c: self._head_ends(d, c))
+        if got is None or got is _PER_HOLDER:  # none; an eventfd's: they depend on the holder
+            return got, ""
+        return got
+
+    def _head_ends(self, d: FileDescriptor, candidates: list[FileDescriptor]) -> tuple[set, str]:
         facts = self.facts
-        candidates = facts._candidates(d)
-        if facts._candidates_of_file.get(d.open_file) is not candidates:
-            return _PER_HOLDER, ""  # an eventfd's: they depend on the holder
-        if not candidates:
-            return None, ""
         head = candidates[:MAX_ENDPOINTS]
         words = [f"{o.tgid},{facts._comm(o.tgid)},{o.fd}{facts._mode(o)}" for o in head]
         if len(head) == MAX_ENDPOINTS:
