@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import struct
 
-from kpeek.diagnose.ends import Ends, Wake
+from kpeek.diagnose.ends import Ends, Wake, by_process
 from kpeek.diagnose.fdindex import socket_inode
 from kpeek.diagnose.procinfo import read_user
 from kpeek.model import Task
@@ -99,7 +99,7 @@ def addressed_wake(ends: Ends, t: Task, name: str, args: list[int]) -> Wake | No
     if not bound.startswith("@"):
         want = _bound_file(t.tgid, bound)
         files = unix_bound_files(t.tgid)
-    holders: dict[int, list[int]] = {}
+    bound_to: list[int] = []  # the inode numbers of the sockets bound to the address
     for s in sockets.values():
         if s.family != "unix" or not s.path or s.inode == mine.inode \
                 or (s.state == "LISTEN") != connecting:
@@ -109,11 +109,11 @@ def addressed_wake(ends: Ends, t: Task, name: str, args: list[int]) -> Wake | No
                 continue
         elif want is None or files.get(s.inode) != want:
             continue
-        for d in ends.index.socket_holders(s.inode):
-            holders.setdefault(d.tgid, []).append(d.fd)
+        bound_to.append(s.inode)
+    holders = by_process(d for ino in bound_to for d in ends.index.socket_holders(ino))
     if not holders:
         return None
     room = "the backlog of" if connecting else "the queue of"
     return Wake(f"room in {room} {bound} ({name} on {f.path}, fd {fd})",
                 "the listening socket" if connecting else "the receiving socket",
-                {k: tuple(v) for k, v in sorted(holders.items())}, None, "socket")
+                holders, None, "socket")

@@ -17,10 +17,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from kpeek.diagnose.fdindex import index_of, socket_inode
-from kpeek.model import OpenFile, Snapshot, Socket, Task
+from kpeek.model import FileDescriptor, OpenFile, Snapshot, Socket, Task
 from kpeek.sources.fdinfo_details import parse, read_fdinfo
 
 _PTS = re.compile(r"/dev/pts/(\d+)")
@@ -54,7 +56,7 @@ class Ends:
         self.notes = notes
         self.index = index_of(snapshot)
         self._sockets: dict[int, Socket] | None = None
-        self._masters: dict[int, dict[int, list[int]]] | None = None
+        self._masters: dict[int, dict[int, tuple[int, ...]]] | None = None
 
     def file(self, tgid: int, fd: int) -> OpenFile | None:
         return self.index.file(tgid, fd)
@@ -113,9 +115,7 @@ class Ends:
 
     def _pipe(self, f: OpenFile, fd: int, direction: str, kind: str, tgid: int) -> Wake:
         want = _writable if direction == "in" else _readable
-        holders: dict[int, list[int]] = {}
-        for d in self.index.holders(f.inode, want):
-            holders.setdefault(d.tgid, []).append(d.fd)
+        holders = by_process(self.index.holders(f.inode, want))
         end = "the write end" if direction == "in" else "the read end"
         what = "data or end-of-file on" if direction == "in" else "room to write in"
         if kind == "mqueue":
@@ -130,8 +130,7 @@ class Ends:
             # holders are the wakers, as for a pipe.
             outside = f"any process may open {'the FIFO' if kind == 'fifo' else 'the queue'} " \
                       f"{f.path}"
-        return Wake(f"{what} {f.path} (fd {fd})", end,
-                    {k: tuple(v) for k, v in sorted(holders.items())}, outside, kind)
+        return Wake(f"{what} {f.path} (fd {fd})", end, holders, outside, kind)
 
     def message_queue(self, task: Task, fd: int, direction: str) -> Wake | None:
         """A POSIX message queue (mq_timedreceive/mq_timedsend with no
@@ -149,51 +148,43 @@ class Ends:
         if not holders:
             return Wake(resource, "", kind="tty",
                         outside="its master side is in no descriptor table we could read")
-        return Wake(resource, "its master side (/dev/ptmx)",
-                    {k: tuple(v) for k, v in sorted(holders.items())}, None, "tty")
+        return Wake(resource, "its master side (/dev/ptmx)", holders, None, "tty")
 
     def _master(self, f: OpenFile, fd: int, direction: str, index: int) -> Wake:
         """A terminal's master side reads what its programs write and writes
         what they read: its wakers hold the terminal itself (/dev/pts/N)."""
         what = "output from" if direction == "in" else "room to write to"
         resource = f"{what} the terminal /dev/pts/{index} ({f.path}, fd {fd})"
-        holders: dict[int, list[int]] = {}
-        for other in self.snapshot.open_files.values():
-            if other.path == f"/dev/pts/{index}":
-                for d in self.snapshot.holders(other.id):
-                    holders.setdefault(d.tgid, []).append(d.fd)
+        holders = by_process(d for other in self.snapshot.open_files.values()
+                             if other.path == f"/dev/pts/{index}"
+                             for d in self.snapshot.holders(other.id))
         if not holders:
             return Wake(resource, "", kind="tty",
                         outside=f"any process may open the terminal /dev/pts/{index}")
-        return Wake(resource, f"the terminal /dev/pts/{index}",
-                    {k: tuple(sorted(v)) for k, v in sorted(holders.items())}, None, "tty")
+        return Wake(resource, f"the terminal /dev/pts/{index}", holders, None, "tty")
 
     def _eventfd(self, f: OpenFile, fd: int, direction: str) -> Wake:
         """An eventfd's counter is written (or drained) through the same open
         file, passed on by fork, dup or a unix socket: its holders, the
         waiter's own process included (another of its threads may write)."""
-        holders: dict[int, list[int]] = {}
-        for d in self.snapshot.holders(f.id):
-            holders.setdefault(d.tgid, []).append(d.fd)
         what = "a write to" if direction == "in" else "a read of"
         return Wake(f"{what} {f.path} (fd {fd})", "the eventfd",
-                    {k: tuple(v) for k, v in sorted(holders.items())}, None, "eventfd")
+                    by_process(self.snapshot.holders(f.id)), None, "eventfd")
 
-    def masters(self) -> dict[int, dict[int, list[int]]]:
+    def masters(self) -> dict[int, dict[int, tuple[int, ...]]]:
         """pts number -> tgid -> the fds holding that terminal's master side
         (each /dev/ptmx descriptor's fdinfo names its pts)."""
         if self._masters is None:
-            self._masters = {}
+            found: dict[int, list[FileDescriptor]] = {}
             for f in self.snapshot.open_files.values():
                 if f.path not in _PTMX:
                     continue
                 for d in self.snapshot.holders(f.id):
                     index = _pts_index(d.tgid, d.fd)
                     if index is not None:
-                        pts = self._masters.setdefault(index, {})
-                        pts.setdefault(d.tgid, []).append(d.fd)
+                        found.setdefault(index, []).append(d)
+            self._masters = {index: by_process(ds) for index, ds in found.items()}
         return self._masters
-
 
     def _socket(self, f: OpenFile, fd: int, direction: str) -> Wake:
         ino = socket_inode(f)
@@ -214,14 +205,19 @@ class Ends:
                                     "that we see")
             return Wake(f"{what} {label}", "", kind="socket",
                         outside="an unconnected socket: anyone may send to it")
-        holders: dict[int, list[int]] = {}
-        for d in self.index.socket_holders(info.peer):
-            holders.setdefault(d.tgid, []).append(d.fd)
+        holders = by_process(self.index.socket_holders(info.peer))
         if not holders:  # in a listener's accept queue, or in flight in a message
             return Wake(f"{what} {label}", "", kind="socket",
                         outside=f"its peer socket:[{info.peer}] is in no descriptor table")
-        return Wake(f"{what} {label}", f"its peer socket:[{info.peer}]",
-                    {k: tuple(v) for k, v in sorted(holders.items())}, None, "socket")
+        return Wake(f"{what} {label}", f"its peer socket:[{info.peer}]", holders, None, "socket")
+
+
+def by_process(descriptors: Iterable[FileDescriptor]) -> dict[int, tuple[int, ...]]:
+    """Holders as a Wake names them: tgid -> its fds, both ascending."""
+    grouped: dict[int, list[int]] = {}
+    for d in sorted(descriptors, key=attrgetter("tgid", "fd")):
+        grouped.setdefault(d.tgid, []).append(d.fd)
+    return {tgid: tuple(fds) for tgid, fds in grouped.items()}
 
 
 def _pidfd_pid(tgid: int, fd: int) -> int | None:

@@ -97,26 +97,19 @@ def _resolve(graph: WaitGraph, ends: Ends, shared: SharedMappers, t: Task) -> No
     name, args = call
     if name in FREE_CALLS:
         return
+    wake: Wake | None = None  # one descriptor's wakers, with where they come from
+    source = f"/proc/PID/syscall ({name}), fd table"
     if name in ADDRESSED and (wake := addressed_wake(ends, t, name, args)) is not None:
-        add_wakes(graph, t, [wake], multiplexed=False,
-                  source=f"/proc/PID/syscall ({name}), the address in its memory")
+        source = f"/proc/PID/syscall ({name}), the address in its memory"
     elif name in READS or name in WRITES:
         wake = ends.wakers(t, args[0] & 0xFFFFFFFF, "in" if name in READS else "out")
-        if wake is not None:
-            add_wakes(graph, t, [wake], multiplexed=False,
-                      source=f"/proc/PID/syscall ({name}), fd table")
     elif name in ("mq_timedreceive", "mq_timedsend") and not args[4]:  # no timeout
         wake = ends.message_queue(t, args[0] & 0xFFFFFFFF,
                                   "in" if name == "mq_timedreceive" else "out")
-        if wake is not None:
-            add_wakes(graph, t, [wake], multiplexed=False,
-                      source=f"/proc/PID/syscall ({name}), fd table")
     elif name in MOVES:
         side = _moving_side(t, *MOVES[name])
         wake = ends.wakers(t, args[side[0]] & 0xFFFFFFFF, side[1]) if side else None
-        if wake is not None:
-            add_wakes(graph, t, [wake], multiplexed=False,
-                      source=f"/proc/PID/syscall ({name}) and the wait channel")
+        source = f"/proc/PID/syscall ({name}) and the wait channel"
     elif name in MULTIPLEX:
         wakes = multiplexed_wakes(t, name, args, ends)
         if wakes is not None:
@@ -124,6 +117,8 @@ def _resolve(graph: WaitGraph, ends: Ends, shared: SharedMappers, t: Task) -> No
                       source=f"/proc/PID/syscall ({name}) and its descriptor set")
     elif name == "futex":
         futex_edges(graph, t, args, shared)
+    if wake is not None:
+        add_wakes(graph, t, [wake], multiplexed=False, source=source)
 
 
 def _moving_side(t: Task, fd_in: int, fd_out: int) -> tuple[int, str] | None:
