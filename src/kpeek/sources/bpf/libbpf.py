@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import signal
@@ -62,7 +61,9 @@ def _lib() -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL(name, use_errno=True)
     except OSError:
-        found = ctypes.util.find_library("bpf")
+        from ctypes.util import find_library  # only here: subprocess, tempfile (15 ms)
+
+        found = find_library("bpf")
         if not found:
             raise NotSupported(
                 "libbpf.so.1 not found; the BPF source needs libbpf "
