@@ -126,6 +126,22 @@ print(json.dumps([kept_view, fresh_view], default=str))
     assert not [n for n in fresh["notes"] if "paths of" in n]
 
 
+def test_a_first_process_that_runs_one_program_keeps_them_all(bpffs: Bpffs) -> None:
+    """kpeek ps runs only the task iterator, and loads only it where nothing
+    is kept; where its load is kept, it loads and pins every program, and
+    kpeek files after it uses the pins."""
+    with family(PIPE_FORK_DUP2) as fam:
+        r = bpffs.run([sys.executable, "-m", "kpeek", "ps", "--json", "-p", str(fam.pid)])
+        assert r.returncode == 0, r.stderr
+        pins = set(os.listdir(_key_dir(bpffs)))
+        assert {f"{kept.PROG}snapshot_files", f"{kept.PROG}snapshot_maps",
+                f"{kept.PROG}lock_layout"} <= pins, pins
+        assert _probe(bpffs)["snapshot"]["kept"]
+        r = bpffs.run([sys.executable, "-m", "kpeek", "files", "--json", str(fam.pid)])
+        assert r.returncode == 0, r.stderr
+        assert [p["tgid"] for p in json.loads(r.stdout)["processes"]] == [fam.pid]
+
+
 def test_publishing_removes_stale_key_directories(bpffs: Bpffs) -> None:
     _probe(bpffs)
     current = _key_dir(bpffs)

@@ -475,3 +475,36 @@ def test_a_few_processes_are_walked_through_links_of_their_own(monkeypatch) -> N
     assert by_pid.tasks == filtered.tasks
     assert by_pid.fds == filtered.fds and len(by_pid.fds) > 3 * len(pids)
     assert by_pid.open_files == filtered.open_files and by_pid.inodes == filtered.inodes
+
+
+def test_a_snapshot_without_files_loads_the_task_program_alone(monkeypatch) -> None:
+    """Where the snapshot object is not kept for later processes (here
+    KPEEK_KEEP_BPF=0), kpeek ps has libbpf load and the verifier check the
+    task program alone; a later need loads the object again with the
+    programs asked for, and every load gives the same tasks."""
+    require("root", "bpf")
+    from kpeek.sources.bpf import loaded, procfiles
+    from kpeek.sources.bpf import snapshot as bpf
+
+    monkeypatch.setenv("KPEEK_KEEP_BPF", "0")
+    monkeypatch.setattr(loaded, "_objects", {})
+    monkeypatch.setattr(loaded, "_iterators", {})
+    with family(PIPE_FORK_DUP2) as fam:
+        parent = fam.info["parent"]
+        pids = [parent, *children_of(parent)]
+        _wait_sleeping(pids)
+        tasks_only = bpf.take_snapshot(pids, files=False)
+        assert loaded._objects["snapshot"].only == {"snapshot_tasks"}
+        fds = loaded._objects["snapshot"].program_fds()  # the kernel has just one
+        assert fds["snapshot_tasks"] >= 0 and fds["snapshot_files"] < 0
+        rows, fallback = procfiles.read_process_files(pids)
+        assert loaded._objects["snapshot"].only == {
+            "snapshot_tasks", "snapshot_roots", "snapshot_maps"}
+        again = bpf.take_snapshot(pids, files=False)
+        whole = bpf.take_snapshot(pids)
+        assert loaded._objects["snapshot"].only is None
+        whole_again = bpf.take_snapshot(pids, files=False)  # the whole object serves it
+        assert loaded._objects["snapshot"].only is None
+    assert tasks_only.tasks == again.tasks == whole.tasks == whole_again.tasks
+    assert {t.tgid for t in tasks_only.tasks} == set(pids) and not tasks_only.fds
+    assert not fallback and all(any(r.kind == "cwd" for r in rows[p]) for p in pids)

@@ -345,11 +345,16 @@ def _alive(pid: str) -> bool:
     return pid.isdigit() and os.path.exists(f"/proc/{pid}")
 
 
+def will_publish(name: str) -> bool:
+    """Whether a fresh load of ``name`` is kept for later processes."""
+    return name in KEPT and not why_not()
+
+
 def publish(name: str, data: bytes, programs: dict[str, int], maps: dict[str, int]) -> bool:
     """Pin the freshly loaded object ``name`` (its program and map fds) for
     later processes, and remove every other key's pins. False when it was not
     kept (not wanted here, already kept, refused); never raises."""
-    if why_not() or name not in KEPT:
+    if not will_publish(name):
         return False
     import hashlib
 

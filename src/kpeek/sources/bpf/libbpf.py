@@ -83,6 +83,7 @@ def _lib() -> ctypes.CDLL:
         "bpf_map__value_size": (cu, [vp]),
         "bpf_object__next_program": (vp, [vp, vp]),
         "bpf_program__name": (ctypes.c_char_p, [vp]),
+        "bpf_program__set_autoload": (ci, [vp, ctypes.c_bool]),
         "bpf_program__fd": (ci, [vp]),
         "bpf_program__attach_iter": (vp, [vp, ctypes.POINTER(_IterAttachOpts)]),
         "bpf_link__fd": (ci, [vp]),
@@ -127,9 +128,12 @@ class BpfObject(MapAccess):
     complaint is in the message).
     """
 
-    def __init__(self, data: bytes, name: str) -> None:
+    def __init__(self, data: bytes, name: str, programs: frozenset[str] | None = None) -> None:
+        """``programs``: load (and have the kernel verify) only these, not
+        every program in the object; None: all of them."""
         lib = _lib()
         self.name = name
+        self.only = programs
         self._data = ctypes.create_string_buffer(data, len(data))  # libbpf keeps pointers
         self._obj: int | None = None
         self._links: list[int] = []
@@ -146,6 +150,8 @@ class BpfObject(MapAccess):
                 self._obj = lib.bpf_object__open_mem(self._data, len(data), None)
                 if not self._obj:
                     raise _fail(f"cannot open BPF object {name}", _errno_of(0))
+                if programs is not None:
+                    self._load_only(programs)
                 ret = lib.bpf_object__load(self._obj)
                 if ret != -errno.EAGAIN:
                     break
@@ -154,6 +160,20 @@ class BpfObject(MapAccess):
         if ret != 0:
             self.close()
             raise _fail(f"cannot load BPF program {name}", _errno_of(ret))
+
+    def _load_only(self, programs: frozenset[str]) -> None:
+        lib = _lib()
+        prog = lib.bpf_object__next_program(self._obj, None)
+        while prog:
+            if lib.bpf_program__name(prog).decode() not in programs:
+                lib.bpf_program__set_autoload(prog, False)
+            prog = lib.bpf_object__next_program(self._obj, prog)
+
+    def has_programs(self, programs: frozenset[str] | None) -> bool:
+        """Whether ``programs`` (None: every one) were loaded."""
+        if self.only is None:
+            return True
+        return programs is not None and programs <= self.only
 
     def close(self) -> None:
         lib = _lib()

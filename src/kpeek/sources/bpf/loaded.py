@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from kpeek.errors import NotSupported
 from kpeek.sources.bpf import kept
@@ -25,27 +25,47 @@ _objects: dict[str, Object] = {}
 _lock = threading.Lock()
 
 
-def bpf_object(name: str) -> Object:
+def bpf_object(name: str, programs: Iterable[str] | None = None) -> Object:
     """The object ``<name>.bpf.o`` shipped in this package, got once per process.
+
+    ``programs``: those the caller will run (None: any). An object that will
+    not be kept for later processes (no bpffs, KPEEK_KEEP_BPF=0, the reader)
+    is loaded with just the programs asked for so far: the verifier's time
+    and libbpf's CO-RE relocations are paid for those alone (kpeek ps runs
+    one of the snapshot object's five). Asked for another one later, it is
+    loaded again with that one too.
 
     Raises NotPermitted (not root) or NotSupported (no BTF, the verifier
     refused), each with one line saying what would make it work.
     """
+    wanted = None if programs is None else frozenset(programs)
     with _lock:
         obj = _objects.get(name)
+        if obj is not None and (isinstance(obj, kept.KeptObject) or obj.has_programs(wanted)):
+            return obj
         if obj is None:
             obj = kept.open_kept(name)
-            if obj is None:
-                fresh, data = _load(name)
-                kept.publish(name, data, fresh.program_fds(), fresh.map_fds())
-                obj = fresh
-            _objects[name] = obj
-        return obj
+            if obj is not None:
+                _objects[name] = obj
+                return obj
+        if wanted is not None and not kept.will_publish(name):
+            if obj is not None and obj.only is not None:
+                wanted |= obj.only  # what it ran before, and this
+        else:
+            wanted = None
+        fresh, data = _load(name, wanted)
+        if wanted is None:
+            kept.publish(name, data, fresh.program_fds(), fresh.map_fds())
+        if obj is not None:  # its links die with it
+            for key in [k for k in _iterators if k[0] == name]:
+                del _iterators[key]
+        _objects[name] = fresh
+        return fresh
 
 
-def _load(name: str) -> tuple[BpfObject, bytes]:
-    """A private load with libbpf (CO-RE relocation, the verifier), and the
-    object's bytes."""
+def _load(name: str, programs: frozenset[str] | None = None) -> tuple[BpfObject, bytes]:
+    """A private load with libbpf (CO-RE relocation, the verifier) of
+    ``programs`` (None: all), and the object's bytes."""
     if not os.path.exists(VMLINUX_BTF):
         raise NotSupported(
             f"the kernel has no BTF ({VMLINUX_BTF}), which BPF CO-RE needs; it "
@@ -54,18 +74,19 @@ def _load(name: str) -> tuple[BpfObject, bytes]:
     data = shipped_object(name)
     from kpeek.sources.bpf.libbpf import BpfObject
 
-    return BpfObject(data, name), data
+    return BpfObject(data, name, programs), data
 
 
 @contextlib.contextmanager
-def exclusive(name: str) -> Iterator[Object]:
-    """The object, its globals and maps this process's alone for the span.
+def exclusive(name: str, programs: Iterable[str] | None = None) -> Iterator[Object]:
+    """The object (with ``programs``, see bpf_object), its globals and maps
+    this process's alone for the span.
 
     Kept objects are shared by every kpeek process: the span holds their
     lock. When another process holds it for too long, this process loads a
     private object (used from then on) rather than wait.
     """
-    obj = bpf_object(name)
+    obj = bpf_object(name, programs)
     if not isinstance(obj, kept.KeptObject):
         yield obj
         return
@@ -103,13 +124,18 @@ def shipped_object(name: str) -> bytes:
 _iterators: dict[tuple[str, str, int], BpfIterator] = {}
 
 
+def _with_program(name: str, program: str) -> Object:
+    """The object with ``program`` loaded: all of its programs on first use."""
+    return bpf_object(name, None if name not in _objects else (program,))
+
+
 def bpf_iterator(name: str, program: str, *, tid: int = 0) -> BpfIterator:
     """The iterator link of ``program`` in ``<name>.bpf.c``, attached once.
 
     ``tid`` limits an iter/task program to that one thread. Raises like
     :func:`bpf_object`.
     """
-    obj = bpf_object(name)
+    obj = _with_program(name, program)
     with _lock:
         key = (name, program, tid)
         it = _iterators.get(key)
@@ -155,7 +181,7 @@ def iterate(name: str, program: str, tgids: list[int] | None) -> bytes:
 
 
 def _process_iterator(name: str, program: str, tgid: int) -> BpfIterator:
-    obj = bpf_object(name)
+    obj = _with_program(name, program)
     with _lock:
         key = (name, program, -tgid)  # negative: a process, not a thread
         it = _iterators.get(key)

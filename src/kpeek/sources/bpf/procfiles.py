@@ -58,7 +58,8 @@ def read_process_files(tgids: list[int] | None) -> tuple[dict[int, list[ProcessF
     rtd and txt, then its mapped files in address order, each inode once and
     the executable's left out, as sources.fdfacts.process_files gives them.
     """
-    with filtered(tgids, threads=False, stacks=False):
+    with filtered(tgids, threads=False, stacks=False,
+                  programs=("snapshot_roots", "snapshot_maps")):
         roots = iterate("snapshot", "snapshot_roots", tgids)
         maps = iterate("snapshot", "snapshot_maps", tgids)
     rows, txt, want_maps, fallback = _roots(roots)

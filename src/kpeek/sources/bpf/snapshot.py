@@ -204,15 +204,17 @@ def _run_files(
 
 
 @contextlib.contextmanager
-def filtered(tgids: list[int] | None, threads: bool, stacks: bool | str) -> Iterator[None]:
-    """The snapshot programs' filter set for the iterator runs inside: only
+def filtered(tgids: list[int] | None, threads: bool, stacks: bool | str,
+             programs: tuple[str, ...] | None = None) -> Iterator[None]:
+    """The snapshot programs' filter set for the iterator runs inside (which
+    run ``programs``, None: any; see loaded.bpf_object): only
     ``tgids`` (None: all), threads or not, which stacks. The programs' globals
     and filter map are one per process: one run at a time, the map emptied
     after. Kept programs (kept.py) are shared with other kpeek processes:
     the span holds their lock too, the run number is the last one's plus one
     whoever ran it (a file seen in another process's run is not "seen"), and
     filter entries a killed process left behind are dropped first."""
-    with _run_lock, exclusive("snapshot") as obj:
+    with _run_lock, exclusive("snapshot", programs) as obj:
         generation = _ARGS.unpack(obj.read_globals())[4] + 1
         for key in obj.keys("wanted", 4):
             obj.delete("wanted", key)
@@ -262,7 +264,10 @@ def take_snapshot(
     open_files: dict[str, OpenFile] = {}
     inodes: dict[str, Inode] = {}
     vanished, in_order = 0, True
-    with filtered(tgids, threads, stacks):
+    # kpeek ps runs the task iterator alone; a snapshot with files loads
+    # all (kpeek files reads the process rows next: snapshot_roots, _maps).
+    programs = None if files else ("snapshot_tasks",)
+    with filtered(tgids, threads, stacks, programs):
         records, stack_of = _run_tasks(tgids)
         if files:
             fds, open_files, inodes, vanished, in_order = _run_files(notes, tgids)
