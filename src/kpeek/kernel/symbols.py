@@ -166,14 +166,7 @@ class Kallsyms:
         Raises NotPermitted when the kernel hides addresses (they read as
         zero for unprivileged users) and NotSupported when the file is missing.
         """
-        try:
-            with open(path, "rb") as f:
-                text = f.read().decode("ascii", "replace")
-        except FileNotFoundError:
-            raise NotSupported(f"{path} is missing: the kernel lacks CONFIG_KALLSYMS") from None
-        except PermissionError:
-            raise NotPermitted(f"cannot read {path}: run kpeek as root") from None
-        return cls.lazy_from_text(text, source=path)
+        return cls.lazy_from_text(_read_text(path), source=path)
 
     @classmethod
     def lazy_from_text(cls, text: str, source: str = KALLSYMS) -> Kallsyms:
@@ -185,16 +178,52 @@ class Kallsyms:
         out._text, out._source = text, source
         return out
 
+    @classmethod
+    def load_indexed(cls) -> Kallsyms:
+        """/proc/kallsyms for lookups by name (kpeek sym NAME): a name of the
+        kernel image's is answered from this boot's index (symindex.py)
+        without reading the table; anything else reads it, as :meth:`load`
+        (and, where there was no index, makes one for the next process)."""
+        from kpeek.kernel.symindex import SymbolIndex
+
+        out = cls.__new__(cls)
+        out._deferred, out._source = KALLSYMS, KALLSYMS
+        out._index = SymbolIndex.open()
+        return out
+
+    def _unparsed(self) -> str | None:
+        """The text not yet parsed into the table (read now if deferred), or None."""
+        d = self.__dict__
+        if "_deferred" in d:
+            text = Kallsyms.load(d.pop("_deferred"))._text
+            d["_text"] = text
+            if d.get("_index") is None:
+                from kpeek.kernel import symindex
+
+                symindex.save(text)
+        return d.get("_text")
+
     # Attributes of the table, built from _text on first access.
     _TABLE = frozenset(("_names_raw", "_by_name_cache", "_name_lookups", "_addrs", "_picks",
                         "_ends"))
 
     def __getattr__(self, attr: str):
-        if attr in Kallsyms._TABLE and "_text" in self.__dict__:
+        if attr in Kallsyms._TABLE and self._unparsed() is not None:
             text = self.__dict__.pop("_text")
             self.__dict__.update(Kallsyms.from_text(text, source=self._source).__dict__)
             return getattr(self, attr)
         raise AttributeError(attr)
+
+    def _image_symbol(self, name: str) -> Symbol | None:
+        """``name``'s symbol from the index or the unparsed text (see
+        _from_text_by_name), or None to say "ask the table"."""
+        index = self.__dict__.get("_index")
+        if index is not None:
+            found = index.find(name)
+            if found is not None:
+                address, kind, size = found
+                return Symbol(name, address, size, None, kind)
+        return self._from_text_by_name(name) if self._unparsed() is not None else None
 
     def _from_text_by_name(self, name: str) -> Symbol | None:
         """``name``'s symbol straight from the unparsed text of the kernel image's
@@ -327,7 +356,7 @@ class Kallsyms:
 
     def address_of(self, name: str) -> int | None:
         """Address of the symbol called ``name``, or None."""
-        sym = self._from_text_by_name(name) if "_text" in self.__dict__ else None
+        sym = self._image_symbol(name)
         if sym is not None:
             return sym.address
         raw = self._index_of(name)
@@ -335,10 +364,9 @@ class Kallsyms:
 
     def symbol(self, name: str) -> Symbol | None:
         """The full :class:`Symbol` for ``name`` (size included), or None."""
-        if "_text" in self.__dict__:
-            sym = self._from_text_by_name(name)
-            if sym is not None:
-                return sym
+        sym = self._image_symbol(name)
+        if sym is not None:
+            return sym
         raw = self._index_of(name)
         if raw is None:
             return None
@@ -365,6 +393,16 @@ class Kallsyms:
         if not self._addrs:
             return (0, 0)
         return self._addrs[0], self._addrs[-1]
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("ascii", "replace")
+    except FileNotFoundError:
+        raise NotSupported(f"{path} is missing: the kernel lacks CONFIG_KALLSYMS") from None
+    except PermissionError:
+        raise NotPermitted(f"cannot read {path}: run kpeek as root") from None
 
 
 _loaded: Kallsyms | None = None

@@ -58,8 +58,8 @@ def open_symbols(args: argparse.Namespace, what: str) -> Kallsyms:
         if symbols is None:
             raise NotSupported(f"{core_path(args)}: no kernel symbols found in the dump")
         return symbols
-    from kpeek.kernel.symbols import load_kallsyms
+    from kpeek.kernel.symbols import Kallsyms
     from kpeek.targets.live import require_root
 
     require_root(what)
-    return load_kallsyms()
+    return Kallsyms.load_indexed()  # kpeek sym NAME: this boot's index answers
