@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import groupby
 from operator import attrgetter
@@ -147,6 +147,16 @@ class Snapshot:
     process_files: tuple[ProcessFile, ...] = ()
     details: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # by OpenFile.id
 
+    def derive(self, **changes: Any) -> Snapshot:
+        """``dataclasses.replace(self, **changes)`` that keeps the indexes
+        built so far which do not depend on what changes (a whole-system
+        snapshot's descriptor indexes cost 20 ms per 65,000 descriptors)."""
+        new = replace(self, **changes)
+        for name, inputs in _INDEX_INPUTS.items():
+            if name in self.__dict__ and not inputs & changes.keys():
+                new.__dict__[name] = self.__dict__[name]
+        return new
+
     def processes(self) -> Iterator[Task]:
         """Thread-group leaders only."""
         return (t for t in self.tasks if not t.is_thread)
@@ -179,3 +189,11 @@ class Snapshot:
         for d in self.fds:
             index[d.open_file].append(d)
         return dict(index)
+
+
+# Each cached index of a Snapshot and the fields it is built from (see derive).
+_INDEX_INPUTS = {
+    "_tasks_by_pid": {"tasks"},
+    "_fds_by_tgid": {"fds"},
+    "_fds_by_file": {"fds"},
+}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import operator
 import os
 import sys
@@ -142,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     chosen = None
     if file_tests:
         chosen, others = _select_rows(snap, file_tests)
-        snap = dataclasses.replace(snap, process_files=others)
+        snap = snap.derive(process_files=others)
         with_rows = {tgid for tgid, _ in chosen} | {f.tgid for f in others}
         processes = [t for t in processes if t.tgid in with_rows]
     status = 1 if failed else 0

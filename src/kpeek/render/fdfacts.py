@@ -9,9 +9,8 @@ FIFO (same inode), a connected unix socket (the peer inode), a pty pair
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator
 from functools import cached_property
-from itertools import groupby, islice
+from itertools import groupby
 from operator import attrgetter
 
 from kpeek.model import FileDescriptor, FileLock, OpenFile, ProcessFile, Snapshot, Socket
@@ -26,6 +25,33 @@ MAX_ENDPOINTS = 8
 _ACCESS_LETTER = {"O_RDONLY": "r", "O_WRONLY": "w", "O_RDWR": "u"}
 _PER_PROCESS: list[FileDescriptor] = []  # a marker: candidates depend on the holder
 _ENDED = frozenset({"pipe", "fifo", "socket"})
+_UNKNOWN = object()
+
+
+class Ends:
+    """The other ends of the holders of one open file: the first
+    MAX_ENDPOINTS candidates are those of every holder but the ones among
+    them (``heads``), whose own lists leave them out (:meth:`of`); ``total``
+    counts each holder's other ends in all."""
+
+    __slots__ = ("_next", "heads", "per_holder", "shared", "total")
+
+    def __init__(
+        self, candidates: list[FileDescriptor], mine: int, per_holder: bool = False
+    ) -> None:
+        self.shared = candidates[:MAX_ENDPOINTS]
+        self._next = candidates[: MAX_ENDPOINTS + 1]
+        self.total = max(0, len(candidates) - mine)
+        self.heads = {(o.tgid, o.fd) for o in self.shared}
+        self.per_holder = per_holder  # made for one holder (an eventfd's)
+
+    def of(self, d: FileDescriptor) -> list[FileDescriptor]:
+        """The other ends ``d`` lists, never ``d`` itself."""
+        key = (d.tgid, d.fd)
+        if key not in self.heads:
+            return self.shared
+        return [o for o in self._next if (o.tgid, o.fd) != key][:MAX_ENDPOINTS]
+
 
 
 class FdFacts:
@@ -113,59 +139,57 @@ class FdFacts:
         pipe too), never ``d`` itself; at most MAX_ENDPOINTS of them (a pipe held
         by thousands of processes would make every row list every holder:
         quadratic). :meth:`endpoint_count` gives how many there are in all."""
-        return list(islice(self._other_ends(d), MAX_ENDPOINTS))
+        ends = self.ends(d)
+        return ends.of(d) if ends is not None else []
 
     def endpoint_count(self, d: FileDescriptor) -> int:
         """How many other ends ``d`` has (counted without building them)."""
-        others = self._candidates(d)
-        mine = 1 if self._includes_self(d) else 0
-        return max(0, len(others) - mine)
+        ends = self.ends(d)
+        return ends.total if ends is not None else 0
 
-    def _other_ends(self, d: FileDescriptor) -> Iterator[FileDescriptor]:
-        key = (d.tgid, d.fd)
-        return (o for o in self._candidates(d) if (o.tgid, o.fd) != key)
+    def ends(self, d: FileDescriptor) -> Ends | None:
+        """The other ends of the holders of d's open file; None when there are
+        none. Made once per candidates list (both files of a pipe, the
+        sockets of one peer share theirs), but an eventfd's: its other ends
+        are those in other processes, one Ends per holder (``per_holder``)."""
+        known = self._ends_of_file.get(d.open_file, _UNKNOWN)
+        if known is _UNKNOWN:
+            known = self._ends_of_file[d.open_file] = self._file_ends(d)
+        if known is _PER_PROCESS:
+            others = [e for e in self._eventfds.get(self._eventfd_id(d), []) if e.tgid != d.tgid]
+            return Ends(others, 0, per_holder=True) if others else None
+        return known  # type: ignore[return-value]
+
+    def _file_ends(self, d: FileDescriptor) -> Ends | list[FileDescriptor] | None:
+        candidates = self._file_candidates(d)
+        if candidates is _PER_PROCESS:
+            return _PER_PROCESS
+        if not candidates:
+            return None
+        # A pipe's or FIFO's candidates are all the holders of its inode, d too.
+        mine = 1 if self._includes_self(d) else 0
+        made = self._ends_of_list.get((id(candidates), mine))
+        if made is None:
+            made = self._ends_of_list[id(candidates), mine] = Ends(candidates, mine)
+        return made
+
+    @cached_property
+    def _ends_of_file(self) -> dict[str, Ends | list[FileDescriptor] | None]:
+        return {}
+
+    @cached_property
+    def _ends_of_list(self) -> dict[tuple[int, int], Ends]:
+        return {}
 
     def _includes_self(self, d: FileDescriptor) -> bool:
         inode = self.snap.inodes.get(self.snap.open_files[d.open_file].inode)
         return inode is not None and inode.type in ("pipe", "fifo")  # listed by inode
-
-    def shared_ends(
-        self, d: FileDescriptor, made: dict[int, Any], make: Callable[[list[FileDescriptor]], Any]
-    ) -> Any:
-        """What ``make`` says of the other-end candidates that every holder of
-        d's open file shares, made once per candidates list (the files of one
-        pipe, the sockets of one peer share it; FdFacts keeps it for the run);
-        _PER_PROCESS when they depend on the holder (eventfds), None for none."""
-        candidates = self._candidates(d)
-        if self._candidates_of_file.get(d.open_file) is not candidates:
-            return _PER_PROCESS
-        if not candidates:
-            return None
-        got = made.get(id(candidates))
-        if got is None:
-            got = made[id(candidates)] = make(candidates)
-        return got
 
     def may_have_ends(self, f: OpenFile, kind: str) -> bool:
         """Whether the descriptors of ``f`` (its inode of type ``kind``) may
         have other ends: only pipes, FIFOs, sockets, ptys and files with
         details (eventfds, ptmx) do (see _file_candidates)."""
         return kind in _ENDED or f.id in self.snap.details or f.path.startswith("/dev/pts/")
-
-    def _candidates(self, d: FileDescriptor) -> list[FileDescriptor]:
-        """Every descriptor on the other side of ``d``, perhaps with ``d`` itself."""
-        known = self._candidates_of_file.get(d.open_file)
-        if known is None:
-            known = self._file_candidates(d)
-            if known is not _PER_PROCESS:
-                self._candidates_of_file[d.open_file] = known
-        if known is _PER_PROCESS:  # an eventfd's other ends: in other processes
-            return [e for e in self._eventfds.get(self._eventfd_id(d), []) if e.tgid != d.tgid]
-        return known
-
-    @cached_property
-    def _candidates_of_file(self) -> dict[str, list[FileDescriptor]]:
-        return {}
 
     def _eventfd_id(self, d: FileDescriptor) -> int:
         return int(self.snap.details[d.open_file]["id"])  # type: ignore[call-overload]
@@ -194,9 +218,13 @@ class FdFacts:
 
     def endpoint_label(self, d: FileDescriptor) -> str:
         """lsof +E's words: ``PID,COMM,FDmode`` for each other end."""
-        shown = self.endpoints(d)
+        ends = self.ends(d)
+        return self.label(ends.of(d), ends.total) if ends is not None else ""
+
+    def label(self, shown: list[FileDescriptor], total: int) -> str:
+        """endpoint_label's words for the ends ``shown`` of ``total`` in all."""
         words = [f"{o.tgid},{self._comm(o.tgid)},{o.fd}{self._mode(o)}" for o in shown]
-        if len(shown) == MAX_ENDPOINTS and (more := self.endpoint_count(d) - len(shown)) > 0:
+        if len(shown) == MAX_ENDPOINTS and (more := total - len(shown)) > 0:
             words.append(f"(+{more} more)")
         return " ".join(words)
 
@@ -234,13 +262,13 @@ class FdFacts:
             out["locks"] = [lock_dict(lock) for lock in locks]
         if details := self.snap.details.get(d.open_file):
             out["details"] = dict(details)
-        if ends := self.endpoints(d):
+        if (others := self.ends(d)) is not None and (ends := others.of(d)):
             out["endpoints"] = [
                 {"pid": o.tgid, "comm": self._comm(o.tgid), "fd": o.fd, "mode": self._mode(o)}
                 for o in ends
             ]
             if len(ends) == MAX_ENDPOINTS:
-                out["endpoints_total"] = self.endpoint_count(d)
+                out["endpoints_total"] = others.total
         return out
 
 

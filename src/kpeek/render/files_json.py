@@ -21,8 +21,7 @@ import orjson
 from kpeek import jsonout
 from kpeek.ids import show_pointer
 from kpeek.model import FileDescriptor, Snapshot, Task
-from kpeek.render.fdfacts import _PER_PROCESS as _PER_HOLDER
-from kpeek.render.fdfacts import MAX_ENDPOINTS, FdFacts, lock_dict, socket_dict
+from kpeek.render.fdfacts import MAX_ENDPOINTS, Ends, FdFacts, lock_dict, socket_dict
 from kpeek.render.fileflags import access_mode, flag_names
 from kpeek.render.tables import snapshot_meta, task_dict
 
@@ -63,6 +62,7 @@ def _string(s: str) -> bytes:
 
 
 _BOOL = (b"false", b"true")
+_PER_HOLDER = True  # a marker: each holder has its own other ends (eventfds)
 
 
 def _address(shown: str | None) -> bytes:
@@ -81,12 +81,12 @@ class _Pieces:
         self.snap = snap
         self.facts = facts
         self.raw = raw_pointers
-        self.of_file: dict[str, tuple[bytes, set | list | None]] = {}
+        self.of_file: dict[str, tuple[bytes, set | bool | None]] = {}
         self.of_part: dict[str, tuple[bytes, bytes, bytes]] = {}
         self.words: dict[str, bytes] = {}
         self.entries: dict[str, bytes] = {}  # open file id -> its open_files entry
         self.comms: dict[int, bytes] = {}
-        self.ends_of: dict[int, tuple[set, bytes]] = {}  # id(candidates) -> _head_ends
+        self.ends_of: dict[int, bytes] = {}  # id(Ends) -> its shared endpoints text
         self.holders_of = snap._fds_by_file
         self.end_entry: dict[tuple[int, int], bytes] = {}
         self.pf_rows: dict[tuple[str, str, str], bytes] = {}
@@ -110,12 +110,13 @@ class _Pieces:
             out.append(b'{"fd":%d,"cloexec":%s,%s' % (d.fd, _BOOL[d.cloexec], tail))
         return b",".join(out)
 
-    def _own_tail(self, d: FileDescriptor, head: set | list | None) -> bytes:
+    def _own_tail(self, d: FileDescriptor, head: set | bool | None) -> bytes:
         """d's entry after its cloexec: its open file's, with d's own endpoint
         list (when d is among the first candidates) and locks."""
         part, extras, ends = self.of_part[d.open_file]
         if head is _PER_HOLDER or (head is not None and (d.tgid, d.fd) in head):
-            ends = self._ends_text(d, self.facts.endpoints(d))
+            others = self.facts.ends(d)
+            ends = self._ends_text(others.of(d), others.total) if others else b""
         if self.locked and (d.tgid, d.fd) in self.locked:
             extras = self._extras(d, self.facts.locks(d))
         return b"%s%s%s}" % (part, extras, ends)
@@ -135,7 +136,7 @@ class _Pieces:
             )
         return got
 
-    def _file(self, d: FileDescriptor) -> tuple[bytes, set | list | None]:
+    def _file(self, d: FileDescriptor) -> tuple[bytes, set | bool | None]:
         """(the entry after cloexec of every holder of d's open file but those
         with their own, whose set of keys, or _PER_HOLDER, comes second):
         fd_dict's part from the open file, fd_extras' socket and details, the
@@ -175,8 +176,11 @@ class _Pieces:
         if kind == "socket" or detailed:
             extras = self._extras(d, [])
         # Other ends: of pipes, FIFOs, sockets, ptys and eventfds only (FdFacts)
-        if self.facts.may_have_ends(f, kind):
-            head, ends = self._file_ends(d)
+        if self.facts.may_have_ends(f, kind) and (others := self.facts.ends(d)) is not None:
+            if others.per_holder:  # an eventfd's: each holder has its own
+                head = _PER_HOLDER
+            else:
+                head, ends = others.heads, self._shared_ends(others)
         if head is not None or self.locked:  # kept only for _own_tail
             self.of_part[file_id] = (part, extras, ends)
         return b"%s%s%s}" % (part, extras, ends), head
@@ -198,22 +202,13 @@ class _Pieces:
             out["details"] = dict(details)
         return b"," + _members(out) if out else b""
 
-    def _file_ends(self, d: FileDescriptor) -> tuple[set | None, bytes]:
-        """Every holder of d's open file has the same other ends, but those
-        among the first MAX_ENDPOINTS candidates (whose lists leave them out)."""
-        got = self.facts.shared_ends(d, self.ends_of, lambda c: self._head_ends(d, c))
-        if got is None or got is _PER_HOLDER:  # none; an eventfd's: they depend on the holder
-            return got, b""
-        return got
-
-    def _head_ends(self, d: FileDescriptor, candidates: list[FileDescriptor]) -> tuple[set, bytes]:
-        facts = self.facts
-        head = candidates[:MAX_ENDPOINTS]
-        text = b',"endpoints":[' + b",".join([self._entry(o) for o in head]) + b"]"
-        if len(head) == MAX_ENDPOINTS:
-            mine = 1 if facts._includes_self(d) else 0
-            text += b',"endpoints_total":%d' % max(0, len(candidates) - mine)
-        return {(o.tgid, o.fd) for o in head}, text
+    def _shared_ends(self, others: Ends) -> bytes:
+        """The endpoints text of every holder but those among the first
+        candidates, made once per candidates list."""
+        text = self.ends_of.get(id(others))
+        if text is None:
+            text = self.ends_of[id(others)] = self._ends_text(others.shared, others.total)
+        return text
 
     def _entry(self, o: FileDescriptor) -> bytes:
         key = (o.tgid, o.fd)
@@ -227,13 +222,13 @@ class _Pieces:
             )  # fmt: skip
         return got
 
-    def _ends_text(self, d: FileDescriptor, ends: list[FileDescriptor]) -> bytes:
+    def _ends_text(self, ends: list[FileDescriptor], total: int) -> bytes:
         """fd_extras' endpoints and endpoints_total keys (b"" when none)."""
         if not ends:
             return b""
         text = b',"endpoints":[' + b",".join([self._entry(o) for o in ends]) + b"]"
         if len(ends) == MAX_ENDPOINTS:
-            text += b',"endpoints_total":%d' % self.facts.endpoint_count(d)
+            text += b',"endpoints_total":%d' % total
         return text
 
     def process_files(self, rows: list) -> bytes:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from kpeek.model import FileDescriptor, ProcessFile, Snapshot, Task
 from kpeek.render import plain
-from kpeek.render.fdfacts import _PER_PROCESS as _PER_HOLDER
-from kpeek.render.fdfacts import MAX_ENDPOINTS, FdFacts, socket_name, summary
+from kpeek.render.fdfacts import FdFacts, socket_name, summary
 from kpeek.render.fileflags import access_mode, flag_names
 from kpeek.textsafe import for_terminal
 
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
     from typing import TextIO
 
 Row = tuple[str, ...]
+_PER_HOLDER = True  # a marker: each holder has its own other ends (eventfds)
 
 
 class FileCells:
@@ -31,11 +31,11 @@ class FileCells:
         # open file id -> ((FILE..FLAGS cells), (TYPE, INODE), PATH, the
         # description before the endpoints, the first candidates' keys, the
         # DETAILS cell of the other holders)
-        self.of_file: dict[str, tuple[tuple[Row, Row], str, str, set | None, str]] = {}
+        self.of_file: dict[str, tuple[tuple[Row, Row], str, str, set | bool | None, str]] = {}
         self.pf_rows: dict[tuple[str, str, str], Row] = {}
         self.locked = facts._locks_by_fd
         self.access: dict[int, tuple[str, str]] = {}  # f_flags -> ACCESS and FLAGS cells
-        self.ends_of: dict[int, tuple[set, str]] = {}  # id(candidates) -> _head_ends
+        self.ends_of: dict[int, str] = {}  # id(Ends) -> its shared endpoint label
 
     def fd_row(self, d: FileDescriptor) -> Row:
         """fd_rows' row of one descriptor, as str cells."""
@@ -56,7 +56,7 @@ class FileCells:
             details,
         )
 
-    def _file(self, d: FileDescriptor) -> tuple[tuple[Row, Row], str, str, set | None, str]:
+    def _file(self, d: FileDescriptor) -> tuple[tuple[Row, Row], str, str, set | bool | None, str]:
         snap, facts = self.snap, self.facts
         f = snap.open_files[d.open_file]
         inode = snap.inodes.get(f.inode)
@@ -84,27 +84,18 @@ class FileCells:
         details = snap.details.get(d.open_file)
         if details and (text := summary(dict(details))):
             parts.append(text)
-        head, ends = self._file_ends(d) if facts.may_have_ends(f, kind) else (None, "")
+        head: set | bool | None = None
+        ends = ""
+        if facts.may_have_ends(f, kind) and (others := facts.ends(d)) is not None:
+            if others.per_holder:  # an eventfd's: each holder has its own
+                head = _PER_HOLDER
+            else:
+                head = others.heads
+                ends = self.ends_of.get(id(others)) or self.ends_of.setdefault(
+                    id(others), facts.label(others.shared, others.total)
+                )
         base = " ".join(parts)
         return cells, for_terminal(f.path), base, head, _details(base, ends)
-
-    def _file_ends(self, d: FileDescriptor) -> tuple[set | None, str]:
-        """The endpoint label of every holder but the first candidates (whose
-        lists leave them out), as FdFacts.endpoint_label words it."""
-        got = self.facts.shared_ends(d, self.ends_of, lambda c: self._head_ends(d, c))
-        if got is None or got is _PER_HOLDER:  # none; an eventfd's: they depend on the holder
-            return got, ""
-        return got
-
-    def _head_ends(self, d: FileDescriptor, candidates: list[FileDescriptor]) -> tuple[set, str]:
-        facts = self.facts
-        head = candidates[:MAX_ENDPOINTS]
-        words = [f"{o.tgid},{facts._comm(o.tgid)},{o.fd}{facts._mode(o)}" for o in head]
-        if len(head) == MAX_ENDPOINTS:
-            mine = 1 if facts._includes_self(d) else 0
-            if (more := max(0, len(candidates) - mine) - len(head)) > 0:
-                words.append(f"(+{more} more)")
-        return {(o.tgid, o.fd) for o in head}, " ".join(words)
 
     def pf_row(self, pf: ProcessFile) -> Row:
         key = (pf.kind, pf.path, pf.inode)

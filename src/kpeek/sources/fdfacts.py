@@ -16,7 +16,6 @@ Everything here may vanish while read; a vanished fact is left out.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections import defaultdict
@@ -31,8 +30,7 @@ def enrich(snap: Snapshot, tgids: Iterable[int] | None = None) -> Snapshot:
     """``snap`` with sockets, locks, details and process rows of ``tgids`` (default: all
     processes in it)."""
     shown = sorted(set(tgids) if tgids is not None else {t.tgid for t in snap.processes()})
-    return dataclasses.replace(
-        snap,
+    return snap.derive(
         sockets=_sockets(snap),
         locks=tuple(_locks(snap)),
         details=_details(snap),
