@@ -7,6 +7,7 @@ these dataclasses; ``from kpeek.model import OpenFile`` still works.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 # _RECORDS: the records a whole-system snapshot makes by the hundred thousand
@@ -114,3 +115,48 @@ class ProcessFile:
     kind: str  # cwd, rtd, txt, mem
     path: str
     inode: str = ""  # Inode.id ("major:minor:ino") when known
+
+
+# A mapped file as a mem row shows it: (path, inode id).
+Mapped = tuple[str, str]
+
+
+class ProcessFileTable(Sequence[ProcessFile]):
+    """The cwd/rtd/txt/mem rows of many processes (Snapshot.process_files),
+    each process's kept as its own rows and a list of mapped files that the
+    forks of one program share, the same list object: a whole system's
+    100,000 mem rows are made one by one only for whoever iterates over
+    them, and a renderer can tell each shared list once (:meth:`parts`)."""
+
+    def __init__(self, parts: dict[int, tuple[list[ProcessFile], list[Mapped]]]) -> None:
+        self._parts = parts
+        self._flat: list[ProcessFile] | None = None
+
+    def parts(self, tgid: int) -> tuple[list[ProcessFile], list[Mapped]]:
+        """(tgid's own rows, its mapped files: mem rows after those)."""
+        return self._parts.get(tgid, _NO_PARTS)
+
+    def of(self, tgid: int) -> list[ProcessFile]:
+        """The rows of one process, in order."""
+        own, mapped = self._parts.get(tgid, _NO_PARTS)
+        return [*own, *[ProcessFile(tgid, "mem", path, inode) for path, inode in mapped]]
+
+    def rows_by_process(self) -> dict[int, list[ProcessFile]]:
+        return {tgid: self.of(tgid) for tgid in self._parts}
+
+    def _rows(self) -> list[ProcessFile]:
+        if self._flat is None:
+            self._flat = [pf for tgid in self._parts for pf in self.of(tgid)]
+        return self._flat
+
+    def __len__(self) -> int:
+        return sum(len(own) + len(mapped) for own, mapped in self._parts.values())
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]  # Sequence's overloads
+        return self._rows()[index]
+
+    def __iter__(self) -> Iterator[ProcessFile]:
+        return iter(self._rows())
+
+
+_NO_PARTS: tuple[list[ProcessFile], list[Mapped]] = ([], [])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import groupby
@@ -144,7 +144,7 @@ class Snapshot:
     # Facts lsof shows beyond the three tables (filled by sources.fdfacts):
     sockets: Mapping[int, Socket] = field(default_factory=dict)  # by inode number
     locks: tuple[FileLock, ...] = ()
-    process_files: tuple[ProcessFile, ...] = ()
+    process_files: Sequence[ProcessFile] = ()  # a ProcessFileTable from sources.fdfacts
     details: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # by OpenFile.id
 
     def derive(self, **changes: Any) -> Snapshot:

@@ -263,7 +263,7 @@ def _print_tables(
         title = f"PID {t.pid} {t.comm}  (pid {t.ns_pid} in pidns {namespace_id(t.pidns)})"
         plain.bold(out, for_terminal(title))
         if rows:
-            shared = len(cells.facts.process_files(t.tgid))
+            shared = sum(map(len, cells.facts.process_file_parts(t.tgid)))
             files_text.table(*drop_empty(COLUMNS, rows), out, lines, shared)
         else:
             plain.line(out, "  (no descriptors)")

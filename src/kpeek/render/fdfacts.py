@@ -13,6 +13,7 @@ from functools import cached_property
 from itertools import groupby
 from operator import attrgetter
 
+from kpeek.filemodel import Mapped, ProcessFileTable
 from kpeek.model import FileDescriptor, FileLock, OpenFile, ProcessFile, Snapshot, Socket
 from kpeek.render.fileflags import access_mode
 
@@ -61,19 +62,27 @@ class FdFacts:
         self.snap = snap
 
     @cached_property
-    def _process_files(self) -> dict[int, list[ProcessFile]]:
+    def _process_files(self) -> ProcessFileTable:
         rows = self.snap.process_files
+        if isinstance(rows, ProcessFileTable):
+            return rows
         # Sources give each process's rows together: grouped in C.
         index = {tgid: list(mine) for tgid, mine in groupby(rows, attrgetter("tgid"))}
         if sum(map(len, index.values())) != len(rows):  # not together after all
             index = defaultdict(list)
             for pf in rows:
                 index[pf.tgid].append(pf)
-        return index
+        return ProcessFileTable({tgid: (mine, []) for tgid, mine in index.items()})
 
     def process_files(self, tgid: int) -> list[ProcessFile]:
         """The cwd/rtd/txt/mem rows of one process."""
-        return self._process_files.get(tgid, [])
+        return self._process_files.of(tgid)
+
+    def process_file_parts(self, tgid: int) -> tuple[list[ProcessFile], list[Mapped]]:
+        """The rows of one process as (its own rows, mapped files (path,
+        inode id) whose mem rows follow): the forks of one program share the
+        very list of mapped files (see ProcessFileTable)."""
+        return self._process_files.parts(tgid)
 
     @cached_property
     def _fds_by_inode(self) -> dict[str, list[FileDescriptor]]:

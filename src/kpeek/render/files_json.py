@@ -90,6 +90,7 @@ class _Pieces:
         self.holders_of = snap._fds_by_file
         self.end_entry: dict[tuple[int, int], bytes] = {}
         self.pf_rows: dict[tuple[str, str, str], bytes] = {}
+        self.mapped: dict[int, bytes] = {}  # id(list of mapped files) -> their rows
         self.paths: dict[str, bytes] = {}
         self.flag_words: dict[int, bytes] = {}
         self.locked = facts._locks_by_fd
@@ -231,14 +232,24 @@ class _Pieces:
             text += b',"endpoints_total":%d' % total
         return text
 
-    def process_files(self, rows: list) -> bytes:
+    def process_files(self, tgid: int) -> bytes:
+        """The process_files entries of one process: its own rows, then its
+        mem rows, encoded once per list of mapped files (forks share it)."""
+        own, mapped = self.facts.process_file_parts(tgid)
         cache = self.pf_rows
         parts = []
-        for pf in rows:
+        for pf in own:
             key = (pf.kind, pf.path, pf.inode)
             got = cache.get(key)
             if got is None:
                 got = cache[key] = _encode({"kind": pf.kind, "path": pf.path, "inode": pf.inode})
+            parts.append(got)
+        if mapped:
+            got = self.mapped.get(id(mapped))
+            if got is None:
+                got = self.mapped[id(mapped)] = b",".join(
+                    [_encode({"kind": "mem", "path": path, "inode": ino}) for path, ino in mapped]
+                )
             parts.append(got)
         return b",".join(parts)
 
@@ -277,7 +288,7 @@ def files_json_chunks(
                 b',"fds":[',
                 pieces.fds(fds),
                 b'],"process_files":[',
-                pieces.process_files(facts.process_files(t.tgid)),
+                pieces.process_files(t.tgid),
                 b"]}",
             ]
         )

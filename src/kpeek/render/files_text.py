@@ -8,6 +8,7 @@ tests/test_files_fast_paths.py holds the two against each other.
 
 from __future__ import annotations
 
+from kpeek.filemodel import Mapped
 from kpeek.model import FileDescriptor, ProcessFile, Snapshot, Task
 from kpeek.render import plain
 from kpeek.render.fdfacts import FdFacts, socket_name, summary
@@ -33,6 +34,7 @@ class FileCells:
         # DETAILS cell of the other holders)
         self.of_file: dict[str, tuple[tuple[Row, Row], str, str, set | bool | None, str]] = {}
         self.pf_rows: dict[tuple[str, str, str], Row] = {}
+        self.mapped: dict[int, list[Row]] = {}  # id(list of mapped files) -> mem rows
         self.locked = facts._locks_by_fd
         self.access: dict[int, tuple[str, str]] = {}  # f_flags -> ACCESS and FLAGS cells
         self.ends_of: dict[int, str] = {}  # id(Ends) -> its shared endpoint label
@@ -97,6 +99,16 @@ class FileCells:
         base = " ".join(parts)
         return cells, for_terminal(f.path), base, head, _details(base, ends)
 
+    def mapped_rows(self, mapped: list[Mapped]) -> list[Row]:
+        """The mem rows of mapped files (path, inode id), made once per list
+        (the forks of one program share theirs)."""
+        rows = self.mapped.get(id(mapped))
+        if rows is None:
+            rows = self.mapped[id(mapped)] = [
+                ("mem", *[""] * 9, inode, for_terminal(path), "") for path, inode in mapped
+            ]
+        return rows
+
     def pf_row(self, pf: ProcessFile) -> Row:
         key = (pf.kind, pf.path, pf.inode)
         row = self.pf_rows.get(key)
@@ -114,7 +126,8 @@ def _details(base: str, ends: str) -> str:
 
 def rows_of(cells: FileCells, t: Task, chosen: set[tuple[int, int]] | None) -> list[Row]:
     """fd_rows(snap, t, chosen) with every cell a str."""
-    rows = [cells.pf_row(pf) for pf in cells.facts.process_files(t.tgid)]
+    own, mapped = cells.facts.process_file_parts(t.tgid)
+    rows = [*[cells.pf_row(pf) for pf in own], *cells.mapped_rows(mapped)]
     fds = cells.snap.fds_of(t.tgid)
     if chosen is not None:
         fds = [d for d in fds if (d.tgid, d.fd) in chosen]

@@ -21,6 +21,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 
+from kpeek.filemodel import Mapped, ProcessFileTable
 from kpeek.model import FileLock, ProcessFile, Snapshot
 from kpeek.sources import fdinfo_details
 from kpeek.textsafe import decode
@@ -38,25 +39,25 @@ def enrich(snap: Snapshot, tgids: Iterable[int] | None = None) -> Snapshot:
     )
 
 
-def _all_process_files(snap: Snapshot, tgids: list[int]) -> tuple[ProcessFile, ...]:
+def _all_process_files(snap: Snapshot, tgids: list[int]) -> ProcessFileTable:
     """The process rows of ``tgids`` in order: from BPF iterators when the
     snapshot came from BPF (two iterator runs for all), else from /proc."""
-    by_bpf: dict[int, list[ProcessFile]] = {}
+    by_bpf: dict[int, tuple[list[ProcessFile], list[Mapped]]] = {}
     if snap.source == "bpf" and tgids:
-        from kpeek.sources.bpf.procfiles import read_process_files
+        from kpeek.sources.bpf.procfiles import read_process_parts
 
         # Unfiltered for the rows of every process of a whole-system snapshot
         # (a filter set of thousands of pids costs more than it spares), but
         # filtered for a few even when the snapshot holds just those: kpeek
         # files PID read the memory maps of every process on the machine.
         everyone = len(tgids) > 256 and len(tgids) >= len({t.tgid for t in snap.processes()})
-        by_bpf, _ = read_process_files(None if everyone or len(tgids) > 65536 else tgids)
-    out: list[ProcessFile] = []
+        by_bpf, _ = read_process_parts(None if everyone or len(tgids) > 65536 else tgids)
+    parts: dict[int, tuple[list[ProcessFile], list[Mapped]]] = {}
     parsed: dict[bytes, list[tuple[str, str]]] = {}  # one parse per distinct maps text
     for tgid in tgids:
         rows = by_bpf.get(tgid)
-        out.extend(process_files(tgid, parsed) if rows is None else rows)
-    return tuple(out)
+        parts[tgid] = (process_files(tgid, parsed), []) if rows is None else rows
+    return ProcessFileTable(parts)
 
 
 def _sockets(snap: Snapshot) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import struct
 
-from kpeek.model import ProcessFile
+from kpeek.filemodel import Mapped, ProcessFile, ProcessFileTable
 from kpeek.sources.bpf.loaded import iterate
 from kpeek.sources.bpf.snapshot import dev_inode_id, filtered
 from kpeek.sources.statx import stat_inode_id
@@ -31,6 +31,7 @@ PF_HAS_MM = 1
 PATH_SEEN = -2
 _KINDS = ("cwd", "rtd", "txt")
 _UNKNOWN = ("", "")
+_NONE: list[Mapped] = []  # no mapped file (shared: never changed)
 # File systems whose stat() names another device than the superblock's
 # (btrfs subvolumes, overlayfs, bcachefs): their cwd/rtd/txt inode ids are
 # taken from a stat of the /proc link, as /proc users see them.
@@ -58,18 +59,29 @@ def read_process_files(tgids: list[int] | None) -> tuple[dict[int, list[ProcessF
     rtd and txt, then its mapped files in address order, each inode once and
     the executable's left out, as sources.fdfacts.process_files gives them.
     """
+    parts, fallback = read_process_parts(tgids)
+    return ProcessFileTable(parts).rows_by_process(), fallback
+
+
+def read_process_parts(
+    tgids: list[int] | None,
+) -> tuple[dict[int, tuple[list[ProcessFile], list[Mapped]]], set[int]]:
+    """read_process_files' rows as ProcessFileTable's parts: each process's
+    cwd, rtd and txt rows, and its mapped files (path, inode id), one list
+    shared by the processes that map the same files with the same executable
+    (forks of one program)."""
     with filtered(tgids, threads=False, stacks=False,
                   programs=("snapshot_roots", "snapshot_maps")):
         roots = iterate("snapshot", "snapshot_roots", tgids)
         maps = iterate("snapshot", "snapshot_maps", tgids)
     rows, txt, want_maps, fallback = _roots(roots)
-    _maps(maps, rows, txt, want_maps, fallback)
+    parts = _maps(maps, rows, txt, want_maps, fallback)
     fallback |= want_maps  # a process with memory but no mapped file seen
     if tgids is not None:
         fallback |= set(tgids) - rows.keys()
     for tgid in fallback:
-        rows.pop(tgid, None)
-    return rows, fallback
+        parts.pop(tgid, None)
+    return parts, fallback
 
 
 def _roots(out: bytes) -> tuple[dict[int, list[ProcessFile]], dict[int, str], set[int], set[int]]:
@@ -112,7 +124,9 @@ def _maps(
     txt: dict[int, str],
     want_maps: set[int],
     fallback: set[int],
-) -> None:
+) -> dict[int, tuple[list[ProcessFile], list[Mapped]]]:
+    """Each process's (cwd/rtd/txt rows, mapped files) of those in ``rows``;
+    those whose mapped files cannot be told exactly are added to ``fallback``."""
     backing = _backing_bit()
     # struct file address -> (path, inode id) of the row maps would show;
     # None for a file maps leaves out (no inode, not a path), _UNKNOWN for
@@ -146,11 +160,12 @@ def _maps(
             tgid_now, mapped = tgid, []
             groups.append((tgid, mapped))
         mapped.append(file)
-    made: dict[tuple, list[tuple[str, str]] | None] = {}
+    made: dict[tuple, list[Mapped] | None] = {}
+    parts = {tgid: (own, _NONE) for tgid, own in rows.items()}
     for tgid, addrs in groups:
         want_maps.discard(tgid)
-        mine = rows.get(tgid)
-        if mine is None:
+        own = rows.get(tgid)
+        if own is None:
             continue
         key = (txt.get(tgid, ""), *addrs)
         spec = made.get(key, _UNKNOWN)
@@ -159,15 +174,16 @@ def _maps(
         if spec is None:
             fallback.add(tgid)
         else:
-            mine.extend([ProcessFile(tgid, "mem", path, inode) for path, inode in spec])
+            parts[tgid] = (own, spec)
+    return parts
 
 
 def _mem_rows(
     files: dict[int, tuple[str, str] | None], addrs: list[int], exe: str
-) -> list[tuple[str, str]] | None:
+) -> list[Mapped] | None:
     """(path, inode id) of each row: each inode once, the executable's left
     out, as maps shows them; None when one of them is unknown here."""
-    spec: list[tuple[str, str]] = []
+    spec: list[Mapped] = []
     seen = {exe}
     for file in addrs:
         known = files[file]
