@@ -50,3 +50,44 @@ def test_global_option_before_the_verb_and_verb_help() -> None:
     r = subprocess.run([sys.executable, "-m", "kpeek", "nosuchverb"],
                        capture_output=True, text=True, env={**os.environ})
     assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+# One verb in a fresh interpreter; then whether inspect (with tokenize, ast,
+# dis) was imported, and what inspect answers afterwards.
+_INSPECT_PROBE = """
+import contextlib, io, json, sys
+from kpeek.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    code = main(sys.argv[1:])
+loaded = "tokenize" in sys.modules
+import inspect
+print(json.dumps([code, out.getvalue(), loaded, str(inspect.signature(lambda a, b=2: 0)),
+                  inspect.isfunction(main), inspect.getmodule(main).__name__]))
+"""
+
+
+def test_verbs_start_without_importing_inspect(tmp_path) -> None:
+    """Python 3.11's dataclasses imports inspect (6 ms of start-up) only for
+    classes without a docstring: kpeek puts a stand-in there until inspect
+    is used, and the output is the same as with the real module."""
+    from capabilities import have_bpf
+
+    log = tmp_path / "oops.log"
+    log.write_text("BUG: kernel NULL pointer dereference, address: 0000000000000008\n"
+                   "Oops: 0000 [#1] PREEMPT SMP NOPTI\nRIP: 0010:pipe_read+0x2a/0x450\n"
+                   "Call Trace:\n <TASK>\n vfs_read+0x1f0/0x2e0\n </TASK>\n")
+    verbs = [["oops", str(log)], ["oops", "--json", str(log)], ["struct", "list_head"]]
+    if have_bpf():
+        verbs += [["ps", "-p", "1"], ["files", str(os.getpid())], ["sym", "schedule"]]
+    for argv in verbs:
+        probe = subprocess.run([sys.executable, "-c", _INSPECT_PROBE, *argv],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.returncode == 0, probe.stderr
+        code, out, loaded, signature, isfunction, module = json.loads(probe.stdout)
+        assert code == 0 and signature == "(a, b=2)" and isfunction and module == "kpeek.cli"
+        assert loaded is (sys.version_info >= (3, 12)), argv
+        if argv[0] in ("oops", "struct"):  # the same lines with inspect imported first
+            plain = subprocess.run(
+                [sys.executable, "-c", "import inspect, sys; from kpeek.cli import main; "
+                 "sys.exit(main(sys.argv[1:]))", *argv], capture_output=True, text=True)
+            assert plain.stdout == out, argv

@@ -14,6 +14,7 @@ import gc
 import importlib
 import os
 import sys
+import types
 
 from kpeek import __version__, streams
 from kpeek.errors import EXIT_INTERNAL, EXIT_UNSUPPORTED, EXIT_USAGE, KpeekError, os_reason
@@ -107,7 +108,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _InspectOnFirstUse(types.ModuleType):
+    """Stands in sys.modules for ``inspect`` until an attribute of it is used.
+
+    Python 3.11's dataclasses imports inspect (with ast, dis, tokenize and
+    linecache: ~6 ms of CPU, an eighth of a kpeek oops) only to write a
+    docstring for a class that has none; kpeek's classes all have one. The
+    first use imports the real module, puts it in sys.modules and answers
+    from it, so a module that imported this stand-in still gets every name.
+    """
+
+    def __getattr__(self, name: str) -> object:
+        if sys.modules.get("inspect") is self:
+            del sys.modules["inspect"]
+        real = importlib.import_module("inspect")
+        self.__dict__.update(real.__dict__)  # later uses: no detour
+        return getattr(real, name)
+
+
+def _defer_inspect() -> None:
+    # 3.12+ dataclasses call inspect.get_annotations for every class: no gain there.
+    if sys.version_info < (3, 12) and "inspect" not in sys.modules:
+        sys.modules["inspect"] = _InspectOnFirstUse("inspect")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _defer_inspect()
     streams.guard_stdout()
     try:
         code = _run(argv)

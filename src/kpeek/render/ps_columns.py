@@ -121,6 +121,8 @@ def _num(value: float | None, fmt: str = "{:.1f}") -> str:
 
 @dataclass(frozen=True)
 class Column:
+    """One ps column: its header, its text for a task, its sort key, its JSON name."""
+
     header: str
     text: Callable[[Task, Clock, bool], str]
     key: Callable[[Task, Clock], Any]

@@ -83,6 +83,8 @@ def _unescape(field: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Mount:
+    """A mounted file system: its device and type (from mountinfo)."""
+
     dev: int
     fstype: str
 

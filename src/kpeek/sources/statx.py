@@ -30,6 +30,8 @@ _LAYOUT = struct.Struct("=16xI8xH2xQQ88xII")
 
 @dataclass(frozen=True, slots=True)
 class Stat:
+    """What kpeek needs of a stat: device, inode number, mode, links, size."""
+
     dev: int
     ino: int
     mode: int

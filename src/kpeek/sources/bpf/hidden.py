@@ -33,6 +33,8 @@ def hidden_pids(candidates: Iterable[int], seen: set[int]) -> list[int]:
 
 @dataclass
 class Merged:
+    """What /proc gave of the processes the iterators did not visit."""
+
     tasks: list[Task] = field(default_factory=list)
     fds: list[FileDescriptor] = field(default_factory=list)
     open_files: dict[str, OpenFile] = field(default_factory=dict)
