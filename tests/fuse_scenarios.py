@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,15 +25,31 @@ SERVER = Path(__file__).with_name("fuse_test_server.py")
 FUSECTL = "/sys/fs/fuse/connections"
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``condition`` until true; AssertionError after ``timeout`` seconds."""
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "",
+             about: Sequence[subprocess.Popen] = ()) -> None:
+    """Poll ``condition`` until true; AssertionError after ``timeout`` seconds,
+    saying where each process of ``about`` was then (a rare failure explains itself)."""
     deadline = time.monotonic() + timeout * time_scale()
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
             if condition():
                 return
         time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or condition}")
+    where = "".join(f"\n  {describe(p)}" for p in about)
+    raise AssertionError(f"timed out waiting for {what or condition}{where}")
+
+
+def describe(p: subprocess.Popen) -> str:
+    """A client's exit status and error, or its state, wchan and kernel stack."""
+    if p.poll() is not None:
+        err = p.stderr.read().decode(errors="replace")[-500:] if p.stderr else ""
+        return f"pid {p.pid} exited {p.returncode}: {err.strip()}"
+    try:
+        with open(f"/proc/{p.pid}/stack") as f:
+            stack = " < ".join(line.split()[-1] for line in f)
+        return f"pid {p.pid} state {state(p.pid)} wchan {wchan(p.pid)}: {stack}"
+    except OSError as e:
+        return f"pid {p.pid}: {e}"
 
 
 def wchan(pid: int) -> str:
@@ -146,6 +162,8 @@ def reap(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=10)
+        if p.stderr:
+            p.stderr.close()
 
 
 @dataclass
@@ -161,8 +179,9 @@ class FuseMount:
 
     def spawn(self, code: str) -> subprocess.Popen:
         """A Python client running ``code``; reaped on teardown."""
+        # stderr kept for describe(): a client that died says why (a few lines at most)
         p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                             stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
         self.clients.append(p)
         return p
 

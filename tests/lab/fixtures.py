@@ -123,6 +123,9 @@ def _wait_in_dmesg(guest: Guest, needle: str, timeout: float) -> None:
 
 def _build_scenarios(guest: Guest) -> dict[str, int]:
     """Load the scenario modules and start the user processes; returns role -> pid."""
+    # The hung-task reports (KERN_ERR) would otherwise reach the serial console in
+    # the middle of a command's output, a line of dmesg taken as truth among them.
+    guest.run("dmesg -n 1")
     guest.run("echo 2 > /proc/sys/kernel/hung_task_timeout_secs")
     for name in ("kpeek_abba", "kpeek_pin", "kpeek_lists"):
         guest.run(f"insmod /lib/kpeek/{name}.ko")
@@ -168,6 +171,7 @@ def _truth(guest: Guest, pids: dict[str, int]) -> GuestTruth:
 def _oops_and_panic(guest: Guest) -> str:
     """Unload a device without .owner under an open file, read it (an oops in
     freed module text), then panic through sysrq; returns the console output."""
+    guest.run("dmesg -n 4")  # the console level "quiet" boots with, for the oops's lines
     start = len(guest.machine.console)
     guest.run("insmod /lib/kpeek/kpeek_noowner.ko")
     guest.run("mkfifo /tmp/kpeek-go")
