@@ -480,11 +480,13 @@ def test_a_few_processes_are_walked_through_links_of_their_own(monkeypatch) -> N
 def test_a_snapshot_without_files_loads_the_task_program_alone(monkeypatch) -> None:
     """Where the snapshot object is not kept for later processes (here
     KPEEK_KEEP_BPF=0), kpeek ps has libbpf load and the verifier check the
-    task program alone; a later need loads the object again with the
-    programs asked for, and every load gives the same tasks."""
+    task program alone, kpeek files PID the four it runs; a later need
+    loads the object again with the programs asked for, and every load
+    gives the same tasks."""
     require("root", "bpf")
     from kpeek.sources.bpf import loaded, procfiles
     from kpeek.sources.bpf import snapshot as bpf
+    from kpeek.sources.bpf.lock_layout import lock_layout
 
     monkeypatch.setenv("KPEEK_KEEP_BPF", "0")
     monkeypatch.setattr(loaded, "_objects", {})
@@ -501,10 +503,15 @@ def test_a_snapshot_without_files_loads_the_task_program_alone(monkeypatch) -> N
         assert loaded._objects["snapshot"].only == {
             "snapshot_tasks", "snapshot_roots", "snapshot_maps"}
         again = bpf.take_snapshot(pids, files=False)
-        whole = bpf.take_snapshot(pids)
-        assert loaded._objects["snapshot"].only is None
-        whole_again = bpf.take_snapshot(pids, files=False)  # the whole object serves it
-        assert loaded._objects["snapshot"].only is None
-    assert tasks_only.tasks == again.tasks == whole.tasks == whole_again.tasks
+        with_files = bpf.take_snapshot(pids)  # kpeek files PID: no lock_layout
+        four = {"snapshot_tasks", "snapshot_files", "snapshot_roots", "snapshot_maps"}
+        assert loaded._objects["snapshot"].only == four
+        assert loaded._objects["snapshot"].program_fds()["lock_layout"] < 0
+        lock_layout()  # the doctor's: loaded again with it
+        assert loaded._objects["snapshot"].only == {*four, "lock_layout"}
+        last = bpf.take_snapshot(pids, files=False)  # that object serves it
+        assert loaded._objects["snapshot"].only == {*four, "lock_layout"}
+    assert tasks_only.tasks == again.tasks == with_files.tasks == last.tasks
     assert {t.tgid for t in tasks_only.tasks} == set(pids) and not tasks_only.fds
+    assert {d.tgid for d in with_files.fds} == set(pids)
     assert not fallback and all(any(r.kind == "cwd" for r in rows[p]) for p in pids)

@@ -41,6 +41,8 @@ FILE_REC = struct.Struct("<II6Q8IiI")
 _FILE_HEAD = struct.Struct("<IIQ68x?3xi")  # cloexec (0 or 1) as a bool
 _ARGS = struct.Struct("<6I")
 _run_lock = threading.Lock()
+_TASK_PROGRAMS = ("snapshot_tasks",)
+_FILE_PROGRAMS = ("snapshot_tasks", "snapshot_files", "snapshot_roots", "snapshot_maps")
 
 _NS_KINDS = ("mnt", "net", "ipc", "uts", "user", "cgroup", "time")  # after pid, as in /proc
 _NSEC_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -264,9 +266,11 @@ def take_snapshot(
     open_files: dict[str, OpenFile] = {}
     inodes: dict[str, Inode] = {}
     vanished, in_order = 0, True
-    # kpeek ps runs the task iterator alone; a snapshot with files loads
-    # all (kpeek files reads the process rows next: snapshot_roots, _maps).
-    programs = None if files else ("snapshot_tasks",)
+    # The programs it runs, loaded alone where nothing is kept (see
+    # loaded.bpf_object): kpeek ps the task iterator; kpeek files PID the
+    # descriptors too and the process rows it reads next; a whole-system
+    # snapshot with files (the doctor's, which may ask for lock_layout) all.
+    programs = None if files and tgids is None else _FILE_PROGRAMS if files else _TASK_PROGRAMS
     with filtered(tgids, threads, stacks, programs):
         records, stack_of = _run_tasks(tgids)
         if files:
