@@ -169,3 +169,15 @@ def test_whole_snapshot_is_the_same_with_and_without_the_short_cuts(scenes, many
     assert fast.fds == slow.fds
     assert fast.open_files == slow.open_files
     assert fast.inodes == slow.inodes
+
+
+def test_open_file_ids_are_keyed_ids_of_their_lowest_descriptor(scenes, many):  # noqa: F811
+    """The ids of a snapshot's open files, formatted for speed (ids.file_ids),
+    are keyed_id("file", tgid, fd, inode id) of each one's lowest descriptor."""
+    from kpeek.ids import keyed_id
+
+    snap = procfs.take_snapshot(_pids([*scenes, many]), threads=False)
+    assert len(snap.open_files) > 100
+    for f in snap.open_files.values():
+        first = min(snap.holders(f.id), key=lambda d: (d.tgid, d.fd))
+        assert f.id == keyed_id("file", first.tgid, first.fd, f.inode)

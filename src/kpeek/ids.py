@@ -95,6 +95,20 @@ def address_ids(kind: str) -> Callable[[int], str]:
     return ident
 
 
+def file_ids() -> Callable[[int, int, str], str]:
+    """``keyed_id("file", tgid, fd, inode_id)`` as a function, for the open files
+    of a whole /proc snapshot: the repr's text is formatted, not built from a
+    tuple. ``inode_id`` is "major:minor:ino", whose repr is itself quoted."""
+    h = _hasher()
+
+    def ident(tgid: int, fd: int, inode_id: str) -> str:
+        c = h.copy()
+        c.update(b"('file', %d, %d, '%b')" % (tgid, fd, inode_id.encode()))
+        return c.hexdigest()[:12]
+
+    return ident
+
+
 def show_pointer(addr: int | None, raw: bool = False) -> str | None:
     """A kernel pointer as the user may see it: raw hex only when asked for."""
     if addr is None:

@@ -187,7 +187,7 @@ def process_files(
         files = mapped_files(maps)
         if parsed is not None:
             parsed[maps] = files
-    rows.extend(ProcessFile(tgid, "mem", path, inode) for path, inode in files if inode not in txt)
+    rows += [ProcessFile(tgid, "mem", path, inode) for path, inode in files if inode not in txt]
     return rows
 
 

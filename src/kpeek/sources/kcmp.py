@@ -18,6 +18,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 _NR_KCMP = _SYSCALL_NUMBERS.get(os.uname().machine)
+# Where kcmp's number is unknown, -1: no system call, the kernel says ENOSYS.
+_NR_OR_NONE = -1 if _NR_KCMP is None else _NR_KCMP
 
 
 class KcmpUnavailable(OSError):
@@ -33,19 +35,24 @@ def compare_files(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
     ESRCH/EBADF when a task or descriptor vanished, KcmpUnavailable when kcmp
     cannot be used at all.
     """
+    # Called some 150,000 times by a whole-system snapshot: the usual answers
+    # first, nothing else in their way (the kernel's own 1.3 us is the rest).
+    # kcmp answers 0 (equal), 1 (less) or 2 (greater).
+    r = _syscall(_NR_OR_NONE, pid1, pid2, KCMP_FILE, fd1, fd2)
+    if r == 1:
+        return -1
+    if r == 2:
+        return 1
+    if r == 0:
+        return 0
+    if r > 0:
+        return 1
+    err = ctypes.get_errno()
     if _NR_KCMP is None:
         raise KcmpUnavailable(errno.ENOSYS, "kcmp: unknown syscall number on this machine")
-    r = _syscall(_NR_KCMP, pid1, pid2, KCMP_FILE, fd1, fd2)
-    if r >= 0:
-        return _ORDER[r] if r < 3 else 1
-    err = ctypes.get_errno()
     if err in (errno.ENOSYS, errno.EPERM, errno.EACCES):
         raise KcmpUnavailable(err, f"kcmp: {os.strerror(err)}")
     raise OSError(err, os.strerror(err))
-
-
-# kcmp's answer (0 equal, 1 less, 2 greater) as a comparison.
-_ORDER = (0, -1, 1)
 
 
 def same_vm(pid1: int, pid2: int) -> bool:

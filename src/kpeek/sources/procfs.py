@@ -150,7 +150,7 @@ def _read_descriptors(tgids: list[int]) -> tuple[list[RawDescriptor], int, list[
 def _identify(
     raw: list[RawDescriptor], notes: list[str], parents: dict[int, int]
 ) -> tuple[tuple[FileDescriptor, ...], dict[str, OpenFile], dict[str, Inode]]:
-    from kpeek.ids import keyed_id
+    from kpeek.ids import file_ids
     from kpeek.model import FileDescriptor, Inode, OpenFile
     from kpeek.sources.kcmp import KcmpUnavailable
     from kpeek.sources.proc_files import file_type
@@ -162,30 +162,22 @@ def _identify(
         notes.append(f"open-file sharing unknown ({e.strerror}); each fd shown as its own file")
         groups = [[d] for d in raw]
 
+    # Made once per open file (and per inode) and once per descriptor, some
+    # 100,000 times: positional, the RawDescriptor read by index (see its fields).
+    ident = file_ids()
     fds: list[FileDescriptor] = []
+    add_fds = fds.extend
     open_files: dict[str, OpenFile] = {}
     inodes: dict[str, Inode] = {}
     for group in groups:
-        first = group[0] if len(group) == 1 else min(group)  # the lowest (tgid, fd)
-        file_id = keyed_id("file", first.tgid, first.fd, first.inode_id)
-        open_files[file_id] = OpenFile(
-            id=file_id,
-            inode=first.inode_id,
-            path=first.path,
-            pos=first.pos,
-            flags=first.flags,
-            mnt_id=first.mnt_id,
-        )
-        if first.inode_id not in inodes:
-            inodes[first.inode_id] = Inode(
-                id=first.inode_id,
-                dev=first.dev,
-                ino=first.ino,
-                type=file_type(first.mode, first.path),
-                nlink=first.nlink,
-                size=first.size,
-            )
-        fds.extend([FileDescriptor(d.tgid, d.fd, d.cloexec, file_id) for d in group])
+        # The lowest (tgid, fd): a RawDescriptor is a tuple that starts with them.
+        first = group[0] if len(group) == 1 else min(group)
+        tgid, fd, path, dev, ino, mode, nlink, size, pos, flags, _, mnt_id, inode_id = first[:13]
+        file_id = ident(tgid, fd, inode_id)
+        open_files[file_id] = OpenFile(file_id, inode_id, path, pos, flags, mnt_id)
+        if inode_id not in inodes:
+            inodes[inode_id] = Inode(inode_id, dev, ino, file_type(mode, path), nlink, size)
+        add_fds([FileDescriptor(d[0], d[1], d[10], file_id) for d in group])
     fds.sort(key=_by_number)
     return tuple(fds), open_files, inodes
 

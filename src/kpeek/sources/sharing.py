@@ -61,12 +61,10 @@ def _partition(
     gives an order, no key to hash), not n log n for n descriptors.
     """
 
-    def same(group: list[RawDescriptor] | None, d: RawDescriptor) -> bool:
-        if group is None:
-            return False
+    def same(group: list[RawDescriptor], tgid: int, fd: int) -> bool:
         a = group[0]
         try:
-            return compare(a.tgid, a.fd, d.tgid, d.fd) == 0
+            return compare(a[0], a[1], tgid, fd) == 0  # (tgid, fd) of its first
         except KcmpUnavailable:
             raise
         except OSError as e:
@@ -79,37 +77,42 @@ def _partition(
     own: dict[int, list[RawDescriptor]] = {}  # tgid -> its latest group
     at: dict[tuple[int, int], list[RawDescriptor]] = {}  # (tgid, fd) -> its group
     by_fd: dict[int, list[RawDescriptor]] = {}  # fd number -> latest group with it
-    # Where every process opened the file itself (/dev/null), the sibling
-    # never shares: after 8 misses in a row only every 2nd, then 4th... (at
+    parent_of = parents.get
+    # Where every process opened the file itself (/dev/null in each fork), the
+    # sibling never shares: after 8 misses in a row only every 2nd, then 4th... (at
     # most 64th) descriptor asks, until one shares. What is not asked is
     # still found by the sort.
     misses, stride, chances = 0, 1, 0
-    for d in sorted(members, key=lambda d: (d.tgid, d.fd)):
-        mine = own.get(d.tgid)
-        forked = at.get((parents.get(d.tgid, 0), d.fd))
-        sibling = by_fd.get(d.fd)
-        if same(mine, d):
+    # By (tgid, fd): a RawDescriptor is a tuple that starts with them, and
+    # one process's (tgid, fd) is never another's, so tuples compare in C.
+    for d in sorted(members):
+        tgid, fd = d[0], d[1]
+        mine = own.get(tgid)
+        forked = at.get((parent_of(tgid, 0), fd))
+        if mine is not None and same(mine, tgid, fd):
             group = mine
-        elif forked is not mine and same(forked, d):
+        elif forked is not None and forked is not mine and same(forked, tgid, fd):
             group = forked
-        elif sibling is None or sibling is mine or sibling is forked:
-            group = None
-        elif (chances := chances + 1) % stride:
-            group = None  # not asked this time
-        elif same(sibling, d):
-            group = sibling
-            misses, stride = 0, 1
         else:
             group = None
-            misses += 1
-            if misses % 8 == 0:
-                stride = min(stride * 2, 64)
+            sibling = by_fd.get(fd)
+            if sibling is None or sibling is mine or sibling is forked:
+                pass
+            elif (chances := chances + 1) % stride:
+                pass  # not asked this time
+            elif same(sibling, tgid, fd):
+                group = sibling
+                misses, stride = 0, 1
+            else:
+                misses += 1
+                if misses % 8 == 0:
+                    stride = min(stride * 2, 64)
         if group is None:
             group = [d]
             groups.append(group)
         else:
             group.append(d)
-        own[d.tgid] = by_fd[d.fd] = at[(d.tgid, d.fd)] = group
+        own[tgid] = by_fd[fd] = at[(tgid, fd)] = group
     return groups if len(groups) == 1 else _merge_by_order(groups, compare)
 
 
@@ -124,6 +127,10 @@ def _merge_by_order(
     to both, so every pair of equal groups is joined without asking again.
     """
     parent = list(range(len(groups)))
+    # Each comparison is one kcmp (k log k of them): the first members' pids
+    # and fds by index, nothing else looked up on the way.
+    pids = [g[0].tgid for g in groups]
+    fds = [g[0].fd for g in groups]
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -132,15 +139,14 @@ def _merge_by_order(
         return i
 
     def order(i: int, j: int) -> int:
-        x, y = groups[i][0], groups[j][0]
         try:
-            r = compare(x.tgid, x.fd, y.tgid, y.fd)
+            r = compare(pids[i], fds[i], pids[j], fds[j])
         except KcmpUnavailable:
             raise
         except OSError as e:
             if e.errno not in (errno.EBADF, errno.ESRCH):
                 raise
-            return -1 if (x.tgid, x.fd) < (y.tgid, y.fd) else 1
+            return -1 if (pids[i], fds[i]) < (pids[j], fds[j]) else 1
         if r == 0:
             parent[root(i)] = root(j)
         return r
