@@ -499,6 +499,9 @@ def test_a_snapshot_without_files_loads_the_task_program_alone(monkeypatch) -> N
         assert loaded._objects["snapshot"].only == {"snapshot_tasks"}
         fds = loaded._objects["snapshot"].program_fds()  # the kernel has just one
         assert fds["snapshot_tasks"] >= 0 and fds["snapshot_files"] < 0
+        # and the maps only the others use are made small
+        assert _max_entries(loaded._objects["snapshot"]) == {
+            "seen_files": 1, "seen_mapped": 1, "wanted": 65536}
         rows, fallback = procfiles.read_process_files(pids)
         assert loaded._objects["snapshot"].only == {
             "snapshot_tasks", "snapshot_roots", "snapshot_maps"}
@@ -507,6 +510,8 @@ def test_a_snapshot_without_files_loads_the_task_program_alone(monkeypatch) -> N
         four = {"snapshot_tasks", "snapshot_files", "snapshot_roots", "snapshot_maps"}
         assert loaded._objects["snapshot"].only == four
         assert loaded._objects["snapshot"].program_fds()["lock_layout"] < 0
+        assert _max_entries(loaded._objects["snapshot"]) == {
+            "seen_files": 1 << 18, "seen_mapped": 1 << 16, "wanted": 65536}
         lock_layout()  # the doctor's: loaded again with it
         assert loaded._objects["snapshot"].only == {*four, "lock_layout"}
         last = bpf.take_snapshot(pids, files=False)  # that object serves it
@@ -515,3 +520,10 @@ def test_a_snapshot_without_files_loads_the_task_program_alone(monkeypatch) -> N
     assert {t.tgid for t in tasks_only.tasks} == set(pids) and not tasks_only.fds
     assert {d.tgid for d in with_files.fds} == set(pids)
     assert not fallback and all(any(r.kind == "cwd" for r in rows[p]) for p in pids)
+
+
+def _max_entries(obj) -> dict[str, int]:
+    from kpeek.sources.bpf.bpfsys import MapInfo
+
+    return {name: MapInfo(fd).max_entries for name, fd in obj.map_fds().items()
+            if name in ("seen_files", "seen_mapped", "wanted")}

@@ -15,7 +15,7 @@ import ctypes
 import errno
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 
 from kpeek.errors import NotPermitted, NotSupported
@@ -81,6 +81,7 @@ def _lib() -> ctypes.CDLL:
         "bpf_map__name": (ctypes.c_char_p, [vp]),
         "bpf_map__fd": (ci, [vp]),
         "bpf_map__value_size": (cu, [vp]),
+        "bpf_map__set_max_entries": (ci, [vp, cu]),
         "bpf_object__next_program": (vp, [vp, vp]),
         "bpf_program__name": (ctypes.c_char_p, [vp]),
         "bpf_program__set_autoload": (ci, [vp, ctypes.c_bool]),
@@ -128,9 +129,11 @@ class BpfObject(MapAccess):
     complaint is in the message).
     """
 
-    def __init__(self, data: bytes, name: str, programs: frozenset[str] | None = None) -> None:
+    def __init__(self, data: bytes, name: str, programs: frozenset[str] | None = None,
+                 unused_maps: Iterable[str] = ()) -> None:
         """``programs``: load (and have the kernel verify) only these, not
-        every program in the object; None: all of them."""
+        every program in the object; None: all of them. ``unused_maps``:
+        maps none of those programs uses, made with one entry."""
         lib = _lib()
         self.name = name
         self.only = programs
@@ -152,6 +155,8 @@ class BpfObject(MapAccess):
                     raise _fail(f"cannot open BPF object {name}", _errno_of(0))
                 if programs is not None:
                     self._load_only(programs)
+                for m in unused_maps:
+                    lib.bpf_map__set_max_entries(self._map(m), 1)
                 ret = lib.bpf_object__load(self._obj)
                 if ret != -errno.EAGAIN:
                     break
