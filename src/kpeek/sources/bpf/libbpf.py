@@ -30,8 +30,15 @@ _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, c
 _print_buf = ctypes.create_string_buffer(1 << 18)  # a whole verifier log fits
 
 
+_LIBBPF_DEBUG = 2  # enum libbpf_print_level: WARN, INFO, DEBUG
+
+
 @_PRINT_FN
 def _capture_print(level: int, fmt: bytes, args: int) -> int:
+    if level >= _LIBBPF_DEBUG:
+        # Hundreds a load (each CO-RE relocation): 3 ms of formatting for
+        # nothing; the verifier's log, which a failure quotes, is a warning.
+        return 0
     _libc.vsnprintf(_print_buf, len(_print_buf), fmt, args)
     _log.extend(_print_buf.value.decode(errors="replace").rstrip("\n").split("\n"))
     del _log[:-200]  # keep the tail: the verifier's last words say what failed
