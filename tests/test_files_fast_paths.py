@@ -26,10 +26,11 @@ import pytest
 
 from capabilities import require
 from kpeek import jsonout
-from kpeek.commands.files import COLUMNS, drop_empty, fd_rows
+from kpeek.commands.files import drop_empty, fd_rows
 from kpeek.render import files_text, plain
 from kpeek.render.fdfacts import FdFacts
 from kpeek.render.files_json import files_json
+from kpeek.render.files_text import COLUMNS
 from kpeek.render.tables import files_document
 from kpeek.sources import fdfacts, take_snapshot
 from kpeek.sources.kcmp import compare_files
@@ -158,17 +159,22 @@ def test_text_tables_are_the_reference_lines(scenes, source):
     facts = FdFacts(snap)
     cells = files_text.FileCells(snap, facts)
     chosen = {(d.tgid, d.fd) for d in snap.fds if d.fd % 2}
+    lines: dict = {}  # one memo for every table, as kpeek files keeps it
+    shared = 0
     for pick in (None, chosen):
         for t in sorted(snap.processes(), key=lambda t: t.pid):
             reference, fast = io.StringIO(), io.StringIO()
-            plain.table(*drop_empty(COLUMNS, fd_rows(snap, t, pick, facts)), reference)
-            files_text.table(*drop_empty(COLUMNS, files_text.rows_of(cells, t, pick)), fast)
+            rows = fd_rows(snap, t, pick, facts)
+            if rows:
+                plain.table(*drop_empty(COLUMNS, rows), reference)
+            assert files_text.process_table(cells, t, pick, fast, lines) == bool(rows)
             assert fast.getvalue() == reference.getvalue()
+            shared += sum(r[0] == "mem" for r in rows)
+    assert shared > 20  # the forks' mem rows came from blocks made once
+    assert len(cells.blocks) < shared
     everything = scenes[0].info["parent"]
     text = io.StringIO()
-    files_text.table(
-        *drop_empty(COLUMNS, files_text.rows_of(cells, snap.task(everything), None)), text
-    )
+    files_text.process_table(cells, snap.task(everything), None, text, lines)
     assert "LOCK" in text.getvalue() and " -> " in text.getvalue() and "[eventfd" in text.getvalue()
 
 

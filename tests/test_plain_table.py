@@ -15,11 +15,11 @@ from rich.table import Table
 from rich.text import Text
 
 from capabilities import require
-from kpeek.commands.files import COLUMNS as FILE_COLUMNS
 from kpeek.commands.files import drop_empty, fd_rows
 from kpeek.commands.ps import COLUMNS as TASK_COLUMNS
 from kpeek.commands.ps import task_rows
 from kpeek.render import plain
+from kpeek.render.files_text import COLUMNS as FILE_COLUMNS
 from kpeek.sources import take_snapshot
 from scenarios import family
 

@@ -257,25 +257,16 @@ def _print_tables(
 ) -> None:
     out = sys.stdout
     cells = files_text.FileCells(snap, FdFacts(snap))
-    lines: dict[str, dict] = {}  # the cwd/rtd/txt/mem lines of forks of one program
+    lines: dict[tuple[str, object], str] = {}  # lines that the tables of forks repeat
     for t in processes:
-        rows = files_text.rows_of(cells, t, chosen)  # fd_rows' cells, each open file's made once
         title = f"PID {t.pid} {t.comm}  (pid {t.ns_pid} in pidns {namespace_id(t.pidns)})"
         plain.bold(out, for_terminal(title))
-        if rows:
-            shared = sum(map(len, cells.facts.process_file_parts(t.tgid)))
-            files_text.table(*drop_empty(COLUMNS, rows), out, lines, shared)
-        else:
+        if not files_text.process_table(cells, t, chosen, out, lines):
             plain.line(out, "  (no descriptors)")
         plain.line(out)
     plain.footer(snap, out)
 
 
-# FD holds lsof's cwd/rtd/txt/mem for the rows that are not descriptors.
-COLUMNS = (
-    "FD", "CLOEXEC", "FILE", "SHARED", "REFS", "OFFSET", "ACCESS", "FLAGS", "LOCK", "TYPE",
-    "INODE", "PATH", "DETAILS",
-)  # fmt: skip
 _OPTIONAL = ("LOCK", "DETAILS")
 
 

@@ -8,6 +8,8 @@ tests/test_files_fast_paths.py holds the two against each other.
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 from kpeek.filemodel import Mapped
 from kpeek.model import FileDescriptor, ProcessFile, Snapshot, Task
 from kpeek.render import plain
@@ -17,6 +19,7 @@ from kpeek.textsafe import for_terminal
 
 TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import TextIO
 
 Row = tuple[str, ...]
@@ -35,6 +38,7 @@ class FileCells:
         self.of_file: dict[str, tuple[tuple[Row, Row], str, str, set | bool | None, str]] = {}
         self.pf_rows: dict[tuple[str, str, str], Row] = {}
         self.mapped: dict[int, list[Row]] = {}  # id(list of mapped files) -> mem rows
+        self.blocks: dict[tuple[int, tuple[bool, bool]], Block] = {}
         self.locked = facts._locks_by_fd
         self.access: dict[int, tuple[str, str]] = {}  # f_flags -> ACCESS and FLAGS cells
         self.ends_of: dict[int, str] = {}  # id(Ends) -> its shared endpoint label
@@ -109,6 +113,17 @@ class FileCells:
             ]
         return rows
 
+    def block(
+        self, mapped: list[Mapped], layout: tuple[bool, bool], pick: Callable[[Row], Row]
+    ) -> Block:
+        """The mem rows of mapped files as a Block of ``layout``'s cells, made once
+        per list (the forks of one program share theirs)."""
+        key = (id(mapped), layout)
+        block = self.blocks.get(key)
+        if block is None:
+            block = self.blocks[key] = Block([pick(row) for row in self.mapped_rows(mapped)])
+        return block
+
     def pf_row(self, pf: ProcessFile) -> Row:
         key = (pf.kind, pf.path, pf.inode)
         row = self.pf_rows.get(key)
@@ -124,46 +139,103 @@ def _details(base: str, ends: str) -> str:
     return for_terminal(base)
 
 
-def rows_of(cells: FileCells, t: Task, chosen: set[tuple[int, int]] | None) -> list[Row]:
-    """fd_rows(snap, t, chosen) with every cell a str."""
+def process_table(
+    cells: FileCells,
+    t: Task,
+    chosen: set[tuple[int, int]] | None,
+    out: TextIO,
+    memo: dict[tuple[str, object], str],
+) -> bool:
+    """Write t's table as ``plain.table(*drop_empty(COLUMNS, fd_rows(snap, t,
+    chosen)), out)`` does (commands/files.py): its cwd/rtd/txt/mem rows, then a
+    row per descriptor (those in ``chosen``, if given), LOCK and DETAILS only
+    where a row has one. False, and nothing written, when t has no row.
+    ``memo`` keeps lines that many tables repeat (the mapped files of the
+    forks of one program) across the calls of one run."""
     own, mapped = cells.facts.process_file_parts(t.tgid)
-    rows = [*[cells.pf_row(pf) for pf in own], *cells.mapped_rows(mapped)]
     fds = cells.snap.fds_of(t.tgid)
     if chosen is not None:
         fds = [d for d in fds if (d.tgid, d.fd) in chosen]
-    rows += [cells.fd_row(d) for d in fds]
-    return rows
+    fd_rows = [cells.fd_row(d) for d in fds]
+    if not (own or mapped or fd_rows):
+        return False
+    # Only descriptor rows have locks and details.
+    layout = (any(r[_LOCK] for r in fd_rows), any(r[_DETAILS] for r in fd_rows))
+    columns, pick = _LAYOUTS.get(layout) or _LAYOUTS.setdefault(layout, _layout(*layout))
+    head = [pick(cells.pf_row(pf)) for pf in own]
+    body = [pick(r) for r in fd_rows]
+    block = cells.block(mapped, layout, pick) if mapped else None
+    _write(columns, head, block, body, out, memo)
+    return True
 
 
-def table(
+# The columns of a process's table; FD holds lsof's cwd/rtd/txt/mem for the
+# rows that are not descriptors.
+COLUMNS = (
+    "FD", "CLOEXEC", "FILE", "SHARED", "REFS", "OFFSET", "ACCESS", "FLAGS", "LOCK", "TYPE",
+    "INODE", "PATH", "DETAILS",
+)  # fmt: skip
+_LOCK, _DETAILS = COLUMNS.index("LOCK"), COLUMNS.index("DETAILS")
+# (LOCK kept, DETAILS kept) -> the columns and a picker of a row's cells for them
+_LAYOUTS: dict[tuple[bool, bool], tuple[tuple[str, ...], Callable[[Row], Row]]] = {}
+
+
+def _layout(lock: bool, details: bool) -> tuple[tuple[str, ...], Callable[[Row], Row]]:
+    keep = [i for i in range(len(COLUMNS)) if (lock or i != _LOCK) and (details or i != _DETAILS)]
+    return tuple(COLUMNS[i] for i in keep), itemgetter(*keep)  # a tuple of those cells, in C
+
+
+class Block:
+    """Rows that many tables show alike (the mem rows of one list of mapped
+    files), their cells' widths and whether every cell is ASCII, made once."""
+
+    __slots__ = ("ascii", "rows", "widths")
+
+    def __init__(self, rows: list[Row]) -> None:
+        self.rows = rows
+        columns = list(zip(*rows, strict=True))
+        self.ascii = all("".join(c).isascii() for c in columns)
+        self.widths = [max(map(len, c)) for c in columns]
+
+
+def _write(
     columns: tuple[str, ...],
-    rows: list[Row],
+    head: list[Row],
+    block: Block | None,
+    body: list[Row],
     out: TextIO,
-    memo: dict[str, dict] | None = None,
-    shared: int = 0,
+    memo: dict[tuple[str, object], str],
 ) -> None:
-    """plain.table(columns, rows, out) for str cells: one format per line
-    where every cell is ASCII (a terminal column each), else plain.table.
-    The lines of the first ``shared`` rows (rows that many tables repeat,
-    such as the mapped files of forks of one program) are kept in ``memo``
-    by format and row."""
-    widths = []
-    for name, cells in zip(columns, zip(*rows, strict=True), strict=True):
-        if not "".join(cells).isascii() or not name.isascii():
-            plain.table(columns, rows, out)
-            return
-        widths.append(max(len(name), *map(len, cells)))
+    """plain.table(columns, head + block's rows + body, out) for str cells: one
+    format per line where every cell is ASCII (a terminal column each), else
+    plain.table itself."""
+    rows = [*head, *body]
+    widths = [len(name) for name in columns]
+    ascii_only = "".join(columns).isascii() and (block is None or block.ascii)
+    for i, cells in enumerate(zip(*rows, strict=True)):
+        if not ascii_only or not "".join(cells).isascii():
+            ascii_only = False
+            break
+        widths[i] = max(widths[i], *map(len, cells))
+    if not ascii_only:
+        plain.table(columns, [*head, *(block.rows if block else ()), *body], out)
+        return
+    if block is not None:
+        widths = [max(w, b) for w, b in zip(widths, block.widths, strict=True)]
     # The last column is not padded.
     fmt = "  ".join([*(f"{{:<{w}}}" for w in widths[:-1]), "{}"])
     plain.line(out, fmt.format(*columns).rstrip(), plain._BOLD)
-    head = []
-    if memo is not None and shared:
-        known = memo.setdefault(fmt, {})
-        for row in rows[:shared]:
-            line = known.get(row)
-            if line is None:
-                line = known[row] = fmt.format(*row).rstrip() + "\n"
-            head.append(line)
-    else:
-        shared = 0
-    out.write("".join([*head, *[fmt.format(*row).rstrip() + "\n" for row in rows[shared:]]]))
+    lines = []
+    for row in head:  # cwd, rtd, txt: alike in the forks of one program
+        line = memo.get((fmt, row))
+        if line is None:
+            line = memo[fmt, row] = fmt.format(*row).rstrip() + "\n"
+        lines.append(line)
+    if block is not None:
+        text = memo.get((fmt, id(block)))
+        if text is None:
+            text = memo[fmt, id(block)] = "".join(
+                [fmt.format(*row).rstrip() + "\n" for row in block.rows]
+            )
+        lines.append(text)
+    out.write("".join([*lines, *[fmt.format(*row).rstrip() + "\n" for row in body]]))
