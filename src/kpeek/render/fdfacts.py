@@ -40,8 +40,11 @@ class Ends:
     def __init__(
         self, candidates: list[FileDescriptor], mine: int, per_holder: bool = False
     ) -> None:
-        self.shared = candidates[:MAX_ENDPOINTS]
-        self._next = candidates[: MAX_ENDPOINTS + 1]
+        # Most lists are short (a pipe's two ends): kept as they are, not
+        # copied (nothing changes them once the indexes are made).
+        short = len(candidates) <= MAX_ENDPOINTS
+        self.shared = candidates if short else candidates[:MAX_ENDPOINTS]
+        self._next = candidates if short else candidates[: MAX_ENDPOINTS + 1]
         self.total = max(0, len(candidates) - mine)
         self.heads = {(o.tgid, o.fd) for o in self.shared}
         self.per_holder = per_holder  # made for one holder (an eventfd's)

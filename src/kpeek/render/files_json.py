@@ -94,6 +94,7 @@ class _Pieces:
         self.paths: dict[str, bytes] = {}
         self.flag_words: dict[int, bytes] = {}
         self.locked = facts._locks_by_fd
+        self.inode_ids: set[str] = set()  # those of the open files shown
 
     def fds(self, fds: list[FileDescriptor]) -> bytes:
         """The descriptors, each ``{**fd_dict(snap, d), **facts.fd_extras(d)}``,
@@ -101,20 +102,40 @@ class _Pieces:
         of_file, locked, out = self.of_file, self.locked, []
         for d in fds:
             known = of_file.get(d.open_file)
-            if known is None:
-                known = of_file[d.open_file] = self._file(d)
-            tail, head = known
-            if (head is not None and (head is _PER_HOLDER or (d.tgid, d.fd) in head)) or (
-                locked and (d.tgid, d.fd) in locked
-            ):
-                tail = self._own_tail(d, head)
+            if known is None:  # the first holder seen
+                tail = self._first(d)
+            else:
+                tail, head = known
+                if (head is not None and (head is _PER_HOLDER or (d.tgid, d.fd) in head)) or (
+                    locked and (d.tgid, d.fd) in locked
+                ):
+                    tail = self._own_tail(d, head, *self.of_part[d.open_file])
             out.append(b'{"fd":%d,"cloexec":%s,%s' % (d.fd, _BOOL[d.cloexec], tail))
         return b",".join(out)
 
-    def _own_tail(self, d: FileDescriptor, head: set | bool | None) -> bytes:
-        """d's entry after its cloexec: its open file's, with d's own endpoint
-        list (when d is among the first candidates) and locks."""
-        part, extras, ends = self.of_part[d.open_file]
+    def _first(self, d: FileDescriptor) -> bytes:
+        """d's entry after its cloexec, d the first holder of its open file
+        seen: the file's pieces are made, and kept for the other holders
+        (most open files have none: nothing is kept for those)."""
+        part, extras, others, head = self._file(d)
+        file_id = d.open_file
+        alike = others is not None and not others.per_holder  # the same ends for most holders
+        ends = b""
+        if len(self.holders_of[file_id]) > 1:
+            ends = self._shared_ends(others) if alike else b""  # type: ignore[arg-type]
+            self.of_file[file_id] = (b"%s%s%s}" % (part, extras, ends), head)
+            if head is not None or self.locked:  # kept only for _own_tail
+                self.of_part[file_id] = (part, extras, ends)
+        elif alike and (d.tgid, d.fd) not in head:  # type: ignore[operator]
+            ends = self._shared_ends(others)  # type: ignore[arg-type]
+        return self._own_tail(d, head, part, extras, ends)
+
+    def _own_tail(
+        self, d: FileDescriptor, head: set | bool | None, part: bytes, extras: bytes, ends: bytes
+    ) -> bytes:
+        """d's entry after its cloexec: its open file's (``part``, ``extras``,
+        ``ends``), with d's own endpoint list (when d is among the first
+        candidates) and locks."""
         if head is _PER_HOLDER or (head is not None and (d.tgid, d.fd) in head):
             others = self.facts.ends(d)
             ends = self._ends_text(others.of(d), others.total) if others else b""
@@ -137,12 +158,12 @@ class _Pieces:
             )
         return got
 
-    def _file(self, d: FileDescriptor) -> tuple[bytes, set | bool | None]:
-        """(the entry after cloexec of every holder of d's open file but those
-        with their own, whose set of keys, or _PER_HOLDER, comes second):
-        fd_dict's part from the open file, fd_extras' socket and details, the
-        endpoints text of a holder not among the first candidates. Its
-        open_file_dict entry is made here too, from the same pieces."""
+    def _file(self, d: FileDescriptor) -> tuple[bytes, bytes, Ends | None, set | bool | None]:
+        """The pieces of d's open file in a descriptor's entry: fd_dict's part
+        from the open file, fd_extras' socket and details, the other ends of
+        its holders and the keys of the holders with their own list (or
+        _PER_HOLDER, or None). Its open_file_dict entry is made here too,
+        from the same pieces."""
         snap = self.snap
         file_id = d.open_file
         f = snap.open_files[file_id]
@@ -153,6 +174,7 @@ class _Pieces:
         # runs for every open file of the system.
         raw = file_id.encode()
         id_b = b'"%s"' % raw if raw.isalnum() else _word(file_id)  # a keyed hash's hex
+        self.inode_ids.add(f.inode)
         inode_b = self.words.get(f.inode) or self.word(f.inode)
         path_b = self.paths.get(f.path) or self.path(f.path)
         flags_b = self.flag_words.get(f.flags) or self.flags(f.flags)
@@ -171,20 +193,14 @@ class _Pieces:
                 b"null" if address is None else b'"%s"' % show_pointer(address, self.raw).encode(),
             )
         )  # fmt: skip
-        extras = ends = b""
-        head = None
-        detailed = file_id in snap.details
-        if kind == "socket" or detailed:
+        extras = b""
+        head = others = None
+        if kind == "socket" or file_id in snap.details:
             extras = self._extras(d, [])
         # Other ends: of pipes, FIFOs, sockets, ptys and eventfds only (FdFacts)
         if self.facts.may_have_ends(f, kind) and (others := self.facts.ends(d)) is not None:
-            if others.per_holder:  # an eventfd's: each holder has its own
-                head = _PER_HOLDER
-            else:
-                head, ends = others.heads, self._shared_ends(others)
-        if head is not None or self.locked:  # kept only for _own_tail
-            self.of_part[file_id] = (part, extras, ends)
-        return b"%s%s%s}" % (part, extras, ends), head
+            head = _PER_HOLDER if others.per_holder else others.heads  # an eventfd's: per holder
+        return part, extras, others, head
 
     def word(self, s: str) -> bytes:
         got = self.words.get(s)
@@ -300,7 +316,7 @@ def files_json_chunks(
     for start in range(0, len(file_ids), 1000):
         chunk = b",".join([entries[i] for i in file_ids[start : start + 1000]])
         yield chunk if start == 0 else b"," + chunk
-    inode_ids = sorted({snap.open_files[i].inode for i in file_ids})
+    inode_ids = sorted(pieces.inode_ids)
     yield b'],"inodes":' + _encode(
         [
             {

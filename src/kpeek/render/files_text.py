@@ -47,7 +47,9 @@ class FileCells:
         """fd_rows' row of one descriptor, as str cells."""
         known = self.of_file.get(d.open_file)
         if known is None:
-            known = self.of_file[d.open_file] = self._file(d)
+            known = self._file(d)
+            if len(self.snap.holders(d.open_file)) > 1:  # kept for the other holders
+                self.of_file[d.open_file] = known
         cells, path, base, head, details = known
         if head is _PER_HOLDER or (head is not None and (d.tgid, d.fd) in head):
             details = _details(base, self.facts.endpoint_label(d))
@@ -97,9 +99,12 @@ class FileCells:
                 head = _PER_HOLDER
             else:
                 head = others.heads
-                ends = self.ends_of.get(id(others)) or self.ends_of.setdefault(
-                    id(others), facts.label(others.shared, others.total)
-                )
+                # (the label of the holders not among the first candidates: a
+                # pipe's own ends in one process have none)
+                if any((h.tgid, h.fd) not in head for h in snap.holders(d.open_file)):
+                    ends = self.ends_of.get(id(others)) or self.ends_of.setdefault(
+                        id(others), facts.label(others.shared, others.total)
+                    )
         base = " ".join(parts)
         return cells, for_terminal(f.path), base, head, _details(base, ends)
 
