@@ -33,27 +33,12 @@ import mmap
 import operator
 import os
 
-try:  # hashlib's own blake2b, without hashlib's OpenSSL load (as ids.py)
-    from _blake2 import blake2b
-except ImportError:  # not CPython
-    from hashlib import blake2b
+from kpeek import cachedir
+from kpeek.cachedir import boot_key
 
 KALLSYMS = "/proc/kallsyms"
-BOOT_ID = "/proc/sys/kernel/random/boot_id"
 MAGIC = b"kpeek-symindex 1 "
 HEAD = 4096  # bytes of /proc/kallsyms in the key
-
-
-def cache_dir() -> str | None:
-    """``$XDG_CACHE_HOME/kpeek`` (an absolute one), else ``~/.cache/kpeek``;
-    None when there is no home to put it in."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    if not os.path.isabs(base):
-        home = os.path.expanduser("~")
-        if not os.path.isabs(home):
-            return None
-        base = os.path.join(home, ".cache")
-    return os.path.join(base, "kpeek")
 
 
 def _read_head(path: str = KALLSYMS) -> bytes:
@@ -71,26 +56,6 @@ def _read_head(path: str = KALLSYMS) -> bytes:
         os.close(fd)
 
 
-def boot_key(head: bytes) -> str | None:
-    """The key of this boot's index, given the first HEAD bytes of
-    /proc/kallsyms; None when the boot id cannot be read."""
-    try:
-        with open(BOOT_ID, "rb") as f:
-            boot_id = f.read().strip()
-    except OSError:
-        return None
-    u = os.uname()
-    h = blake2b(digest_size=16)
-    for part in (boot_id, u.release.encode(), u.version.encode(), u.machine.encode(), head):
-        h.update(len(part).to_bytes(4, "little") + part)
-    return h.hexdigest()
-
-
-def _trusted(st: os.stat_result, private: bool) -> bool:
-    # Ours, and nobody else may write it (nor read it: it holds addresses).
-    return st.st_uid == os.geteuid() and not st.st_mode & (0o077 if private else 0o022)
-
-
 class SymbolIndex:
     """This boot's index, opened with :meth:`open`."""
 
@@ -101,28 +66,22 @@ class SymbolIndex:
     def open(cls, folder: str | None = None) -> SymbolIndex | None:
         """The index of this boot, or None (none made yet, not trusted, another
         boot's or kernel's, addresses hidden from this reader, any error)."""
-        folder = folder or cache_dir()
-        try:
+        key = None
+        with contextlib.suppress(OSError):
             key = boot_key(_read_head())
-            if folder is None or key is None:
-                return None
-            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                if not _trusted(os.fstat(dir_fd), private=False):
-                    return None
-                fd = os.open(f"kallsyms-{key}.idx", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             dir_fd=dir_fd)
-            finally:
-                os.close(dir_fd)
-            try:
-                st = os.fstat(fd)
-                if not _trusted(st, private=True) or st.st_size < len(MAGIC):
-                    return None
-                mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-            finally:
-                os.close(fd)
-        except (OSError, ValueError):
+        dir_fd = cachedir.open_dir(folder or cachedir.cache_dir()) if key else None
+        if dir_fd is None:
             return None
+        fd = cachedir.open_private(dir_fd, f"kallsyms-{key}.idx")
+        os.close(dir_fd)
+        if fd is None:
+            return None
+        try:
+            mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        except (OSError, ValueError):  # empty
+            return None
+        finally:
+            os.close(fd)
         start = mm.find(b"\n") + 1
         trailer = mm.rfind(b"\nend ", 0, len(mm)) + 1
         if (mm[:start] != MAGIC + key.encode() + b"\n" or trailer <= 0
@@ -206,18 +165,12 @@ def save(text: str, folder: str | None = None) -> bool:
     """Write this boot's index made from ``text`` (all of /proc/kallsyms,
     just read, addresses shown). False when not kept; never raises for a
     missing or unwritable folder."""
-    folder = folder or cache_dir()
-    if folder is None:
+    folder = folder or cachedir.cache_dir()
+    dir_fd = cachedir.open_dir(folder, create=True)
+    if folder is None or dir_fd is None:
         return False
     try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    tmp = None
-    try:
-        if not _trusted(os.fstat(dir_fd), private=False) or not os.access(
-                ".", os.W_OK, dir_fd=dir_fd):
+        if not os.access(".", os.W_OK, dir_fd=dir_fd):
             return False  # checked before the index is made: no work for nothing
         head = _read_head()
         key = boot_key(head)
@@ -226,23 +179,15 @@ def save(text: str, folder: str | None = None) -> bool:
         body = build(text)
         if body is None:
             return False
-        tmp = f"kallsyms-{key}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=dir_fd)
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + key.encode() + b"\n" + body)
-        name = f"kallsyms-{key}.idx"
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        tmp = None
-        for entry in os.listdir(dir_fd):  # other boots' indexes
-            if entry.startswith("kallsyms-") and entry.endswith(".idx") and entry != name:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry, dir_fd=dir_fd)
+
+        def write(path: str) -> bool:
+            with open(path, "wb") as f:
+                f.write(MAGIC + key.encode() + b"\n" + body)
+            return True
+
+        return cachedir.replace(folder, dir_fd, f"kallsyms-{key}.idx", write,
+                                stale_prefix="kallsyms-")
     except (OSError, ValueError):
         return False
     finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dir_fd)
         os.close(dir_fd)
-    return True

@@ -92,6 +92,7 @@ class ProgInfo:
         bpf(OBJ_GET_INFO_BY_FD, _attr(_INFO_ATTR, fd, len(info), ctypes.addressof(info)))
         fields = _PROG_INFO.unpack_from(info)
         self.type, self.id, nr_maps, self.name = fields[0], fields[1], fields[8], _name(fields[10])
+        self.tag = bytes(info[8:16])  # the kernel's hash of the instructions (map fds as 0)
         self.map_ids = frozenset(map_ids[: min(nr_maps, len(map_ids))])
 
 

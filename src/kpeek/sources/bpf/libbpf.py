@@ -128,6 +128,22 @@ def _fail(what: str, err: int) -> NotSupported | NotPermitted:
     return NotSupported(f"{what}: {why}{detail}; use --source procfs")
 
 
+class _OpenOpts(ctypes.Structure):
+    # struct bpf_object_open_opts up to kernel_log_level (libbpf 1.1; sz tells)
+    _fields_ = (
+        ("sz", ctypes.c_size_t),
+        ("object_name", ctypes.c_char_p),
+        ("relaxed_maps", ctypes.c_bool),
+        ("pin_root_path", ctypes.c_char_p),
+        ("_attach_prog_fd", ctypes.c_uint32),
+        ("kconfig", ctypes.c_char_p),
+        ("btf_custom_path", ctypes.c_char_p),
+        ("kernel_log_buf", ctypes.c_char_p),
+        ("kernel_log_size", ctypes.c_size_t),
+        ("kernel_log_level", ctypes.c_uint32),
+    )
+
+
 class BpfObject(MapAccess):
     """A loaded BPF object: its programs can be attached as iterators.
 
@@ -137,10 +153,11 @@ class BpfObject(MapAccess):
     """
 
     def __init__(self, data: bytes, name: str, programs: frozenset[str] | None = None,
-                 unused_maps: Iterable[str] = ()) -> None:
+                 unused_maps: Iterable[str] = (), core_btf: str | None = None) -> None:
         """``programs``: load (and have the kernel verify) only these, not
         every program in the object; None: all of them. ``unused_maps``:
-        maps none of those programs uses, made with one entry."""
+        maps none of those programs uses, made with one entry. ``core_btf``:
+        the BTF file to relocate against (coretarget.py), else the kernel's."""
         lib = _lib()
         self.name = name
         self.only = programs
@@ -151,13 +168,17 @@ class BpfObject(MapAccess):
         # works (a SIGCHLD from any child of ours is enough): hold signals
         # off during the load, and start afresh if one still got through
         # (libbpf refuses to load one object twice).
+        opts = None
+        if core_btf is not None:
+            opts = ctypes.byref(_OpenOpts(sz=ctypes.sizeof(_OpenOpts),
+                                          btf_custom_path=os.fsencode(core_btf)))
         held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
             for _attempt in range(3):
                 self.close()
                 _log.clear()
                 ctypes.set_errno(0)
-                self._obj = lib.bpf_object__open_mem(self._data, len(data), None)
+                self._obj = lib.bpf_object__open_mem(self._data, len(data), opts)
                 if not self._obj:
                     raise _fail(f"cannot open BPF object {name}", _errno_of(0))
                 if programs is not None:

@@ -72,10 +72,17 @@ def _load(name: str, programs: frozenset[str] | None = None) -> tuple[BpfObject,
             "must be built with CONFIG_DEBUG_INFO_BTF=y (use --source procfs)"
         )
     data = shipped_object(name)
+    from kpeek.sources.bpf.coretarget import target_btf
     from kpeek.sources.bpf.libbpf import BpfObject
 
     unused = () if programs is None else [
         m for m, user in _MAP_USERS.get(name, {}).items() if user not in programs]
+    core = target_btf(name, data, _object_path(name))
+    if core is not None:
+        try:
+            return BpfObject(data, name, programs, unused, core), data
+        except NotSupported:
+            pass  # relocated against the kernel's own BTF, as without it
     return BpfObject(data, name, programs, unused), data
 
 
@@ -117,16 +124,20 @@ def shipped_object(name: str) -> bytes:
     """The bytes of ``<name>.bpf.o``, built once with CO-RE relocations and
     installed with the Python code (never from a user-writable cache: root
     loads only what came with kpeek itself)."""
-    # A file beside this module, as kept.py finds objects.json (importlib.
-    # resources would import pathlib, tempfile and zipfile: 15 ms of CPU).
     try:
-        with open(os.path.join(os.path.dirname(__file__), f"{name}.bpf.o"), "rb") as f:
+        with open(_object_path(name), "rb") as f:
             return f.read()
     except OSError:
         raise NotSupported(
             f"this kpeek installation lacks its BPF object {name}.bpf.o (rebuild it with "
             "python -m kpeek.sources.bpf.build, or use --source procfs)"
         ) from None
+
+
+def _object_path(name: str) -> str:
+    # A file beside this module, as kept.py finds objects.json (importlib.
+    # resources would import pathlib, tempfile and zipfile: 15 ms of CPU).
+    return os.path.join(os.path.dirname(__file__), f"{name}.bpf.o")
 
 
 _iterators: dict[tuple[str, str, int], BpfIterator] = {}

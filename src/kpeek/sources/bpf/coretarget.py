@@ -1,0 +1,76 @@
+"""The kernel's BTF cut down to the types one BPF object's CO-RE relocations
+resolve to, kept for the boot: libbpf relocates against it instead of
+searching all of /sys/kernel/btf/vmlinux.
+
+For each type an object names (task_struct, its flavors, file, inode ...),
+libbpf walks the ~130,000 types of the kernel's BTF for candidates: 40 ms of
+CPU for the snapshot object, more than the verifier takes. ``bpftool gen
+min_core_btf`` writes just the types and members those relocations use
+(11 KiB); given it as btf_custom_path, libbpf makes the same relocations
+(the kernel then computes the same program tags: a test holds them equal)
+in a few milliseconds. The kernel's own BTF is still read for what is not
+a relocation (the iterators' attach points).
+
+The file, ``core-<object>-<key>.btf`` in kpeek's cache folder (cachedir),
+is made by the first load of a boot that finds bpftool, keyed by the boot,
+the kernel and the object's bytes, and used only on those terms (a file of
+this user's, private, in a folder only this user may write). No bpftool,
+no cache folder, or a load that fails with it: the object is relocated
+against the kernel's BTF as before.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kpeek import cachedir
+
+try:  # as cachedir: without hashlib's OpenSSL load
+    from _blake2 import blake2b
+except ImportError:  # not CPython
+    from hashlib import blake2b
+
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+PREFIX = "core-"
+
+
+def target_btf(name: str, data: bytes, path: str) -> str | None:
+    """The path of this boot's cut-down BTF for the object ``name`` (bytes
+    ``data``, file ``path``), made now if there is none; None when there is
+    none to be had."""
+    folder = cachedir.cache_dir()
+    key = cachedir.boot_key(name.encode(), blake2b(data, digest_size=16).digest())
+    dir_fd = cachedir.open_dir(folder, create=True) if key else None
+    if folder is None or dir_fd is None:
+        return None
+    file = f"{PREFIX}{name}-{key}.btf"
+    try:
+        fd = cachedir.open_private(dir_fd, file)
+        if fd is None:
+            if not cachedir.replace(folder, dir_fd, file, lambda tmp: _make(path, tmp),
+                                    stale_prefix=f"{PREFIX}{name}-"):
+                return None
+            fd = cachedir.open_private(dir_fd, file)
+            if fd is None:
+                return None
+        os.close(fd)
+        return os.path.join(folder, file)
+    finally:
+        os.close(dir_fd)
+
+
+def _make(obj_path: str, out: str) -> bool:
+    """Write the object's cut-down BTF to ``out`` with bpftool (once a boot)."""
+    import shutil
+    import subprocess
+
+    path = os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/sbin"))
+    bpftool = shutil.which("bpftool", path=path)
+    if bpftool is None:
+        return False
+    try:
+        done = subprocess.run([bpftool, "gen", "min_core_btf", VMLINUX_BTF, out, obj_path],
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0 and os.path.getsize(out) > 0
