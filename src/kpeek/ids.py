@@ -109,6 +109,15 @@ def file_ids() -> Callable[[int, int, str], str]:
     return ident
 
 
+def pointer_shower(raw: bool = False) -> Callable[[int], str]:
+    """``show_pointer(addr, raw)`` as a function of an int ``addr``, for a
+    whole snapshot's addresses (see address_ids)."""
+    if raw:
+        return "0x{:016x}".format
+    ident = address_ids("ptr")  # show_pointer's keyed_id("ptr", addr)
+    return lambda addr: "#" + ident(addr)
+
+
 def show_pointer(addr: int | None, raw: bool = False) -> str | None:
     """A kernel pointer as the user may see it: raw hex only when asked for."""
     if addr is None:

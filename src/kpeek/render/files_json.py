@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import orjson
 
 from kpeek import jsonout
-from kpeek.ids import show_pointer
+from kpeek.ids import pointer_shower
 from kpeek.model import FileDescriptor, Snapshot, Task
 from kpeek.render.fdfacts import MAX_ENDPOINTS, Ends, FdFacts, lock_dict, socket_dict
 from kpeek.render.fileflags import access_mode, flag_names
@@ -81,6 +81,7 @@ class _Pieces:
         self.snap = snap
         self.facts = facts
         self.raw = raw_pointers
+        self.pointer = pointer_shower(raw_pointers)
         self.of_file: dict[str, tuple[bytes, set | bool | None]] = {}
         self.of_part: dict[str, tuple[bytes, bytes, bytes]] = {}
         self.words: dict[str, bytes] = {}
@@ -91,7 +92,6 @@ class _Pieces:
         self.end_entry: dict[tuple[int, int], bytes] = {}
         self.pf_rows: dict[tuple[str, str, str], bytes] = {}
         self.mapped: dict[int, bytes] = {}  # id(list of mapped files) -> their rows
-        self.paths: dict[str, bytes] = {}
         self.flag_words: dict[int, bytes] = {}
         self.locked = facts._locks_by_fd
         self.inode_ids: set[str] = set()  # those of the open files shown
@@ -143,12 +143,6 @@ class _Pieces:
             extras = self._extras(d, self.facts.locks(d))
         return b"%s%s%s}" % (part, extras, ends)
 
-    def path(self, path: str) -> bytes:
-        got = self.paths.get(path)
-        if got is None:
-            got = self.paths[path] = _string(path)
-        return got
-
     def flags(self, flags: int) -> bytes:
         """``"flags":N,"access":...,"flag_names":[...]``"""
         got = self.flag_words.get(flags)
@@ -175,8 +169,10 @@ class _Pieces:
         raw = file_id.encode()
         id_b = b'"%s"' % raw if raw.isalnum() else _word(file_id)  # a keyed hash's hex
         self.inode_ids.add(f.inode)
-        inode_b = self.words.get(f.inode) or self.word(f.inode)
-        path_b = self.paths.get(f.path) or self.path(f.path)
+        # Neither cached: most open files have an inode and a path of their own.
+        raw = f.inode.encode()
+        inode_b = b'"%s"' % raw if raw.replace(b":", b"").isdigit() else _word(f.inode)
+        path_b = _string(f.path)
         flags_b = self.flag_words.get(f.flags) or self.flags(f.flags)
         kind_b = self.words.get(kind) or self.word(kind)
         pos, refcount, address = f.pos, f.refcount, f.address
@@ -190,7 +186,7 @@ class _Pieces:
                 b"null" if refcount is None else b"%d" % refcount,
                 b",".join([b"[%d,%d]" % (h.tgid, h.fd) for h in holders]),
                 # show_pointer's text is "#" or "0x" and hex digits
-                b"null" if address is None else b'"%s"' % show_pointer(address, self.raw).encode(),
+                b"null" if address is None else b'"%s"' % self.pointer(address).encode(),
             )
         )  # fmt: skip
         extras = b""
@@ -317,6 +313,7 @@ def files_json_chunks(
         chunk = b",".join([entries[i] for i in file_ids[start : start + 1000]])
         yield chunk if start == 0 else b"," + chunk
     inode_ids = sorted(pieces.inode_ids)
+    pointer = pieces.pointer
     yield b'],"inodes":' + _encode(
         [
             {
@@ -324,7 +321,7 @@ def files_json_chunks(
                 "type": i.type,
                 "nlink": i.nlink,
                 "size": i.size,
-                "address": show_pointer(i.address, raw_pointers),
+                "address": None if i.address is None else pointer(i.address),
             }
             for i in (snap.inodes[n] for n in inode_ids if n in snap.inodes)
         ]

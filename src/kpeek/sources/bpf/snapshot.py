@@ -157,6 +157,10 @@ def _run_files(
     inodes: dict[str, Inode] = {}
     file_ids: dict[int, str] = {}
     ident = address_ids("file")  # keyed_id("file", address), as memwalk's
+    # file_type depends on the file's format bits and on at most the first 11
+    # characters of its path ("anon_inode:"): asked once per pair.
+    types: dict[tuple[int, str], str] = {}
+    devices: dict[int, int] = {}  # the kernel's dev_t -> os.makedev's
     vanished = readlinks = 0
     # The iterator walks tasks by pid and each table by fd: normally in order.
     in_order, last = True, -1
@@ -172,7 +176,7 @@ def _run_files(
             (_, _, _, inode_addr, pos, isize, refcount, ino, f_mode, f_flags, dev, _rdev,
              nlink, i_mode, mnt_id, *_rest) = unpack_full(out, off)  # fmt: skip
             if path_len >= 0:
-                path = decode(out[off + size : off + size + path_len])
+                path = out[off + size : off + size + path_len].decode("utf-8", "surrogateescape")
             else:  # bpf_d_path refused (path too long?): ask /proc, as the procfs source does
                 readlinks += 1
                 try:
@@ -190,11 +194,14 @@ def _run_files(
                 refcount - 1 if refcount else refcount, f_mode, file_addr,
             )  # fmt: skip
             if inode_id not in inodes:
+                kind = types.get((i_mode >> 12, path[:11]))
+                if kind is None:
+                    kind = types[i_mode >> 12, path[:11]] = file_type(i_mode, path)
+                device = devices.get(dev)
+                if device is None:
+                    device = devices[dev] = os.makedev(dev >> 20, dev & 0xFFFFF)
                 # (id, dev, ino, type, nlink, size, address)
-                inodes[inode_id] = Inode(
-                    inode_id, os.makedev(dev >> 20, dev & 0xFFFFF), ino,
-                    file_type(i_mode, path), nlink, isize, inode_addr,
-                )  # fmt: skip
+                inodes[inode_id] = Inode(inode_id, device, ino, kind, nlink, isize, inode_addr)
         off += size + (path_len if path_len > 0 else 0)
         append(FileDescriptor(tgid, fd, cloexec, file_id))
         if in_order:
