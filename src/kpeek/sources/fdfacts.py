@@ -53,10 +53,10 @@ def _all_process_files(snap: Snapshot, tgids: list[int]) -> ProcessFileTable:
         everyone = len(tgids) > 256 and len(tgids) >= len({t.tgid for t in snap.processes()})
         by_bpf, _ = read_process_parts(None if everyone or len(tgids) > 65536 else tgids)
     parts: dict[int, tuple[list[ProcessFile], list[Mapped]]] = {}
-    parsed: dict[bytes, list[tuple[str, str]]] = {}  # one parse per distinct maps text
+    parsed: dict[tuple[bytes, str], list[Mapped]] = {}  # one list per maps text and txt
     for tgid in tgids:
         rows = by_bpf.get(tgid)
-        parts[tgid] = (process_files(tgid, parsed), []) if rows is None else rows
+        parts[tgid] = process_parts(tgid, parsed) if rows is None else rows
     return ProcessFileTable(parts)
 
 
@@ -158,37 +158,49 @@ def _locks(snap: Snapshot) -> list[FileLock]:
 # -- cwd, rtd, txt, mem -------------------------------------------------------
 
 
-def process_files(
-    tgid: int, parsed: dict[bytes, list[tuple[str, str]]] | None = None
-) -> list[ProcessFile]:
+def process_files(tgid: int) -> list[ProcessFile]:
     """The cwd, rtd (root), txt (executable) and mem (mapped files) rows of one
-    process; those it may not read are left out.
+    process; those it may not read are left out."""
+    own, mapped = process_parts(tgid)
+    return [*own, *[ProcessFile(tgid, "mem", path, inode) for path, inode in mapped]]
 
-    ``parsed`` keeps each maps text's files across calls: the forks of one
-    program (a pre-forked server's workers) usually map the very same text.
+
+def process_parts(
+    tgid: int, parsed: dict[tuple[bytes, str], list[Mapped]] | None = None
+) -> tuple[list[ProcessFile], list[Mapped]]:
+    """process_files' rows as ProcessFileTable's parts: the cwd, rtd and txt
+    rows, and the mapped files (path, inode id) but the executable.
+
+    ``parsed`` keeps each maps text's list across calls, by text and
+    executable: the forks of one program (a pre-forked server's workers)
+    usually map the very same text and share one list.
     """
     from kpeek.sources.proc_tasks import Vanished, read_bytes
     from kpeek.sources.statx import stat_inode_id
 
     rows = []
+    txt = ""
     for kind, link in (("cwd", "cwd"), ("rtd", "root"), ("txt", "exe")):
+        where = f"/proc/{tgid}/{link}"
         try:
-            path = decode(os.readlink(f"/proc/{tgid}/{link}".encode()))
+            path = decode(os.readlink(where.encode()))
         except OSError:
             continue
-        rows.append(ProcessFile(tgid, kind, path, stat_inode_id(f"/proc/{tgid}/{link}")))
-    txt = {r.inode for r in rows if r.kind == "txt"}
+        inode = stat_inode_id(where)
+        rows.append(ProcessFile(tgid, kind, path, inode))
+        if kind == "txt":
+            txt = inode
     try:
         maps = read_bytes(f"/proc/{tgid}/maps")
     except (Vanished, OSError):
-        return rows
-    files = parsed.get(maps) if parsed is not None else None
+        return rows, []
+    key = (maps, txt)
+    files = parsed.get(key) if parsed is not None else None
     if files is None:
-        files = mapped_files(maps)
+        files = [(path, inode) for path, inode in mapped_files(maps) if inode != txt]
         if parsed is not None:
-            parsed[maps] = files
-    rows += [ProcessFile(tgid, "mem", path, inode) for path, inode in files if inode not in txt]
-    return rows
+            parsed[key] = files
+    return rows, files
 
 
 # A mapped file's line of /proc/PID/maps: address perms offset dev inode path,

@@ -108,6 +108,9 @@ class MountTable:
         # mnt_id -> "pipe" or "socket": the kernel's pipe and socket mounts,
         # learned from a first link that reads pipe:[INO] or socket:[INO].
         self.names: dict[int | None, str] = {}
+        # mnt_id -> ("pipe:[", dev, mode, "major:minor:") once both the name
+        # and the stat of that mount's files are known: what names the rest.
+        self.named: dict[int | None, tuple[str, int, int, str]] = {}
         # (mnt_id, ino) -> what stat said, on mounts with own_inode_numbers:
         # /dev/null or a shared log is stat()ed once, not once per holder.
         self.stats: dict[tuple[int, int], Stat] = {}
