@@ -162,7 +162,7 @@ def reap(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=10)
-        if p.stderr:
+        if getattr(p, "stderr", None):  # a spawned client's (describe() reads it)
             p.stderr.close()
 
 

@@ -53,7 +53,8 @@ SYSCALL_NAMES = {
                449: "futex_waitv", 2: "open", 257: "openat", 130: "rt_sigsuspend",
                128: "rt_sigtimedwait", 295: "preadv", 296: "pwritev", 327: "preadv2",
                328: "pwritev2", 276: "tee", 40: "sendfile", 326: "copy_file_range",
-               242: "mq_timedsend", 243: "mq_timedreceive"},
+               242: "mq_timedsend", 243: "mq_timedreceive", 65: "semop", 220: "semtimedop",
+               69: "msgsnd", 70: "msgrcv"},
     "aarch64": {63: "read", 64: "write", 67: "pread64", 68: "pwrite64", 65: "readv",
                 66: "writev", 72: "pselect6", 73: "ppoll", 101: "nanosleep", 202: "accept",
                 203: "connect", 206: "sendto", 207: "recvfrom", 211: "sendmsg",
@@ -63,7 +64,8 @@ SYSCALL_NAMES = {
                 441: "epoll_pwait2", 449: "futex_waitv", 56: "openat", 133: "rt_sigsuspend",
                 137: "rt_sigtimedwait", 69: "preadv", 70: "pwritev", 286: "preadv2",
                 287: "pwritev2", 77: "tee", 71: "sendfile", 285: "copy_file_range",
-                182: "mq_timedsend", 183: "mq_timedreceive"},
+                182: "mq_timedsend", 183: "mq_timedreceive", 193: "semop", 192: "semtimedop",
+                189: "msgsnd", 188: "msgrcv"},
 }
 
 

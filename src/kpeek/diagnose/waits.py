@@ -17,6 +17,8 @@ call and its arguments (/proc/PID/task/TID/syscall) say what it waits on:
   that thread), and so does a robust mutex and pthread_join's wait; a plain
   futex (a pthread mutex, a condition variable) does not, and any other
   thread of the process could wake it;
+* semop, msgrcv, msgsnd on SysV IPC: the last process to take the semaphore,
+  or to send to (receive from) the queue (sysvwaits.py);
 * vfork: the parent waits for the child to exec or exit;
 * connect to a unix listener with a full backlog, and a send addressed to a
   unix datagram socket with a full queue: the holders of the socket bound to
@@ -36,6 +38,7 @@ from kpeek.diagnose.ends import Ends, Wake
 from kpeek.diagnose.graph import Root, WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import read_user, s32, syscall_name
 from kpeek.diagnose.sharedmem import SharedMappers, mapping_at
+from kpeek.diagnose.sysvwaits import SYSV_CALLS, sysv_edges
 from kpeek.model import Task
 
 READS = {"read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"}
@@ -117,6 +120,8 @@ def _resolve(graph: WaitGraph, ends: Ends, shared: SharedMappers, t: Task) -> No
                       source=f"/proc/PID/syscall ({name}) and its descriptor set")
     elif name == "futex":
         futex_edges(graph, t, args, shared)
+    elif name in SYSV_CALLS:
+        sysv_edges(graph, t, name, args)
     if wake is not None:
         add_wakes(graph, t, [wake], multiplexed=False, source=source)
 

@@ -13,12 +13,10 @@ namespace that a holder of the sockets lives in.
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import os
 import socket
 import struct
-import threading
 from collections.abc import Iterable, Mapping
 
 from kpeek.model import Socket
@@ -295,36 +293,9 @@ def _diag_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_DIAG)
 
 
-CLONE_NEWNET = 0x40000000
-
-
 def _diag_socket_in(pid: int) -> socket.socket:
-    """A sock_diag socket of ``pid``'s network namespace: a socket belongs to
-    the namespace of the thread that made it, so a thread of our own joins
-    that namespace (setns is per thread for CLONE_NEWNET), makes it and ends;
-    the rest of kpeek never leaves its own namespace. (os.setns is 3.12+.)"""
-    ns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    made: list[socket.socket | OSError] = []
+    """A sock_diag socket of ``pid``'s network namespace (a socket belongs to
+    the namespace of the thread that made it)."""
+    from kpeek.sources.nsjoin import CLONE_NEWNET, run_in_namespace
 
-    def join_and_make() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(ns, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            made.append(OSError(err, os.strerror(err)))
-            return
-        try:
-            made.append(_diag_socket())
-        except OSError as e:
-            made.append(e)
-
-    try:
-        worker = threading.Thread(target=join_and_make, name="kpeek-netns", daemon=True)
-        worker.start()
-        worker.join()
-    finally:
-        os.close(ns)
-    if not made:
-        raise OSError("no socket made in the network namespace")
-    if isinstance(made[0], OSError):
-        raise made[0]
-    return made[0]
+    return run_in_namespace(pid, CLONE_NEWNET, _diag_socket)
