@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from kpeek.diagnose.children import child_wait_edges
+from kpeek.diagnose.fanotify import fanotify_edges
 from kpeek.diagnose.filelocks import file_lock_edges
 from kpeek.diagnose.fuse import fuse_edges, is_idle_server_thread
 from kpeek.diagnose.graph import (
@@ -175,6 +176,7 @@ def build_graph(snapshot: Snapshot, *, kernel_memory: bool = True,
     pipe_edges(graph, live=kernel is None)
     if kernel is None:  # these read the live /proc, which knows nothing of a dump
         idle = fuse_edges(graph)
+        fanotify_edges(graph)
         child_wait_edges(graph)
     else:
         graph.notes.append(f"{kernel.origin}: file-lock, FUSE and child waits are read from "
