@@ -42,7 +42,8 @@ from test_files_lsof_parity import EVERYTHING
 
 # Children that share a pipe (more holders than an endpoint list shows),
 # dup one end, and hold mapped files the way /proc shows them unusually:
-# deleted, with a newline in the name, in a chroot, in a deleted cwd.
+# deleted, with a newline in the name, in a chroot, in a deleted cwd; and
+# share a mapped memfd, a socket pair and a dup2 of a parent with a thread.
 MAPPINGS = """
 import mmap, tempfile
 tmp = tempfile.mkdtemp(prefix="kpeek-fast-")
@@ -59,6 +60,14 @@ keep = []
 mapped("plain", False)
 mapped("new\\nline", False)
 mapped("gone", True)
+# A memfd (mapped too), a socket pair and a dup2 every child inherits, a thread.
+import socket, threading
+memfd = os.memfd_create("kpeek-fast")
+os.write(memfd, b"m" * 4096)
+keep.append(mmap.mmap(memfd, 4096))
+sa, sb = socket.socketpair()
+os.dup2(sb.fileno(), 100)
+threading.Thread(target=threading.Event().wait, daemon=True).start()
 kids = []
 for i in range(12):
     kid = os.fork()
@@ -137,6 +146,10 @@ def test_json_from_pieces_is_the_reference_document(scenes, source, raw):
     snap = fdfacts.enrich(snap, pids)
     assert any(d.get("kind") == "eventfd" for d in snap.details.values())
     assert snap.locks and snap.sockets and snap.process_files
+    # The memfd (a descriptor and a mem row), the dup2 and the socket pair in every child
+    assert any(i.type == "memfd" for i in snap.inodes.values())
+    assert any(pf.path.startswith("/memfd:kpeek-fast") for pf in snap.process_files)
+    assert sum(d.fd == 100 for d in snap.fds) > 12
     reference = jsonout.encode(
         {"schema": "kpeek.files/1", **files_document(snap, procs, raw_pointers=raw)}
     )
