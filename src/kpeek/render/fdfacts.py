@@ -13,7 +13,7 @@ from functools import cached_property
 from itertools import groupby
 from operator import attrgetter
 
-from kpeek.filemodel import Mapped, ProcessFileTable
+from kpeek.filemodel import Inode, Mapped, ProcessFileTable
 from kpeek.model import FileDescriptor, FileLock, OpenFile, ProcessFile, Snapshot, Socket
 from kpeek.render.fileflags import access_mode
 
@@ -173,13 +173,16 @@ class FdFacts:
         return known  # type: ignore[return-value]
 
     def _file_ends(self, d: FileDescriptor) -> Ends | list[FileDescriptor] | None:
-        candidates = self._file_candidates(d)
+        f = self.snap.open_files[d.open_file]
+        inode = self.snap.inodes.get(f.inode)
+        kind = inode.type if inode else ""
+        candidates = self._file_candidates(f, inode, kind)
         if candidates is _PER_PROCESS:
             return _PER_PROCESS
         if not candidates:
             return None
         # A pipe's or FIFO's candidates are all the holders of its inode, d too.
-        mine = 1 if self._includes_self(d) else 0
+        mine = 1 if kind in ("pipe", "fifo") else 0
         made = self._ends_of_list.get((id(candidates), mine))
         if made is None:
             made = self._ends_of_list[id(candidates), mine] = Ends(candidates, mine)
@@ -193,10 +196,6 @@ class FdFacts:
     def _ends_of_list(self) -> dict[tuple[int, int], Ends]:
         return {}
 
-    def _includes_self(self, d: FileDescriptor) -> bool:
-        inode = self.snap.inodes.get(self.snap.open_files[d.open_file].inode)
-        return inode is not None and inode.type in ("pipe", "fifo")  # listed by inode
-
     def may_have_ends(self, f: OpenFile, kind: str) -> bool:
         """Whether the descriptors of ``f`` (its inode of type ``kind``) may
         have other ends: only pipes, FIFOs, sockets, ptys and files with
@@ -206,12 +205,12 @@ class FdFacts:
     def _eventfd_id(self, d: FileDescriptor) -> int:
         return int(self.snap.details[d.open_file]["id"])  # type: ignore[call-overload]
 
-    def _file_candidates(self, d: FileDescriptor) -> list[FileDescriptor]:
-        """_candidates for every holder of d's open file (an eventfd's depend on
-        the holder: _PER_PROCESS)."""
-        f = self.snap.open_files[d.open_file]
-        inode = self.snap.inodes.get(f.inode)
-        kind = inode.type if inode else ""
+    def _file_candidates(
+        self, f: OpenFile, inode: Inode | None, kind: str
+    ) -> list[FileDescriptor]:
+        """Every descriptor on the other side of the holders of ``f`` (its
+        ``inode`` of type ``kind``), perhaps with them (a pipe's); an eventfd's
+        depend on the holder: _PER_PROCESS."""
         others: list[FileDescriptor] = []
         if kind in ("pipe", "fifo"):
             others = self._fds_by_inode.get(f.inode, [])
@@ -219,6 +218,8 @@ class FdFacts:
             s = self.snap.sockets.get(inode.ino) if inode else None
             if s is not None and s.peer and (peer := self._ino_of.get(s.peer)):
                 others = self._fds_by_inode.get(peer, [])
+        if f.id not in self.snap.details and not f.path.startswith("/dev/pts/"):
+            return others  # neither a pty nor an eventfd
         details = self.snap.details.get(f.id) or {}
         if details.get("kind") == "ptmx":
             others = self._by_tty[1].get(int(details["tty_index"]), [])  # type: ignore[call-overload]

@@ -214,17 +214,15 @@ def _write(
     """plain.table(columns, head + block's rows + body, out) for str cells: one
     format per line where every cell is ASCII (a terminal column each), else
     plain.table itself."""
-    rows = [*head, *body]
-    widths = [len(name) for name in columns]
-    ascii_only = "".join(columns).isascii() and (block is None or block.ascii)
-    for i, cells in enumerate(zip(*rows, strict=True)):
-        if not ascii_only or not "".join(cells).isascii():
-            ascii_only = False
-            break
-        widths[i] = max(widths[i], *map(len, cells))
-    if not ascii_only:
+    cells = list(zip(*[*head, *body], strict=True)) or [()] * len(columns)  # by column
+    if not (
+        "".join(map("".join, cells)).isascii()
+        and "".join(columns).isascii()
+        and (block is None or block.ascii)
+    ):
         plain.table(columns, [*head, *(block.rows if block else ()), *body], out)
         return
+    widths = [max([len(name), *map(len, c)]) for name, c in zip(columns, cells, strict=True)]
     if block is not None:
         widths = [max(w, b) for w, b in zip(widths, block.widths, strict=True)]
     # The last column is not padded.
