@@ -94,8 +94,6 @@ def test_log_and_sys_on_the_live_kernel() -> None:
     has_data = load_kallsyms().address_of("prb") is not None
     for verb in ("log", "sys"):
         done = kpeek(verb)
-        if has_data:
-            assert done.returncode == 0, done.stderr
-        else:  # kallsyms with functions only: one line, exit 3, says why
-            assert done.returncode == 3 and done.stderr.count("\n") == 1, done.stderr
-            assert "KALLSYMS_ALL" in done.stderr
+        assert done.returncode == 0, done.stderr
+        if not has_data:  # kallsyms with functions only: /dev/kmsg, uname, /proc, and a note
+            assert done.stderr.startswith("note: read from"), done.stderr

@@ -3,8 +3,8 @@
   kpeek -c vmcore log             the log of the kernel in a dump
   kpeek -c vmcore log --json      one record per entry: seq, time, level, caller, text
 
-On the live kernel this needs the data symbol ``prb`` (kallsyms with
-KALLSYMS_ALL); where kallsyms lists functions only, use dmesg.
+On the live kernel the buffer is read from memory where kallsyms has the data
+symbol ``prb`` (KALLSYMS_ALL), else through /dev/kmsg (with a note).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import sys
 
 from kpeek import jsonout
 from kpeek.commands.common import add_json
-from kpeek.kernel.printk import format_record, read_log
+from kpeek.kernel.kmsg import kernel_log
+from kpeek.kernel.printk import format_record
 from kpeek.targets import open_kernel
 from kpeek.textsafe import for_terminal
 
@@ -31,11 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     kernel = open_kernel(args, "kpeek log")
-    records = read_log(kernel)
+    records, note = kernel_log(kernel)
+    if note:
+        sys.stderr.write(f"note: {for_terminal(note)}\n")
     if args.level is not None:
         records = [r for r in records if r.level <= args.level]
     if args.json:
-        jsonout.emit("log", {"origin": kernel.origin, "records": [{
+        jsonout.emit("log", {"origin": kernel.origin, "notes": [note] if note else [],
+                             "records": [{
             "seq": r.seq, "time": r.ts_nsec / 1e9, "ts_nsec": r.ts_nsec, "level": r.level,
             "facility": r.facility, "caller": r.caller, "text": r.text,
             "subsystem": r.subsystem or None, "device": r.device or None,

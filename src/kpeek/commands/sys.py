@@ -4,8 +4,8 @@ taint flags, and the panic message if it panicked.
   kpeek -c vmcore sys            the kernel in a dump, at the moment of the dump
   kpeek -c vmcore sys --json
 
-Read from kernel memory; on the live kernel this needs data symbols
-(init_uts_ns, runqueues: kallsyms with KALLSYMS_ALL).
+Read from kernel memory; on a live kernel whose kallsyms lists no data
+symbols (init_uts_ns, runqueues: KALLSYMS_ALL), from uname(2), /proc and /sys.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import NotSupported, UsageError
-from kpeek.kernel.printk import read_log
-from kpeek.kernel.sysinfo import SysInfo, sys_info
+from kpeek.kernel.kmsg import kernel_log
+from kpeek.kernel.sysinfo import SysInfo, live_sys_info, sys_info
 from kpeek.targets import open_kernel
 from kpeek.textsafe import for_terminal
 
@@ -50,11 +50,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         build_id = live_build_id()
     try:
-        log = read_log(kernel)
+        log, _ = kernel_log(kernel)
     except (NotSupported, UsageError) as e:
         log = []
         kernel.notes.append(f"no panic message: {e}")
-    info = sys_info(kernel, log, build_id)
+    try:
+        info = sys_info(kernel, log, build_id)
+    except NotSupported:
+        if not kernel.live:
+            raise
+        info = live_sys_info(build_id)
     if args.json:
         jsonout.emit("sys", {"origin": kernel.origin, **_fields(info),
                              "notes": kernel.notes + info.notes})

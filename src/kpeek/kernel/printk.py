@@ -13,10 +13,10 @@ the kernel's own readers do. Three bulk reads fetch all of it.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from kpeek.errors import NotSupported, UsageError
 from kpeek.kernel.btf import UnknownMember, UnknownType
+from kpeek.kernel.logrecord import LogRecord
 from kpeek.kernel.memory import MemoryReadError
 from kpeek.kernel.program import Kernel
 
@@ -25,25 +25,6 @@ DESC_ID_MASK = (1 << DESC_FLAGS_SHIFT) - 1
 DESC_COMMITTED, DESC_FINALIZED = 1, 2
 MAX_DESCS = 1 << 22
 MAX_TEXT = 1 << 28
-
-
-@dataclass(frozen=True)
-class LogRecord:
-    seq: int
-    ts_nsec: int
-    level: int
-    facility: int
-    caller_id: int
-    text: str  # may hold several lines (a record printed with embedded newlines)
-    subsystem: str = ""
-    device: str = ""
-
-    @property
-    def caller(self) -> str:
-        """``T123`` (a task) or ``C1`` (a CPU in interrupt), as printk's caller field."""
-        if self.caller_id & 0x80000000:
-            return f"C{self.caller_id & 0x7FFFFFFF}"
-        return f"T{self.caller_id}"
 
 
 def _cstr(raw: bytes) -> str:
@@ -80,7 +61,7 @@ def _ring(kernel: Kernel):
         raise NotSupported(
             f"{kernel.origin}: the kernel log's ring buffer (symbol prb) is not among the "
             "known symbols (kallsyms without data symbols: a kernel without "
-            "CONFIG_KALLSYMS_ALL); use dmesg on a live system")
+            "CONFIG_KALLSYMS_ALL)")
     pointer = struct.unpack("<Q", kernel.memory.read(address, 8))[0]
     return kernel.object("struct printk_ringbuffer", pointer)
 

@@ -14,9 +14,9 @@ import struct
 from dataclasses import dataclass, field
 
 from kpeek.errors import NotSupported
+from kpeek.kernel.logrecord import LogRecord
 from kpeek.kernel.memory import MemoryReadError
 from kpeek.kernel.modules import taint_letters
-from kpeek.kernel.printk import LogRecord
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.sched import RunqueueClock
 
@@ -104,3 +104,35 @@ def sys_info(kernel: Kernel, log: list[LogRecord] | None = None,
         panic_message=message if panic_cpu is not None and panic_cpu >= 0 else None,
         notes=notes,
     )
+
+
+def _cpu_count(path: str) -> int:
+    """The number of CPUs in a /sys cpu list ("0-3,5")."""
+    with open(path) as f:
+        text = f.read().strip()
+    count = 0
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
+
+
+def live_sys_info(build_id: str | None) -> SysInfo:
+    """The running kernel's identity and state from uname(2), /proc and /sys:
+    the live kernel whose data symbols kallsyms does not list. A kernel that
+    runs has not panicked."""
+    import os
+
+    uts = os.uname()
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    with open("/proc/sys/kernel/tainted") as f:
+        taint = int(f.read())
+    cpus = "/sys/devices/system/cpu"
+    return SysInfo(
+        release=uts.release, version=uts.version, machine=uts.machine, nodename=uts.nodename,
+        build_id=build_id, uptime=uptime, cpus_possible=_cpu_count(f"{cpus}/possible"),
+        cpus_online=_cpu_count(f"{cpus}/online"), taint=taint, panic_cpu=None,
+        panic_message=None,
+        notes=["read from uname(2), /proc and /sys (the kernel's data symbols are not listed "
+               "in kallsyms here)"])
