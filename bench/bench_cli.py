@@ -109,6 +109,7 @@ def table(title: str, peer: list[str], rows: list[tuple[str, list[str]]], repeat
 
 BEFORE: list[str] = []  # a source tree to time too, e.g. the main checkout's src
 SKIP_PROCFS = False  # --bpf-only
+ONLY_PROCFS = False  # --procfs-only
 
 
 def kpeek(*args: str) -> list[tuple[str, list[str]]]:
@@ -178,17 +179,21 @@ def at_scale(processes: int, repeat: int) -> list[str]:
                   and os.path.exists(f"/proc/{p}/fd"))
         lines = [f"family of {processes} processes x 10 fds (built in {built:.1f} s); "
                  f"about {tasks} tasks and {fds} descriptors on the machine", ""]
-        lines += table(f"ps, {processes} processes (us per task)", ["ps", "aux"],
-                       [*kpeek("ps"), *kpeek("ps", "--json")], repeat, "us/task", tasks)
-        lines.append("")
+        if not ONLY_PROCFS:
+            lines += table(f"ps, {processes} processes (us per task)", ["ps", "aux"],
+                           [*kpeek("ps"), *kpeek("ps", "--json")], repeat, "us/task", tasks)
+            lines.append("")
+        bpf_rows = () if ONLY_PROCFS else (
+            ("raw BPF iterator read (load + read, no model)", [sys.executable, "-c", RAW_READ]),
+            ("raw read of all 4 iterators files uses (+ roots, maps)",
+             [sys.executable, "-c", RAW_READ_ALL]),
+            *kpeek("files", "--json", "--source", "bpf"),
+            *kpeek("files", "--source", "bpf"),
+        )
         lines += table(
             f"files, whole system, {processes} processes (us per fd)", ["lsof", "-n", "-P"],
             [
-                ("raw BPF iterator read (load + read, no model)", [sys.executable, "-c", RAW_READ]),
-                ("raw read of all 4 iterators files uses (+ roots, maps)",
-                 [sys.executable, "-c", RAW_READ_ALL]),
-                *kpeek("files", "--json", "--source", "bpf"),
-                *kpeek("files", "--source", "bpf"),
+                *bpf_rows,
                 *(() if SKIP_PROCFS else kpeek("files", "--json", "--source", "procfs")),
                 *(() if SKIP_PROCFS else kpeek("files", "--source", "procfs")),
             ],
@@ -208,10 +213,14 @@ def main() -> int:
                     help="also time kpeek from this source tree (PYTHONPATH), e.g. a main checkout")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--bpf-only", action="store_true", help="leave out the procfs source's rows")
+    ap.add_argument("--procfs-only", action="store_true",
+                    help="at scale, only lsof and the procfs source's rows (no ps, no BPF)")
     args = ap.parse_args()
     BEFORE.extend(args.before)
     global SKIP_PROCFS
     SKIP_PROCFS = args.bpf_only
+    global ONLY_PROCFS
+    ONLY_PROCFS = args.procfs_only
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     lines = [
         f"kpeek bench_cli  {time.strftime('%Y-%m-%d %H:%M:%S')}  kernel {platform.release()}  "

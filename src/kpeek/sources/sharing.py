@@ -33,8 +33,9 @@ def group_open_files(
     (the caller then says sharing is unknown rather than guessing it).
     """
     candidates: dict[tuple[str, int, int | None], list[RawDescriptor]] = defaultdict(list)
+    accmode = os.O_ACCMODE
     for d in descriptors:
-        candidates[(d.inode_id, d.flags & os.O_ACCMODE, d.mnt_id)].append(d)
+        candidates[(d.inode_id, d.flags & accmode, d.mnt_id)].append(d)
     groups: list[list[RawDescriptor]] = []
     for members in candidates.values():
         if len(members) == 1:
