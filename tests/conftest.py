@@ -28,6 +28,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.timeout(mark.args[0] * scale), append=False)
 
 
+@pytest.fixture
+def procs() -> Iterator[list]:
+    """Processes a test starts (Popen, or fuse_scenarios.ByPid); killed and
+    reaped afterwards, always."""
+    from fuse_scenarios import reap
+
+    started: list = []
+    yield started
+    reap(started)
+
+
+@pytest.fixture(params=["bpf", "procfs"])
+def doctor_source(request: pytest.FixtureRequest) -> str:
+    """Each source a snapshot for doctor can come from (BPF needs root)."""
+    from capabilities import require
+
+    require("root", *(["bpf"] if request.param == "bpf" else []))
+    return request.param
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _leave_bpffs_as_found() -> Iterator[None]:
     """Where /sys/fs/bpf is a bpffs, kpeek run by the tests as root keeps its

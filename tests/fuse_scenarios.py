@@ -154,6 +154,24 @@ def unmount_leftovers() -> None:
                                timeout=30, check=False)
 
 
+class ByPid:
+    """A process we did not start with Popen (a grandchild), for reap(): killed by pid."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or 10)
+        while os.path.exists(f"/proc/{self.pid}") and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if state(self.pid) == "Z":
+                    return  # its parent reaps it
+            time.sleep(0.02)
+
+
 def reap(procs: list[subprocess.Popen]) -> None:
     """Kill and wait for every process; never raises, never hangs for long."""
     for p in procs:

@@ -4,7 +4,6 @@ system. Every stuck state is undone in teardown, even on failure."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pty
@@ -16,7 +15,7 @@ import time
 import pytest
 
 from capabilities import require
-from fuse_scenarios import fuse_mount, reap, state, wait_for, wchan
+from fuse_scenarios import ByPid, fuse_mount, state, wait_for, wchan
 from kpeek import jsonout
 from kpeek.cli import main
 from kpeek.diagnose.findings import diagnose
@@ -25,14 +24,6 @@ from kpeek.sources.procfs import take_snapshot
 
 PY = sys.executable
 LOCK_WAIT = ("locks_lock_inode_wait", "flock", "fcntl_setlk", "posix_lock_inode_wait")
-
-
-@pytest.fixture
-def procs():
-    """Processes started by a test; killed and reaped afterwards, always."""
-    started: list[subprocess.Popen] = []
-    yield started
-    reap(started)
 
 
 def spawn(procs: list, code: str, **kw) -> subprocess.Popen:
@@ -230,7 +221,7 @@ def test_missing_close_names_the_childs_fd(procs, capsys):
     require("root")
     parent = spawn(procs, MISSING_CLOSE)
     sort_pid, write_fd = map(int, parent.stdout.readline().split())
-    procs.append(_Pid(sort_pid))
+    procs.append(ByPid(sort_pid))
     wait_for(lambda: "pipe_read" in wchan(sort_pid), 10, "sort to block in pipe_read")
 
     diag = doctor(parent.pid, sort_pid)
@@ -266,7 +257,7 @@ def test_parent_waiting_with_the_write_end_open_is_named(procs):
     require("root")
     parent = spawn(procs, PARENT_FORGETS)
     sort_pid, write_fd = map(int, parent.stdout.readline().split())
-    procs.append(_Pid(sort_pid))
+    procs.append(ByPid(sort_pid))
     wait_for(lambda: "pipe_read" in wchan(sort_pid), 10, "sort to block in pipe_read")
     wait_for(lambda: wchan(parent.pid) == "do_wait", 10, "the parent to wait")
     diag = doctor(parent.pid)
@@ -274,24 +265,6 @@ def test_parent_waiting_with_the_write_end_open_is_named(procs):
     [finding] = diag.pipes
     assert [(c.tgid, c.fds, c.relation) for c in finding.culprits] == [
         (parent.pid, (write_fd,), "the reader's parent (or ancestor) still holds it")]
-
-
-class _Pid:
-    """A process we did not start with Popen (a grandchild), for reap()."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-
-    def send_signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def wait(self, timeout: float | None = None) -> None:
-        deadline = time.monotonic() + (timeout or 10)
-        while os.path.exists(f"/proc/{self.pid}") and time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                if state(self.pid) == "Z":
-                    return  # its parent reaps it
-            time.sleep(0.02)
 
 
 WRITE = "f = open({path!r}, 'w'); f.write('x'); f.flush()"

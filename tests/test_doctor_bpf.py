@@ -17,7 +17,7 @@ import time
 import pytest
 
 from capabilities import require
-from fuse_scenarios import _die_with_parent, reap, wait_for
+from fuse_scenarios import _die_with_parent, wait_for
 from kpeek.cli import main
 from kpeek.diagnose.findings import diagnose
 from kpeek.diagnose.procinfo import SchedClock, read_syscall
@@ -28,13 +28,6 @@ from test_doctor_waits import BLOCKER, SHAPES, WAITER, ends, sleeping_in, start,
 from wait_scenarios import stopped, traced
 
 PY = sys.executable
-
-
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    reap(started)
 
 
 def both(*pids: int):

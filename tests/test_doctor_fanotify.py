@@ -12,12 +12,8 @@ import sys
 
 import pytest
 
-from capabilities import require
 from fuse_scenarios import _die_with_parent, reap, state, wait_for
-from kpeek.diagnose.findings import diagnose
-from kpeek.sources import procfs
-from kpeek.sources.bpf import snapshot as bpf
-from wait_scenarios import stopped
+from wait_scenarios import diagnosis_on, stopped
 
 PY = sys.executable
 
@@ -41,19 +37,6 @@ time.sleep(3600)
 '''
 
 
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    reap(started)  # the listeners first: a closed group lets every pending open through
-
-
-@pytest.fixture(params=["bpf", "procfs"])
-def source(request):
-    require("root", *(["bpf"] if request.param == "bpf" else []))
-    return request.param
-
-
 def listen(procs, klass: str, what: str, path) -> subprocess.Popen:
     p = subprocess.Popen([PY, "-c", LISTENER, klass, what, str(path)], stdout=subprocess.PIPE,
                          text=True, preexec_fn=_die_with_parent)
@@ -71,15 +54,14 @@ def open_in_background(procs, path) -> subprocess.Popen:
 
 
 def edges_of(source: str, opener: int) -> tuple[set, object]:
-    take = bpf.take_snapshot if source == "bpf" else procfs.take_snapshot
-    diag = diagnose(take(None, stacks=True), kernel_log=False)
+    diag = diagnosis_on(source)
     edges = {(e.holder, e.kind, e.certain) for e in diag.graph.edges
              if e.waiter == f"task:{opener}"}
     return edges, diag
 
 
 @pytest.mark.timeout(60)
-def test_the_listener_whose_inode_mark_covers_the_file(procs, source, tmp_path):
+def test_the_listener_whose_inode_mark_covers_the_file(procs, doctor_source, tmp_path):
     watched, other = tmp_path / "watched", tmp_path / "other"
     watched.write_text("x")
     other.write_text("y")
@@ -87,16 +69,16 @@ def test_the_listener_whose_inode_mark_covers_the_file(procs, source, tmp_path):
     listen(procs, "content", "inode", other)  # a listener of another file
     listen(procs, "notif", "inode", watched)  # told of opens, never asked
     opener = open_in_background(procs, watched)
-    edges, diag = edges_of(source, opener.pid)
+    edges, diag = edges_of(doctor_source, opener.pid)
     assert edges == {(f"proc:{listener.pid}", "fanotify", True)}
     with stopped(listener.pid) as fix:
-        _, diag = edges_of(source, opener.pid)
+        _, diag = edges_of(doctor_source, opener.pid)
         [hung] = [h for h in diag.hung if h.task.pid == opener.pid]
         assert hung.stuck and f"pid {listener.pid}" in hung.root and fix in hung.fix
 
 
 @pytest.mark.timeout(60)
-def test_the_listener_of_the_mount(procs, source, tmp_path):
+def test_the_listener_of_the_mount(procs, doctor_source, tmp_path):
     mount = tmp_path / "mnt"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "kpeek-fanotify", str(mount)], check=True)
@@ -107,7 +89,7 @@ def test_the_listener_of_the_mount(procs, source, tmp_path):
         other.write_text("y")
         listen(procs, "content", "inode", other)
         opener = open_in_background(procs, mount / "file")
-        edges, _ = edges_of(source, opener.pid)
+        edges, _ = edges_of(doctor_source, opener.pid)
         assert edges == {(f"proc:{listener.pid}", "fanotify", True)}
     finally:
         reap(procs)

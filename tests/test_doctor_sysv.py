@@ -11,29 +11,13 @@ import sys
 
 import pytest
 
-from capabilities import require
-from fuse_scenarios import _die_with_parent, reap, wait_for
-from kpeek.diagnose.findings import diagnose
-from kpeek.sources import procfs
-from kpeek.sources.bpf import snapshot as bpf
+from fuse_scenarios import _die_with_parent, wait_for
 from sysv_scenarios import SCRIPT
 from test_doctor_waits import sleeping_in
+from wait_scenarios import diagnosis_on
 
 PY = sys.executable
 SEMOP = {"semop", "semtimedop"}  # glibc's semop() is the semtimedop system call
-
-
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    reap(started)
-
-
-@pytest.fixture(params=["bpf", "procfs"])
-def source(request):
-    require("root", *(["bpf"] if request.param == "bpf" else []))
-    return request.param
 
 
 def run(procs, *args: object, ipc_of: int | None = None) -> subprocess.Popen:
@@ -54,8 +38,7 @@ def go(*ps: subprocess.Popen) -> None:
 
 
 def diagnosis(source: str, *pids: int):
-    take = bpf.take_snapshot if source == "bpf" else procfs.take_snapshot
-    return diagnose(take(None, stacks=True), kernel_log=False).restricted_to(set(pids))
+    return diagnosis_on(source).restricted_to(set(pids))
 
 
 def semaphore_owner(procs, n: int, ipc_of: int | None = None) -> tuple[subprocess.Popen, int]:
@@ -65,7 +48,7 @@ def semaphore_owner(procs, n: int, ipc_of: int | None = None) -> tuple[subproces
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("unshared", [False, True], ids=["here", "own-ipc-namespace"])
-def test_semaphore_abba_is_a_deadlock(procs, source, unshared):
+def test_semaphore_abba_is_a_deadlock(procs, doctor_source, unshared):
     ns = None
     if unshared:  # a process that holds a new IPC namespace for the others to enter
         holder = subprocess.Popen(["unshare", "--ipc", "sleep", "600"],
@@ -80,7 +63,7 @@ def test_semaphore_abba_is_a_deadlock(procs, source, unshared):
     go(a, b)
     for p in (a, b):
         wait_for(lambda p=p: sleeping_in(p.pid, SEMOP), 15, "both in semop")
-    diag = diagnosis(source, a.pid, b.pid)
+    diag = diagnosis(doctor_source, a.pid, b.pid)
     [deadlock] = diag.deadlocks
     edges = {(e.waiter, e.holder, e.resource) for c in deadlock.cycles for e in c
              if e.kind != "thread"}
@@ -96,13 +79,13 @@ def _ipc_ns(pid: int | str) -> str:
 
 
 @pytest.mark.timeout(60)
-def test_a_semaphore_whose_last_taker_exited_is_the_root(procs, source):
+def test_a_semaphore_whose_last_taker_exited_is_the_root(procs, doctor_source):
     _, semid = semaphore_owner(procs, 1)
     taker = run(procs, "take-exit", semid, 0)
     assert taker.wait(timeout=30) == 0
     waiter = run(procs, "take-exit", semid, 0)
     wait_for(lambda: sleeping_in(waiter.pid, SEMOP), 15, "the waiter in semop")
-    diag = diagnosis(source, waiter.pid)
+    diag = diagnosis(doctor_source, waiter.pid)
     [hung] = [h for h in diag.hung if h.task.pid == waiter.pid]
     assert hung.stuck and f"pid {taker.pid}, the last to take SysV semaphore 0 of set {semid}" \
         in hung.root and "has exited" in hung.root
@@ -110,7 +93,7 @@ def test_a_semaphore_whose_last_taker_exited_is_the_root(procs, source):
 
 
 @pytest.mark.timeout(60)
-def test_waiting_for_each_others_reply_on_message_queues_is_a_deadlock(procs, source):
+def test_waiting_for_each_others_reply_on_message_queues_is_a_deadlock(procs, doctor_source):
     owner = run(procs, "make-queues", 2)
     q1, q2 = map(int, owner.stdout.readline().split())
     c = run(procs, "send-recv", q1, q2)  # sends to q1, then waits twice on q2
@@ -119,7 +102,7 @@ def test_waiting_for_each_others_reply_on_message_queues_is_a_deadlock(procs, so
     go(c, d)
     for p in (c, d):
         wait_for(lambda p=p: sleeping_in(p.pid, {"msgrcv"}), 15, "both in msgrcv")
-    diag = diagnosis(source, c.pid, d.pid)
+    diag = diagnosis(doctor_source, c.pid, d.pid)
     [deadlock] = diag.deadlocks
     edges = {(e.waiter, e.holder, e.resource, e.kind) for cy in deadlock.cycles for e in cy
              if e.kind != "thread"}
@@ -130,7 +113,7 @@ def test_waiting_for_each_others_reply_on_message_queues_is_a_deadlock(procs, so
 
 
 @pytest.mark.timeout(60)
-def test_waits_that_a_free_process_may_end_are_no_finding(procs, source):
+def test_waits_that_a_free_process_may_end_are_no_finding(procs, doctor_source):
     # A consumer that took the last item itself; a receiver whose sender is
     # alive and free: both wait for someone who can still act.
     _, semid = semaphore_owner(procs, 1)
@@ -146,7 +129,7 @@ def test_waits_that_a_free_process_may_end_are_no_finding(procs, source):
     wait_for(lambda: sleeping_in(consumer.pid, SEMOP), 15, "the consumer in semop")
     wait_for(lambda: sleeping_in(receiver.pid, {"msgrcv"}), 15, "the receiver in msgrcv")
     pids = (consumer.pid, receiver.pid, sender.pid)
-    diag = diagnosis(source, *pids)
+    diag = diagnosis(doctor_source, *pids)
     assert not diag.found_problems
     # The receiver's wait is seen, and its sender (asleep on its stdin) is free.
     assert any(e.waiter == f"task:{receiver.pid}" and e.holder == f"proc:{sender.pid}"

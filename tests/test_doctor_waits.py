@@ -226,13 +226,6 @@ def ends(shape: str, where: str | None = None) -> tuple[int, int]:
     return accepted.detach(), client.detach()
 
 
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    reap(started)
-
-
 def start(procs: list, code: str, *argv: str, fds: tuple[int, ...] = ()) -> subprocess.Popen:
     p = subprocess.Popen([PY, "-c", code, *argv], pass_fds=fds, stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)

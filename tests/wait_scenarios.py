@@ -177,3 +177,14 @@ def frozen_ext4() -> Iterator[tuple[str, callable]]:
             subprocess.run(["fsfreeze", "-u", mnt], capture_output=True, timeout=60)
             subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=60)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def diagnosis_on(source: str):
+    """doctor's diagnosis of a whole-system snapshot taken from ``source``
+    (bpf or procfs), with stacks, as the doctor takes it; no kernel log."""
+    from kpeek.diagnose.findings import diagnose
+    from kpeek.sources import procfs
+    from kpeek.sources.bpf import snapshot as bpf
+
+    take = bpf.take_snapshot if source == "bpf" else procfs.take_snapshot
+    return diagnose(take(None, stacks=True), kernel_log=False)

@@ -26,6 +26,7 @@ from kpeek.diagnose.graph import (
 from kpeek.diagnose.pipes import PipeWait, pipe_edges, relation
 from kpeek.diagnose.procinfo import SchedClock, forget_syscalls
 from kpeek.diagnose.roots import find_roots
+from kpeek.diagnose.userfaultfd import userfaultfd_edges
 from kpeek.diagnose.waits import general_edges, is_kernel_thread
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.sched import RunqueueClock
@@ -177,6 +178,7 @@ def build_graph(snapshot: Snapshot, *, kernel_memory: bool = True,
     if kernel is None:  # these read the live /proc, which knows nothing of a dump
         idle = fuse_edges(graph)
         fanotify_edges(graph)
+        userfaultfd_edges(graph)
         child_wait_edges(graph)
     else:
         graph.notes.append(f"{kernel.origin}: file-lock, FUSE and child waits are read from "

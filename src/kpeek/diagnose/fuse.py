@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from kpeek.diagnose.fdindex import index_of
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, proc_node, task_node
-from kpeek.diagnose.procinfo import syscall_target
+from kpeek.diagnose.procinfo import proc_field, syscall_target
 from kpeek.model import Snapshot, Task
 from kpeek.sources.mounts import read_mountinfo
 
@@ -74,14 +74,7 @@ def fusectl_mounted() -> bool:
 
 
 def _fdinfo_connection(tgid: int, fd: int) -> int | None:
-    try:
-        with open(f"/proc/{tgid}/fdinfo/{fd}", "rb") as f:
-            for line in f:
-                if line.startswith(b"fuse_connection:"):
-                    return int(line.split(b":", 1)[1])
-    except (OSError, ValueError):
-        return None
-    return None
+    return proc_field(f"/proc/{tgid}/fdinfo/{fd}", b"fuse_connection:", int)
 
 
 def connections(snapshot: Snapshot) -> dict[int, FuseConnection]:

@@ -19,6 +19,13 @@ from kpeek.model import Snapshot, Task
 from kpeek.sources.proc_tasks import Vanished, parse_stat, read_bytes
 from kpeek.textsafe import decode
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    N = TypeVar("N")
+
 AT_FDCWD = -100
 
 # System calls whose first argument is a file descriptor the task works on,
@@ -281,11 +288,17 @@ def _last_cpu(stat_path: str) -> int | None:
 
 
 def _exec_start(path: str) -> float | None:
+    return proc_field(path, b"se.exec_start", float)
+
+
+def proc_field(path: str, key: bytes, convert: Callable[[bytes], N]) -> N | None:
+    """The value of the first ``key: value`` line of a /proc file (fdinfo,
+    sched...), converted; None when absent or unreadable."""
     try:
         with open(path, "rb") as f:
             for line in f:
-                if line.startswith(b"se.exec_start"):
-                    return float(line.split(b":", 1)[1])
+                if line.startswith(key):
+                    return convert(line.split(b":", 1)[1].strip())
     except (OSError, ValueError):
         return None
     return None
