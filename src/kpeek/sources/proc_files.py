@@ -105,12 +105,13 @@ def read_table(tgid: int, mounts: MountTable) -> tuple[list[RawDescriptor], int,
         raise Vanished(tgid) from e
     links, infos = base + b"fd/", base + b"fdinfo/"
     os_open, os_read, os_close = os.open, os.read, os.close
+    flags = os.O_RDONLY | os.O_CLOEXEC
     out = []
     closed = 0
     for fd in sorted(map(int, names)):
         name = b"%d" % fd
         try:
-            f = os_open(infos + name, os.O_RDONLY | os.O_CLOEXEC)
+            f = os_open(infos + name, flags)
             try:
                 # pos, flags, mnt_id and ino are its first lines, well
                 # within one read (an epoll's or a lock's lines follow).
@@ -147,7 +148,11 @@ def _describe(tgid: int, fd: int, info: bytes, link: bytes, mounts: MountTable) 
     fdinfo's ino and the mount's device, their type left unknown.
     """
     words = info.split(None, 8)
-    if words[6:7] == [b"ino:"] and words[:5:2] == [b"pos:", b"flags:", b"mnt_id:"]:
+    # Since 5.14: pos, flags, mnt_id and ino, each "name:\tvalue", first.
+    if (
+        len(words) > 7 and words[6] == b"ino:" and words[4] == b"mnt_id:"
+        and words[2] == b"flags:" and words[0] == b"pos:"
+    ):  # fmt: skip
         pos, flags, mnt_id, ino = int(words[1]), int(words[3], 8), int(words[5]), int(words[7])
         if ino and (named := mounts.named.get(mnt_id)) is not None:
             # A pipe or socket on a mount whose name, device and type an
