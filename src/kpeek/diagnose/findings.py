@@ -260,7 +260,8 @@ def _deadlocks(graph: WaitGraph, stuck: set[str]) -> list[Deadlock]:
     cycles = elementary_cycles(graph, within=stuck, limit=MAX_CYCLES)
     # A circle of only pipe and child waits is a pipe that never ends (the
     # missing close()): told as such, not as a lock deadlock.
-    cycles = [c for c in cycles if any(e.kind not in PIPE_LIKE for e in c)]
+    cycles = [c for c in cycles if any(e.kind not in PIPE_LIKE for e in c)
+              and not _waits_only_on_itself(c)]
     if len(cycles) >= MAX_CYCLES:
         graph.notes.append(f"more than {MAX_CYCLES} wait cycles: only the first are told")
     succ: dict[str, list[str]] = {}
@@ -274,6 +275,15 @@ def _deadlocks(graph: WaitGraph, stuck: set[str]) -> list[Deadlock]:
         if mine:
             found.append(Deadlock(tuple(component), tuple(tuple(_rotate(c)) for c in mine)))
     return found
+
+
+def _waits_only_on_itself(cycle: list[WaitEdge]) -> bool:
+    """A circle from one task back to itself through its own process by an
+    any-of wait (a plain futex that any thread may wake): the task cannot
+    wake itself, so it waits on its other threads; it is stuck when they
+    are, and told with their deadlock or as stuck, not as a deadlock alone."""
+    tasks = {e.waiter for e in cycle if e.waiter.startswith("task:")}
+    return len(tasks) == 1 and all(e.any_of for e in cycle if e.kind != "thread")
 
 
 def _rotate(cycle: list[WaitEdge]) -> list[WaitEdge]:
