@@ -81,12 +81,16 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @pytest.mark.timeout(400)  # 14 runs of kpeek; slow on a loaded 2-core machine
-@pytest.mark.parametrize("how", ["closed", "full", "pipe", "nocache"])
+@pytest.mark.parametrize("how", ["closed", "full", "pipe", "nocache", "nohome"])
 def test_every_verb_without_traceback(tmp_path: Path, how: str) -> None:
     require("root", "bpf")
     env = _env()
     if how == "nocache":  # a cache nobody can create: /proc/sys refuses new folders
         env = _env(HOME="/nonexistent-kpeek-home", XDG_CACHE_HOME="/proc/sys")
+    home = tmp_path / "missing-home"
+    if how == "nohome":  # a HOME that does not exist: no cache, and kpeek does not make it
+        env = _env(HOME=str(home))
+        env.pop("XDG_CACHE_HOME", None)
     verbs = _verbs(tmp_path)
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda argv: (argv, *_run(argv, how, env)), verbs))
@@ -102,6 +106,7 @@ def test_every_verb_without_traceback(tmp_path: Path, how: str) -> None:
         elif how in ("closed", "full") and len(lines) > 1 + (argv[0] == "trace"):
             bad.append(f"{' '.join(argv)}: more than one line: {err[-400:]}")
     assert not bad, "\n".join(bad)
+    assert not home.exists(), list(home.rglob("*"))
 
 
 def test_broken_pipe_is_quiet_and_not_a_finding() -> None:

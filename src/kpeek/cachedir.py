@@ -44,12 +44,13 @@ def boot_key(*parts: bytes) -> str | None:
 
 
 def cache_dir() -> str | None:
-    """The folder (it may not exist yet), or None when there is no home to put it in."""
+    """The folder (it may not exist yet), or None when there is no home to put
+    it in (unset, relative, or missing: HOME=/nonexistent is no request to make it)."""
     base = os.environ.get("XDG_CACHE_HOME", "")
     if not os.path.isabs(base):
         home = os.path.expanduser("~")
-        if not os.path.isabs(home):
-            return None
+        if not os.path.isabs(home) or not os.path.isdir(home):
+            return None  # a home that does not exist is not made by kpeek
         base = os.path.join(home, ".cache")
     return os.path.join(base, "kpeek")
 
