@@ -15,7 +15,7 @@ import sys
 
 from kpeek import jsonout
 from kpeek.commands.common import add_json
-from kpeek.errors import UsageError
+from kpeek.errors import NotSupported, UsageError
 from kpeek.kernel.modules import Holder, Module, files_held, last_unloaded, list_modules
 from kpeek.targets import open_kernel
 from kpeek.textsafe import for_terminal
@@ -35,8 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     kernel = open_kernel(args, "kpeek mod")
     if kernel.symbol_address("modules") is None:
-        raise UsageError(f"{kernel.origin} has no symbol 'modules' "
-                         "(kallsyms without data symbols?)")
+        import os
+
+        if kernel.live and not os.path.exists("/proc/modules"):
+            raise NotSupported(f"{kernel.origin} is built without loadable modules "
+                               "(no /proc/modules): there are none to show")
+        raise NotSupported(f"{kernel.origin} has no symbol 'modules' (kallsyms without data "
+                           "symbols: CONFIG_KALLSYMS_ALL is off)"
+                           + ("; /proc/modules lists them" if kernel.live else ""))
     mods = list_modules(kernel)
     if args.name:
         unknown = set(args.name) - {m.name for m in mods}
