@@ -21,7 +21,6 @@ import sys
 from kpeek.commands.common import add_json, add_raw_pointers, raw_pointers_allowed
 from kpeek.errors import EXIT_USAGE, UsageError
 from kpeek.render import oops as view
-from kpeek.reports import read_kmsg
 from kpeek.reports.parse import ParseResult, parse_log
 from kpeek.reports.stream import open_log, parse_stream
 from kpeek.textsafe import for_terminal
@@ -57,6 +56,8 @@ def read_log(path: str | None) -> tuple[ParseResult, str, bool]:
     as a stream in bounded memory. Raises UsageError, NotPermitted."""
     if path is None or (path != "-" and os.path.realpath(path) == "/dev/kmsg"):
         # The live log: read what is there now, never wait for new records.
+        from kpeek.reports.kmsg import read_kmsg
+
         return parse_log(_symbolize_live(read_kmsg())), "/dev/kmsg", True
     if path == "-":
         return parse_stream(sys.stdin.buffer, "stdin"), "stdin", False

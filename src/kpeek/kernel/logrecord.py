@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class LogRecord:
+    """A record: its sequence number, time, level, facility, caller, text
+    and the SUBSYSTEM/DEVICE dictionary entries /dev/kmsg gives."""
+
     seq: int
     ts_nsec: int
     level: int

@@ -5,7 +5,16 @@ the live kernel log.
 """
 
 from kpeek.reports.details import CodeBytes, Details, Frame
-from kpeek.reports.kmsg import read_kmsg
 from kpeek.reports.parse import Report, parse_reports
 
 __all__ = ["CodeBytes", "Details", "Frame", "Report", "parse_reports", "read_kmsg"]
+
+
+def __getattr__(name: str) -> object:
+    # The /dev/kmsg reader (and its record class) loads only for the live log:
+    # kpeek oops FILE never reads it.
+    if name == "read_kmsg":
+        from kpeek.reports.kmsg import read_kmsg
+
+        return read_kmsg
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
