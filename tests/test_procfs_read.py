@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from capabilities import require
-from kpeek.sources import proc_files, procfs
+from kpeek.sources import filekind, proc_files, procfs
 from kpeek.sources.kcmp import compare_files
 from kpeek.sources.mounts import MountTable
 from kpeek.sources.proc_files import parse_fdinfo, read_table
@@ -98,7 +98,7 @@ def test_each_descriptor_is_what_its_own_link_and_stat_say(scenes, many, monkeyp
                 pos, flags & ~os.O_CLOEXEC, bool(flags & os.O_CLOEXEC), mnt_id)  # fmt: skip
             if stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode):
                 assert (d.nlink, d.size) == (st.st_nlink, st.st_size), d
-            kinds.add(proc_files.file_type(d.mode, d.path))
+            kinds.add(filekind.file_type(d.mode, d.path))
             fds += 1
     assert {"pipe", "socket", "regular", "chardev", "anon_inode"} <= kinds
     # Pipes and sockets after the first of each are named without a readlink;

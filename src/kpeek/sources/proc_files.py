@@ -8,15 +8,13 @@ counted by the caller.
 from __future__ import annotations
 
 import os
-import stat
 from typing import NamedTuple
 
+from kpeek.sources.filekind import O_CLOEXEC
 from kpeek.sources.mounts import MountTable
 from kpeek.sources.proc_tasks import GONE, Vanished, read_bytes
 from kpeek.sources.statx import Stat, stat_cached
 from kpeek.textsafe import decode
-
-O_CLOEXEC = 0o2000000
 
 # RawDescriptor.error for a file kpeek chose not to stat (see _describe).
 UNASKED = "not asked: served from user space"
@@ -39,29 +37,6 @@ class RawDescriptor(NamedTuple):
     mnt_id: int | None
     inode_id: str  # "major:minor:ino"
     error: str | None = None  # why the file itself could not be examined
-
-
-def file_type(mode: int, path: str) -> str:
-    """What a descriptor refers to, in the words of the three-tables diagrams."""
-    if path.startswith("anon_inode:"):
-        return "anon_inode"
-    if stat.S_ISREG(mode):
-        return "memfd" if path.startswith("/memfd:") else "regular"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISFIFO(mode):
-        return "pipe" if path.startswith("pipe:[") else "fifo"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode):
-        return "chardev"
-    if stat.S_ISBLK(mode):
-        return "blockdev"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if path.startswith(("pipe:[", "socket:[")):
-        return path.split(":", 1)[0]
-    return "unknown"
 
 
 def parse_fdinfo(raw: bytes) -> tuple[int, int, int | None, int]:

@@ -152,8 +152,8 @@ def _identify(
 ) -> tuple[tuple[FileDescriptor, ...], dict[str, OpenFile], dict[str, Inode]]:
     from kpeek.ids import file_ids
     from kpeek.model import FileDescriptor, Inode, OpenFile
+    from kpeek.sources.filekind import file_type
     from kpeek.sources.kcmp import KcmpUnavailable
-    from kpeek.sources.proc_files import file_type
     from kpeek.sources.sharing import group_open_files
 
     try:

@@ -149,7 +149,7 @@ def _run_files(
     """(descriptors, open files, inodes, vanished, whether in (tgid, fd) order)."""
     # Here, not at the top: kpeek ps takes no file tables and starts faster.
     from kpeek.model import FileDescriptor, Inode, OpenFile
-    from kpeek.sources.proc_files import O_CLOEXEC, file_type
+    from kpeek.sources.filekind import O_CLOEXEC, file_type
 
     out = iterate("snapshot", "snapshot_files", tgids)
     fds: list[FileDescriptor] = []

@@ -28,9 +28,9 @@ from kpeek.kernel.memory import MemoryReadError
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.tasks import find_init_task, thread_addresses
 from kpeek.model import FileDescriptor, Inode, OpenFile, Snapshot, Task
+from kpeek.sources.filekind import O_CLOEXEC, file_type
 from kpeek.sources.memwalk.stacks import StackReader, first_function
 from kpeek.sources.memwalk.tasks import TaskReader
-from kpeek.sources.proc_files import O_CLOEXEC, file_type
 
 SOURCE = "memory"
 _SKIPPED = (MemoryReadError, PathError, ValueError)
