@@ -105,3 +105,20 @@ def test_snapshots_through_either_relocation_agree(cache, monkeypatch) -> None:
     assert cut.fds == whole.fds and cut.inodes == whole.inodes
     assert {k: (f.path, f.pos, f.flags, f.f_mode) for k, f in cut.open_files.items()} == {
         k: (f.path, f.pos, f.flags, f.f_mode) for k, f in whole.open_files.items()}
+
+
+def test_a_bpftool_others_may_write_is_not_run(cache, tmp_path, monkeypatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "ran"
+    fake = bin_dir / "bpftool"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    fake.chmod(0o755)
+    bin_dir.chmod(0o777)  # anyone could have put it there
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    data = loaded.shipped_object("snapshot")
+    assert coretarget.target_btf("snapshot", data, loaded._object_path("snapshot")) is None
+    assert not marker.exists()
+    bin_dir.chmod(0o755)  # root's own folder: that one is run (and makes nothing here)
+    assert coretarget.target_btf("snapshot", data, loaded._object_path("snapshot")) is None
+    assert marker.exists()

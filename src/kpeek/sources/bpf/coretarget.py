@@ -66,7 +66,7 @@ def _make(obj_path: str, out: str) -> bool:
 
     path = os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/sbin"))
     bpftool = shutil.which("bpftool", path=path)
-    if bpftool is None:
+    if bpftool is None or not _system_file(bpftool):
         return False
     try:
         done = subprocess.run([bpftool, "gen", "min_core_btf", VMLINUX_BTF, out, obj_path],
@@ -74,3 +74,14 @@ def _make(obj_path: str, out: str) -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0 and os.path.getsize(out) > 0
+
+
+def _system_file(path: str) -> bool:
+    """Whether ``path`` and its folder belong to root (or this user) and no one
+    else may write them: a bpftool a user put on root's PATH is not run."""
+    real = os.path.realpath(path)
+    for item in (real, os.path.dirname(real)):
+        st = os.stat(item)
+        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+            return False
+    return True
