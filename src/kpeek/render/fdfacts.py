@@ -12,10 +12,11 @@ from collections import defaultdict
 from functools import cached_property
 from itertools import groupby
 from operator import attrgetter
+from os import O_ACCMODE
 
 from kpeek.filemodel import Inode, Mapped, ProcessFileTable
 from kpeek.model import FileDescriptor, FileLock, OpenFile, ProcessFile, Snapshot, Socket
-from kpeek.render.fileflags import access_mode
+from kpeek.render.fileflags import ACCESS_MODES
 
 TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 # Other ends listed per descriptor; the rest are counted ("+N more").
 MAX_ENDPOINTS = 8
 _ACCESS_LETTER = {"O_RDONLY": "r", "O_WRONLY": "w", "O_RDWR": "u"}
+# The same letters by f_flags & O_ACCMODE (access_mode's key): one lookup per end.
+_LETTER_OF_MODE = {mode: _ACCESS_LETTER[name] for mode, name in ACCESS_MODES.items()}
 _PER_PROCESS: list[FileDescriptor] = []  # a marker: candidates depend on the holder
 _ENDED = frozenset({"pipe", "fifo", "socket"})
 _UNKNOWN = object()
@@ -55,7 +58,6 @@ class Ends:
         if key not in self.heads:
             return self.shared
         return [o for o in self._next if (o.tgid, o.fd) != key][:MAX_ENDPOINTS]
-
 
 
 class FdFacts:
@@ -246,7 +248,7 @@ class FdFacts:
         return t.comm if t else "?"
 
     def _mode(self, d: FileDescriptor) -> str:
-        return _ACCESS_LETTER.get(access_mode(self.snap.open_files[d.open_file].flags), "")
+        return _LETTER_OF_MODE.get(self.snap.open_files[d.open_file].flags & O_ACCMODE, "")
 
     def lock_label(self, d: FileDescriptor) -> str:
         """lsof's lock letters (r/R read, w/W write; capital: whole file), with the
