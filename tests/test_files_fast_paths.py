@@ -254,3 +254,21 @@ def test_open_file_identity_costs_about_one_kcmp_per_descriptor():
             assert as_sets == sorted(sorted((d.tgid, d.fd) for d in g) for g in reference)
         finally:
             os.unlink(fam.info["tmp"])
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_task_entries_are_task_dicts(scenes, raw):
+    """The JSON fast path formats each process's entry itself: the same bytes
+    as task_dict's, kernel stacks and a blocker (set here) included."""
+    require("bpf")
+    import dataclasses
+
+    from kpeek.render.files_json import _Pieces
+    from kpeek.render.tables import task_dict
+
+    snap = take_snapshot("bpf", pids=_pids(scenes), threads=True, stacks=True)
+    pieces = _Pieces(snap, FdFacts(snap), raw)
+    tasks = [*snap.tasks, dataclasses.replace(snap.tasks[0], blocker=snap.tasks[0].address)]
+    assert any(t.kernel_stack for t in tasks) and any(t.is_thread for t in tasks)
+    for t in tasks:
+        assert pieces.task(t) + b"}" == jsonout.encode(task_dict(t, raw))

@@ -20,7 +20,7 @@ import orjson
 
 from kpeek import jsonout
 from kpeek.ids import pointer_shower
-from kpeek.model import FileDescriptor, Snapshot, Task
+from kpeek.model import FileDescriptor, Inode, Snapshot, Task
 from kpeek.render.fdfacts import MAX_ENDPOINTS, Ends, FdFacts, lock_dict, socket_dict
 from kpeek.render.fileflags import access_mode, flag_names
 from kpeek.render.tables import snapshot_meta, task_dict
@@ -198,6 +198,41 @@ class _Pieces:
             head = _PER_HOLDER if others.per_holder else others.heads  # an eventfd's: per holder
         return part, extras, others, head
 
+    def task(self, t: Task) -> bytes:
+        """task_dict's entry of ``t`` without its closing brace."""
+        try:
+            return self._task(t)
+        except TypeError:  # a field the model types as int is not (a source's slip)
+            return _encode(task_dict(t, self.raw))[:-1]
+
+    def _task(self, t: Task) -> bytes:
+        words, word, pointer = self.words, self.word, self.pointer
+        return (
+            b'{"pid":%d,"tgid":%d,"ppid":%d,"pgid":%d,"sid":%d,"comm":%s,"state":%s,'
+            b'"state_name":%s,"wchan":%s,"uid":%d,"pidns":%d,"ns":{"pid":%d,"tgid":%d,'
+            b'"ppid":%d,"pgid":%d,"sid":%d},"is_thread":%s,"kernel_stack":%s,"blocker":%s,'
+            b'"address":%s'
+        ) % (
+            t.pid, t.tgid, t.ppid, t.pgid, t.sid, _string(t.comm),
+            words.get(t.state) or word(t.state), words.get(t.state_name) or word(t.state_name),
+            b"null" if t.wchan is None else _string(t.wchan), t.uid, t.pidns,
+            t.ns_pid, t.ns_tgid, t.ns_ppid, t.ns_pgid, t.ns_sid, _BOOL[t.is_thread],
+            b"null" if t.kernel_stack is None else _encode(list(t.kernel_stack)),
+            b'"%s"' % pointer(t.blocker).encode() if t.blocker else b"null",
+            b"null" if t.address is None else b'"%s"' % pointer(t.address).encode(),
+        )  # fmt: skip
+
+    def inode(self, i: Inode) -> bytes:
+        """inode_dict's entry of ``i``."""
+        raw = i.id.encode()
+        return b'{"id":%s,"type":%s,"nlink":%s,"size":%s,"address":%s}' % (
+            b'"%s"' % raw if raw.replace(b":", b"").isdigit() else _word(i.id),
+            self.words.get(i.type) or self.word(i.type),
+            b"null" if i.nlink is None else b"%d" % i.nlink,
+            b"null" if i.size is None else b"%d" % i.size,
+            b"null" if i.address is None else b'"%s"' % self.pointer(i.address).encode(),
+        )
+
     def word(self, s: str) -> bytes:
         got = self.words.get(s)
         if got is None:
@@ -296,7 +331,7 @@ def files_json_chunks(
         yield b"".join(
             [
                 sep,
-                _encode(task_dict(t, raw_pointers))[:-1],
+                pieces.task(t),
                 b',"fds":[',
                 pieces.fds(fds),
                 b'],"process_files":[',
@@ -312,18 +347,9 @@ def files_json_chunks(
     for start in range(0, len(file_ids), 1000):
         chunk = b",".join([entries[i] for i in file_ids[start : start + 1000]])
         yield chunk if start == 0 else b"," + chunk
-    inode_ids = sorted(pieces.inode_ids)
-    pointer = pieces.pointer
-    yield b'],"inodes":' + _encode(
-        [
-            {
-                "id": i.id,
-                "type": i.type,
-                "nlink": i.nlink,
-                "size": i.size,
-                "address": None if i.address is None else pointer(i.address),
-            }
-            for i in (snap.inodes[n] for n in inode_ids if n in snap.inodes)
-        ]
-    )
-    yield b"}"
+    yield b'],"inodes":['
+    inodes = [snap.inodes[n] for n in sorted(pieces.inode_ids) if n in snap.inodes]
+    for start in range(0, len(inodes), 1000):
+        chunk = b",".join([pieces.inode(i) for i in inodes[start : start + 1000]])
+        yield chunk if start == 0 else b"," + chunk
+    yield b"]}"
