@@ -115,7 +115,9 @@ ONLY_PROCFS = False  # --procfs-only
 def kpeek(*args: str) -> list[tuple[str, list[str]]]:
     rows = [("kpeek " + " ".join(args), [*KPEEK, *args])]
     for src in BEFORE:
-        rows.append((f"  before: {' '.join(args)}", [f"PYTHONPATH={src}", *KPEEK, *args]))
+        # Rows are told apart by name: with several trees, each says which.
+        tree = f" [{Path(src).resolve().parent.name}]" if len(BEFORE) > 1 else ""
+        rows.append((f"  before{tree}: {' '.join(args)}", [f"PYTHONPATH={src}", *KPEEK, *args]))
     return rows
 
 
