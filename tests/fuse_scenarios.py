@@ -52,6 +52,18 @@ def describe(p: subprocess.Popen) -> str:
         return f"pid {p.pid}: {e}"
 
 
+def in_fuse_write(pid: int) -> bool:
+    """``pid`` waits for the server's answer to its write(2): the request that
+    holds the file's i_rwsem (not the open before it, which holds none)."""
+    from kpeek.diagnose.procinfo import SYSCALL_NAMES, _machine
+
+    with open(f"/proc/{pid}/syscall") as f:
+        number = f.read().split()[0]
+    names = SYSCALL_NAMES.get(_machine(), {})
+    return number.isdigit() and names.get(int(number)) == "write" and \
+        wchan(pid).startswith("request_wait_answer")
+
+
 def wchan(pid: int) -> str:
     with open(f"/proc/{pid}/wchan") as f:
         return f.read()

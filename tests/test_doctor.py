@@ -15,7 +15,7 @@ import time
 import pytest
 
 from capabilities import require
-from fuse_scenarios import ByPid, fuse_mount, state, wait_for, wchan
+from fuse_scenarios import ByPid, fuse_mount, in_fuse_write, state, wait_for, wchan
 from kpeek import jsonout
 from kpeek.cli import main
 from kpeek.diagnose.findings import diagnose
@@ -275,7 +275,7 @@ def test_fuse_writer_holds_i_rwsem_and_truncate_hangs(capsys):
     require("root", "fuse", "bpf")
     with fuse_mount("block") as m:
         a = m.spawn(WRITE.format(path=m.path("a")))
-        wait_for(lambda: wchan(a.pid).startswith("request_wait_answer"), 15, "A in FUSE write",
+        wait_for(lambda: in_fuse_write(a.pid), 15, "A in FUSE write",
                  about=[a])
         spawned = time.monotonic()
         b = m.spawn(f"import os; os.truncate({m.path('a')!r}, 0)")
@@ -424,7 +424,7 @@ def test_doctor_does_not_hang_on_a_blocked_single_threaded_fuse_server():
     require("root", "fuse")
     with fuse_mount("block", single_thread=True) as m:
         a = m.spawn(WRITE.format(path=m.path("a")) + "; import time; time.sleep(60)")
-        wait_for(lambda: wchan(a.pid).startswith("request_wait_answer"), 15, "A in FUSE write")
+        wait_for(lambda: in_fuse_write(a.pid), 15, "A in FUSE write")
         time.sleep(1.2)  # past the attribute timeout: a stat would ask the server
         try:
             done = subprocess.run([PY, "-m", "kpeek", "doctor", "--json", str(a.pid)],
@@ -444,7 +444,7 @@ def test_chain_ends_at_a_stopped_fuse_server():
     require("root", "fuse", "bpf")
     with fuse_mount("block") as m:
         a = m.spawn(WRITE.format(path=m.path("a")))
-        wait_for(lambda: wchan(a.pid).startswith("request_wait_answer"), 15, "A in FUSE write",
+        wait_for(lambda: in_fuse_write(a.pid), 15, "A in FUSE write",
                  about=[a])
         b = m.spawn(f"import os; os.truncate({m.path('a')!r}, 0)")
         # D in the inode lock, not in a lookup the server has yet to answer

@@ -284,7 +284,7 @@ def test_doctor_on_a_walked_kernel_reads_its_locks_in_that_kernel() -> None:
     """diagnose() given a Kernel (as for a dump) takes every fact from it: the
     walked snapshot, and the i_rwsem edge from that kernel's memory, with no
     live /proc reads of lock, FUSE or child waits (a dump's pids are not ours)."""
-    from fuse_scenarios import fuse_mount, state, wait_for, wchan
+    from fuse_scenarios import fuse_mount, in_fuse_write, state, wait_for
     from kpeek.diagnose.findings import diagnose
     from kpeek.sources import memwalk
     from kpeek.targets.live import open_live
@@ -293,7 +293,7 @@ def test_doctor_on_a_walked_kernel_reads_its_locks_in_that_kernel() -> None:
     write = "f = open({path!r}, 'w'); f.write('x'); f.flush()"
     with fuse_mount("block") as mnt:
         a = mnt.spawn(write.format(path=mnt.path("a")))
-        wait_for(lambda: wchan(a.pid).startswith("request_wait_answer"), 15, "A in FUSE write")
+        wait_for(lambda: in_fuse_write(a.pid), 15, "A in FUSE write")
         b = mnt.spawn(f"import os; os.truncate({mnt.path('a')!r}, 0)")
         wait_for(lambda: state(b.pid) == "D", 15, "B in D state")
         kernel = open_live()
