@@ -20,7 +20,8 @@ from kpeek.diagnose.fdindex import index_of
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import syscall_target
 from kpeek.model import Task
-from kpeek.sources.mounts import read_mountinfo
+from kpeek.sources.fdinfo_details import read_fdinfo
+from kpeek.sources.mounts import deepest_mount, read_mountinfo
 
 FANOTIFY_WAITS = ("fanotify_get_response", "fanotify_handle_event")
 # FAN_OPEN_PERM, FAN_ACCESS_PERM, FAN_OPEN_EXEC_PERM, FAN_PRE_ACCESS (6.14+)
@@ -95,12 +96,10 @@ def _groups(graph: WaitGraph) -> list[Group]:
             continue
         group = by_file.get(d.open_file)
         if group is None:
-            try:
-                with open(f"/proc/{d.tgid}/fdinfo/{d.fd}", "rb") as fi:
-                    marks = parse_marks(fi.read())
-            except OSError:
+            raw = read_fdinfo(d.tgid, d.fd)
+            if raw is None:
                 continue
-            group = by_file[d.open_file] = Group(marks=marks)
+            group = by_file[d.open_file] = Group(marks=parse_marks(raw))
         group.holders.setdefault(d.tgid, []).append(d.fd)
     return [g for g in by_file.values() if any(m.mask & PERMISSION_EVENTS for m in g.marks)]
 
@@ -118,13 +117,9 @@ def _target(graph: WaitGraph, t: Task) -> Target:
             except ValueError:
                 return Target()
     if target.path is not None:
-        best = None  # the mount the path lies on: the longest mount point before it
-        for m in read_mountinfo(f"/proc/{t.tgid}/mountinfo"):
-            mp = m.mountpoint.rstrip("/") + "/"
-            if (target.path + "/").startswith(mp) and (best is None or len(mp) > best[0]):
-                best = (len(mp), m)
-        if best is not None:
-            m = best[1]
+        mounts = read_mountinfo(f"/proc/{t.tgid}/mountinfo")
+        m = deepest_mount(target.path, ((m.mountpoint, m) for m in mounts))
+        if m is not None:
             return Target(dev=(m.major << 20) | m.minor, mnt_id=m.mnt_id,
                           ino=_local_inode(t, target.path, m.fstype))
     return Target()

@@ -21,7 +21,7 @@ from kpeek.diagnose.fdindex import index_of
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import proc_field, syscall_target
 from kpeek.model import Snapshot, Task
-from kpeek.sources.mounts import read_mountinfo
+from kpeek.sources.mounts import deepest_mount, read_mountinfo
 
 FUSECTL = "/sys/fs/fuse/connections"
 FUSE_WAITS = ("request_wait_answer", "fuse_wait_on_page_writeback", "fuse_wait_on_folio_writeback",
@@ -115,14 +115,10 @@ def _connection_of(snapshot: Snapshot, task: Task, conns: dict[int, FuseConnecti
             if number in conns:
                 return number
     if target is not None and target.path is not None:
-        best = None
-        for c in conns.values():
-            for mp in c.mountpoints:
-                if (target.path == mp or target.path.startswith(mp.rstrip("/") + "/")) and (
-                        best is None or len(mp) > best[0]):
-                    best = (len(mp), c.number)
-        if best:
-            return best[1]
+        number = deepest_mount(target.path, ((mp, c.number) for c in conns.values()
+                                             for mp in c.mountpoints))
+        if number is not None:
+            return number
     busy = [c.number for c in conns.values() if c.waiting]
     return busy[0] if len(busy) == 1 else None
 

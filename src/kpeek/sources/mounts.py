@@ -17,7 +17,12 @@ from kpeek.textsafe import decode
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # statx loads libc through ctypes: only where files are stat()ed
+    from collections.abc import Iterable
+    from typing import TypeVar
+
     from kpeek.sources.statx import Stat
+
+    T = TypeVar("T")
 
 # File systems whose getattr may wait on a user-space server that is stuck;
 # kpeek never asks them for attributes (lsof's -b does the same).
@@ -66,6 +71,18 @@ def parse_mountinfo(raw: bytes) -> list[MountEntry]:
             continue
         out.append(entry)
     return out
+
+
+def deepest_mount(path: str, mounts: Iterable[tuple[str, T]]) -> T | None:
+    """Of (mount point, value) pairs, the value of the deepest mount point
+    that the absolute ``path`` lies under (the first, at equal depth)."""
+    probe = path.rstrip("/") + "/"
+    best_len, best = -1, None
+    for mountpoint, value in mounts:
+        prefix = mountpoint.rstrip("/") + "/"
+        if probe.startswith(prefix) and len(prefix) > best_len:
+            best_len, best = len(prefix), value
+    return best
 
 
 def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[MountEntry]:
