@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -37,6 +38,19 @@ report(child=child)
 def proc_stack(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stack") as f:
         return [re.sub(r"^\[<[0-9a-f]+>\] ", "", line.strip()) for line in f if line.strip()]
+
+
+def settled(tid: int, unwind, tries: int = 50):
+    """The kernel's stack and ours for a task that stays asleep across both
+    reads: on a loaded machine a thread started just before may still be on
+    its way into the wait, and its stack changes under us."""
+    for _ in range(tries):
+        before = proc_stack(tid)
+        stack = unwind(tid)
+        if before and proc_stack(tid) == before:
+            return before, stack
+        time.sleep(0.1)
+    return before, stack
 
 
 def addresses(symbols: Kallsyms, frames: list[str]) -> list[int]:
@@ -77,8 +91,7 @@ def test_orc_unwind_matches_proc_stack(live):
         tids = [*threads(fam.pid), fam.info["child"]]
         checked = 0
         for tid in tids:
-            expected = proc_stack(tid)
-            stack = unwinder.task_stack(live.task(tid))
+            expected, stack = settled(tid, lambda t: unwinder.task_stack(live.task(t)))
             assert stack.complete, (tid, stack.note)
             assert all(f.reliable for f in stack.frames)
             got = [f.ip for f in visible(stack.frames, live)]
@@ -103,8 +116,7 @@ def test_stack_scan_without_orc_marks_frames_unreliable(live):
     blind = Kernel(live.types, symbols, live.memory, live.tasks)
     with family(SLEEPERS) as fam:
         tid = threads(fam.pid)[1]
-        expected = proc_stack(tid)
-        stack = kernel_unwinder(blind).task_stack(blind.task(tid))
+        expected, stack = settled(tid, lambda t: kernel_unwinder(blind).task_stack(blind.task(t)))
         assert not stack.complete and "no ORC" in stack.note
         assert stack.frames and not any(f.reliable for f in stack.frames)
         scanned = iter(f.ip for f in stack.frames)
