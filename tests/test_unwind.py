@@ -40,14 +40,24 @@ def proc_stack(pid: int) -> list[str]:
         return [re.sub(r"^\[<[0-9a-f]+>\] ", "", line.strip()) for line in f if line.strip()]
 
 
+def switches(tid: int) -> tuple[int, int]:
+    """The task's voluntary and involuntary context switches: unchanged across
+    a span means it never ran in it, so its stack could not change."""
+    with open(f"/proc/{tid}/status") as f:
+        counts = dict(line.split(":", 1) for line in f if "ctxt_switches" in line)
+    return int(counts["voluntary_ctxt_switches"]), int(counts["nonvoluntary_ctxt_switches"])
+
+
 def settled(tid: int, unwind, tries: int = 50):
-    """The kernel's stack and ours for a task that stays asleep across both
-    reads: on a loaded machine a thread started just before may still be on
-    its way into the wait, and its stack changes under us."""
+    """The kernel's stack and ours for a task that did not run across both
+    reads: a thread may still be on its way into its wait, or wake for a
+    moment (a signal, a preemption on its way back to user mode) and sleep
+    again in the same place, and its stack changes under us."""
     for _ in range(tries):
+        ran = switches(tid)
         before = proc_stack(tid)
         stack = unwind(tid)
-        if before and proc_stack(tid) == before:
+        if before and proc_stack(tid) == before and switches(tid) == ran:
             return before, stack
         time.sleep(0.1)
     return before, stack
