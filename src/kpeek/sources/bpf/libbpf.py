@@ -15,7 +15,7 @@ import ctypes
 import errno
 import os
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from functools import cache
 
 from kpeek.errors import NotPermitted, NotSupported
@@ -153,10 +153,11 @@ class BpfObject(MapAccess):
     """
 
     def __init__(self, data: bytes, name: str, programs: frozenset[str] | None = None,
-                 unused_maps: Iterable[str] = (), core_btf: str | None = None) -> None:
+                 map_sizes: Mapping[str, int] | None = None, core_btf: str | None = None) -> None:
         """``programs``: load (and have the kernel verify) only these, not
-        every program in the object; None: all of them. ``unused_maps``:
-        maps none of those programs uses, made with one entry. ``core_btf``:
+        every program in the object; None: all of them. ``map_sizes``: maps
+        made with fewer entries than the object declares (the kernel
+        allocates a hash map's every entry up front). ``core_btf``:
         the BTF file to relocate against (coretarget.py), else the kernel's."""
         lib = _lib()
         self.name = name
@@ -183,8 +184,8 @@ class BpfObject(MapAccess):
                     raise _fail(f"cannot open BPF object {name}", _errno_of(0))
                 if programs is not None:
                     self._load_only(programs)
-                for m in unused_maps:
-                    lib.bpf_map__set_max_entries(self._map(m), 1)
+                for m, entries in (map_sizes or {}).items():
+                    lib.bpf_map__set_max_entries(self._map(m), entries)
                 ret = lib.bpf_object__load(self._obj)
                 if ret != -errno.EAGAIN:
                     break

@@ -22,10 +22,11 @@ if TYPE_CHECKING:
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 _objects: dict[str, Object] = {}
+_few: set[str] = set()  # objects loaded with maps sized for a few processes
 _lock = threading.Lock()
 
 
-def bpf_object(name: str, programs: Iterable[str] | None = None) -> Object:
+def bpf_object(name: str, programs: Iterable[str] | None = None, few: bool = False) -> Object:
     """The object ``<name>.bpf.o`` shipped in this package, got once per process.
 
     ``programs``: those the caller will run (None: any). An object that will
@@ -33,7 +34,9 @@ def bpf_object(name: str, programs: Iterable[str] | None = None) -> Object:
     is loaded with just the programs asked for so far: the verifier's time
     and libbpf's CO-RE relocations are paid for those alone (kpeek ps runs
     one of the snapshot object's five). Asked for another one later, it is
-    loaded again with that one too.
+    loaded again with that one too. ``few``: it will walk at most
+    PER_PROCESS processes, and such a private object gets maps sized for
+    that (see _FEW_ENTRIES); asked later for more, it is loaded again.
 
     Raises NotPermitted (not root) or NotSupported (no BTF, the verifier
     refused), each with one line saying what would make it work.
@@ -41,7 +44,9 @@ def bpf_object(name: str, programs: Iterable[str] | None = None) -> Object:
     wanted = None if programs is None else frozenset(programs)
     with _lock:
         obj = _objects.get(name)
-        if obj is not None and (isinstance(obj, kept.KeptObject) or obj.has_programs(wanted)):
+        if obj is not None and (isinstance(obj, kept.KeptObject) or (
+            obj.has_programs(wanted) and (few or name not in _few)
+        )):
             return obj
         if obj is None:
             obj = kept.open_kept(name)
@@ -52,8 +57,12 @@ def bpf_object(name: str, programs: Iterable[str] | None = None) -> Object:
             if obj is not None and obj.only is not None:
                 wanted |= obj.only  # what it ran before, and this
         else:
-            wanted = None
-        fresh, data = _load(name, wanted)
+            wanted, few = None, False  # kept for others: whole, full-sized
+        fresh, data = _load(name, wanted, few)
+        if few:
+            _few.add(name)
+        else:
+            _few.discard(name)
         if wanted is None:
             kept.publish(name, data, fresh.program_fds(), fresh.map_fds())
         if obj is not None:  # its links die with it
@@ -63,9 +72,12 @@ def bpf_object(name: str, programs: Iterable[str] | None = None) -> Object:
         return fresh
 
 
-def _load(name: str, programs: frozenset[str] | None = None) -> tuple[BpfObject, bytes]:
+def _load(
+    name: str, programs: frozenset[str] | None = None, few: bool = False
+) -> tuple[BpfObject, bytes]:
     """A private load with libbpf (CO-RE relocation, the verifier) of
-    ``programs`` (None: all), and the object's bytes."""
+    ``programs`` (None: all), with maps sized for a ``few`` processes or
+    for all, and the object's bytes."""
     if not os.path.exists(VMLINUX_BTF):
         raise NotSupported(
             f"the kernel has no BTF ({VMLINUX_BTF}), which BPF CO-RE needs; it "
@@ -75,33 +87,39 @@ def _load(name: str, programs: frozenset[str] | None = None) -> tuple[BpfObject,
     from kpeek.sources.bpf.coretarget import target_btf
     from kpeek.sources.bpf.libbpf import BpfObject
 
-    unused = () if programs is None else [
-        m for m, user in _MAP_USERS.get(name, {}).items() if user not in programs]
+    sizes = dict(_FEW_ENTRIES.get(name, {})) if few else {}
+    if programs is not None:
+        sizes.update((m, 1) for m, user in _MAP_USERS.get(name, {}).items() if user not in programs)
     core = target_btf(name, data, _object_path(name))
     if core is not None:
         try:
-            return BpfObject(data, name, programs, unused, core), data
+            return BpfObject(data, name, programs, sizes, core), data
         except NotSupported:
             pass  # relocated against the kernel's own BTF, as without it
-    return BpfObject(data, name, programs, unused), data
+    return BpfObject(data, name, programs, sizes), data
 
 
-# Maps that one program alone uses, by object: made with a single entry
-# when it is not loaded. The kernel allocates a hash map's every entry up
-# front; seen_files' 262,144 were ~5 ms of a kpeek ps.
+# The kernel allocates an LRU hash map's every entry when it makes the map:
+# seen_files' 262,144 cost ~11 ms, more than the verifier, of a kpeek files
+# PID. Maps that one program alone uses are made with a single entry when it
+# is not loaded; the per-run "seen" marks, with room for a few processes
+# when no more will be walked (an evicted mark only has a path sent again).
 _MAP_USERS = {"snapshot": {"seen_files": "snapshot_files", "seen_mapped": "snapshot_maps"}}
+_FEW_ENTRIES = {"snapshot": {"seen_files": 1 << 12, "seen_mapped": 1 << 12}}
 
 
 @contextlib.contextmanager
-def exclusive(name: str, programs: Iterable[str] | None = None) -> Iterator[Object]:
-    """The object (with ``programs``, see bpf_object), its globals and maps
-    this process's alone for the span.
+def exclusive(
+    name: str, programs: Iterable[str] | None = None, few: bool = False
+) -> Iterator[Object]:
+    """The object (with ``programs`` and ``few``, see bpf_object), its
+    globals and maps this process's alone for the span.
 
     Kept objects are shared by every kpeek process: the span holds their
     lock. When another process holds it for too long, this process loads a
     private object (used from then on) rather than wait.
     """
-    obj = bpf_object(name, programs)
+    obj = bpf_object(name, programs, few)
     if not isinstance(obj, kept.KeptObject):
         yield obj
         return
@@ -144,8 +162,9 @@ _iterators: dict[tuple[str, str, int], BpfIterator] = {}
 
 
 def _with_program(name: str, program: str) -> Object:
-    """The object with ``program`` loaded: all of its programs on first use."""
-    return bpf_object(name, None if name not in _objects else (program,))
+    """The object with ``program`` loaded: all of its programs on first use
+    (its maps sized as the span that runs it asked: see exclusive)."""
+    return bpf_object(name, None if name not in _objects else (program,), few=True)
 
 
 def bpf_iterator(name: str, program: str, *, tid: int = 0) -> BpfIterator:

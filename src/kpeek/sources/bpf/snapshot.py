@@ -23,7 +23,7 @@ from kpeek.kernel.sched import state_letter
 from kpeek.model import Namespace, Snapshot, Task
 from kpeek.sources import BLOCKED, proc_tasks
 from kpeek.sources.bpf import hidden
-from kpeek.sources.bpf.loaded import exclusive, iterate
+from kpeek.sources.bpf.loaded import PER_PROCESS, exclusive, iterate
 from kpeek.sources.consistent import make_consistent
 from kpeek.textsafe import decode
 
@@ -223,7 +223,8 @@ def filtered(tgids: list[int] | None, threads: bool, stacks: bool | str,
     the span holds their lock too, the run number is the last one's plus one
     whoever ran it (a file seen in another process's run is not "seen"), and
     filter entries a killed process left behind are dropped first."""
-    with _run_lock, exclusive("snapshot", programs) as obj:
+    few = tgids is not None and len(tgids) <= PER_PROCESS
+    with _run_lock, exclusive("snapshot", programs, few) as obj:
         generation = _ARGS.unpack(obj.read_globals())[4] + 1
         for key in obj.keys("wanted", 4):
             obj.delete("wanted", key)
