@@ -231,7 +231,7 @@ def test_a_kernel_without_bpf_loop_gets_stacks_from_proc() -> None:
         parent = fam.info["parent"]
         _wait_sleeping([parent])
         with bpf.filtered([parent], False, False):
-            records, _ = bpf._run_tasks([parent])
+            records, _ = bpf._task_records(bpf.iterate("snapshot", "snapshot_tasks", [parent]))
         (rec,) = [r for r in records if r[3] == parent]
         assert rec[-1] == 1  # this kernel has the helpers
         task = bpf._task((*rec[:-1], 0), None, True, False)

@@ -141,6 +141,10 @@ class ProcessFileTable(Sequence[ProcessFile]):
         own, mapped = self._parts.get(tgid, _NO_PARTS)
         return [*own, *[ProcessFile(tgid, "mem", path, inode) for path, inode in mapped]]
 
+    def by_process(self) -> dict[int, tuple[list[ProcessFile], list[Mapped]]]:
+        """:meth:`parts` of every process it holds."""
+        return self._parts
+
     def rows_by_process(self) -> dict[int, list[ProcessFile]]:
         return {tgid: self.of(tgid) for tgid in self._parts}
 

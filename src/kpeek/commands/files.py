@@ -131,7 +131,11 @@ def _run(args: argparse.Namespace) -> int:
     if usable == []:
         return 1
     everyone = args.endpoints and usable is not None
-    snap = snapshot(args, pids=None if everyone else usable, threads=False)
+    # lsof's cwd/rtd/txt/mem rows: read with a BPF snapshot (overlapping
+    # its decoding) when every process it takes is shown with them.
+    rows = not (args.no_extras or everyone or args.users or args.comms) and is_live(args)
+    snap = snapshot(args, pids=None if everyone else usable, threads=False,
+                    **({"process_files": True} if rows else {}))
     processes = sorted(snap.processes(), key=lambda t: t.pid)
     if everyone:
         processes = [t for t in processes if t.tgid in set(usable or ())]

@@ -28,7 +28,8 @@ LOST_WITHOUT_BPF = (
 
 
 def take_snapshot(source: str = "auto", **kwargs: Any) -> Snapshot:
-    """A snapshot from the named source; see procfs.take_snapshot for kwargs.
+    """A snapshot from the named source; see procfs.take_snapshot for kwargs
+    (and bpf.snapshot.take_snapshot for ``process_files``, which only it takes).
 
     With "auto", a BPF failure (not root, no BTF, a verifier that refuses)
     falls back to procfs; the reason and the facts lost are kept in
@@ -44,6 +45,8 @@ def _take(source: str, **kwargs: Any) -> Snapshot:
     # verbs which never take a snapshot (or use another source) should not pay.
     if source not in SOURCES:
         raise UsageError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    if source not in ("bpf", "auto"):  # process rows: BPF reads them with its snapshot,
+        kwargs.pop("process_files", None)  # fdfacts.enrich reads them after for the others
     if source == "procfs":
         from kpeek.sources import procfs
 
@@ -65,6 +68,7 @@ def _take(source: str, **kwargs: Any) -> Snapshot:
             raise
         from kpeek.sources import procfs
 
+        kwargs.pop("process_files", None)
         snap = procfs.take_snapshot(**kwargs)
         why = os_reason(e) if isinstance(e, OSError) else str(e)
         note = f"bpf source unavailable ({why}); used procfs, without {LOST_WITHOUT_BPF}"

@@ -43,7 +43,9 @@ def _all_process_files(snap: Snapshot, tgids: list[int]) -> ProcessFileTable:
     """The process rows of ``tgids`` in order: from BPF iterators when the
     snapshot came from BPF (two iterator runs for all), else from /proc."""
     by_bpf: dict[int, tuple[list[ProcessFile], list[Mapped]]] = {}
-    if snap.source == "bpf" and tgids:
+    if isinstance(snap.process_files, ProcessFileTable):  # read with the snapshot
+        by_bpf = snap.process_files.by_process()
+    elif snap.source == "bpf" and tgids:
         from kpeek.sources.bpf.procfiles import read_process_parts
 
         # Unfiltered for the rows of every process of a whole-system snapshot

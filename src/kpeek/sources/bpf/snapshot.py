@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from kpeek.errors import UsageError
 from kpeek.ids import address_ids
@@ -29,7 +30,9 @@ from kpeek.textsafe import decode
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kpeek.model import FileDescriptor, Inode, OpenFile
+    from typing import Any
+
+    from kpeek.model import FileDescriptor, Inode, OpenFile, ProcessFile
 
 SOURCE = "bpf"
 
@@ -48,11 +51,10 @@ _NS_KINDS = ("mnt", "net", "ipc", "uts", "user", "cgroup", "time")  # after pid,
 _NSEC_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
-def _run_tasks(tgids: list[int] | None) -> tuple[list[tuple], dict[int, tuple[str, ...]]]:
+def _task_records(out: bytes) -> tuple[list[tuple], dict[int, tuple[str, ...]]]:
     """Task records, and the kernel stack text of each tid that has one."""
     if len(_comms) > 1 << 16:  # a long-lived process (kpeek serve) sees many names
         _comms.clear()
-    out = iterate("snapshot", "snapshot_tasks", tgids)
     records: list[tuple] = []
     stack_of: dict[int, tuple[str, ...]] = {}
     off, size, end = 0, TASK_REC.size, len(out)
@@ -143,15 +145,14 @@ def dev_inode_id(dev: int, ino: int) -> str:
     return f"{dev >> 20}:{dev & 0xFFFFF}:{ino}"  # the kernel's MAJOR/MINOR of dev_t
 
 
-def _run_files(
-    notes: list[str], tgids: list[int] | None,
+def _file_records(
+    notes: list[str], out: bytes,
 ) -> tuple[list[FileDescriptor], dict[str, OpenFile], dict[str, Inode], int, bool]:
     """(descriptors, open files, inodes, vanished, whether in (tgid, fd) order)."""
     # Here, not at the top: kpeek ps takes no file tables and starts faster.
     from kpeek.model import FileDescriptor, Inode, OpenFile
     from kpeek.sources.filekind import O_CLOEXEC, file_type
 
-    out = iterate("snapshot", "snapshot_files", tgids)
     fds: list[FileDescriptor] = []
     open_files: dict[str, OpenFile] = {}
     inodes: dict[str, Inode] = {}
@@ -212,6 +213,44 @@ def _run_files(
     return fds, open_files, inodes, vanished, in_order
 
 
+def _process_parts(tgids: list[int] | None) -> tuple[dict, set[int]]:
+    from kpeek.sources.bpf.procfiles import read_process_parts
+
+    return read_process_parts(tgids)
+
+
+class _Background:
+    """``fn(arg)`` in a thread of its own, whose system calls (the kernel
+    walking every memory map) overlap the caller's decoding; ``result()``
+    waits for it and raises what it raised. (concurrent.futures would
+    import logging and inspect into every kpeek files.)"""
+
+    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self._fn, self._arg = fn, arg
+        self._value: Any = None
+        self._error: BaseException | None = None
+        # The reader wants the GIL back after each 32 KiB read: by default
+        # it waits 5 ms (sys.getswitchinterval) while the caller decodes.
+        self._interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-4)
+        self._thread = threading.Thread(target=self._run, name="kpeek-background", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn(self._arg)
+        except BaseException as e:  # handed to result()'s caller
+            self._error = e
+        finally:  # whatever becomes of the caller
+            sys.setswitchinterval(self._interval)
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 @contextlib.contextmanager
 def filtered(tgids: list[int] | None, threads: bool, stacks: bool | str,
              programs: tuple[str, ...] | None = None) -> Iterator[None]:
@@ -248,8 +287,14 @@ def take_snapshot(
     files: bool = True,
     stacks: bool | str = False,
     all_namespaces: bool = False,
+    process_files: bool = False,
 ) -> Snapshot:
     """Tasks (and, with ``files``, descriptor tables) of ``pids`` or of all, via BPF.
+
+    ``process_files``: also lsof's cwd/rtd/txt/mem rows (Snapshot.
+    process_files, a ProcessFileTable of the processes BPF could give them
+    for; sources.fdfacts.enrich reads the others from /proc). Their
+    iterators walk every memory map while this thread decodes the tables.
 
     ``pids`` are thread-group ids; one that names no process raises
     UsageError. Raises NotPermitted (not root) or NotSupported (no BTF, no
@@ -280,9 +325,13 @@ def take_snapshot(
     # snapshot with files (the doctor's, which may ask for lock_layout) all.
     programs = None if files and tgids is None else _FILE_PROGRAMS if files else _TASK_PROGRAMS
     with filtered(tgids, threads, stacks, programs):
-        records, stack_of = _run_tasks(tgids)
-        if files:
-            fds, open_files, inodes, vanished, in_order = _run_files(notes, tgids)
+        task_out = iterate("snapshot", "snapshot_tasks", tgids)
+        file_out = iterate("snapshot", "snapshot_files", tgids) if files else b""
+    rows = _Background(_process_parts, tgids) if process_files and files else None
+    records, stack_of = _task_records(task_out)
+    if files:
+        fds, open_files, inodes, vanished, in_order = _file_records(notes, file_out)
+    del task_out, file_out
     wanted = set(pids) if pids is not None else None
     tasks = [
         _task(rec, stack_of.get(rec[3]), stacks, all_namespaces)
@@ -318,6 +367,11 @@ def take_snapshot(
         fds.sort(key=lambda d: (d.tgid, d.fd))
     # A process that forked between the task walk and the file walk has
     # descriptors but no task: left out and counted (see consistent.py).
+    table: Sequence[ProcessFile] = ()
+    if rows is not None:
+        from kpeek.filemodel import ProcessFileTable
+
+        table = ProcessFileTable(rows.result()[0])
     return make_consistent(Snapshot(
         source=SOURCE,
         tasks=tuple(tasks),
@@ -326,4 +380,5 @@ def take_snapshot(
         inodes=inodes,
         vanished=vanished,
         notes=tuple(notes),
+        process_files=table,
     ))
