@@ -543,3 +543,30 @@ def _max_entries(obj) -> dict[str, int]:
 
     return {name: MapInfo(fd).max_entries for name, fd in obj.map_fds().items()
             if name in ("seen_files", "seen_mapped", "wanted")}
+
+
+def test_a_process_hidden_from_the_iterators_joins_the_open_files_bpf_saw() -> None:
+    """A process the iterators do not visit (pid 1 in some sandboxes) is read
+    from /proc, and each of its descriptors that shares an open file with a
+    process BPF saw gets that open file's BPF id (kcmp), whatever else the
+    machine holds: the child here is taken as hidden."""
+    from kpeek.sources.bpf import hidden
+    from kpeek.sources.bpf import snapshot as bpf
+
+    with family(PIPE_FORK_DUP2) as fam:
+        info = fam.info
+        parent, child = info["parent"], info["child"]
+        _wait_sleeping([parent, child])
+        whole = bpf.take_snapshot(None)
+        seen = [d for d in whole.fds if d.tgid != child]
+        merged = hidden.from_procfs([child], seen, whole.open_files, threads=False,
+                                    files=True, stacks=False, all_namespaces=False)
+        os.unlink(info["path"])
+    got = {d.fd: d.open_file for d in merged.fds}
+    bpf_id = {(d.tgid, d.fd): d.open_file for d in whole.fds}
+    # inherited across fork: the parent's open files, by their BPF ids
+    for fd in (info["r"], info["w"], info["shared"], info["a"], info["b"]):
+        assert got[fd] == bpf_id[parent, fd], fd
+    assert got[1] == bpf_id[parent, info["w"]]  # the child's dup2 of the write end
+    # and its own opens (none here but what fork gave) are its own files
+    assert [f for f in merged.open_files if f in bpf_id.values()] == []

@@ -66,10 +66,14 @@ def from_procfs(
     except KpeekError as e:  # exited meanwhile
         out.notes.append(f"pid {pids}: not visible to BPF iterators ({e})")
         return out
-    # inode -> BPF open file id -> one descriptor that holds it
+    # inode -> BPF open file id -> one descriptor that holds it, for the
+    # inodes the hidden processes hold (pid 1's few, not a whole system's)
+    inodes = {f.inode for f in snap.open_files.values()}
+    candidates = {i for i, f in bpf_files.items() if f.inode in inodes}
     by_inode: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
-    for d in bpf_fds:
-        by_inode[bpf_files[d.open_file].inode].setdefault(d.open_file, (d.tgid, d.fd))
+    for d in bpf_fds if candidates else ():
+        if d.open_file in candidates:
+            by_inode[bpf_files[d.open_file].inode].setdefault(d.open_file, (d.tgid, d.fd))
     renamed: dict[str, str] = {}
     for file_id, f in snap.open_files.items():
         holder = next(d for d in snap.fds if d.open_file == file_id)
