@@ -213,12 +213,6 @@ def _file_records(
     return fds, open_files, inodes, vanished, in_order
 
 
-def _process_parts(tgids: list[int] | None) -> tuple[dict, set[int]]:
-    from kpeek.sources.bpf.procfiles import read_process_parts
-
-    return read_process_parts(tgids)
-
-
 class _Background:
     """``fn(arg)`` in a thread of its own, whose system calls (the kernel
     walking every memory map) overlap the caller's decoding; ``result()``
@@ -327,7 +321,13 @@ def take_snapshot(
     with filtered(tgids, threads, stacks, programs):
         task_out = iterate("snapshot", "snapshot_tasks", tgids)
         file_out = iterate("snapshot", "snapshot_files", tgids) if files else b""
-    rows = _Background(_process_parts, tgids) if process_files and files else None
+    rows = None
+    if process_files and files:
+        # Imported here, not in the thread: two threads importing at once
+        # can see each other's modules half made (dataclasses and typing).
+        from kpeek.sources.bpf.procfiles import read_process_parts
+
+        rows = _Background(read_process_parts, tgids)
     records, stack_of = _task_records(task_out)
     if files:
         fds, open_files, inodes, vanished, in_order = _file_records(notes, file_out)
