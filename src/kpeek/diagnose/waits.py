@@ -15,10 +15,10 @@ call and its arguments (/proc/PID/task/TID/syscall) say what it waits on:
   output descriptor, whichever its wait channel says it sleeps on;
 * futex: a PI futex names its owner in the futex word (an all-of wait on
   that thread), and so does a robust mutex and pthread_join's wait; a plain
-  futex does not: a glibc pthread mutex keeps its owner's tid beside the
-  word (``__owner``), an inferred edge to that thread (a relocked mutex is
-  its own root); otherwise (a condition variable) any other thread of the
-  process could wake it;
+  futex does not: glibc's mutexes and rwlocks keep their holder's tid
+  beside the word (userlocks.py), an inferred edge to that thread (a
+  relocked mutex is its own root); otherwise (a condition variable, an
+  rwlock held for reading) any other thread of the process could wake it;
 * semop, msgrcv, msgsnd on SysV IPC: the last process to take the semaphore,
   or to send to (receive from) the queue (sysvwaits.py);
 * vfork: the parent waits for the child to exec or exit;
@@ -41,6 +41,7 @@ from kpeek.diagnose.graph import Root, WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import read_user, s32, syscall_name
 from kpeek.diagnose.sharedmem import SharedMappers, mapping_at
 from kpeek.diagnose.sysvwaits import SYSV_CALLS, sysv_edges
+from kpeek.diagnose.userlocks import user_lock
 from kpeek.model import Task
 
 READS = {"read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"}
@@ -62,8 +63,6 @@ FUTEX_WAITS = {0, 9, 11}  # WAIT, WAIT_BITSET, WAIT_REQUEUE_PI
 FUTEX_LOCK_PI = {6, 13}  # LOCK_PI, LOCK_PI2
 FUTEX_PRIVATE = 128
 FUTEX_TID_MASK = 0x3FFFFFFF
-MUTEX_LOCKED = (1, 2)  # glibc lowlevellock: locked, locked with waiters
-MUTEX_OWNER_OFFSET = 8  # struct __pthread_mutex_s: __lock, __count, __owner
 
 
 # wchan of waits that only a timer, a signal or a terminal ends: free, and
@@ -305,7 +304,7 @@ def futex_edges(graph: WaitGraph, t: Task, args: list[int], shared: SharedMapper
                            detail="the futex word holds its tid (a robust mutex, or a join)",
                            certain=False, source=source))
         return
-    if word in MUTEX_LOCKED and _mutex_owner(graph, t, uaddr, op, shared, where, source):
+    if _lock_owner(graph, t, uaddr, word, op, shared, where, source):
         return
     if not op & FUTEX_PRIVATE:
         _shared_futex(graph, t, uaddr, where, shared, source)
@@ -324,27 +323,27 @@ def futex_edges(graph: WaitGraph, t: Task, args: list[int], shared: SharedMapper
                        source=source))
 
 
-def _mutex_owner(graph: WaitGraph, t: Task, uaddr: int, op: int, shared: SharedMappers,
-                 where: str, source: str) -> bool:
-    """A glibc pthread mutex: its futex word (``__lock``: 1 locked, 2 locked
-    with waiters) is followed by ``__count`` and ``__owner``, the holder's tid,
-    which glibc records for every kind of mutex. When that names a live thread
-    of the waiter's process (or, for a process-shared futex, of a process that
-    maps the same memory), the waiter waits for it (inferred: the word may not
-    be a mutex's). The waiter's own tid: it relocked a mutex it holds, which
-    nothing will release. Returns whether an edge was added."""
-    raw = read_user(t, uaddr + MUTEX_OWNER_OFFSET, 4)
-    tid = int.from_bytes(raw, "little", signed=True) if raw else 0
-    owner = _owner_task(graph, t, tid) if tid > 0 else None
+def _lock_owner(graph: WaitGraph, t: Task, uaddr: int, word: int, op: int,
+                shared: SharedMappers, where: str, source: str) -> bool:
+    """A glibc lock around the futex (userlocks.py) that records its holder:
+    when that names a live thread of the waiter's process (or, for a
+    process-shared futex, of a process that maps the same memory), the
+    waiter waits for it (inferred: the memory may not be such a lock). The
+    waiter's own tid: it relocked a mutex it holds, which nothing will
+    release. Returns whether an edge was added."""
+    lock = user_lock(t, uaddr, word)
+    owner = _owner_task(graph, t, lock.holder_tid) if lock is not None else None
     if owner is None:
         return False
     if owner.tgid != t.tgid:
         found = None if op & FUTEX_PRIVATE else mapping_at(t.tgid, uaddr)
         if found is None or owner.tgid not in shared.of(*found):
             return False
-    what = f"{where} (a pthread mutex)"
-    source += ", the mutex's __owner field"
+    what = f"{where} ({lock.kind})"
+    source += f", {lock.field}"
     if owner.pid == t.pid:
+        if not lock.relockable:  # glibc refuses it (EDEADLK): not this lock after all
+            return False
         root = f"none:mutex:{t.pid}:{uaddr:#x}"
         graph.roots[root] = Root(
             "nobody", f"it already holds {what}: a non-recursive mutex locked twice",
@@ -354,7 +353,7 @@ def _mutex_owner(graph: WaitGraph, t: Task, uaddr: int, op: int, shared: SharedM
                            certain=False, source=source))
         return True
     graph.add(WaitEdge(task_node(t.pid), task_node(owner.pid), "futex", what,
-                       detail=f"owner tid {tid} from the mutex's __owner field", certain=False,
+                       detail=f"holder tid {lock.holder_tid} from {lock.field}", certain=False,
                        source=source))
     return True
 
