@@ -122,3 +122,28 @@ def test_a_bpftool_others_may_write_is_not_run(cache, tmp_path, monkeypatch) -> 
     bin_dir.chmod(0o755)  # root's own folder: that one is run (and makes nothing here)
     assert coretarget.target_btf("snapshot", data, loaded._object_path("snapshot")) is None
     assert marker.exists()
+
+
+def test_a_new_file_removes_another_boots_but_not_this_boots(tmp_path) -> None:
+    """Made again (another key), the cut-down BTF of an object removes the
+    files of earlier boots, not another of this boot (a second kpeek
+    installation's object): each would otherwise remake its own on every run."""
+    from kpeek import cachedir
+
+    folder = str(tmp_path)
+    old, other = tmp_path / "core-snapshot-old.btf", tmp_path / "core-snapshot-other.btf"
+    old.write_bytes(b"x")
+    other.write_bytes(b"y")
+    os.utime(old, (1, 1))  # long before this boot
+    def write(path: str) -> bool:
+        with open(path, "wb") as f:
+            return bool(f.write(b"z"))
+
+    dir_fd = cachedir.open_dir(folder, create=False)
+    try:
+        assert cachedir.replace(folder, dir_fd, "core-snapshot-new.btf", write,
+                                stale_prefix="core-snapshot-")
+    finally:
+        os.close(dir_fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["core-snapshot-new.btf",
+                                                           "core-snapshot-other.btf"]

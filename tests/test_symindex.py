@@ -182,6 +182,7 @@ def test_an_index_not_the_users_own_or_not_this_boots_is_not_used(text, tmp_path
     # a new index replaces it, and any other boot's
     other = tmp_path / "kpeek" / "kallsyms-0123456789abcdef0123456789abcdef.idx"
     other.write_bytes(b"kpeek-symindex 1 0123456789abcdef0123456789abcdef\nend 0\n")
+    os.utime(other, (1, 1))  # made before this boot
     assert symindex.save(text, folder)
     assert os.listdir(tmp_path / "kpeek") == [os.path.basename(path)]
     assert answer() == Kallsyms.lazy_from_text(text).symbol("schedule").address

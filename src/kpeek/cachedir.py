@@ -95,8 +95,10 @@ def replace(folder: str, dir_fd: int, name: str, write: Callable[[str], bool], *
     """Make the file ``name`` in ``folder`` (open as ``dir_fd``) whole or not
     at all: ``write(path)`` fills an empty private temporary file there and
     says whether it did, then it is renamed over ``name``. Other files that
-    start with ``stale_prefix`` (another boot's) are removed. False on any
-    error."""
+    start with ``stale_prefix`` and were made before this boot are removed
+    (this boot's stay: two kpeek installations, each with its own BPF
+    object, would otherwise remove each other's on every run). False on
+    any error."""
     tmp = f".{name}.{os.getpid()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -110,8 +112,23 @@ def replace(folder: str, dir_fd: int, name: str, write: Callable[[str], bool], *
             os.unlink(tmp, dir_fd=dir_fd)
         return False
     if stale_prefix:
+        booted = _boot_time()
         for entry in os.listdir(dir_fd):
             if entry.startswith(stale_prefix) and entry != name:
                 with contextlib.suppress(OSError):
-                    os.unlink(entry, dir_fd=dir_fd)
+                    if os.stat(entry, dir_fd=dir_fd, follow_symlinks=False).st_mtime < booted:
+                        os.unlink(entry, dir_fd=dir_fd)
     return True
+
+
+def _boot_time() -> float:
+    """When this boot began, in seconds since the epoch (/proc/stat's btime);
+    0 when unknown (nothing is then taken as another boot's)."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
