@@ -108,6 +108,10 @@ def table(title: str, peer: list[str], rows: list[tuple[str, list[str]]], repeat
 
 
 BEFORE: list[str] = []  # a source tree to time too, e.g. the main checkout's src
+# Each "before" tree's own cache folder (XDG_CACHE_HOME): its BPF objects
+# differ, and an older tree removes the other's cut-down BTF when it makes
+# its own, which would charge bpftool to the rows of both.
+CACHES: dict[str, str] = {}
 SKIP_PROCFS = False  # --bpf-only
 ONLY_PROCFS = False  # --procfs-only
 
@@ -117,7 +121,10 @@ def kpeek(*args: str) -> list[tuple[str, list[str]]]:
     for src in BEFORE:
         # Rows are told apart by name: with several trees, each says which.
         tree = f" [{Path(src).resolve().parent.name}]" if len(BEFORE) > 1 else ""
-        rows.append((f"  before{tree}: {' '.join(args)}", [f"PYTHONPATH={src}", *KPEEK, *args]))
+        if src not in CACHES:
+            CACHES[src] = tempfile.mkdtemp(prefix="kpeek-bench-cache-")
+        rows.append((f"  before{tree}: {' '.join(args)}",
+                     [f"PYTHONPATH={src}", f"XDG_CACHE_HOME={CACHES[src]}", *KPEEK, *args]))
     return rows
 
 
@@ -229,15 +236,19 @@ def main() -> int:
         f"cpus {os.cpu_count()}  load {os.getloadavg()[0]:.1f}",
         "",
     ]
-    if args.only != "scale":
-        block = startup(max(args.repeat, 5))
-        print("\n".join(block), flush=True)
-        lines += [*block, ""]
-    if args.only != "startup":
-        for n in map(int, args.processes.split(",")):
-            block = at_scale(n, args.repeat)
+    try:
+        if args.only != "scale":
+            block = startup(max(args.repeat, 5))
             print("\n".join(block), flush=True)
             lines += [*block, ""]
+        if args.only != "startup":
+            for n in map(int, args.processes.split(",")):
+                block = at_scale(n, args.repeat)
+                print("\n".join(block), flush=True)
+                lines += [*block, ""]
+    finally:
+        for folder in CACHES.values():
+            shutil.rmtree(folder, ignore_errors=True)
     text = "\n".join(lines)
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(text + "\n")

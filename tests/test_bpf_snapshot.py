@@ -483,21 +483,31 @@ def test_a_few_processes_are_walked_through_links_of_their_own(monkeypatch) -> N
     assert by_pid.open_files == filtered.open_files and by_pid.inodes == filtered.inodes
 
 
-def test_a_snapshot_without_files_loads_the_task_program_alone(monkeypatch) -> None:
-    """Where the snapshot object is not kept for later processes (here
-    KPEEK_KEEP_BPF=0), kpeek ps has libbpf load and the verifier check the
-    task program alone, kpeek files PID the four it runs; a later need
-    loads the object again with the programs asked for, and every load
-    gives the same tasks."""
+@pytest.fixture
+def private_loads(monkeypatch):
+    """The BPF objects loaded afresh by this process, never kept
+    (KPEEK_KEEP_BPF=0): each load holds just the programs asked for."""
     require("root", "bpf")
-    from kpeek.sources.bpf import loaded, procfiles
-    from kpeek.sources.bpf import snapshot as bpf
-    from kpeek.sources.bpf.lock_layout import lock_layout
+    from kpeek.sources.bpf import loaded
 
     monkeypatch.setenv("KPEEK_KEEP_BPF", "0")
     monkeypatch.setattr(loaded, "_objects", {})
     monkeypatch.setattr(loaded, "_iterators", {})
     monkeypatch.setattr(loaded, "_few", set())
+    return loaded
+
+
+def test_a_snapshot_without_files_loads_the_task_program_alone(private_loads) -> None:
+    """Where the snapshot object is not kept for later processes (here
+    KPEEK_KEEP_BPF=0), kpeek ps has libbpf load and the verifier check the
+    task program alone, a snapshot of a few with files the programs it runs; a later need
+    loads the object again with the programs asked for, and every load
+    gives the same tasks."""
+    from kpeek.sources.bpf import procfiles
+    from kpeek.sources.bpf import snapshot as bpf
+    from kpeek.sources.bpf.lock_layout import lock_layout
+
+    loaded = private_loads
     with family(PIPE_FORK_DUP2) as fam:
         parent = fam.info["parent"]
         pids = [parent, *children_of(parent)]
@@ -570,3 +580,23 @@ def test_a_process_hidden_from_the_iterators_joins_the_open_files_bpf_saw() -> N
     assert got[1] == bpf_id[parent, info["w"]]  # the child's dup2 of the write end
     # and its own opens (none here but what fork gave) are its own files
     assert [f for f in merged.open_files if f in bpf_id.values()] == []
+
+
+def test_kpeek_files_of_a_few_processes_loads_two_programs(private_loads, capsys) -> None:
+    """kpeek files PID has the verifier check the task and descriptor
+    programs alone: the cwd/rtd/txt/mem rows of a few processes come from
+    /proc (sources/fdfacts.py), the same rows BPF would give."""
+    from kpeek.cli import main
+
+    loaded = private_loads
+    with family(PIPE_FORK_DUP2) as fam:
+        parent = fam.info["parent"]
+        _wait_sleeping([parent])
+        assert main(["files", "--json", str(parent)]) == 0
+        os.unlink(fam.info["path"])
+    assert loaded._objects["snapshot"].only == {"snapshot_tasks", "snapshot_files"}
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    kinds = [r["kind"] for r in doc["processes"][0]["process_files"]]
+    assert kinds[:3] == ["cwd", "rtd", "txt"] and "mem" in kinds

@@ -39,13 +39,18 @@ def enrich(snap: Snapshot, tgids: Iterable[int] | None = None) -> Snapshot:
     )
 
 
+FEW = 32  # processes whose rows /proc gives faster than BPF (sources.bpf.loaded.PER_PROCESS)
+
+
 def _all_process_files(snap: Snapshot, tgids: list[int]) -> ProcessFileTable:
     """The process rows of ``tgids`` in order: from BPF iterators when the
     snapshot came from BPF (two iterator runs for all), else from /proc."""
     by_bpf: dict[int, tuple[list[ProcessFile], list[Mapped]]] = {}
     if isinstance(snap.process_files, ProcessFileTable):  # read with the snapshot
         by_bpf = snap.process_files.by_process()
-    elif snap.source == "bpf" and tgids:
+    elif snap.source == "bpf" and len(tgids) > FEW:
+        # Not for a few processes: /proc gives their rows in about a
+        # millisecond each, where BPF would load and verify two more programs.
         from kpeek.sources.bpf.procfiles import read_process_parts
 
         # Unfiltered for the rows of every process of a whole-system snapshot

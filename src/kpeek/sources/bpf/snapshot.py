@@ -45,7 +45,7 @@ _FILE_HEAD = struct.Struct("<IIQ68x?3xi")  # cloexec (0 or 1) as a bool
 _ARGS = struct.Struct("<6I")
 _run_lock = threading.Lock()
 _TASK_PROGRAMS = ("snapshot_tasks",)
-_FILE_PROGRAMS = ("snapshot_tasks", "snapshot_files", "snapshot_roots", "snapshot_maps")
+_FILE_PROGRAMS = ("snapshot_tasks", "snapshot_files")
 
 _NS_KINDS = ("mnt", "net", "ipc", "uts", "user", "cgroup", "time")  # after pid, as in /proc
 _NSEC_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -315,14 +315,15 @@ def take_snapshot(
     vanished, in_order = 0, True
     # The programs it runs, loaded alone where nothing is kept (see
     # loaded.bpf_object): kpeek ps the task iterator; kpeek files PID the
-    # descriptors too and the process rows it reads next; a whole-system
-    # snapshot with files (the doctor's, which may ask for lock_layout) all.
+    # descriptors too (the process rows of a few come from /proc: fdfacts);
+    # a whole-system snapshot with files (the doctor's, which may ask for
+    # lock_layout) all.
     programs = None if files and tgids is None else _FILE_PROGRAMS if files else _TASK_PROGRAMS
     with filtered(tgids, threads, stacks, programs):
         task_out = iterate("snapshot", "snapshot_tasks", tgids)
         file_out = iterate("snapshot", "snapshot_files", tgids) if files else b""
     rows = None
-    if process_files and files:
+    if process_files and files and (tgids is None or len(tgids) > PER_PROCESS):
         # Imported here, not in the thread: two threads importing at once
         # can see each other's modules half made (dataclasses and typing).
         from kpeek.sources.bpf.procfiles import read_process_parts
