@@ -5,6 +5,7 @@ every child reaped) by stop()."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,3 +93,27 @@ def dangling_in_document(doc: dict) -> list[str]:
         if f["inode"] not in inodes
     ]
     return bad
+
+
+# What a kernel report's first line says, and a BPF program named in its trace.
+KERNEL_REPORT = re.compile(r"Oops|BUG:|WARNING:|general protection fault|Kernel panic")
+BPF_PROGRAM = re.compile(r"bpf_prog_[0-9a-f]+_(\w+)")
+
+
+def kmsg_records() -> list[tuple[int, str]]:
+    """Every record in the kernel's log buffer now, as (sequence, text)."""
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    found = []
+    try:
+        while True:
+            try:
+                raw = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # a record overwritten while reading: go on
+                continue
+            head, _, text = raw.decode(errors="replace").partition(";")
+            found.append((int(head.split(",")[1]), text.split("\n", 1)[0]))
+    finally:
+        os.close(fd)
+    return found

@@ -49,3 +49,49 @@ def test_manifest_is_package_data() -> None:
     for pattern in ("sources/bpf/*.bpf.o", "sources/bpf/objects.json"):
         assert pattern in data
     assert json.loads(build.MANIFEST.read_text())["objects"].keys() == set(build.PROGRAMS)
+
+
+BPF_FUNC_D_PATH = 147
+# Iterators that hold a reference to what they show while their program
+# runs: task_file the file (fget_task_next), task_vma the mm's lock (so the
+# vma's file). Only there may a program hand a path to bpf_d_path.
+PINNED_PATHS = {"iter/task_file", "iter/task_vma"}
+
+
+def _code_sections(data: bytes) -> dict[str, bytes]:
+    """The executable sections of an ELF64 (little-endian) object, by name."""
+    import struct
+
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names_at = headers[shstrndx][4]
+
+    def name(offset: int) -> str:
+        end = data.index(b"\0", names_at + offset)
+        return data[names_at + offset : end].decode()
+
+    SHF_EXECINSTR = 0x4
+    return {name(h[0]): data[h[4] : h[4] + h[5]] for h in headers if h[2] & SHF_EXECINSTR}
+
+
+def test_bpf_d_path_is_called_only_where_the_iterator_pins_the_path() -> None:
+    """d_path follows its path's dentries and mounts with no fault handling:
+    given a task's fs_struct or its executable's file, which a task
+    iterator does not pin (exit_fs and exec free them under it), it crashed
+    this machine's kernel under fork/exit churn. Every code section of every
+    shipped object (programs and the subprograms any of them may call) is
+    read: a call of helper 147 only in the sections of iterators that hold
+    what they show."""
+    import struct
+
+    for obj in build.PROGRAMS:
+        sections = _code_sections(build.object_path(obj).read_bytes())
+        assert any(s.startswith("iter/") for s in sections), obj
+        for section, code in sections.items():
+            calls = [imm for op, regs, _, imm in struct.iter_unpack("<BBhi", code)
+                     if op == 0x85 and regs >> 4 == 0]  # BPF_JMP|BPF_CALL of a helper
+            if section not in PINNED_PATHS:
+                assert BPF_FUNC_D_PATH not in calls, (obj, section)
+    sections = _code_sections(build.object_path("snapshot").read_bytes())
+    assert "iter/task" in sections and "iter/task_file" in sections

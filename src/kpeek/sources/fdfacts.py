@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from kpeek.filemodel import Mapped, ProcessFileTable
 from kpeek.model import FileLock, ProcessFile, Snapshot
 from kpeek.sources import fdinfo_details
+from kpeek.sources.statx import stat_inode_id
 from kpeek.textsafe import decode
 
 
@@ -183,8 +184,26 @@ def process_parts(
     usually map the very same text and share one list.
     """
     from kpeek.sources.proc_tasks import Vanished, read_bytes
-    from kpeek.sources.statx import stat_inode_id
 
+    rows, txt = link_rows(tgid)
+    try:
+        maps = read_bytes(f"/proc/{tgid}/maps")
+    except (Vanished, OSError):
+        return rows, []
+    key = (maps, txt)
+    files = parsed.get(key) if parsed is not None else None
+    if files is None:
+        files = [(path, inode) for path, inode in mapped_files(maps) if inode != txt]
+        if parsed is not None:
+            parsed[key] = files
+    return rows, files
+
+
+def link_rows(tgid: int) -> tuple[list[ProcessFile], str]:
+    """The cwd, rtd and txt rows of a process (readlink and stat of
+    /proc/PID/cwd, root and exe; those it may not read are left out), and
+    its executable's inode id ("" when unknown). Runs in the BPF snapshot's
+    thread for process rows, so it imports nothing (bpf/snapshot.py says why)."""
     rows = []
     txt = ""
     for kind, link in (("cwd", "cwd"), ("rtd", "root"), ("txt", "exe")):
@@ -197,17 +216,7 @@ def process_parts(
         rows.append(ProcessFile(tgid, kind, path, inode))
         if kind == "txt":
             txt = inode
-    try:
-        maps = read_bytes(f"/proc/{tgid}/maps")
-    except (Vanished, OSError):
-        return rows, []
-    key = (maps, txt)
-    files = parsed.get(key) if parsed is not None else None
-    if files is None:
-        files = [(path, inode) for path, inode in mapped_files(maps) if inode != txt]
-        if parsed is not None:
-            parsed[key] = files
-    return rows, files
+    return rows, txt
 
 
 # A mapped file's line of /proc/PID/maps: address perms offset dev inode path,

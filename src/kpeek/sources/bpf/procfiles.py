@@ -1,12 +1,15 @@
-"""lsof's cwd, rtd, txt and mem rows of every process from two BPF iterator
-runs (snapshot_roots over tasks, snapshot_maps over their memory maps)
-instead of three readlinks, three stats and a /proc/PID/maps parse per
+"""lsof's cwd, rtd, txt and mem rows of every process: the processes and
+their mapped files from two BPF iterator runs (snapshot_roots over tasks,
+snapshot_maps over their memory maps) instead of a /proc/PID/maps parse per
 process: the kernel formats maps line by line for /proc, here it sends each
-mapped file once per process and each path once per run.
+mapped file once per process and each path once per run. cwd, rtd and txt
+are read from /proc (readlink and stat of three links per process): no
+iterator pins a task's fs_struct or its executable's file, and bpf_d_path
+on them crashed the kernel (see snapshot.bpf.c).
 
 The rows are those /proc gives (sources.fdfacts.process_files): same paths
-(bpf_d_path is d_path, as readlink and maps use), same inode ids, same order.
-A process the iterators did not visit, or whose rows they could not give
+(bpf_d_path is d_path, as maps uses), same inode ids, same order. A process
+the iterators did not visit, or whose mapped files they could not give
 exactly (a path bpf_d_path refused, a file mapped through a stacking file
 system, whose maps line names the upper file), is left to the caller to
 read from /proc.
@@ -20,23 +23,18 @@ import struct
 from kpeek.filemodel import Mapped, ProcessFile, ProcessFileTable
 from kpeek.sources.bpf.loaded import iterate
 from kpeek.sources.bpf.snapshot import dev_inode_id, filtered
-from kpeek.sources.statx import stat_inode_id
+from kpeek.sources.fdfacts import link_rows
 from kpeek.textsafe import decode
 
 # struct kpeek_pfile_rec in snapshot.bpf.c
 PF_REC = struct.Struct("<IIQQIIiI")
 _PF_KEY = struct.Struct("<I4xQ16xi")  # tgid, file, path_len
-PF_CWD, PF_RTD, PF_TXT, PF_MEM, PF_TASK = range(5)
+_PF_TASK = struct.Struct("<II28xI")  # tgid, kind, flags
+PF_MEM, PF_TASK = 3, 4
 PF_HAS_MM = 1
 PATH_SEEN = -2
-_KINDS = ("cwd", "rtd", "txt")
 _UNKNOWN = ("", "")
 _NONE: list[Mapped] = []  # no mapped file (shared: never changed)
-# File systems whose stat() names another device than the superblock's
-# (btrfs subvolumes, overlayfs, bcachefs): their cwd/rtd/txt inode ids are
-# taken from a stat of the /proc link, as /proc users see them.
-_OWN_DEVICES = frozenset({0x9123683E, 0x794C7630, 0xCA451A4E})
-_LINKS = ("cwd", "root", "exe")
 
 
 def _backing_bit() -> int:
@@ -85,37 +83,23 @@ def read_process_parts(
 
 
 def _roots(out: bytes) -> tuple[dict[int, list[ProcessFile]], dict[int, str], set[int], set[int]]:
+    """(cwd/rtd/txt rows of each process visited, its executable's inode
+    id, those with memory whose mapped files are wanted, those to read from
+    /proc instead: none here)."""
     rows: dict[int, list[ProcessFile]] = {}
     txt: dict[int, str] = {}
     want_maps: set[int] = set()
-    fallback: set[int] = set()
-    paths: dict[bytes, str] = {}
-    unpack, size, end = PF_REC.unpack_from, PF_REC.size, len(out)
-    off = 0
-    while off + size <= end:
-        tgid, kind, _file, ino, dev, _mode, path_len, flags = unpack(out, off)
-        off += size
-        if kind == PF_TASK:
-            rows[tgid] = []
-            if flags & PF_HAS_MM:
-                want_maps.add(tgid)
+    unpack, size = _PF_TASK.unpack_from, PF_REC.size
+    for off in range(0, len(out) - size + 1, size):
+        tgid, kind, flags = unpack(out, off)
+        if kind != PF_TASK:
             continue
-        if path_len < 0 or kind > PF_TXT:
-            fallback.add(tgid)
-            continue
-        raw = out[off : off + path_len]
-        off += path_len
-        path = paths.get(raw)
-        if path is None:
-            path = paths[raw] = decode(raw)
-        if flags in _OWN_DEVICES:
-            inode = stat_inode_id(f"/proc/{tgid}/{_LINKS[kind]}")
-        else:
-            inode = dev_inode_id(dev, ino)
-        rows[tgid].append(ProcessFile(tgid, _KINDS[kind], path, inode))
-        if kind == PF_TXT:
-            txt[tgid] = inode
-    return rows, txt, want_maps, fallback
+        rows[tgid], exe = link_rows(tgid)
+        if exe:
+            txt[tgid] = exe
+        if flags & PF_HAS_MM:
+            want_maps.add(tgid)
+    return rows, txt, want_maps, set()
 
 
 def _maps(

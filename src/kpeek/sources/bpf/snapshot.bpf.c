@@ -543,13 +543,15 @@ int lock_layout(struct bpf_iter__task *ctx)
 	return 0;
 }
 
-/* lsof's rows without a descriptor: cwd, rtd (root), txt (executable) of
- * each process (iter/task: snapshot_roots) and mem, its mapped files
- * (iter/task_vma: snapshot_maps), as /proc/PID/{cwd,root,exe,maps} show
- * them. Paths come from bpf_d_path, as readlink and maps print them. */
-#define PF_CWD 0
-#define PF_RTD 1
-#define PF_TXT 2
+/* lsof's rows without a descriptor. mem, each process's mapped files
+ * (iter/task_vma: snapshot_maps), as /proc/PID/maps shows them: the
+ * iterator holds the mm's lock while it shows a vma, so vma->vm_file and its
+ * path stay put while bpf_d_path reads them. Not cwd, rtd and txt: a task's
+ * fs_struct and its mm's exe_file are pinned by nothing an iterator holds
+ * (exit_fs, chdir and exec free them under it), and bpf_d_path on them
+ * crashed the kernel under fork/exit churn (a general protection fault in
+ * d_path); snapshot_roots only says which processes there are and which have
+ * memory, and userspace reads those three links from /proc. */
 #define PF_MEM 3
 #define PF_TASK 4 /* a process was visited; flags: PF_HAS_MM */
 #define PF_HAS_MM 1
@@ -560,7 +562,7 @@ struct kpeek_pfile_rec {
 	__u64 ino;
 	__u32 dev, f_mode;
 	__s32 path_len; /* bytes that follow; PATH_SEEN; -1: bpf_d_path gave none */
-	__u32 flags;	/* PF_TASK: PF_HAS_MM; cwd, rtd, txt: the file system's magic */
+	__u32 flags;	/* PF_TASK: PF_HAS_MM */
 };
 
 /* struct file address -> the run and process that last emitted it: a file
@@ -582,66 +584,21 @@ struct vm_area_struct___anon_name {
 	void *anon_name;
 } __attribute__((preserve_access_index));
 
-static __always_inline void emit_pfile(struct seq_file *seq, struct kpeek_pfile_rec *rec,
-				       struct path *path, char *buf)
-{
-	struct inode *inode = BPF_CORE_READ(path, dentry, d_inode);
-
-	if (inode) {
-		rec->ino = BPF_CORE_READ(inode, i_ino);
-		rec->dev = BPF_CORE_READ(inode, i_sb, s_dev);
-		rec->flags = BPF_CORE_READ(inode, i_sb, s_magic);
-	}
-	rec->path_len = -1;
-	if (buf) {
-		long n = bpf_d_path(path, buf, PATH_BUF);
-
-		if (n > 0 && n <= PATH_BUF)
-			rec->path_len = n - 1;
-	}
-	bpf_seq_write(seq, rec, sizeof(*rec));
-	if (buf && rec->path_len > 0)
-		bpf_seq_write(seq, buf, rec->path_len & (PATH_BUF - 1));
-}
-
 SEC("iter/task")
 int snapshot_roots(struct bpf_iter__task *ctx)
 {
-	struct seq_file *seq = ctx->meta->seq;
 	struct task_struct *task = ctx->task;
 	struct kpeek_pfile_rec rec = {};
-	struct fs_struct *fs;
-	struct mm_struct *mm;
-	struct file *exe;
-	__u32 zero = 0;
-	char *buf;
 
 	if (!task)
 		return 0;
 	rec.tgid = task->tgid;
 	if (task->pid != rec.tgid || !wanted_tgid(rec.tgid))
 		return 0;
-	buf = bpf_map_lookup_elem(&scratch, &zero);
-	fs = task->fs;
-	mm = task->mm;
 	rec.kind = PF_TASK;
-	rec.flags = mm ? PF_HAS_MM : 0;
+	rec.flags = task->mm ? PF_HAS_MM : 0;
 	rec.path_len = -1;
-	bpf_seq_write(seq, &rec, sizeof(rec));
-	rec.flags = 0;
-	if (fs) {
-		rec.kind = PF_CWD;
-		emit_pfile(seq, &rec, &fs->pwd, buf);
-		rec.kind = PF_RTD;
-		rec.ino = rec.dev = rec.flags = 0;
-		emit_pfile(seq, &rec, &fs->root, buf);
-	}
-	exe = mm ? mm->exe_file : NULL;
-	if (exe) {
-		rec.kind = PF_TXT;
-		rec.ino = rec.dev = rec.flags = 0;
-		emit_pfile(seq, &rec, &exe->f_path, buf);
-	}
+	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;
 }
 

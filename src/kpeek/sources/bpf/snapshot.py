@@ -324,8 +324,14 @@ def take_snapshot(
         file_out = iterate("snapshot", "snapshot_files", tgids) if files else b""
     rows = None
     if process_files and files and (tgids is None or len(tgids) > PER_PROCESS):
-        # Imported here, not in the thread: two threads importing at once
-        # can see each other's modules half made (dataclasses and typing).
+        # Whatever either thread imports is imported before the second one
+        # starts, and the thread's code imports nothing of its own: two
+        # threads importing at once see each other's modules half made (a
+        # dataclass made in one while the other imports typing: 22 of 100
+        # kpeek files runs died so under churn when the thread's code still
+        # imported statx).
+        from kpeek.model import FileDescriptor  # noqa: F401  (for _file_records)
+        from kpeek.sources import filekind  # noqa: F401  (for _file_records)
         from kpeek.sources.bpf.procfiles import read_process_parts
 
         rows = _Background(read_process_parts, tgids)
