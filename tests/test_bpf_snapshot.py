@@ -600,3 +600,44 @@ def test_kpeek_files_of_a_few_processes_loads_two_programs(private_loads, capsys
     doc = json.loads(capsys.readouterr().out)
     kinds = [r["kind"] for r in doc["processes"][0]["process_files"]]
     assert kinds[:3] == ["cwd", "rtd", "txt"] and "mem" in kinds
+
+
+FORKS = """
+kids = []
+for _ in range(20):
+    kid = os.fork()
+    if kid == 0:
+        hold()
+    kids.append(kid)
+report(parent=os.getpid(), kids=kids)
+"""
+
+
+def test_forks_share_the_reads_of_their_cwd_root_and_exe(monkeypatch) -> None:
+    """Whole-system process rows read each (mount, dentry) the kernel sent
+    from /proc once: 21 processes of one program cost at most one readlink
+    each of cwd, root and exe, not 63; and every row is what /proc gives."""
+    from kpeek.sources.bpf import procfiles
+    from kpeek.sources.fdfacts import process_files
+
+    with family(FORKS) as fam:
+        pids = [fam.info["parent"], *fam.info["kids"]]
+        _wait_sleeping(pids)
+        links: list[bytes] = []
+        readlink = os.readlink
+
+        def counted(path, *args, **kwargs):
+            links.append(path)
+            return readlink(path, *args, **kwargs)
+
+        monkeypatch.setattr(procfiles.os, "readlink", counted)
+        rows, fallback = procfiles.read_process_files(None)
+        monkeypatch.undo()
+        for pid in pids:
+            assert rows[pid] == process_files(pid), pid
+    # at most the first one's (none when an earlier process of the same
+    # program, pytest's own, was read first), and never one per process
+    ours = [p for p in links if int(p.split(b"/")[2]) in set(pids)]
+    assert len(ours) <= 3 + 3, ours
+    assert len(links) < 3 * len(rows) - 3 * (len(pids) - 2), (len(links), len(rows))
+    assert not fallback & set(pids)

@@ -23,16 +23,19 @@ import struct
 from kpeek.filemodel import Mapped, ProcessFile, ProcessFileTable
 from kpeek.sources.bpf.loaded import iterate
 from kpeek.sources.bpf.snapshot import dev_inode_id, filtered
-from kpeek.sources.fdfacts import link_rows
+from kpeek.sources.statx import stat_inode_id
 from kpeek.textsafe import decode
 
 # struct kpeek_pfile_rec in snapshot.bpf.c
 PF_REC = struct.Struct("<IIQQIIiI")
 _PF_KEY = struct.Struct("<I4xQ16xi")  # tgid, file, path_len
-_PF_TASK = struct.Struct("<II28xI")  # tgid, kind, flags
-PF_MEM, PF_TASK = 3, 4
+# snapshot_roots: tgid, kind, dentry, ino, dev, flags; a link's mount follows
+_PF_LINK = struct.Struct("<IIQQI8xI")
+_MOUNT = struct.Struct("<Q")
+PF_CWD, PF_RTD, PF_TXT, PF_MEM, PF_TASK = range(5)
 PF_HAS_MM = 1
 PATH_SEEN = -2
+_LINKS = (("cwd", "cwd"), ("rtd", "root"), ("txt", "exe"))  # (row kind, /proc link) by PF_*
 _UNKNOWN = ("", "")
 _NONE: list[Mapped] = []  # no mapped file (shared: never changed)
 
@@ -85,21 +88,58 @@ def read_process_parts(
 def _roots(out: bytes) -> tuple[dict[int, list[ProcessFile]], dict[int, str], set[int], set[int]]:
     """(cwd/rtd/txt rows of each process visited, its executable's inode
     id, those with memory whose mapped files are wanted, those to read from
-    /proc instead: none here)."""
+    /proc instead: none here).
+
+    A row's path and inode id are read from /proc (readlink and stat of the
+    link) once per (kind, mount, dentry) the kernel sent: the forks of one
+    program share them. Reused only where the inode the kernel sent is the
+    one that stat gave (the numbers come from memory a task may free under
+    the iterator: a stale pair is read afresh, never trusted)."""
     rows: dict[int, list[ProcessFile]] = {}
     txt: dict[int, str] = {}
     want_maps: set[int] = set()
-    unpack, size = _PF_TASK.unpack_from, PF_REC.size
-    for off in range(0, len(out) - size + 1, size):
-        tgid, kind, flags = unpack(out, off)
-        if kind != PF_TASK:
+    known: dict[tuple[int, int, int], tuple[str, str]] = {}
+    unpack, size, end = _PF_LINK.unpack_from, PF_REC.size, len(out)
+    off = 0
+    while off + size <= end:
+        tgid, kind, dentry, ino, dev, flags = unpack(out, off)
+        off += size
+        if kind == PF_TASK:
+            rows[tgid] = []
+            if flags & PF_HAS_MM:
+                want_maps.add(tgid)
             continue
-        rows[tgid], exe = link_rows(tgid)
-        if exe:
-            txt[tgid] = exe
-        if flags & PF_HAS_MM:
-            want_maps.add(tgid)
+        if kind > PF_TXT or off + _MOUNT.size > end:
+            break  # not a record of this program's
+        (mount,) = _MOUNT.unpack_from(out, off)
+        off += _MOUNT.size
+        own = rows.get(tgid)
+        if own is None:
+            continue
+        inode = dev_inode_id(dev, ino)
+        key = (kind, mount, dentry)
+        got = known.get(key)
+        if got is None or got[1] != inode:
+            got = _read_link(tgid, kind)
+            if got is None:
+                continue  # gone, or not ours to read: as /proc shows it
+            if got[1] == inode:
+                known[key] = got
+        row_kind = _LINKS[kind][0]
+        own.append(ProcessFile(tgid, row_kind, got[0], got[1]))
+        if kind == PF_TXT:
+            txt[tgid] = got[1]
     return rows, txt, want_maps, set()
+
+
+def _read_link(tgid: int, kind: int) -> tuple[str, str] | None:
+    """(path, inode id) of /proc/PID/cwd, root or exe; None when unreadable."""
+    where = f"/proc/{tgid}/{_LINKS[kind][1]}"
+    try:
+        path = decode(os.readlink(where.encode()))
+    except OSError:
+        return None
+    return path, stat_inode_id(where)
 
 
 def _maps(

@@ -550,8 +550,14 @@ int lock_layout(struct bpf_iter__task *ctx)
  * fs_struct and its mm's exe_file are pinned by nothing an iterator holds
  * (exit_fs, chdir and exec free them under it), and bpf_d_path on them
  * crashed the kernel under fork/exit churn (a general protection fault in
- * d_path); snapshot_roots only says which processes there are and which have
- * memory, and userspace reads those three links from /proc. */
+ * d_path). snapshot_roots says which processes there are, which have
+ * memory, and for each of cwd, root and exe the (mount, dentry) pair and
+ * the inode's number and device, read with fault-safe loads only and handed
+ * to no helper: userspace reads each pair's path from /proc once (forks
+ * share their parent's), and only where the inode matches what it read. */
+#define PF_CWD 0
+#define PF_RTD 1
+#define PF_TXT 2
 #define PF_MEM 3
 #define PF_TASK 4 /* a process was visited; flags: PF_HAS_MM */
 #define PF_HAS_MM 1
@@ -584,21 +590,59 @@ struct vm_area_struct___anon_name {
 	void *anon_name;
 } __attribute__((preserve_access_index));
 
+/* cwd, rtd, txt: kpeek_pfile_rec with file = the dentry, f_mode = 0 and,
+ * after it, the mount's address (8 bytes); no path. */
+static __always_inline void emit_link(struct seq_file *seq, struct kpeek_pfile_rec *rec,
+				      __u32 kind, struct vfsmount *mnt, struct dentry *dentry)
+{
+	__u64 mount = (__u64)mnt;
+	struct inode *inode;
+
+	if (!dentry || !mnt)
+		return;
+	rec->kind = kind;
+	rec->file = (__u64)dentry;
+	inode = BPF_CORE_READ(dentry, d_inode);
+	rec->ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
+	rec->dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
+	rec->path_len = -1;
+	bpf_seq_write(seq, rec, sizeof(*rec));
+	bpf_seq_write(seq, &mount, sizeof(mount));
+}
+
 SEC("iter/task")
 int snapshot_roots(struct bpf_iter__task *ctx)
 {
+	struct seq_file *seq = ctx->meta->seq;
 	struct task_struct *task = ctx->task;
 	struct kpeek_pfile_rec rec = {};
+	struct fs_struct *fs;
+	struct mm_struct *mm;
+	struct file *exe;
 
 	if (!task)
 		return 0;
 	rec.tgid = task->tgid;
 	if (task->pid != rec.tgid || !wanted_tgid(rec.tgid))
 		return 0;
+	/* Loads the verifier makes fault-safe (BPF_PROBE_MEM): a freed
+	 * fs_struct gives wrong numbers, never a crash. */
+	fs = task->fs;
+	mm = task->mm;
 	rec.kind = PF_TASK;
-	rec.flags = task->mm ? PF_HAS_MM : 0;
+	rec.flags = mm ? PF_HAS_MM : 0;
 	rec.path_len = -1;
-	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+	bpf_seq_write(seq, &rec, sizeof(rec));
+	rec.flags = 0;
+	if (fs) {
+		emit_link(seq, &rec, PF_CWD, BPF_CORE_READ(fs, pwd.mnt), BPF_CORE_READ(fs, pwd.dentry));
+		emit_link(seq, &rec, PF_RTD, BPF_CORE_READ(fs, root.mnt),
+			  BPF_CORE_READ(fs, root.dentry));
+	}
+	exe = mm ? BPF_CORE_READ(mm, exe_file) : NULL;
+	if (exe)
+		emit_link(seq, &rec, PF_TXT, BPF_CORE_READ(exe, f_path.mnt),
+			  BPF_CORE_READ(exe, f_path.dentry));
 	return 0;
 }
 
