@@ -19,7 +19,7 @@ import pytest
 from capabilities import require, time_scale
 from kpeek.errors import UsageError
 from kpeek.model import OpenFile, Snapshot
-from scenarios import MUTEX_WAIT, PIPE_FORK_DUP2, children_of, family
+from scenarios import MUTEX_WAIT, PARENT_OF_THREE, PIPE_FORK_DUP2, children_of, family
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -602,25 +602,14 @@ def test_kpeek_files_of_a_few_processes_loads_two_programs(private_loads, capsys
     assert kinds[:3] == ["cwd", "rtd", "txt"] and "mem" in kinds
 
 
-FORKS = """
-kids = []
-for _ in range(20):
-    kid = os.fork()
-    if kid == 0:
-        hold()
-    kids.append(kid)
-report(parent=os.getpid(), kids=kids)
-"""
-
-
 def test_forks_share_the_reads_of_their_cwd_root_and_exe(monkeypatch) -> None:
     """Whole-system process rows read each (mount, dentry) the kernel sent
-    from /proc once: 21 processes of one program cost at most one readlink
-    each of cwd, root and exe, not 63; and every row is what /proc gives."""
+    from /proc once: a parent and its three forks cost at most one readlink
+    each of cwd, root and exe, not 12; and every row is what /proc gives."""
     from kpeek.sources.bpf import procfiles
     from kpeek.sources.fdfacts import process_files
 
-    with family(FORKS) as fam:
+    with family(PARENT_OF_THREE) as fam:
         pids = [fam.info["parent"], *fam.info["kids"]]
         _wait_sleeping(pids)
         links: list[bytes] = []
