@@ -403,6 +403,8 @@ stopped = os.fork()
 if stopped == 0:
     hold()
 os.kill(stopped, signal.SIGSTOP)
+while open(f"/proc/{stopped}/stat").read().rsplit(")", 1)[1].split()[0] != "T":
+    time.sleep(0.01)  # on a loaded machine the stop takes a moment to land
 zombie = os.fork()
 if zombie == 0:
     os._exit(0)

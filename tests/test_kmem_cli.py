@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from capabilities import require
+from fuse_scenarios import state, wait_for
 from kpeek.cli import main
 from scenarios import PARENT_OF_THREE, family
 
@@ -32,9 +33,12 @@ def proc_status(pid: int) -> dict[str, str]:
 
 @pytest.fixture
 def sleeper():
-    """A process with three children and a known name."""
+    """A process with three children and a known name, asleep (it reports
+    just before it goes to sleep: on a loaded machine it may still run)."""
     with family(PARENT_OF_THREE) as fam:
-        yield fam.info["parent"], fam.info["kids"]
+        parent = fam.info["parent"]
+        wait_for(lambda: state(parent) == "S", 10, "the parent asleep")
+        yield parent, fam.info["kids"]
 
 
 @pytest.mark.timeout(60)
