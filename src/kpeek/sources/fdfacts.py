@@ -199,24 +199,35 @@ def process_parts(
     return rows, files
 
 
+PROCESS_LINKS = (("cwd", "cwd"), ("rtd", "root"), ("txt", "exe"))  # (row kind, /proc link)
+
+
 def link_rows(tgid: int) -> tuple[list[ProcessFile], str]:
-    """The cwd, rtd and txt rows of a process (readlink and stat of
-    /proc/PID/cwd, root and exe; those it may not read are left out), and
-    its executable's inode id ("" when unknown). Runs in the BPF snapshot's
-    thread for process rows, so it imports nothing (bpf/snapshot.py says why)."""
+    """The cwd, rtd and txt rows of a process (those it may not read are
+    left out), and its executable's inode id ("" when unknown)."""
     rows = []
     txt = ""
-    for kind, link in (("cwd", "cwd"), ("rtd", "root"), ("txt", "exe")):
-        where = f"/proc/{tgid}/{link}"
-        try:
-            path = decode(os.readlink(where.encode()))
-        except OSError:
+    for kind, link in PROCESS_LINKS:
+        got = read_link(tgid, link)
+        if got is None:
             continue
-        inode = stat_inode_id(where)
-        rows.append(ProcessFile(tgid, kind, path, inode))
+        rows.append(ProcessFile(tgid, kind, *got))
         if kind == "txt":
-            txt = inode
+            txt = got[1]
     return rows, txt
+
+
+def read_link(tgid: int, link: str) -> tuple[str, str] | None:
+    """(path, inode id) of /proc/PID/<link> (readlink, and a stat that never
+    waits on the file system); None when unreadable. Runs in the BPF
+    snapshot's thread for process rows, so it imports nothing
+    (bpf/snapshot.py says why)."""
+    where = f"/proc/{tgid}/{link}"
+    try:
+        path = decode(os.readlink(where.encode()))
+    except OSError:
+        return None
+    return path, stat_inode_id(where)
 
 
 # A mapped file's line of /proc/PID/maps: address perms offset dev inode path,

@@ -23,7 +23,7 @@ import struct
 from kpeek.filemodel import Mapped, ProcessFile, ProcessFileTable
 from kpeek.sources.bpf.loaded import iterate
 from kpeek.sources.bpf.snapshot import dev_inode_id, filtered
-from kpeek.sources.statx import stat_inode_id
+from kpeek.sources.fdfacts import PROCESS_LINKS, read_link
 from kpeek.textsafe import decode
 
 # struct kpeek_pfile_rec in snapshot.bpf.c
@@ -32,10 +32,9 @@ _PF_KEY = struct.Struct("<I4xQ16xi")  # tgid, file, path_len
 # snapshot_roots: tgid, kind, dentry, ino, dev, flags; a link's mount follows
 _PF_LINK = struct.Struct("<IIQQI8xI")
 _MOUNT = struct.Struct("<Q")
-PF_CWD, PF_RTD, PF_TXT, PF_MEM, PF_TASK = range(5)
+PF_CWD, PF_RTD, PF_TXT, PF_MEM, PF_TASK = range(5)  # the first three index PROCESS_LINKS
 PF_HAS_MM = 1
 PATH_SEEN = -2
-_LINKS = (("cwd", "cwd"), ("rtd", "root"), ("txt", "exe"))  # (row kind, /proc link) by PF_*
 _UNKNOWN = ("", "")
 _NONE: list[Mapped] = []  # no mapped file (shared: never changed)
 
@@ -120,26 +119,15 @@ def _roots(out: bytes) -> tuple[dict[int, list[ProcessFile]], dict[int, str], se
         key = (kind, mount, dentry)
         got = known.get(key)
         if got is None or got[1] != inode:
-            got = _read_link(tgid, kind)
+            got = read_link(tgid, PROCESS_LINKS[kind][1])
             if got is None:
                 continue  # gone, or not ours to read: as /proc shows it
             if got[1] == inode:
                 known[key] = got
-        row_kind = _LINKS[kind][0]
-        own.append(ProcessFile(tgid, row_kind, got[0], got[1]))
+        own.append(ProcessFile(tgid, PROCESS_LINKS[kind][0], *got))
         if kind == PF_TXT:
             txt[tgid] = got[1]
     return rows, txt, want_maps, set()
-
-
-def _read_link(tgid: int, kind: int) -> tuple[str, str] | None:
-    """(path, inode id) of /proc/PID/cwd, root or exe; None when unreadable."""
-    where = f"/proc/{tgid}/{_LINKS[kind][1]}"
-    try:
-        path = decode(os.readlink(where.encode()))
-    except OSError:
-        return None
-    return path, stat_inode_id(where)
 
 
 def _maps(
