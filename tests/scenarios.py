@@ -160,19 +160,29 @@ with open(path, "wb") as f:
 fd = os.open(path, os.O_RDONLY)
 os.unlink(path)
 tids = {}
+# Neither thread may take a signal: one would end the holder's wait on the
+# fault (the read returns short, the lock is let go) or the waiter's.
 def holder():
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     tids["holder"] = threading.get_native_id()
     libc.read(fd, ctypes.c_void_p(addr), 100)
+    tids["holder done"] = True
 def waiter():
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     tids["waiter"] = threading.get_native_id()
     os.read(fd, 10)
+    tids["waiter done"] = True
 threading.Thread(target=holder, daemon=True).start()
 assert select.select([uffd], [], [], 10)[0]                  # the holder's fault is pending
 threading.Thread(target=waiter, daemon=True).start()
 while True:
+    assert "holder done" not in tids and "waiter done" not in tids, f"a read returned: {tids}"
     w = tids.get("waiter")
-    if w and open(f"/proc/self/task/{w}/stat").read().rsplit(")", 1)[1].split()[0] == "D":
-        break
+    try:
+        if w and open(f"/proc/self/task/{w}/stat").read().rsplit(")", 1)[1].split()[0] == "D":
+            break
+    except FileNotFoundError:  # it has just ended: the assert above says why
+        pass
     time.sleep(0.01)
 report(pid=os.getpid(), fd=fd, **tids)
 """
