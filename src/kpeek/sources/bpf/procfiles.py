@@ -2,10 +2,11 @@
 their mapped files from two BPF iterator runs (snapshot_roots over tasks,
 snapshot_maps over their memory maps) instead of a /proc/PID/maps parse per
 process: the kernel formats maps line by line for /proc, here it sends each
-mapped file once per process and each path once per run. cwd, rtd and txt
-are read from /proc (readlink and stat of three links per process): no
-iterator pins a task's fs_struct or its executable's file, and bpf_d_path
-on them crashed the kernel (see snapshot.bpf.c).
+mapped file once per process and each path once per run. The paths of
+cwd, rtd and txt are read from /proc (readlink and stat of the link), once
+per (mount, dentry) the task iterator names: no iterator pins a task's
+fs_struct or its executable's file, and bpf_d_path on them crashed the
+kernel (see snapshot.bpf.c).
 
 The rows are those /proc gives (sources.fdfacts.process_files): same paths
 (bpf_d_path is d_path, as maps uses), same inode ids, same order. A process
