@@ -75,7 +75,8 @@ def read_process_parts(
                   programs=("snapshot_roots", "snapshot_maps")):
         roots = iterate("snapshot", "snapshot_roots", tgids)
         maps = iterate("snapshot", "snapshot_maps", tgids)
-    rows, txt, want_maps, fallback = _roots(roots)
+    rows, txt, want_maps = _roots(roots)
+    fallback: set[int] = set()
     parts = _maps(maps, rows, txt, want_maps, fallback)
     fallback |= want_maps  # a process with memory but no mapped file seen
     if tgids is not None:
@@ -85,10 +86,9 @@ def read_process_parts(
     return parts, fallback
 
 
-def _roots(out: bytes) -> tuple[dict[int, list[ProcessFile]], dict[int, str], set[int], set[int]]:
+def _roots(out: bytes) -> tuple[dict[int, list[ProcessFile]], dict[int, str], set[int]]:
     """(cwd/rtd/txt rows of each process visited, its executable's inode
-    id, those with memory whose mapped files are wanted, those to read from
-    /proc instead: none here).
+    id, those with memory whose mapped files are wanted).
 
     A row's path and inode id are read from /proc (readlink and stat of the
     link) once per (kind, mount, dentry) the kernel sent: the forks of one
@@ -128,7 +128,7 @@ def _roots(out: bytes) -> tuple[dict[int, list[ProcessFile]], dict[int, str], se
         own.append(ProcessFile(tgid, PROCESS_LINKS[kind][0], *got))
         if kind == PF_TXT:
             txt[tgid] = got[1]
-    return rows, txt, want_maps, set()
+    return rows, txt, want_maps
 
 
 def _maps(
