@@ -32,8 +32,9 @@ RWLOCK_WAITING = 3  # 1 | PTHREAD_RWLOCK_FUTEX_USED: a waiter sleeps behind a wr
 RWLOCK_WRPHASE, RWLOCK_WRLOCKED = 1, 2  # __readers' phase bits
 # __readers, __writers, __wrphase_futex, __writers_futex, __pad3, __pad4, __cur_writer
 _RWLOCK = struct.Struct("<6Ii")
-# Where a waiter's futex lies in the rwlock, and which side it waits as.
-_RWLOCK_FUTEXES = ((8, "read"), (12, "write"))
+# Where a waiter's futex lies in the rwlock (offset, field number in
+# _RWLOCK), and which side it waits as: readers need the write phase.
+_RWLOCK_FUTEXES = ((8, 2, "read"), (12, 3, "write"))
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,14 @@ def user_lock(task: Task, uaddr: int, word: int) -> UserLock | None:
     if word != RWLOCK_WAITING:
         return None
     # Read apart: a lock at the start of a page has nothing mapped before it.
-    for offset, side in _RWLOCK_FUTEXES:
+    for offset, field, side in _RWLOCK_FUTEXES:
         raw = read_user(task, uaddr - offset, _RWLOCK.size) if uaddr > offset else None
         if raw is None:
             continue
-        readers, _, wrphase, writers_futex, _, _, writer = _RWLOCK.unpack(raw)
-        at_futex = wrphase if offset == 8 else writers_futex
-        held = readers & RWLOCK_WRLOCKED and (offset == 12 or readers & RWLOCK_WRPHASE)
-        if at_futex == word and held and writer > 0:
+        fields = _RWLOCK.unpack(raw)
+        readers, writer = fields[0], fields[-1]
+        held = readers & RWLOCK_WRLOCKED and (side == "write" or readers & RWLOCK_WRPHASE)
+        if fields[field] == word and held and writer > 0:
             return UserLock(f"a pthread rwlock, waited for to {side}", writer,
                             "the rwlock's __cur_writer field", False)
     return None
