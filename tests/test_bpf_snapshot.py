@@ -632,3 +632,67 @@ def test_forks_share_the_reads_of_their_cwd_root_and_exe(monkeypatch) -> None:
     assert len(ours) <= 3 + 3, ours
     assert len(links) < 3 * len(rows) - 3 * (len(pids) - 2), (len(links), len(rows))
     assert not fallback & set(pids)
+
+
+# A file never locked, one held with flock, one locked and unlocked with
+# lockf (its inode keeps the lock context), and a pipe.
+LOCKED_AND_NOT = """
+import fcntl, tempfile
+d = tempfile.mkdtemp(prefix="kpeek-locks-")
+files = {name: open(f"{d}/{name}", "w") for name in ("plain", "flocked", "unlocked")}
+fcntl.flock(files["flocked"], fcntl.LOCK_EX)
+fcntl.lockf(files["unlocked"], fcntl.LOCK_EX)
+fcntl.lockf(files["unlocked"], fcntl.LOCK_UN)
+r, w = os.pipe()
+report(pid=os.getpid(), dir=d, **{name: f.fileno() for name, f in files.items()})
+"""
+
+
+def test_lock_contexts_tell_which_inodes_proc_locks_may_name(monkeypatch, capsys) -> None:
+    """The BPF snapshot names the inodes that ever had a lock (i_flctx): the
+    flocked and the once-locked file, not the plain one; kpeek files reads
+    /proc/locks (its first read in a process waits an RCU grace period) only
+    when one of the inodes shown is among them, and then shows the lock."""
+    import shutil
+    import subprocess
+
+    from kpeek.cli import main
+    from kpeek.sources import fdfacts
+    from kpeek.sources.bpf import snapshot as bpf
+
+    with family(LOCKED_AND_NOT) as fam:
+        info = fam.info
+        pid = info["pid"]
+        try:
+            snap = bpf.take_snapshot([pid])
+            inode_of = {d.fd: snap.open_files[d.open_file].inode for d in snap.fds_of(pid)}
+            assert inode_of[info["flocked"]] in snap.lock_contexts
+            assert inode_of[info["unlocked"]] in snap.lock_contexts
+            assert inode_of[info["plain"]] not in snap.lock_contexts
+            assert bpf.take_snapshot([pid], files=False).lock_contexts is None
+
+            reads: list[int] = []
+            read_locks = fdfacts.read_locks
+            monkeypatch.setattr(fdfacts, "read_locks", lambda: reads.append(1) or read_locks())
+            assert main(["files", "--json", "--source", "bpf", str(pid)]) == 0
+            locks = [fd.get("locks") for p in json_doc(capsys)["processes"] for fd in p["fds"]]
+            assert reads and [lock["kind"] for ls in locks if ls for lock in ls] == ["FLOCK"]
+            reads.clear()
+            sleeper = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:  # fds 0-2 on /dev/null, which nobody locks
+                assert main(["files", "--json", "--source", "bpf", str(sleeper.pid)]) == 0
+            finally:
+                sleeper.kill()
+                sleeper.wait()
+            assert len(json_doc(capsys)["processes"][0]["fds"]) == 3 and not reads
+            no_locks = snap.derive(lock_contexts=frozenset())
+            assert fdfacts.enrich(no_locks).locks == () and not reads
+        finally:
+            shutil.rmtree(info["dir"], ignore_errors=True)
+
+
+def json_doc(capsys) -> dict:
+    import json
+
+    return json.loads(capsys.readouterr().out)

@@ -146,6 +146,10 @@ class Snapshot:
     locks: tuple[FileLock, ...] = ()
     process_files: Sequence[ProcessFile] = ()  # a ProcessFileTable from sources.fdfacts
     details: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # by OpenFile.id
+    # Ids of the inodes with a file-lock context (some lock was taken on them
+    # since they were read in): the only ones /proc/locks can name. None:
+    # the source cannot tell (/proc).
+    lock_contexts: frozenset[str] | None = None
 
     def derive(self, **changes: Any) -> Snapshot:
         """``dataclasses.replace(self, **changes)`` that keeps the indexes

@@ -134,6 +134,11 @@ def read_locks() -> list[tuple[tuple, list[int]]]:
 
 
 def _locks(snap: Snapshot) -> list[FileLock]:
+    if snap.lock_contexts is not None and not snap.lock_contexts:
+        # No inode shown was ever locked: /proc/locks, whose first read in a
+        # process sleeps through an RCU grace period (about 15 ms here) with
+        # every lock of the machine held up, cannot name one of them.
+        return []
     locks = [(k, w) for k, w in read_locks() if k[3] in snap.inodes]
     if not locks:
         return []

@@ -148,6 +148,11 @@ struct kpeek_file_rec {
 	__u32 mnt_id, cloexec;
 	__s32 path_len;
 	__u32 pid;
+	/* i_flctx is set: a lock was taken on the inode since it was read in.
+	 * Only such inodes can be in /proc/locks, whose first read in a process
+	 * waits an RCU grace period (percpu_down_write), about 15 ms. */
+	__u32 lock_context;
+	__u32 pad;
 };
 
 static __always_inline int wanted_tgid(__u32 tgid)
@@ -451,6 +456,7 @@ int snapshot_files(struct bpf_iter__task_file *ctx)
 		rec.nlink = BPF_CORE_READ(inode, i_nlink);
 		rec.i_mode = BPF_CORE_READ(inode, i_mode);
 		rec.size = BPF_CORE_READ(inode, i_size);
+		rec.lock_context = BPF_CORE_READ(inode, i_flctx) != NULL;
 	}
 
 	vfsmnt = BPF_CORE_READ(file, f_path.mnt);

@@ -38,7 +38,7 @@ SOURCE = "bpf"
 
 # struct kpeek_task_rec and struct kpeek_file_rec in snapshot.bpf.c
 TASK_REC = struct.Struct("<QQQ24Iq6QQ4I16s64siI")
-FILE_REC = struct.Struct("<II6Q8IiI")
+FILE_REC = struct.Struct("<II6Q8IiIII")
 # tgid, fd, file, then (at 84) cloexec, path_len: what a descriptor of a
 # file seen before needs, in one unpack
 _FILE_HEAD = struct.Struct("<IIQ68x?3xi")  # cloexec (0 or 1) as a bool
@@ -147,8 +147,9 @@ def dev_inode_id(dev: int, ino: int) -> str:
 
 def _file_records(
     notes: list[str], out: bytes,
-) -> tuple[list[FileDescriptor], dict[str, OpenFile], dict[str, Inode], int, bool]:
-    """(descriptors, open files, inodes, vanished, whether in (tgid, fd) order)."""
+) -> tuple[list[FileDescriptor], dict[str, OpenFile], dict[str, Inode], set[str], int, bool]:
+    """(descriptors, open files, inodes, the ids of those with a lock context,
+    vanished, whether in (tgid, fd) order)."""
     # Here, not at the top: kpeek ps takes no file tables and starts faster.
     from kpeek.model import FileDescriptor, Inode, OpenFile
     from kpeek.sources.filekind import O_CLOEXEC, file_type
@@ -156,6 +157,7 @@ def _file_records(
     fds: list[FileDescriptor] = []
     open_files: dict[str, OpenFile] = {}
     inodes: dict[str, Inode] = {}
+    lock_contexts: set[str] = set()
     file_ids: dict[int, str] = {}
     ident = address_ids("file")  # keyed_id("file", address), as memwalk's
     # file_type depends on the file's format bits and on at most the first 11
@@ -175,7 +177,8 @@ def _file_records(
         file_id = file_ids.get(file_addr)
         if file_id is None:
             (_, _, _, inode_addr, pos, isize, refcount, ino, f_mode, f_flags, dev, _rdev,
-             nlink, i_mode, mnt_id, *_rest) = unpack_full(out, off)  # fmt: skip
+             nlink, i_mode, mnt_id, _cloexec, _path_len, _pid, lock_context,
+             _pad) = unpack_full(out, off)  # fmt: skip
             if path_len >= 0:
                 path = out[off + size : off + size + path_len].decode("utf-8", "surrogateescape")
             else:  # bpf_d_path refused (path too long?): ask /proc, as the procfs source does
@@ -203,6 +206,8 @@ def _file_records(
                     device = devices[dev] = os.makedev(dev >> 20, dev & 0xFFFFF)
                 # (id, dev, ino, type, nlink, size, address)
                 inodes[inode_id] = Inode(inode_id, device, ino, kind, nlink, isize, inode_addr)
+            if lock_context:
+                lock_contexts.add(inode_id)
         off += size + (path_len if path_len > 0 else 0)
         append(FileDescriptor(tgid, fd, cloexec, file_id))
         if in_order:
@@ -210,7 +215,7 @@ def _file_records(
             in_order, last = key > last, key
     if readlinks:
         notes.append(f"paths of {readlinks} open files read from /proc (bpf_d_path gave none)")
-    return fds, open_files, inodes, vanished, in_order
+    return fds, open_files, inodes, lock_contexts, vanished, in_order
 
 
 class _Background:
@@ -312,6 +317,7 @@ def take_snapshot(
     fds: list[FileDescriptor] = []
     open_files: dict[str, OpenFile] = {}
     inodes: dict[str, Inode] = {}
+    lock_contexts: set[str] | None = None  # without files: nothing to tell
     vanished, in_order = 0, True
     # The programs it runs, loaded alone where nothing is kept (see
     # loaded.bpf_object): kpeek ps the task iterator; kpeek files PID the
@@ -337,7 +343,9 @@ def take_snapshot(
         rows = _Background(read_process_parts, tgids)
     records, stack_of = _task_records(task_out)
     if files:
-        fds, open_files, inodes, vanished, in_order = _file_records(notes, file_out)
+        fds, open_files, inodes, lock_contexts, vanished, in_order = _file_records(
+            notes, file_out
+        )
     del task_out, file_out
     wanted = set(pids) if pids is not None else None
     tasks = [
@@ -369,6 +377,8 @@ def take_snapshot(
             inodes.setdefault(inode_id, inode)
         notes += extra.notes
         in_order = False
+        if extra.fds:  # read from /proc, which does not tell
+            lock_contexts = None
     tasks.sort(key=lambda t: (t.tgid, t.pid != t.tgid, t.pid))
     if not in_order:
         fds.sort(key=lambda d: (d.tgid, d.fd))
@@ -388,4 +398,5 @@ def take_snapshot(
         vanished=vanished,
         notes=tuple(notes),
         process_files=table,
+        lock_contexts=None if lock_contexts is None else frozenset(lock_contexts),
     ))

@@ -220,6 +220,8 @@ struct super_block {
 	unsigned long s_magic;
 };
 
+struct file_lock_context;
+
 struct inode {
 	struct rw_semaphore i_rwsem;
 	umode_t i_mode;
@@ -228,6 +230,7 @@ struct inode {
 	const unsigned int i_nlink;
 	dev_t i_rdev;
 	loff_t i_size;
+	struct file_lock_context *i_flctx;
 };
 
 struct dentry {
