@@ -58,21 +58,45 @@ BPF_FUNC_D_PATH = 147
 PINNED_PATHS = {"iter/task_file", "iter/task_vma"}
 
 
-def _code_sections(data: bytes) -> dict[str, bytes]:
-    """The executable sections of an ELF64 (little-endian) object, by name."""
+def _sections(data: bytes) -> tuple[list[tuple], list[str]]:
+    """The section headers of an ELF64 (little-endian) object, and their names."""
     import struct
 
     shoff, = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    headers = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    headers = [struct.unpack_from("<IIQQQQII", data, shoff + i * shentsize)
+               for i in range(shnum)]
     names_at = headers[shstrndx][4]
+    return headers, [_c_string(data, names_at + h[0]) for h in headers]
 
-    def name(offset: int) -> str:
-        end = data.index(b"\0", names_at + offset)
-        return data[names_at + offset : end].decode()
 
+def _c_string(data: bytes, at: int) -> str:
+    return data[at : data.index(b"\0", at)].decode()
+
+
+def _code_sections(data: bytes) -> dict[str, bytes]:
+    """The executable sections of an ELF64 (little-endian) object, by name."""
     SHF_EXECINSTR = 0x4
-    return {name(h[0]): data[h[4] : h[4] + h[5]] for h in headers if h[2] & SHF_EXECINSTR}
+    headers, names = _sections(data)
+    return {name: data[h[4] : h[4] + h[5]] for h, name in zip(headers, names, strict=True)
+            if h[2] & SHF_EXECINSTR}
+
+
+def _symbols_used(data: bytes, section: str) -> set[str]:
+    """The symbols (maps, globals) that the relocations of a code section name."""
+    import struct
+
+    SHT_SYMTAB, SHT_REL = 2, 9
+    headers, names = _sections(data)
+    symtab = next(h for h in headers if h[1] == SHT_SYMTAB)
+    strings = headers[symtab[6]][4]
+    rel = next(h for h, name in zip(headers, names, strict=True)
+               if h[1] == SHT_REL and name == ".rel" + section)
+    used = set()
+    for _, info in struct.iter_unpack("<QQ", data[rel[4] : rel[4] + rel[5]]):
+        st_name, = struct.unpack_from("<I", data, symtab[4] + (info >> 32) * 24)
+        used.add(_c_string(data, strings + st_name))
+    return used
 
 
 def test_bpf_d_path_is_called_only_where_the_iterator_pins_the_path() -> None:
@@ -95,3 +119,18 @@ def test_bpf_d_path_is_called_only_where_the_iterator_pins_the_path() -> None:
                 assert BPF_FUNC_D_PATH not in calls, (obj, section)
     sections = _code_sections(build.object_path("snapshot").read_bytes())
     assert "iter/task" in sections and "iter/task_file" in sections
+
+
+def test_the_memory_map_walk_shares_no_buffer_with_the_descriptor_walk() -> None:
+    """kpeek files reads snapshot_maps in one thread while snapshot_files
+    runs in another: an iterator program may be preempted on its CPU by the
+    other, so they must share no map a program writes (a per-CPU path
+    buffer above all), only what userspace sets between runs."""
+    import struct
+
+    data = build.object_path("snapshot").read_bytes()
+    code = _code_sections(data)["iter/task_vma"]
+    assert not [op for op, regs, _, _ in struct.iter_unpack("<BBhi", code)
+                if op == 0x85 and regs >> 4 == 1]  # no subprogram (and its maps) called
+    shared = _symbols_used(data, "iter/task_vma") & _symbols_used(data, "iter/task_file")
+    assert shared <= {"snap_args", "wanted"}, shared

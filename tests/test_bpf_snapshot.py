@@ -696,3 +696,18 @@ def json_doc(capsys) -> dict:
     import json
 
     return json.loads(capsys.readouterr().out)
+
+
+def test_descriptor_records_cut_between_reads_decode_the_same() -> None:
+    """The descriptor walk is decoded as the reads come: a record (or its
+    path) cut between two chunks decodes as in one piece."""
+    from kpeek.sources.bpf import snapshot as bpf
+    from kpeek.sources.bpf.loaded import iterate
+
+    with bpf.filtered([os.getpid()], threads=False, stacks=False):
+        out = iterate("snapshot", "snapshot_files", [os.getpid()])
+    whole = bpf._file_records([], [out])
+    assert len(whole[0]) >= 3
+    for step in (1, 7, bpf.FILE_REC.size - 1, bpf.FILE_REC.size + 5, 1000):
+        chunks = [out[i : i + step] for i in range(0, len(out), step)]
+        assert bpf._file_records([], chunks) == whole, step

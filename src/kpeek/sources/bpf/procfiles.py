@@ -71,10 +71,24 @@ def read_process_parts(
     cwd, rtd and txt rows, and its mapped files (path, inode id), one list
     shared by the processes that map the same files with the same executable
     (forks of one program)."""
-    with filtered(tgids, threads=False, stacks=False,
-                  programs=("snapshot_roots", "snapshot_maps")):
-        roots = iterate("snapshot", "snapshot_roots", tgids)
-        maps = iterate("snapshot", "snapshot_maps", tgids)
+    with filtered(tgids, threads=False, stacks=False, programs=PROGRAMS):
+        roots, maps = read_rows(tgids)
+    return parts_of(roots, maps, tgids)
+
+
+PROGRAMS = ("snapshot_roots", "snapshot_maps")
+
+
+def read_rows(tgids: list[int] | None) -> tuple[bytes, bytes]:
+    """The two iterators' output, inside a filter span (snapshot.filtered)
+    whose programs include PROGRAMS."""
+    return iterate("snapshot", "snapshot_roots", tgids), iterate("snapshot", "snapshot_maps", tgids)
+
+
+def parts_of(
+    roots: bytes, maps: bytes, tgids: list[int] | None
+) -> tuple[dict[int, tuple[list[ProcessFile], list[Mapped]]], set[int]]:
+    """read_process_parts' answer from the iterators' output."""
     rows, txt, want_maps = _roots(roots)
     fallback: set[int] = set()
     parts = _maps(maps, rows, txt, want_maps, fallback)

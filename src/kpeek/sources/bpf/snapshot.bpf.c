@@ -591,6 +591,16 @@ struct {
 	__type(value, struct mapped_seen);
 } seen_mapped SEC(".maps");
 
+/* snapshot_maps' path buffer, apart from the scratch of the other programs:
+ * userspace walks the memory maps while the descriptor walk runs, and an
+ * iterator program may be preempted on its CPU by the other one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[PATH_BUF]);
+} map_paths SEC(".maps");
+
 /* 5.17+: a named anonymous shared mapping shows as [anon_shmem:NAME] in maps. */
 struct vm_area_struct___anon_name {
 	void *anon_name;
@@ -699,7 +709,7 @@ int snapshot_maps(struct bpf_iter__task_vma *ctx)
 	}
 	rec.f_mode = BPF_CORE_READ(file, f_mode);
 	rec.path_len = -1;
-	buf = bpf_map_lookup_elem(&scratch, &zero);
+	buf = bpf_map_lookup_elem(&map_paths, &zero);
 	if (buf) {
 		long n = bpf_d_path(&file->f_path, buf, PATH_BUF);
 

@@ -24,7 +24,7 @@ from kpeek.kernel.sched import state_letter
 from kpeek.model import Namespace, Snapshot, Task
 from kpeek.sources import BLOCKED, proc_tasks
 from kpeek.sources.bpf import hidden
-from kpeek.sources.bpf.loaded import PER_PROCESS, exclusive, iterate
+from kpeek.sources.bpf.loaded import PER_PROCESS, bpf_iterator, exclusive, iterate
 from kpeek.sources.consistent import make_consistent
 from kpeek.textsafe import decode
 
@@ -146,10 +146,11 @@ def dev_inode_id(dev: int, ino: int) -> str:
 
 
 def _file_records(
-    notes: list[str], out: bytes,
+    notes: list[str], chunks: Iterable[bytes],
 ) -> tuple[list[FileDescriptor], dict[str, OpenFile], dict[str, Inode], set[str], int, bool]:
     """(descriptors, open files, inodes, the ids of those with a lock context,
-    vanished, whether in (tgid, fd) order)."""
+    vanished, whether in (tgid, fd) order) from the iterator's output, read
+    as it comes (``chunks``: a record cut between two is joined)."""
     # Here, not at the top: kpeek ps takes no file tables and starts faster.
     from kpeek.model import FileDescriptor, Inode, OpenFile
     from kpeek.sources.filekind import O_CLOEXEC, file_type
@@ -167,87 +168,153 @@ def _file_records(
     vanished = readlinks = 0
     # The iterator walks tasks by pid and each table by fd: normally in order.
     in_order, last = True, -1
-    size, end = FILE_REC.size, len(out)
+    size = FILE_REC.size
     unpack_full, unpack_head = FILE_REC.unpack_from, _FILE_HEAD.unpack_from
     append = fds.append
-    off = 0
-    while off + size <= end:
-        # Most descriptors share a file seen before: read just what they need.
-        tgid, fd, file_addr, cloexec, path_len = unpack_head(out, off)
-        file_id = file_ids.get(file_addr)
-        if file_id is None:
-            (_, _, _, inode_addr, pos, isize, refcount, ino, f_mode, f_flags, dev, _rdev,
-             nlink, i_mode, mnt_id, _cloexec, _path_len, _pid, lock_context,
-             _pad) = unpack_full(out, off)  # fmt: skip
-            if path_len >= 0:
-                path = out[off + size : off + size + path_len].decode("utf-8", "surrogateescape")
-            else:  # bpf_d_path refused (path too long?): ask /proc, as the procfs source does
-                readlinks += 1
-                try:
-                    path = decode(os.readlink(f"/proc/{tgid}/fd/{fd}".encode()))
-                except OSError:
-                    vanished += 1
-                    off += size + max(path_len, 0)
-                    continue
-            inode_id = f"{dev >> 20}:{dev & 0xFFFFF}:{ino}"  # dev_inode_id
-            file_id = file_ids[file_addr] = ident(file_addr)
-            # (id, inode, path, pos, flags, mnt_id, refcount, f_mode, address);
-            # iter/task_file holds a reference of its own while visiting.
-            open_files[file_id] = OpenFile(
-                file_id, inode_id, path, pos, f_flags & ~O_CLOEXEC, mnt_id,
-                refcount - 1 if refcount else refcount, f_mode, file_addr,
-            )  # fmt: skip
-            if inode_id not in inodes:
-                kind = types.get((i_mode >> 12, path[:11]))
-                if kind is None:
-                    kind = types[i_mode >> 12, path[:11]] = file_type(i_mode, path)
-                device = devices.get(dev)
-                if device is None:
-                    device = devices[dev] = os.makedev(dev >> 20, dev & 0xFFFFF)
-                # (id, dev, ino, type, nlink, size, address)
-                inodes[inode_id] = Inode(inode_id, device, ino, kind, nlink, isize, inode_addr)
-            if lock_context:
-                lock_contexts.add(inode_id)
-        off += size + (path_len if path_len > 0 else 0)
-        append(FileDescriptor(tgid, fd, cloexec, file_id))
-        if in_order:
-            key = tgid << 32 | fd
-            in_order, last = key > last, key
+    rest = b""
+    for out in chunks:
+        if rest:
+            out = rest + out
+        off, end = 0, len(out)
+        while off + size <= end:
+            # Most descriptors share a file seen before: read just what they need.
+            tgid, fd, file_addr, cloexec, path_len = unpack_head(out, off)
+            if path_len > 0 and off + size + path_len > end:
+                break  # its path is in the next chunk
+            file_id = file_ids.get(file_addr)
+            if file_id is None:
+                (_, _, _, inode_addr, pos, isize, refcount, ino, f_mode, f_flags, dev, _rdev,
+                 nlink, i_mode, mnt_id, _cloexec, _path_len, _pid, lock_context,
+                 _pad) = unpack_full(out, off)  # fmt: skip
+                if path_len >= 0:
+                    path = out[off + size : off + size + path_len].decode(
+                        "utf-8", "surrogateescape"
+                    )
+                else:  # bpf_d_path refused (path too long?): ask /proc, as procfs does
+                    readlinks += 1
+                    try:
+                        path = decode(os.readlink(f"/proc/{tgid}/fd/{fd}".encode()))
+                    except OSError:
+                        vanished += 1
+                        off += size + max(path_len, 0)
+                        continue
+                inode_id = f"{dev >> 20}:{dev & 0xFFFFF}:{ino}"  # dev_inode_id
+                file_id = file_ids[file_addr] = ident(file_addr)
+                # (id, inode, path, pos, flags, mnt_id, refcount, f_mode, address);
+                # iter/task_file holds a reference of its own while visiting.
+                open_files[file_id] = OpenFile(
+                    file_id, inode_id, path, pos, f_flags & ~O_CLOEXEC, mnt_id,
+                    refcount - 1 if refcount else refcount, f_mode, file_addr,
+                )  # fmt: skip
+                if inode_id not in inodes:
+                    kind = types.get((i_mode >> 12, path[:11]))
+                    if kind is None:
+                        kind = types[i_mode >> 12, path[:11]] = file_type(i_mode, path)
+                    device = devices.get(dev)
+                    if device is None:
+                        device = devices[dev] = os.makedev(dev >> 20, dev & 0xFFFFF)
+                    # (id, dev, ino, type, nlink, size, address)
+                    inodes[inode_id] = Inode(inode_id, device, ino, kind, nlink, isize, inode_addr)
+                if lock_context:
+                    lock_contexts.add(inode_id)
+            off += size + (path_len if path_len > 0 else 0)
+            append(FileDescriptor(tgid, fd, cloexec, file_id))
+            if in_order:
+                key = tgid << 32 | fd
+                in_order, last = key > last, key
+        rest = out[off:]
     if readlinks:
         notes.append(f"paths of {readlinks} open files read from /proc (bpf_d_path gave none)")
     return fds, open_files, inodes, lock_contexts, vanished, in_order
 
 
 class _Background:
-    """``fn(arg)`` in a thread of its own, whose system calls (the kernel
-    walking every memory map) overlap the caller's decoding; ``result()``
-    waits for it and raises what it raised. (concurrent.futures would
-    import logging and inspect into every kpeek files.)"""
+    """``fn(*args)`` in a thread of its own, whose system calls (an iterator
+    read holds no GIL) overlap the caller's decoding; ``result()`` waits
+    for it and raises what it raised. (concurrent.futures would import
+    logging and inspect into every kpeek files.)"""
 
-    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
-        self._fn, self._arg = fn, arg
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._fn, self._args = fn, args
         self._value: Any = None
         self._error: BaseException | None = None
-        # The reader wants the GIL back after each 32 KiB read: by default
-        # it waits 5 ms (sys.getswitchinterval) while the caller decodes.
-        self._interval = sys.getswitchinterval()
-        sys.setswitchinterval(1e-4)
-        self._thread = threading.Thread(target=self._run, name="kpeek-background", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="kpeek-reader", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            self._value = self._fn(self._arg)
+            self._value = self._fn(*self._args)
         except BaseException as e:  # handed to result()'s caller
             self._error = e
-        finally:  # whatever becomes of the caller
-            sys.setswitchinterval(self._interval)
+
+    def join(self) -> None:
+        self._thread.join()
 
     def result(self) -> Any:
         self._thread.join()
         if self._error is not None:
             raise self._error
         return self._value
+
+
+def _hand_over(chunks: Iterator[bytes], put: Callable[[bytes | None], None]) -> None:
+    """Each chunk to ``put`` as the kernel fills it, then None (also when
+    the walk failed: the reader's result() raises why)."""
+    try:
+        for chunk in chunks:
+            put(chunk)
+    finally:
+        put(None)
+
+
+class _Readers:
+    """The walks that follow the task walk of a whole-system snapshot, each
+    read in a thread of its own while this one decodes: the descriptors,
+    handed over chunk by chunk (:meth:`chunks`) as the kernel fills each,
+    and with ``rows`` lsof's cwd/rtd/txt/mem rows (procfiles: the kernel
+    going through every memory map, then their parsing) beside it, which
+    snapshot_maps' buffers of its own allow. :meth:`rows` waits for both
+    threads and raises what either raised; the filter span must outlast it.
+    """
+
+    def __init__(self, tgids: list[int] | None, rows: bool) -> None:
+        # Whatever either thread imports is imported before the second one
+        # starts, and the threads' code imports nothing of its own: two
+        # threads importing at once see each other's modules half made (a
+        # dataclass made in one while the other imports typing: 22 of 100
+        # kpeek files runs died so under churn when the thread's code still
+        # imported statx).
+        from queue import SimpleQueue
+
+        from kpeek.model import FileDescriptor  # noqa: F401  (for _file_records)
+        from kpeek.sources import filekind  # noqa: F401  (for _file_records)
+        from kpeek.sources.bpf import procfiles
+
+        queue: SimpleQueue[bytes | None] = SimpleQueue()
+        self.chunks = lambda: iter(queue.get, None)
+        files = bpf_iterator("snapshot", "snapshot_files").chunks()
+        # A thread that wants the GIL back after a read waits, by default,
+        # 5 ms (sys.getswitchinterval) while this one decodes.
+        self._interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-4)
+        self._files = _Background(_hand_over, files, queue.put)
+        self._rows = _Background(_process_parts, procfiles, tgids) if rows else None
+
+    def rows(self) -> Any:
+        """procfiles.read_process_parts' answer (None without ``rows``),
+        once both threads are done."""
+        try:
+            for reader in (self._files, self._rows):
+                if reader is not None:
+                    reader.join()
+        finally:
+            sys.setswitchinterval(self._interval)
+        self._files.result()
+        return self._rows.result() if self._rows else None
+
+
+def _process_parts(procfiles: Any, tgids: list[int] | None) -> Any:
+    return procfiles.parts_of(*procfiles.read_rows(tgids), tgids)
 
 
 @contextlib.contextmanager
@@ -319,76 +386,79 @@ def take_snapshot(
     inodes: dict[str, Inode] = {}
     lock_contexts: set[str] | None = None  # without files: nothing to tell
     vanished, in_order = 0, True
+    # A whole-system walk of the descriptors (or of many processes') is read
+    # in a thread of its own while this one decodes it, and the process rows'
+    # two walks in another (see _Readers); a few processes' are quick.
+    whole = files and (tgids is None or len(tgids) > PER_PROCESS)
+    rows = process_files and whole
     # The programs it runs, loaded alone where nothing is kept (see
     # loaded.bpf_object): kpeek ps the task iterator; kpeek files PID the
     # descriptors too (the process rows of a few come from /proc: fdfacts);
     # a whole-system snapshot with files (the doctor's, which may ask for
-    # lock_layout) all.
-    programs = None if files and tgids is None else _FILE_PROGRAMS if files else _TASK_PROGRAMS
+    # lock_layout) or with the process rows all.
+    programs = _FILE_PROGRAMS if files else _TASK_PROGRAMS
+    if (files and tgids is None) or rows:
+        programs = None
     with filtered(tgids, threads, stacks, programs):
         task_out = iterate("snapshot", "snapshot_tasks", tgids)
-        file_out = iterate("snapshot", "snapshot_files", tgids) if files else b""
-    rows = None
-    if process_files and files and (tgids is None or len(tgids) > PER_PROCESS):
-        # Whatever either thread imports is imported before the second one
-        # starts, and the thread's code imports nothing of its own: two
-        # threads importing at once see each other's modules half made (a
-        # dataclass made in one while the other imports typing: 22 of 100
-        # kpeek files runs died so under churn when the thread's code still
-        # imported statx).
-        from kpeek.model import FileDescriptor  # noqa: F401  (for _file_records)
-        from kpeek.sources import filekind  # noqa: F401  (for _file_records)
-        from kpeek.sources.bpf.procfiles import read_process_parts
-
-        rows = _Background(read_process_parts, tgids)
-    records, stack_of = _task_records(task_out)
-    if files:
-        fds, open_files, inodes, lock_contexts, vanished, in_order = _file_records(
-            notes, file_out
-        )
-    del task_out, file_out
-    wanted = set(pids) if pids is not None else None
-    tasks = [
-        _task(rec, stack_of.get(rec[3]), stacks, all_namespaces)
-        for rec in records
-        if wanted is None or rec[4] in wanted
-    ]
-    if records and not records[0][-1]:
-        notes.append(
-            "wait channels and kernel stacks read from /proc: this kernel's BPF lacks "
-            "bpf_loop (5.17+) or bpf_snprintf (5.13+)"
-        )
-    if wanted is not None:
-        fds = [d for d in fds if d.tgid in wanted]
-    # Processes /proc listed before the walk (or that were asked for) and
-    # still lists, which the iterators did not visit.
-    unseen = hidden.hidden_pids(
-        listed_before if wanted is None else wanted, {rec[4] for rec in records}
-    )
-    if unseen:
-        extra = hidden.from_procfs(
-            unseen, fds, open_files,
-            threads=threads, files=files, stacks=stacks, all_namespaces=all_namespaces,
-        )  # fmt: skip
-        tasks += extra.tasks
-        fds += extra.fds
-        open_files.update(extra.open_files)
-        for inode_id, inode in extra.inodes.items():
-            inodes.setdefault(inode_id, inode)
-        notes += extra.notes
-        in_order = False
-        if extra.fds:  # read from /proc, which does not tell
-            lock_contexts = None
-    tasks.sort(key=lambda t: (t.tgid, t.pid != t.tgid, t.pid))
-    if not in_order:
-        fds.sort(key=lambda d: (d.tgid, d.fd))
+        # after the task walk, whose program shares snapshot_files' per-CPU
+        # scratch
+        reader = _Readers(tgids, rows) if whole else None
+        try:
+            file_chunks: Iterable[bytes] = (
+                reader.chunks() if reader else (iterate("snapshot", "snapshot_files", tgids),)
+                if files else ()
+            )
+            records, stack_of = _task_records(task_out)
+            if files:
+                fds, open_files, inodes, lock_contexts, vanished, in_order = _file_records(
+                    notes, file_chunks
+                )
+            del task_out, file_chunks
+            wanted = set(pids) if pids is not None else None
+            tasks = [
+                _task(rec, stack_of.get(rec[3]), stacks, all_namespaces)
+                for rec in records
+                if wanted is None or rec[4] in wanted
+            ]
+            if records and not records[0][-1]:
+                notes.append(
+                    "wait channels and kernel stacks read from /proc: this kernel's BPF lacks "
+                    "bpf_loop (5.17+) or bpf_snprintf (5.13+)"
+                )
+            if wanted is not None:
+                fds = [d for d in fds if d.tgid in wanted]
+            # Processes /proc listed before the walk (or that were asked for) and
+            # still lists, which the iterators did not visit.
+            unseen = hidden.hidden_pids(
+                listed_before if wanted is None else wanted, {rec[4] for rec in records}
+            )
+            if unseen:
+                extra = hidden.from_procfs(
+                    unseen, fds, open_files,
+                    threads=threads, files=files, stacks=stacks, all_namespaces=all_namespaces,
+                )  # fmt: skip
+                tasks += extra.tasks
+                fds += extra.fds
+                open_files.update(extra.open_files)
+                for inode_id, inode in extra.inodes.items():
+                    inodes.setdefault(inode_id, inode)
+                notes += extra.notes
+                in_order = False
+                if extra.fds:  # read from /proc, which does not tell
+                    lock_contexts = None
+            tasks.sort(key=lambda t: (t.tgid, t.pid != t.tgid, t.pid))
+            if not in_order:
+                fds.sort(key=lambda d: (d.tgid, d.fd))
+        finally:
+            parts = reader.rows() if reader else None  # never left reading
     # A process that forked between the task walk and the file walk has
     # descriptors but no task: left out and counted (see consistent.py).
     table: Sequence[ProcessFile] = ()
-    if rows is not None:
+    if parts is not None:
         from kpeek.filemodel import ProcessFileTable
 
-        table = ProcessFileTable(rows.result()[0])
+        table = ProcessFileTable(parts[0])
     return make_consistent(Snapshot(
         source=SOURCE,
         tasks=tuple(tasks),
