@@ -7,6 +7,7 @@ and, where lsof shows the fact, lsof's own answer for the same process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -488,3 +489,27 @@ def test_raw_packet_and_netlink_sockets(capsys):
         # lsof prints a raw socket as /proc/net/raw has it: the "port" is the protocol.
         local = lsof[(info["pid"], str(info["raw"]))]["n"].split("->")[0]
         assert int(local.rsplit(":", 1)[1], 16) == socket.IPPROTO_ICMP
+
+
+def test_socket_tables_read_ahead_describe_the_same(scene):
+    """kpeek files reads its namespace's socket tables in a thread while it
+    takes the snapshot (sockets.read_ahead): the same sockets, described
+    the same, as reading them when asked; used by one describe() alone."""
+    from kpeek.sources import sockets
+
+    info = scene.info
+    inodes = set()
+    for pid in (info["parent"], info["child"]):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    assert len(inodes) >= 6
+    sockets.read_ahead()
+    ahead = sockets.describe(inodes)
+    assert sockets._ahead is None
+    assert ahead == sockets.describe(inodes)
+    kinds = {(s.family, s.protocol) for s in ahead.values()}
+    assert {("unix", ""), ("inet", "tcp"), ("inet", "udp")} <= kinds, kinds
+    assert any(s.peer for s in ahead.values())

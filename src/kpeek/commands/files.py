@@ -134,6 +134,12 @@ def _run(args: argparse.Namespace) -> int:
     # lsof's cwd/rtd/txt/mem rows: read with a BPF snapshot (overlapping
     # its decoding) when every process it takes is shown with them.
     rows = not (args.no_extras or everyone or args.users or args.comms) and is_live(args)
+    if usable is None and not args.no_extras and is_live(args):
+        # The whole system's sockets will be described: the kernel formats
+        # their tables on the other CPU while the snapshot is taken.
+        from kpeek.sources import sockets
+
+        sockets.read_ahead()
     snap = snapshot(args, pids=None if everyone else usable, threads=False,
                     **({"process_files": True} if rows else {}))
     processes = sorted(snap.processes(), key=lambda t: t.pid)

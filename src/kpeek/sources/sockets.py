@@ -17,6 +17,7 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterable, Mapping
 
 from kpeek.model import Socket
@@ -61,6 +62,39 @@ INET_FILES = {
 }
 
 
+class _ReadAhead:
+    """kpeek's own network namespace's socket tables (/proc/self/net and
+    sock_diag's unix peers), read in a thread of its own: the kernel formats
+    them on the other CPU while this process loads its BPF programs. Its
+    code imports nothing (see bpf.snapshot._Readers on threads importing)."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, list[bytes]] = {}
+        self._peers: dict[int, int] = {}
+        self._thread = threading.Thread(target=self._read, name="kpeek-sockets", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for name in _TABLES:
+            self._tables[name] = _table_lines(f"/proc/self/net/{name}")
+        self._peers = unix_peers(None)
+
+    def result(self) -> tuple[dict[str, list[bytes]], dict[int, int]]:
+        self._thread.join()
+        return self._tables, self._peers
+
+
+_TABLES = (*INET_FILES, "unix", "netlink", "packet")
+_ahead: _ReadAhead | None = None
+
+
+def read_ahead() -> None:
+    """Start reading kpeek's own network namespace's socket tables, for the
+    next :func:`describe` (a whole-system kpeek files: it will have sockets)."""
+    global _ahead
+    _ahead = _ReadAhead()
+
+
 def describe(inodes: Iterable[int], holders: Mapping[int, int] | None = None) -> dict[int, Socket]:
     """The sockets among ``inodes``, by inode number.
 
@@ -68,12 +102,15 @@ def describe(inodes: Iterable[int], holders: Mapping[int, int] | None = None) ->
     kpeek's own network namespace are looked up in that process's. Inodes
     that no table lists (a socket of a family not handled here) are left out.
     """
+    global _ahead
+    ahead, _ahead = _ahead, None  # read for this call alone
     wanted = set(inodes)
     found: dict[int, Socket] = {}
     if not wanted:
         return found
     own = _netns("self")
-    found.update(_from_proc_net("/proc/self/net", wanted, own, None))
+    found.update(_from_proc_net("/proc/self/net", wanted, own, None,
+                                ahead.result() if ahead else None))
     missing = wanted - found.keys()
     if missing and holders:
         tried = {own}
@@ -93,7 +130,7 @@ def _netns(pid: str) -> int | None:
         return None
 
 
-def _lines(path: str) -> list[bytes]:
+def _table_lines(path: str) -> list[bytes]:
     try:
         with open(path, "rb") as f:
             return f.read().splitlines()[1:]
@@ -102,26 +139,33 @@ def _lines(path: str) -> list[bytes]:
 
 
 def _from_proc_net(
-    base: str, wanted: set[int], netns: int | None, pid: int | None
+    base: str, wanted: set[int], netns: int | None, pid: int | None,
+    read: tuple[dict[str, list[bytes]], dict[int, int]] | None = None,
 ) -> dict[int, Socket]:
     """One network namespace's sockets among ``wanted`` (its tables under
     ``base``), with their unix peers from sock_diag asked in that namespace
-    (through ``pid``'s; None for kpeek's own). Each Socket is made once, whole:
+    (through ``pid``'s; None for kpeek's own), or those ``read`` ahead (the
+    tables' lines by name, the peers). Each Socket is made once, whole:
     two dataclasses.replace per socket made describe() 2.5x slower."""
+    tables, peers_read = read if read is not None else (None, None)
+
+    def _lines(name: str) -> list[bytes]:
+        return tables[name] if tables is not None else _table_lines(f"{base}/{name}")
+
     found: dict[int, Socket] = {}
     for name, (family, protocol, kind) in INET_FILES.items():
-        for line in _lines(f"{base}/{name}"):
+        for line in _lines(name):
             s = _inet_line(line, family, protocol, kind, netns)
             if s is not None and s.inode in wanted:
                 found[s.inode] = s
     # Num RefCount Protocol Flags Type St Inode [Path]: each line split once
-    unix = [f for line in _lines(f"{base}/unix") if len(f := line.split(None, 7)) >= 7]
+    unix = [f for line in _lines("unix") if len(f := line.split(None, 7)) >= 7]
     unix = [(ino, f) for f in unix if (ino := int(f[6])) in wanted]
     if unix:
-        peers = unix_peers(pid)
+        peers = peers_read if peers_read is not None else unix_peers(pid)
         for ino, f in unix:
             found[ino] = _unix_socket(f, ino, peers.get(ino), netns)
-    for line in _lines(f"{base}/netlink"):
+    for line in _lines("netlink"):
         f = line.split()
         if len(f) >= 10 and int(f[9]) in wanted:
             proto = int(f[1])
@@ -129,7 +173,7 @@ def _from_proc_net(
                 int(f[9]), "netlink", "raw", NETLINK_PROTOCOLS.get(proto, str(proto)),
                 local=f"pid {int(f[2])}", netns=netns,
             )  # fmt: skip
-    for line in _lines(f"{base}/packet"):
+    for line in _lines("packet"):
         f = line.split()
         if len(f) >= 9 and int(f[8]) in wanted:
             found[int(f[8])] = _packet(f, netns)
