@@ -83,7 +83,8 @@ def _code_sections(data: bytes) -> dict[str, bytes]:
 
 
 def _symbols_used(data: bytes, section: str) -> set[str]:
-    """The symbols (maps, globals) that the relocations of a code section name."""
+    """The symbols (maps, globals; a section's own symbol by the section's
+    name) that the relocations of a code section name."""
     import struct
 
     SHT_SYMTAB, SHT_REL = 2, 9
@@ -94,8 +95,8 @@ def _symbols_used(data: bytes, section: str) -> set[str]:
                if h[1] == SHT_REL and name == ".rel" + section)
     used = set()
     for _, info in struct.iter_unpack("<QQ", data[rel[4] : rel[4] + rel[5]]):
-        st_name, = struct.unpack_from("<I", data, symtab[4] + (info >> 32) * 24)
-        used.add(_c_string(data, strings + st_name))
+        st_name, _, _, shndx = struct.unpack_from("<IBBH", data, symtab[4] + (info >> 32) * 24)
+        used.add(_c_string(data, strings + st_name) if st_name else names[shndx])
     return used
 
 
@@ -121,16 +122,25 @@ def test_bpf_d_path_is_called_only_where_the_iterator_pins_the_path() -> None:
     assert "iter/task" in sections and "iter/task_file" in sections
 
 
-def test_the_memory_map_walk_shares_no_buffer_with_the_descriptor_walk() -> None:
-    """kpeek files reads snapshot_maps in one thread while snapshot_files
-    runs in another: an iterator program may be preempted on its CPU by the
-    other, so they must share no map a program writes (a per-CPU path
-    buffer above all), only what userspace sets between runs."""
+def test_the_walks_run_at_once_share_no_buffer() -> None:
+    """A whole-system kpeek files runs the task walk (iter/task: snapshot_tasks,
+    and snapshot_roots), the descriptor walk (iter/task_file) and the memory
+    map walk (iter/task_vma) at once, each in a thread: an iterator program
+    may be preempted on its CPU by another, so no two may share a map a
+    program writes (a per-CPU buffer above all), only what userspace sets
+    between runs and read-only data."""
+    import itertools
     import struct
 
     data = build.object_path("snapshot").read_bytes()
-    code = _code_sections(data)["iter/task_vma"]
-    assert not [op for op, regs, _, _ in struct.iter_unpack("<BBhi", code)
-                if op == 0x85 and regs >> 4 == 1]  # no subprogram (and its maps) called
-    shared = _symbols_used(data, "iter/task_vma") & _symbols_used(data, "iter/task_file")
-    assert shared <= {"snap_args", "wanted"}, shared
+    code = _code_sections(data)
+    used = {}
+    for section in ("iter/task", "iter/task_file", "iter/task_vma"):
+        calls = [op for op, regs, _, _ in struct.iter_unpack("<BBhi", code[section])
+                 if op == 0x85 and regs >> 4 == 1]  # subprograms: .text
+        used[section] = _symbols_used(data, section) | (
+            _symbols_used(data, ".text") if calls else set())
+    assert "scratch" in used["iter/task"]
+    for a, b in itertools.combinations(used, 2):
+        shared = {name for name in used[a] & used[b] if not name.startswith(".rodata")}
+        assert shared <= {"snap_args", "wanted"}, (a, b, shared)

@@ -105,8 +105,8 @@ def _load(
 # is not loaded; the per-run "seen" marks, with room for a few processes
 # when no more will be walked (an evicted mark only has a path sent again).
 _MAP_USERS = {
-    "snapshot": {"seen_files": "snapshot_files", "seen_mapped": "snapshot_maps",
-                 "map_paths": "snapshot_maps"},
+    "snapshot": {"seen_files": "snapshot_files", "file_paths": "snapshot_files",
+                 "seen_mapped": "snapshot_maps", "map_paths": "snapshot_maps"},
 }
 _FEW_ENTRIES = {"snapshot": {"seen_files": 1 << 12, "seen_mapped": 1 << 12}}
 

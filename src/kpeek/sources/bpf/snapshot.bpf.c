@@ -67,6 +67,17 @@ struct {
 
 #define PATH_SEEN (-2) /* path_len: same file as an earlier record of this run */
 
+/* snapshot_files' path buffer. Userspace runs the task, descriptor and
+ * memory-map walks at once, each in a thread of its own, and an iterator
+ * program may be preempted on its CPU by another: no two of them write to
+ * one per-CPU buffer (the task walk's stacks use `scratch`). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[PATH_BUF]);
+} file_paths SEC(".maps");
+
 /* Older kernels, and newer ones, seen through CO-RE "flavors". */
 struct task_struct___blocker {
 	unsigned long blocker;
@@ -473,7 +484,7 @@ int snapshot_files(struct bpf_iter__task_file *ctx)
 	}
 
 	rec.path_len = -1;
-	buf = snap_args.paths ? bpf_map_lookup_elem(&scratch, &zero) : NULL;
+	buf = snap_args.paths ? bpf_map_lookup_elem(&file_paths, &zero) : NULL;
 	if (buf) {
 		__u32 gen = snap_args.generation, *last = bpf_map_lookup_elem(&seen_files, &rec.file);
 
@@ -591,9 +602,7 @@ struct {
 	__type(value, struct mapped_seen);
 } seen_mapped SEC(".maps");
 
-/* snapshot_maps' path buffer, apart from the scratch of the other programs:
- * userspace walks the memory maps while the descriptor walk runs, and an
- * iterator program may be preempted on its CPU by the other one. */
+/* snapshot_maps' path buffer, apart from the other programs' (see file_paths). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);

@@ -268,12 +268,13 @@ def _hand_over(chunks: Iterator[bytes], put: Callable[[bytes | None], None]) -> 
 
 
 class _Readers:
-    """The walks that follow the task walk of a whole-system snapshot, each
-    read in a thread of its own while this one decodes: the descriptors,
-    handed over chunk by chunk (:meth:`chunks`) as the kernel fills each,
-    and with ``rows`` lsof's cwd/rtd/txt/mem rows (procfiles: the kernel
-    going through every memory map, then their parsing) beside it, which
-    snapshot_maps' buffers of its own allow. :meth:`rows` waits for both
+    """The walks of a whole-system snapshot besides the tasks', each read in
+    a thread of its own while this one walks the tasks and decodes: the
+    descriptors, handed over chunk by chunk (:meth:`chunks`) as the kernel
+    fills each, and with ``rows`` lsof's cwd/rtd/txt/mem rows (procfiles:
+    the kernel going through every memory map, then their parsing). The
+    three programs write to no per-CPU buffer in common (an iterator program
+    may be preempted on its CPU by another). :meth:`rows` waits for both
     threads and raises what either raised; the filter span must outlast it.
     """
 
@@ -400,11 +401,11 @@ def take_snapshot(
     if (files and tgids is None) or rows:
         programs = None
     with filtered(tgids, threads, stacks, programs):
-        task_out = iterate("snapshot", "snapshot_tasks", tgids)
-        # after the task walk, whose program shares snapshot_files' per-CPU
-        # scratch
+        # The descriptor walk first: it runs while this thread walks the tasks
+        # (the programs write to no per-CPU buffer in common).
         reader = _Readers(tgids, rows) if whole else None
         try:
+            task_out = iterate("snapshot", "snapshot_tasks", tgids)
             file_chunks: Iterable[bytes] = (
                 reader.chunks() if reader else (iterate("snapshot", "snapshot_files", tgids),)
                 if files else ()
