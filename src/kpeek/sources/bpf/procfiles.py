@@ -85,6 +85,15 @@ def read_rows(tgids: list[int] | None) -> tuple[bytes, bytes]:
     return iterate("snapshot", "snapshot_roots", tgids), iterate("snapshot", "snapshot_maps", tgids)
 
 
+def read_parts(
+    tgids: list[int] | None,
+) -> tuple[dict[int, tuple[list[ProcessFile], list[Mapped]]], set[int]]:
+    """read_process_parts' answer, inside a filter span whose programs
+    include PROGRAMS (a whole-system snapshot's, which reads them beside its
+    own walks)."""
+    return parts_of(*read_rows(tgids), tgids)
+
+
 def parts_of(
     roots: bytes, maps: bytes, tgids: list[int] | None
 ) -> tuple[dict[int, tuple[list[ProcessFile], list[Mapped]]], set[int]]:

@@ -299,7 +299,7 @@ class _Readers:
         self._interval = sys.getswitchinterval()
         sys.setswitchinterval(1e-4)
         self._files = _Background(_hand_over, files, queue.put)
-        self._rows = _Background(_process_parts, procfiles, tgids) if rows else None
+        self._rows = _Background(procfiles.read_parts, tgids) if rows else None
 
     def rows(self) -> Any:
         """procfiles.read_process_parts' answer (None without ``rows``),
@@ -312,10 +312,6 @@ class _Readers:
             sys.setswitchinterval(self._interval)
         self._files.result()
         return self._rows.result() if self._rows else None
-
-
-def _process_parts(procfiles: Any, tgids: list[int] | None) -> Any:
-    return procfiles.parts_of(*procfiles.read_rows(tgids), tgids)
 
 
 @contextlib.contextmanager
