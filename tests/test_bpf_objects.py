@@ -52,10 +52,11 @@ def test_manifest_is_package_data() -> None:
 
 
 BPF_FUNC_D_PATH = 147
-# Iterators that hold a reference to what they show while their program
-# runs: task_file the file (fget_task_next), task_vma the mm's lock (so the
-# vma's file). Only there may a program hand a path to bpf_d_path.
-PINNED_PATHS = {"iter/task_file", "iter/task_vma"}
+# The iterator that holds a reference to the file it shows while its program
+# runs (fget_task_next), the one file the verifier trusts on every kernel:
+# only there may a program hand a path to bpf_d_path. (task_vma holds the
+# mm's lock, but 6.18.44's verifier no longer trusts vma->vm_file.)
+PINNED_PATHS = {"iter/task_file"}
 
 
 def _sections(data: bytes) -> tuple[list[tuple], list[str]]:

@@ -106,7 +106,7 @@ def _load(
 # when no more will be walked (an evicted mark only has a path sent again).
 _MAP_USERS = {
     "snapshot": {"seen_files": "snapshot_files", "file_paths": "snapshot_files",
-                 "seen_mapped": "snapshot_maps", "map_paths": "snapshot_maps"},
+                 "seen_mapped": "snapshot_maps"},
 }
 _FEW_ENTRIES = {"snapshot": {"seen_files": 1 << 12, "seen_mapped": 1 << 12}}
 

@@ -25,6 +25,7 @@ from kpeek.filemodel import Mapped, ProcessFile, ProcessFileTable
 from kpeek.sources.bpf.loaded import iterate
 from kpeek.sources.bpf.snapshot import dev_inode_id, filtered
 from kpeek.sources.fdfacts import PROCESS_LINKS, read_link
+from kpeek.sources.statx import stat_cached
 from kpeek.textsafe import decode
 
 # struct kpeek_pfile_rec in snapshot.bpf.c
@@ -33,6 +34,7 @@ _PF_KEY = struct.Struct("<I4xQ16xi")  # tgid, file, path_len
 # snapshot_roots: tgid, kind, dentry, ino, dev, flags; a link's mount follows
 _PF_LINK = struct.Struct("<IIQQI8xI")
 _MOUNT = struct.Struct("<Q")
+_MAPPED_AT = struct.Struct("<QQQQ")  # struct kpeek_mapped_at: mount, dentry, start, end
 PF_CWD, PF_RTD, PF_TXT, PF_MEM, PF_TASK = range(5)  # the first three index PROCESS_LINKS
 PF_HAS_MM = 1
 PATH_SEEN = -2
@@ -175,22 +177,37 @@ def _maps(
     unpack, size, end = PF_REC.unpack_from, PF_REC.size, len(out)
     off, tgid_now = 0, -1
     unpack_key = _PF_KEY.unpack_from
+    at_size = _MAPPED_AT.size
+    # (mount, dentry) -> (path, inode number) read from /proc: every process
+    # that maps one file through one mount (each its own struct file when
+    # each opened it, as the dynamic loader does) shows one path.
+    known: dict[tuple[int, int], tuple[str, int]] = {}
     while off + size <= end:
         tgid, file, path_len = unpack_key(out, off)
         off += size
-        if path_len >= 0:
+        if path_len != PATH_SEEN:
+            if off + at_size > end:
+                break
             _, _, _, ino, dev, f_mode, _, _ = unpack(out, off - size)
-            path = decode(out[off : off + path_len])
-            off += path_len
+            mount, dentry, start, stop = _MAPPED_AT.unpack_from(out, off)
+            off += at_size
             if f_mode & backing:
                 files[file] = _UNKNOWN
-            elif ino and path[:1] == "/":
-                if "\n" in path:  # maps escapes it (seq_path), readlink does not
-                    path = path.replace("\n", "\\012")
-                files[file] = (path, dev_inode_id(dev, ino))
-            else:
+            elif not ino:
                 files[file] = None
-        elif path_len != PATH_SEEN or file not in files:
+            else:
+                got = known.get((mount, dentry))
+                if got is None or got[1] != ino:
+                    got = _mapped_path(tgid, start, stop)
+                    if got is not None and got[1] == ino:
+                        known[(mount, dentry)] = got
+                if got is None or got[1] != ino:
+                    files[file] = _UNKNOWN  # gone, or changed since: /proc tells
+                elif got[0][:1] != "/":
+                    files[file] = None  # anon_inode:[...]: not a path, maps leaves it out
+                else:
+                    files[file] = (got[0], dev_inode_id(dev, ino))
+        elif file not in files:
             files[file] = _UNKNOWN
         if tgid != tgid_now:
             tgid_now, mapped = tgid, []
@@ -212,6 +229,22 @@ def _maps(
         else:
             parts[tgid] = (own, spec)
     return parts
+
+
+def _mapped_path(tgid: int, start: int, end: int) -> tuple[str, int] | None:
+    """(path as maps shows it, inode number) of the file a process maps at
+    [start, end), from /proc/PID/map_files (root only; the path is d_path's,
+    as maps's is); None when that mapping is gone. Runs in the snapshot's
+    rows thread: imports nothing."""
+    where = f"/proc/{tgid}/map_files/{start:x}-{end:x}"
+    try:
+        path = decode(os.readlink(where.encode()))
+        ino = stat_cached(where).ino
+    except OSError:
+        return None
+    if "\n" in path:  # maps escapes it (seq_path), readlink does not
+        path = path.replace("\n", "\\012")
+    return path, ino
 
 
 def _mem_rows(

@@ -561,17 +561,18 @@ int lock_layout(struct bpf_iter__task *ctx)
 }
 
 /* lsof's rows without a descriptor. mem, each process's mapped files
- * (iter/task_vma: snapshot_maps), as /proc/PID/maps shows them: the
- * iterator holds the mm's lock while it shows a vma, so vma->vm_file and its
- * path stay put while bpf_d_path reads them. Not cwd, rtd and txt: a task's
+ * (iter/task_vma: snapshot_maps), as /proc/PID/maps shows them; cwd, rtd
+ * and txt (iter/task: snapshot_roots). No path is made here: a task's
  * fs_struct and its mm's exe_file are pinned by nothing an iterator holds
  * (exit_fs, chdir and exec free them under it), and bpf_d_path on them
  * crashed the kernel under fork/exit churn (a general protection fault in
- * d_path). snapshot_roots says which processes there are, which have
- * memory, and for each of cwd, root and exe the (mount, dentry) pair and
- * the inode's number and device, read with fault-safe loads only and handed
- * to no helper: userspace reads each pair's path from /proc once (forks
- * share their parent's), and only where the inode matches what it read. */
+ * d_path); a vma's file is no longer a trusted pointer on newer kernels
+ * (the verifier refuses bpf_d_path on it: 6.18.44 here). So both programs
+ * send, for each file, the (mount, dentry) pair and the inode's number and
+ * device, read with fault-safe loads only and handed to no helper:
+ * userspace reads each pair's path from /proc once (the link for cwd, rtd
+ * and exe, /proc/PID/map_files/START-END for a mapping), and only where the
+ * inode matches what it read. */
 #define PF_CWD 0
 #define PF_RTD 1
 #define PF_TXT 2
@@ -584,8 +585,14 @@ struct kpeek_pfile_rec {
 	__u64 file;	/* mem: the mapped struct file (userspace keys paths by it) */
 	__u64 ino;
 	__u32 dev, f_mode;
-	__s32 path_len; /* bytes that follow; PATH_SEEN; -1: bpf_d_path gave none */
+	__s32 path_len; /* always -1 (no path); mem: PATH_SEEN, or a kpeek_mapped_at follows */
 	__u32 flags;	/* PF_TASK: PF_HAS_MM */
+};
+
+/* What follows a mem record that is not PATH_SEEN: where its path is. */
+struct kpeek_mapped_at {
+	__u64 mount, dentry;	/* the file's f_path */
+	__u64 start, end;	/* the vma: /proc/PID/map_files/START-END */
 };
 
 /* struct file address -> the run and process that last emitted it: a file
@@ -601,14 +608,6 @@ struct {
 	__type(key, __u64);
 	__type(value, struct mapped_seen);
 } seen_mapped SEC(".maps");
-
-/* snapshot_maps' path buffer, apart from the other programs' (see file_paths). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, char[PATH_BUF]);
-} map_paths SEC(".maps");
 
 /* 5.17+: a named anonymous shared mapping shows as [anon_shmem:NAME] in maps. */
 struct vm_area_struct___anon_name {
@@ -679,11 +678,10 @@ int snapshot_maps(struct bpf_iter__task_vma *ctx)
 	struct vm_area_struct *vma = ctx->vma;
 	struct vm_area_struct___anon_name *named = (void *)vma;
 	struct kpeek_pfile_rec rec = {};
+	struct kpeek_mapped_at at = {};
 	struct mapped_seen now, *last;
 	struct file *file;
 	struct inode *inode;
-	__u32 zero = 0;
-	char *buf;
 
 	if (!task || !vma)
 		return 0;
@@ -718,15 +716,11 @@ int snapshot_maps(struct bpf_iter__task_vma *ctx)
 	}
 	rec.f_mode = BPF_CORE_READ(file, f_mode);
 	rec.path_len = -1;
-	buf = bpf_map_lookup_elem(&map_paths, &zero);
-	if (buf) {
-		long n = bpf_d_path(&file->f_path, buf, PATH_BUF);
-
-		if (n > 0 && n <= PATH_BUF)
-			rec.path_len = n - 1;
-	}
+	at.mount = (__u64)BPF_CORE_READ(file, f_path.mnt);
+	at.dentry = (__u64)BPF_CORE_READ(file, f_path.dentry);
+	at.start = BPF_CORE_READ(vma, vm_start);
+	at.end = BPF_CORE_READ(vma, vm_end);
 	bpf_seq_write(seq, &rec, sizeof(rec));
-	if (buf && rec.path_len > 0)
-		bpf_seq_write(seq, buf, rec.path_len & (PATH_BUF - 1));
+	bpf_seq_write(seq, &at, sizeof(at));
 	return 0;
 }

@@ -268,6 +268,8 @@ struct mm_struct {
 };
 
 struct vm_area_struct {
+	unsigned long vm_start; /* in an anonymous struct since 6.5: CO-RE finds it */
+	unsigned long vm_end;
 	struct file *vm_file;
 };
 
