@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -23,6 +22,7 @@ from kpeek.ids import address_ids
 from kpeek.kernel.sched import state_letter
 from kpeek.model import Namespace, Snapshot, Task
 from kpeek.sources import BLOCKED, proc_tasks
+from kpeek.sources.background import Background
 from kpeek.sources.bpf import hidden
 from kpeek.sources.bpf.loaded import PER_PROCESS, bpf_iterator, exclusive, iterate
 from kpeek.sources.consistent import make_consistent
@@ -228,35 +228,6 @@ def _file_records(
     return fds, open_files, inodes, lock_contexts, vanished, in_order
 
 
-class _Background:
-    """``fn(*args)`` in a thread of its own, whose system calls (an iterator
-    read holds no GIL) overlap the caller's decoding; ``result()`` waits
-    for it and raises what it raised. (concurrent.futures would import
-    logging and inspect into every kpeek files.)"""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._fn, self._args = fn, args
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="kpeek-reader", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._fn(*self._args)
-        except BaseException as e:  # handed to result()'s caller
-            self._error = e
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 def _hand_over(chunks: Iterator[bytes], put: Callable[[bytes | None], None]) -> None:
     """Each chunk to ``put`` as the kernel fills it, then None (also when
     the walk failed: the reader's result() raises why)."""
@@ -279,12 +250,8 @@ class _Readers:
     """
 
     def __init__(self, tgids: list[int] | None, rows: bool) -> None:
-        # Whatever either thread imports is imported before the second one
-        # starts, and the threads' code imports nothing of its own: two
-        # threads importing at once see each other's modules half made (a
-        # dataclass made in one while the other imports typing: 22 of 100
-        # kpeek files runs died so under churn when the thread's code still
-        # imported statx).
+        # Whatever either thread needs is imported before they start (see
+        # sources.background).
         from queue import SimpleQueue
 
         from kpeek.model import FileDescriptor  # noqa: F401  (for _file_records)
@@ -294,22 +261,19 @@ class _Readers:
         queue: SimpleQueue[bytes | None] = SimpleQueue()
         self.chunks = lambda: iter(queue.get, None)
         files = bpf_iterator("snapshot", "snapshot_files").chunks()
-        # A thread that wants the GIL back after a read waits, by default,
-        # 5 ms (sys.getswitchinterval) while this one decodes.
-        self._interval = sys.getswitchinterval()
-        sys.setswitchinterval(1e-4)
-        self._files = _Background(_hand_over, files, queue.put)
-        self._rows = _Background(procfiles.read_parts, tgids) if rows else None
+        self._files = Background(_hand_over, files, queue.put)
+        try:
+            self._rows = Background(procfiles.read_parts, tgids) if rows else None
+        except BaseException:
+            self._files.join()
+            raise
 
     def rows(self) -> Any:
         """procfiles.read_process_parts' answer (None without ``rows``),
         once both threads are done."""
-        try:
-            for reader in (self._files, self._rows):
-                if reader is not None:
-                    reader.join()
-        finally:
-            sys.setswitchinterval(self._interval)
+        for reader in (self._files, self._rows):
+            if reader is not None:
+                reader.join()
         self._files.result()
         return self._rows.result() if self._rows else None
 
