@@ -45,7 +45,7 @@ def _take(source: str, **kwargs: Any) -> Snapshot:
     # verbs which never take a snapshot (or use another source) should not pay.
     if source not in SOURCES:
         raise UsageError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
-    if source not in ("bpf", "auto"):  # process rows: BPF reads them with its snapshot,
+    if source == "memory":  # process rows: BPF and /proc read them with their snapshot,
         kwargs.pop("process_files", None)  # fdfacts.enrich reads them after for the others
     if source == "procfs":
         from kpeek.sources import procfs
@@ -68,7 +68,6 @@ def _take(source: str, **kwargs: Any) -> Snapshot:
             raise
         from kpeek.sources import procfs
 
-        kwargs.pop("process_files", None)
         snap = procfs.take_snapshot(**kwargs)
         why = os_reason(e) if isinstance(e, OSError) else str(e)
         note = f"bpf source unavailable ({why}); used procfs, without {LOST_WITHOUT_BPF}"

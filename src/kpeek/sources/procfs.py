@@ -18,7 +18,11 @@ from kpeek.sources.proc_tasks import Vanished, iter_tasks, list_pids, ns_ppid, n
 # imported where it is used: a snapshot of tasks alone (ps) starts faster.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
+    from kpeek.filemodel import Mapped, ProcessFileTable
     from kpeek.model import FileDescriptor, Inode, OpenFile
+    from kpeek.sources.forked import InChild
     from kpeek.sources.proc_files import RawDescriptor
 
 SOURCE = "procfs"
@@ -31,8 +35,13 @@ def take_snapshot(
     files: bool = True,
     stacks: bool | str = False,
     all_namespaces: bool = False,
+    process_files: bool = False,
 ) -> Snapshot:
     """Tasks (and, with ``files``, their descriptor tables) of ``pids`` or of all.
+
+    ``process_files``: also lsof's cwd/rtd/txt/mem rows (Snapshot.process_files),
+    read beside the walk when there are many processes (else fdfacts.enrich
+    reads them after, as it does without this).
 
     ``pids`` are thread-group ids. A pid that names no process raises
     UsageError; asking for another user's files as non-root raises
@@ -46,6 +55,63 @@ def take_snapshot(
         if missing:
             raise UsageError(f"no such process: {', '.join(map(str, missing))}")
 
+    rows = _rows_beside(tgids) if process_files and files and len(tgids) > _FEW_ROWS else None
+    try:
+        snap = _walk(tgids, explicit, threads, files, stacks, all_namespaces)
+    except BaseException:
+        if rows is not None:
+            rows.cancel()
+        raise
+    table = _row_table(rows.result()) if rows is not None else None
+    return snap if table is None else snap.derive(process_files=table)
+
+
+# Processes whose rows enrich reads after the walk as quickly (fdfacts.FEW).
+_FEW_ROWS = 32
+
+
+def _rows_beside(tgids: list[int]) -> InChild:
+    """The process rows of ``tgids`` read in a child while this process walks
+    the descriptors: most of their cost is the kernel formatting
+    /proc/PID/maps (some 80 MB for 5,000 processes)."""
+    from kpeek.sources import fdfacts
+    from kpeek.sources.forked import InChild
+
+    def read() -> tuple[list[list[Mapped]], dict[int, tuple[list[tuple[str, str, str]], int]]]:
+        parsed: dict = {}  # forks of one program share one list (process_parts)
+        lists: dict[int, tuple[int, list[Mapped]]] = {}  # id -> (index, the list)
+        rows = {}
+        for tgid in tgids:
+            own, mapped = fdfacts.process_parts(tgid, parsed)
+            index = lists.setdefault(id(mapped), (len(lists), mapped))[0]
+            rows[tgid] = ([(f.kind, f.path, f.inode) for f in own], index)
+        return [m for _, m in lists.values()], rows
+
+    return InChild(read)
+
+
+def _row_table(sent: Any) -> ProcessFileTable | None:
+    """The child's answer as a ProcessFileTable (each shared list still one
+    object); None when it failed (enrich then reads the rows itself)."""
+    if sent is None:
+        return None
+    from kpeek.filemodel import ProcessFile, ProcessFileTable
+
+    lists, rows = sent  # marshal keeps tuples tuples
+    return ProcessFileTable({
+        tgid: ([ProcessFile(tgid, *row) for row in own], lists[index])
+        for tgid, (own, index) in rows.items()
+    })
+
+
+def _walk(
+    tgids: list[int],
+    explicit: bool,
+    threads: bool,
+    files: bool,
+    stacks: bool | str,
+    all_namespaces: bool,
+) -> Snapshot:
     vanished = 0
     notes: list[str] = []
     read: list[tuple[Task, tuple[int, ...]]] = []
