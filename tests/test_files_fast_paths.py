@@ -135,6 +135,52 @@ def test_bpf_process_rows_are_those_of_proc(scenes):
         assert everyone[pid] == rows[pid]
 
 
+def test_procfs_rows_read_in_a_child_are_those_read_after(scenes):
+    """A whole-system procfs snapshot reads the process rows in a forked
+    child beside its walk: the same rows as fdfacts reads in this process
+    (deleted and newline names, memfds, shared lists), and the child reaped."""
+    from kpeek.filemodel import ProcessFileTable
+    from kpeek.sources import procfs
+
+    pids = _pids(scenes)
+    snap = procfs.take_snapshot(None, threads=False, process_files=True)
+    assert isinstance(snap.process_files, ProcessFileTable)
+    shown = {t.tgid for t in snap.processes()}
+    assert set(pids) <= shown and len(shown) > procfs._FEW_ROWS
+    for pid in pids:
+        assert snap.process_files.of(pid) == fdfacts.process_files(pid), pid
+    paths = {r.path for pid in pids for r in snap.process_files.of(pid)}
+    assert f"{scenes[1].info['tmp']}/new\\012line" in paths
+    assert _zombies() == []
+
+
+def _zombies() -> list[str]:
+    """This process's children that ended and were not reaped."""
+    out = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            for child in f.read().split():
+                with open(f"/proc/{child}/stat") as stat:
+                    if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        out.append(child)
+    return out
+
+
+def test_a_read_in_a_child_answers_fails_quietly_or_is_ended():
+    from kpeek.sources.forked import InChild
+
+    assert InChild(lambda n: {"rows": [(n, "cwd", "/")]}, 7).result() == {"rows": [(7, "cwd", "/")]}
+    assert InChild(lambda: 1 / 0).result() is None  # the caller reads it itself
+    assert InChild(lambda: object()).result() is None  # not marshal data
+    import time
+
+    stuck = InChild(time.sleep, 60)
+    pid = stuck._pid
+    stuck.cancel()
+    assert not os.path.exists(f"/proc/{pid}")
+    assert _zombies() == []
+
+
 @pytest.mark.parametrize("source", ["bpf", "procfs"])
 @pytest.mark.parametrize("raw", [False, True])
 def test_json_from_pieces_is_the_reference_document(scenes, source, raw):
