@@ -4,7 +4,9 @@
   kpeek -c vmcore log --json      one record per entry: seq, time, level, caller, text
 
 On the live kernel the buffer is read from memory where kallsyms has the data
-symbol ``prb`` (KALLSYMS_ALL), else through /dev/kmsg (with a note).
+symbol ``prb`` (KALLSYMS_ALL), else through /dev/kmsg (with a note). A
+record of many lines has its time on every line, as the kernel's console
+and syslog(2) (busybox dmesg) print it; util-linux dmesg indents them.
 """
 
 from __future__ import annotations
