@@ -21,6 +21,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 
+from kpeek.errors import NotSupported
 from kpeek.filemodel import Mapped, ProcessFileTable
 from kpeek.model import FileLock, ProcessFile, Snapshot
 from kpeek.sources import fdinfo_details
@@ -59,7 +60,10 @@ def _all_process_files(snap: Snapshot, tgids: list[int]) -> ProcessFileTable:
         # filtered for a few even when the snapshot holds just those: kpeek
         # files PID read the memory maps of every process on the machine.
         everyone = len(tgids) > 256 and len(tgids) >= len({t.tgid for t in snap.processes()})
-        by_bpf, _ = read_process_parts(None if everyone or len(tgids) > 65536 else tgids)
+        try:
+            by_bpf, _ = read_process_parts(None if everyone or len(tgids) > 65536 else tgids)
+        except NotSupported:  # this kernel refused their programs: /proc has them all
+            by_bpf = {}
     parts: dict[int, tuple[list[ProcessFile], list[Mapped]]] = {}
     parsed: dict[tuple[bytes, str], list[Mapped]] = {}  # one list per maps text and txt
     for tgid in tgids:

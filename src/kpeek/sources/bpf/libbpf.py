@@ -162,6 +162,11 @@ class BpfObject(MapAccess):
         lib = _lib()
         self.name = name
         self.only = programs
+        # Programs this kernel's verifier refused, each with why: left out,
+        # the others loaded (a newer kernel may stop trusting a pointer one
+        # program uses; 6.18.44 refused snapshot_maps' bpf_d_path on a vma's
+        # file), and attach_iter says why for them.
+        self.refused: dict[str, str] = {}
         self._data = ctypes.create_string_buffer(data, len(data))  # libbpf keeps pointers
         self._obj: int | None = None
         self._links: list[int] = []
@@ -175,25 +180,57 @@ class BpfObject(MapAccess):
                                           btf_custom_path=os.fsencode(core_btf)))
         held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
-            for _attempt in range(3):
+            interrupted = 0
+            while True:
                 self.close()
                 _log.clear()
                 ctypes.set_errno(0)
                 self._obj = lib.bpf_object__open_mem(self._data, len(data), opts)
                 if not self._obj:
                     raise _fail(f"cannot open BPF object {name}", _errno_of(0))
-                if programs is not None:
-                    self._load_only(programs)
+                if self.refused:
+                    self.only = (programs or self._program_names()) - self.refused.keys()
+                if self.only is not None:
+                    self._load_only(self.only)
                 for m, entries in (map_sizes or {}).items():
                     lib.bpf_map__set_max_entries(self._map(m), entries)
                 ret = lib.bpf_object__load(self._obj)
-                if ret != -errno.EAGAIN:
+                if ret == -errno.EAGAIN and interrupted < 2:
+                    interrupted += 1
+                    continue
+                refused = self._one_refused(ret)
+                if refused is None:
                     break
+                self.refused[refused] = str(
+                    _fail(f"BPF program {refused} not loaded", _errno_of(ret)))
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if ret != 0:
             self.close()
             raise _fail(f"cannot load BPF program {name}", _errno_of(ret))
+
+    def _one_refused(self, ret: int) -> str | None:
+        """The program whose refusal by the verifier failed this load, when
+        others remain to be loaded without it; None otherwise."""
+        if ret == 0 or not any("PROG LOAD LOG --" in line for line in _log):
+            return None
+        loading = self.only if self.only is not None else self._program_names()
+        for line in reversed(_log):
+            # libbpf: prog 'snapshot_maps': failed to load: -13
+            head, _, rest = line.partition("prog '")
+            name, _, tail = rest.partition("'")
+            if head.startswith("libbpf:") and tail.startswith(": failed to load"):
+                return name if name in loading and len(loading) > 1 else None
+        return None
+
+    def _program_names(self) -> frozenset[str]:
+        lib = _lib()
+        names = []
+        prog = lib.bpf_object__next_program(self._obj, None)
+        while prog:
+            names.append(lib.bpf_program__name(prog).decode())
+            prog = lib.bpf_object__next_program(self._obj, prog)
+        return frozenset(names)
 
     def _load_only(self, programs: frozenset[str]) -> None:
         lib = _lib()
@@ -204,10 +241,12 @@ class BpfObject(MapAccess):
             prog = lib.bpf_object__next_program(self._obj, prog)
 
     def has_programs(self, programs: frozenset[str] | None) -> bool:
-        """Whether ``programs`` (None: every one) were loaded."""
+        """Whether ``programs`` (None: every one) were loaded, or refused
+        (loading the object again would not load those)."""
         if self.only is None:
             return True
-        return programs is not None and programs <= self.only
+        wanted = programs if programs is not None else self._program_names()
+        return wanted - self.refused.keys() <= self.only
 
     def close(self) -> None:
         lib = _lib()
@@ -265,6 +304,8 @@ class BpfObject(MapAccess):
         thread group (kernel 6.1+). Raises NotSupported if it cannot attach.
         """
         lib = _lib()
+        if program in self.refused:
+            raise NotSupported(self.refused[program])
         prog = lib.bpf_object__find_program_by_name(self._obj, program.encode())
         if not prog:
             raise NotSupported(f"BPF object {self.name} has no program {program}")

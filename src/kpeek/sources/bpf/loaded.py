@@ -63,7 +63,7 @@ def bpf_object(name: str, programs: Iterable[str] | None = None, few: bool = Fal
             _few.add(name)
         else:
             _few.discard(name)
-        if wanted is None:
+        if wanted is None and not fresh.refused:  # only whole objects are kept
             kept.publish(name, data, fresh.program_fds(), fresh.map_fds())
         if obj is not None:  # its links die with it
             for key in [k for k in _iterators if k[0] == name]:

@@ -17,7 +17,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from kpeek.errors import UsageError
+from kpeek.errors import NotSupported, UsageError
 from kpeek.ids import address_ids
 from kpeek.kernel.sched import state_letter
 from kpeek.model import Namespace, Snapshot, Task
@@ -269,13 +269,17 @@ class _Readers:
             raise
 
     def rows(self) -> Any:
-        """procfiles.read_process_parts' answer (None without ``rows``),
-        once both threads are done."""
+        """procfiles.read_process_parts' answer, once both threads are done;
+        None without ``rows`` or where this kernel refused their programs
+        (fdfacts then reads the rows from /proc)."""
         for reader in (self._files, self._rows):
             if reader is not None:
                 reader.join()
         self._files.result()
-        return self._rows.result() if self._rows else None
+        try:
+            return self._rows.result() if self._rows else None
+        except NotSupported:
+            return None
 
 
 @contextlib.contextmanager
