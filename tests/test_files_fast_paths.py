@@ -67,6 +67,15 @@ os.write(memfd, b"m" * 4096)
 keep.append(mmap.mmap(memfd, 4096))
 sa, sb = socket.socketpair()
 os.dup2(sb.fileno(), 100)
+# A shared anonymous mapping, a shmem file: named, [anon_shmem:NAME] in
+# maps (6.2+) and no mem row; where the kernel lacks ANON_VMA_NAME (this
+# machine's) the prctl fails and it is "/dev/zero (deleted)", a mem row.
+import ctypes
+shared = mmap.mmap(-1, 8192, flags=mmap.MAP_SHARED)
+keep.append(shared)
+at = ctypes.addressof(ctypes.c_char.from_buffer(shared))
+ctypes.CDLL(None).prctl(0x53564D41, 0, ctypes.c_ulong(at), ctypes.c_ulong(8192),
+                        ctypes.c_char_p(b"kpeek-shm"))  # PR_SET_VMA, ..._ANON_NAME
 threading.Thread(target=threading.Event().wait, daemon=True).start()
 kids = []
 for i in range(12):

@@ -25,6 +25,7 @@ GUEST_TESTS = (
     "tests/test_bpf_snapshot.py::test_sockets_memfd_cloexec_thread_family_agrees",
     "tests/test_bpf_snapshot.py::test_stacks_wchan_blocker_and_addresses",
     "tests/test_bpf_reader.py::test_fields_at_btf_offsets_match_proc",
+    "tests/test_files_fast_paths.py::test_bpf_process_rows_are_those_of_proc",
     "tests/test_doctor.py::test_flock_abba_is_a_deadlock",
     "tests/test_doctor.py::test_missing_close_names_the_childs_fd",
     "tests/test_doctor.py::test_fuse_writer_holds_i_rwsem_and_truncate_hangs",

@@ -25,7 +25,6 @@ from kpeek.filemodel import Mapped, ProcessFile, ProcessFileTable
 from kpeek.sources.bpf.loaded import iterate
 from kpeek.sources.bpf.snapshot import dev_inode_id, filtered
 from kpeek.sources.fdfacts import PROCESS_LINKS, read_link
-from kpeek.sources.statx import stat_cached
 from kpeek.textsafe import decode
 
 # struct kpeek_pfile_rec in snapshot.bpf.c
@@ -178,10 +177,10 @@ def _maps(
     off, tgid_now = 0, -1
     unpack_key = _PF_KEY.unpack_from
     at_size = _MAPPED_AT.size
-    # (mount, dentry) -> (path, inode number) read from /proc: every process
-    # that maps one file through one mount (each its own struct file when
-    # each opened it, as the dynamic loader does) shows one path.
-    known: dict[tuple[int, int], tuple[str, int]] = {}
+    # (mount, dentry) -> path read from /proc: every process that maps one
+    # file through one mount (each its own struct file when each opened it,
+    # as the dynamic loader does) shows one path.
+    known: dict[tuple[int, int], str] = {}
     while off + size <= end:
         tgid, file, path_len = unpack_key(out, off)
         off += size
@@ -196,17 +195,17 @@ def _maps(
             elif not ino:
                 files[file] = None
             else:
-                got = known.get((mount, dentry))
-                if got is None or got[1] != ino:
-                    got = _mapped_path(tgid, start, stop)
-                    if got is not None and got[1] == ino:
-                        known[(mount, dentry)] = got
-                if got is None or got[1] != ino:
-                    files[file] = _UNKNOWN  # gone, or changed since: /proc tells
-                elif got[0][:1] != "/":
+                path = known.get((mount, dentry))
+                if path is None:
+                    path = _mapped_path(tgid, start, stop)
+                    if path is not None:
+                        known[(mount, dentry)] = path
+                if path is None:
+                    files[file] = _UNKNOWN  # unmapped since: /proc tells
+                elif path[:1] != "/":
                     files[file] = None  # anon_inode:[...]: not a path, maps leaves it out
                 else:
-                    files[file] = (got[0], dev_inode_id(dev, ino))
+                    files[file] = (path, dev_inode_id(dev, ino))
         elif file not in files:
             files[file] = _UNKNOWN
         if tgid != tgid_now:
@@ -231,20 +230,20 @@ def _maps(
     return parts
 
 
-def _mapped_path(tgid: int, start: int, end: int) -> tuple[str, int] | None:
-    """(path as maps shows it, inode number) of the file a process maps at
-    [start, end), from /proc/PID/map_files (root only; the path is d_path's,
-    as maps's is); None when that mapping is gone. Runs in the snapshot's
-    rows thread: imports nothing."""
-    where = f"/proc/{tgid}/map_files/{start:x}-{end:x}"
+def _mapped_path(tgid: int, start: int, end: int) -> str | None:
+    """The path, as maps shows it, of the file a process maps at [start,
+    end), from /proc/PID/map_files (root only; the path is d_path's, as
+    maps's is); None when that mapping is gone. Not checked against the
+    inode by a stat: through overlayfs before 6.8 the link leads to the
+    overlay's inode while maps (and the kernel's record) name the layer's.
+    Runs in the snapshot's rows thread: imports nothing."""
     try:
-        path = decode(os.readlink(where.encode()))
-        ino = stat_cached(where).ino
+        path = decode(os.readlink(f"/proc/{tgid}/map_files/{start:x}-{end:x}".encode()))
     except OSError:
         return None
     if "\n" in path:  # maps escapes it (seq_path), readlink does not
         path = path.replace("\n", "\\012")
-    return path, ino
+    return path
 
 
 def _mem_rows(

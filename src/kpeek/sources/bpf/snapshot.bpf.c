@@ -609,10 +609,25 @@ struct {
 	__type(value, struct mapped_seen);
 } seen_mapped SEC(".maps");
 
-/* 5.17+: a named anonymous shared mapping shows as [anon_shmem:NAME] in maps. */
+/* A named anonymous shared mapping shows as [anon_shmem:NAME] in maps
+ * (6.2+). Before, anon_name (5.17+) shares a union with `shared`, the
+ * i_mmap tree node of every file-backed vma: set there, it names nothing. */
 struct vm_area_struct___anon_name {
 	void *anon_name;
+	struct {
+		void *rb_parent_color;
+	} shared;
 } __attribute__((preserve_access_index));
+
+static __always_inline bool named_anon_shmem(struct vm_area_struct___anon_name *vma)
+{
+	if (!bpf_core_field_exists(vma->anon_name))
+		return false;
+	if (bpf_core_field_exists(vma->shared) &&
+	    bpf_core_field_offset(vma->anon_name) == bpf_core_field_offset(vma->shared))
+		return false;
+	return BPF_CORE_READ(vma, anon_name) != NULL;
+}
 
 /* cwd, rtd, txt: kpeek_pfile_rec with file = the dentry, f_mode = 0 and,
  * after it, the mount's address (8 bytes); no path. */
@@ -691,7 +706,7 @@ int snapshot_maps(struct bpf_iter__task_vma *ctx)
 	file = vma->vm_file;
 	if (!file)
 		return 0;
-	if (bpf_core_field_exists(named->anon_name) && BPF_CORE_READ(named, anon_name))
+	if (named_anon_shmem(named))
 		return 0;
 	rec.kind = PF_MEM;
 	rec.file = (__u64)file;
