@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from lab.kernels import KernelTree, _apt_download, _atomic_dir, cache_root
-from lab.qemu import GuestError, Machine
+from lab.qemu import GuestError, Machine, dies_with_us
 
 VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
 BUSYBOX = "busybox"
@@ -168,7 +168,7 @@ class HostRootGuest:
             raise GuestError(f"{VIRTIOFSD} not found (apt-get install qemu-system-x86)")
         sock = self._dir / "virtiofs.sock"
         self._virtiofsd = subprocess.Popen(
-            [
+            dies_with_us([
                 str(VIRTIOFSD),
                 f"--socket-path={sock}",
                 "-o",
@@ -181,7 +181,7 @@ class HostRootGuest:
                 "no_posix_lock",
                 "-o",
                 "no_flock",
-            ],
+            ]),
             stdout=subprocess.DEVNULL,
             stderr=open(self._dir / "virtiofsd.log", "wb"),  # noqa: SIM115
             start_new_session=True,

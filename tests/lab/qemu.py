@@ -44,6 +44,14 @@ def qemu_binary() -> str | None:
     return shutil.which("qemu-system-x86_64")
 
 
+def dies_with_us(cmd: list[str]) -> list[str]:
+    """``cmd`` run so that the kernel kills it when the process that started
+    it dies (setpriv --pdeathsig: a pytest killed before its teardown ran
+    would otherwise leave the guest running); as is without setpriv."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", *cmd] if setpriv else cmd
+
+
 class GuestError(RuntimeError):
     """The guest did not do what the lab asked (with the console's tail)."""
 
@@ -101,7 +109,7 @@ class Machine:
         cmd += extra or []
         self.command = cmd
         self.proc = subprocess.Popen(
-            cmd,
+            dies_with_us(cmd),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
