@@ -17,10 +17,10 @@ import ipaddress
 import os
 import socket
 import struct
-import threading
 from collections.abc import Iterable, Mapping
 
 from kpeek.model import Socket
+from kpeek.sources.background import Background
 from kpeek.textsafe import decode
 
 TCP_STATES = {
@@ -62,37 +62,23 @@ INET_FILES = {
 }
 
 
-class _ReadAhead:
-    """kpeek's own network namespace's socket tables (/proc/self/net and
-    sock_diag's unix peers), read in a thread of its own: the kernel formats
-    them on the other CPU while this process loads its BPF programs. Its
-    code imports nothing (see bpf.snapshot._Readers on threads importing)."""
-
-    def __init__(self) -> None:
-        self._tables: dict[str, list[bytes]] = {}
-        self._peers: dict[int, int] = {}
-        self._thread = threading.Thread(target=self._read, name="kpeek-sockets", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        for name in _TABLES:
-            self._tables[name] = _table_lines(f"/proc/self/net/{name}")
-        self._peers = unix_peers(None)
-
-    def result(self) -> tuple[dict[str, list[bytes]], dict[int, int]]:
-        self._thread.join()
-        return self._tables, self._peers
-
-
 _TABLES = (*INET_FILES, "unix", "netlink", "packet")
-_ahead: _ReadAhead | None = None
+_ahead: Background | None = None
 
 
 def read_ahead() -> None:
-    """Start reading kpeek's own network namespace's socket tables, for the
-    next :func:`describe` (a whole-system kpeek files: it will have sockets)."""
+    """Start reading kpeek's own network namespace's socket tables (its
+    /proc/self/net files and sock_diag's unix peers) in a thread, for the
+    next :func:`describe` (a whole-system kpeek files: it will have sockets):
+    the kernel formats them on the other CPU while this process loads its
+    BPF programs."""
     global _ahead
-    _ahead = _ReadAhead()
+    _ahead = Background(_read_own_tables)
+
+
+def _read_own_tables() -> tuple[dict[str, list[bytes]], dict[int, int]]:
+    # Runs in read_ahead's thread: imports nothing (see sources.background).
+    return {name: _table_lines(f"/proc/self/net/{name}") for name in _TABLES}, unix_peers(None)
 
 
 def describe(inodes: Iterable[int], holders: Mapping[int, int] | None = None) -> dict[int, Socket]:
