@@ -155,7 +155,7 @@ def test_procfs_rows_read_in_a_child_are_those_read_after(scenes):
     snap = procfs.take_snapshot(None, threads=False, process_files=True)
     assert isinstance(snap.process_files, ProcessFileTable)
     shown = {t.tgid for t in snap.processes()}
-    assert set(pids) <= shown and len(shown) > procfs._FEW_ROWS
+    assert set(pids) <= shown and len(shown) > fdfacts.FEW
     for pid in pids:
         assert snap.process_files.of(pid) == fdfacts.process_files(pid), pid
     paths = {r.path for pid in pids for r in snap.process_files.of(pid)}

@@ -55,7 +55,7 @@ def take_snapshot(
         if missing:
             raise UsageError(f"no such process: {', '.join(map(str, missing))}")
 
-    rows = _rows_beside(tgids) if process_files and files and len(tgids) > _FEW_ROWS else None
+    rows = _rows_beside(tgids) if process_files and files and _many(tgids) else None
     try:
         snap = _walk(tgids, explicit, threads, files, stacks, all_namespaces)
     except BaseException:
@@ -66,8 +66,11 @@ def take_snapshot(
     return snap if table is None else snap.derive(process_files=table)
 
 
-# Processes whose rows enrich reads after the walk as quickly (fdfacts.FEW).
-_FEW_ROWS = 32
+def _many(tgids: list[int]) -> bool:
+    """More processes than enrich reads the rows of as quickly after the walk."""
+    from kpeek.sources.fdfacts import FEW
+
+    return len(tgids) > FEW
 
 
 def _rows_beside(tgids: list[int]) -> InChild:
