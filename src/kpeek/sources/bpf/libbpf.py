@@ -211,8 +211,9 @@ class BpfObject(MapAccess):
 
     def _one_refused(self, ret: int) -> str | None:
         """The program whose refusal by the verifier failed this load, when
-        others remain to be loaded without it; None otherwise."""
-        if ret == 0 or not any("PROG LOAD LOG --" in line for line in _log):
+        others remain to be loaded without it; None otherwise (an EAGAIN is a
+        signal that interrupted the verifier, not a refusal)."""
+        if ret in (0, -errno.EAGAIN) or not any("PROG LOAD LOG --" in line for line in _log):
             return None
         loading = self.only if self.only is not None else self._program_names()
         for line in reversed(_log):
