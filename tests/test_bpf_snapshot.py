@@ -626,12 +626,22 @@ def test_forks_share_the_reads_of_their_cwd_root_and_exe(monkeypatch) -> None:
         monkeypatch.undo()
         for pid in pids:
             assert rows[pid] == process_files(pid), pid
-    # at most the first one's (none when an earlier process of the same
-    # program, pytest's own, was read first), and never one per process
+    # The links: at most the first one's (none when an earlier process of
+    # the same program, pytest's own, was read first), never one per process.
+    mapped = [p for p in links if b"/map_files/" in p]
+    links = [p for p in links if b"/map_files/" not in p]
     ours = [p for p in links if int(p.split(b"/")[2]) in set(pids)]
     assert len(ours) <= 3 + 3, ours
     assert len(links) < 3 * len(rows) - 3 * (len(pids) - 2), (len(links), len(rows))
     assert not fallback & set(pids)
+    # The mapped files: the forks map their parent's very files (sent once a
+    # run), and each (mount, dentry) is read once: at most one read per
+    # distinct mapped file of the whole machine (a mem row, or the
+    # executable, which its process's mem rows leave out).
+    kids = set(fam.info["kids"])
+    assert not [p for p in mapped if int(p.split(b"/")[2]) in kids], mapped
+    files = {(r.path, r.inode) for own in rows.values() for r in own if r.kind in ("mem", "txt")}
+    assert mapped and len(mapped) <= len(files), (len(mapped), len(files))
 
 
 # A file never locked, one held with flock, one locked and unlocked with
