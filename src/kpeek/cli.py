@@ -46,6 +46,13 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
+# argparse has gettext translate each message it makes, and each lookup
+# searches the disk for a catalog (importing locale first): 3.7 ms of every
+# start-up for six messages that no catalog translates. kpeek speaks English.
+argparse._ = str
+argparse.ngettext = lambda singular, plural, n: singular if n == 1 else plural
+
+
 class _LazyVerbs(argparse._SubParsersAction):
     """Subcommands known by name and help line only until chosen: only then is
     the verb's module imported and its parser built (building a parser for

@@ -8,8 +8,11 @@ CPU for the snapshot object, more than the verifier takes. ``bpftool gen
 min_core_btf`` writes just the types and members those relocations use
 (11 KiB); given it as btf_custom_path, libbpf makes the same relocations
 (the kernel then computes the same program tags: a test holds them equal)
-in a few milliseconds. The kernel's own BTF is still read for what is not
-a relocation (the iterators' attach points).
+in a few milliseconds.
+
+The iterators' attach points are BTF ids in the kernel's BTF, which libbpf
+would otherwise read whole (5.5 MB) in each process to find three names:
+``iters-<key>`` holds those ids for the boot (iter_btf_ids).
 
 The file, ``core-<object>-<key>.btf`` in kpeek's cache folder (cachedir),
 is made by the first load of a boot that finds bpftool, keyed by the boot,
@@ -32,6 +35,7 @@ except ImportError:  # not CPython
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 PREFIX = "core-"
+ITERS = "iters-"
 
 
 def target_btf(name: str, data: bytes, path: str) -> str | None:
@@ -84,4 +88,49 @@ def _system_file(path: str) -> bool:
         st = os.stat(item)
         if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
             return False
+    return True
+
+
+def iter_btf_ids(targets: frozenset[str]) -> dict[str, int]:
+    """This boot's BTF ids of the iterator ``targets`` (``task_file``...):
+    from the cache folder, else found in the kernel's BTF and kept there.
+    A target the kernel lacks is left out (libbpf then says so at load)."""
+    from kpeek.sources.bpf.libbpf import vmlinux_iter_ids
+
+    folder = cachedir.cache_dir()
+    key = cachedir.boot_key(ITERS.encode())
+    dir_fd = cachedir.open_dir(folder, create=True) if key and folder else None
+    if folder is None or dir_fd is None:
+        return vmlinux_iter_ids(targets)
+    file = f"{ITERS}{key}"
+    try:
+        known = _read_ids(dir_fd, file)
+        if targets <= known.keys():
+            return known
+        known.update(vmlinux_iter_ids(targets))
+        text = "".join(f"{t} {i}\n" for t, i in sorted(known.items()))
+        cachedir.replace(folder, dir_fd, file, lambda tmp: _write(tmp, text),
+                         stale_prefix=ITERS)
+        return known
+    finally:
+        os.close(dir_fd)
+
+
+def _read_ids(dir_fd: int, file: str) -> dict[str, int]:
+    fd = cachedir.open_private(dir_fd, file)
+    if fd is None:
+        return {}
+    with open(fd, encoding="ascii", errors="replace") as f:
+        lines = f.read(1 << 16).splitlines()
+    known = {}
+    for line in lines:
+        target, _, number = line.partition(" ")
+        if target.isidentifier() and number.isdigit() and int(number) > 0:
+            known[target] = int(number)
+    return known
+
+
+def _write(path: str, text: str) -> bool:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(text)
     return True

@@ -15,7 +15,7 @@ import ctypes
 import errno
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 
 from kpeek.errors import NotPermitted, NotSupported
@@ -62,6 +62,70 @@ class _IterAttachOpts(ctypes.Structure):
     )
 
 
+class _ProgLoadOpts(ctypes.Structure):
+    # struct bpf_prog_load_opts up to attach_btf_obj_fd (the same since libbpf 1.0)
+    _fields_ = (
+        ("sz", ctypes.c_size_t),
+        ("attempts", ctypes.c_int),
+        ("expected_attach_type", ctypes.c_uint32),
+        ("prog_btf_fd", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("kern_version", ctypes.c_uint32),
+        ("attach_btf_id", ctypes.c_uint32),
+        ("attach_prog_fd", ctypes.c_uint32),
+        ("attach_btf_obj_fd", ctypes.c_uint32),
+    )
+
+
+_PREPARE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(_ProgLoadOpts),
+                               ctypes.c_long)
+
+
+class _HandlerOpts(ctypes.Structure):
+    # struct libbpf_prog_handler_opts (libbpf 1.0+)
+    _fields_ = (
+        ("sz", ctypes.c_size_t),
+        ("cookie", ctypes.c_long),
+        ("prog_setup_fn", ctypes.c_void_p),
+        ("prog_prepare_load_fn", _PREPARE_FN),
+        ("prog_attach_fn", ctypes.c_void_p),
+    )
+
+
+_BPF_PROG_TYPE_TRACING = 26
+_BPF_TRACE_ITER = 28
+_BTF_KIND_FUNC = 12
+ITER_PREFIX = "bpf_iter_"  # an iterator target's BTF function: bpf_iter_task_file
+# A program pointer -> the BTF id of its iterator target, for the load under way.
+_iter_btf_ids: dict[int, int] = {}
+# What an iterator program is given as the program it attaches to, until the
+# load: libbpf then does not read the kernel's BTF for it (see _prepare_iter).
+_NO_PROG_FD = 0x7FFFFFFF
+
+
+@_PREPARE_FN
+def _prepare_iter(prog: int, opts: ctypes._Pointer, cookie: int) -> int:
+    """Where libbpf would look up an iterator program's target in the whole
+    kernel BTF (5.5 MB read and parsed, some 10 ms of each process that loads
+    programs), give the BTF id known for this boot (coretarget.iter_btf_ids).
+    A program given none is looked up as libbpf does."""
+    try:
+        btf_id = _iter_btf_ids.get(prog)
+        if btf_id is None:
+            section = _lib().bpf_program__section_name(prog) or b""
+            btf_id = _lib().libbpf_find_vmlinux_btf_id(section.partition(b"/")[2], _BPF_TRACE_ITER)
+            if btf_id < 0:
+                return btf_id
+        load = opts.contents
+        load.attach_prog_fd = 0  # the placeholder, not a program
+        load.attach_btf_obj_fd = 0  # vmlinux
+        load.attach_btf_id = btf_id
+        return 0
+    except Exception:  # an exception cannot cross into C: fail this load
+        return -errno.EINVAL
+
+
 @cache
 def _lib() -> ctypes.CDLL:
     name = "libbpf.so.1"
@@ -92,6 +156,13 @@ def _lib() -> ctypes.CDLL:
         "bpf_object__next_program": (vp, [vp, vp]),
         "bpf_program__name": (ctypes.c_char_p, [vp]),
         "bpf_program__set_autoload": (ci, [vp, ctypes.c_bool]),
+        "bpf_program__autoload": (ctypes.c_bool, [vp]),
+        "bpf_program__section_name": (ctypes.c_char_p, [vp]),
+        "bpf_program__set_attach_target": (ci, [vp, ci, ctypes.c_char_p]),
+        "libbpf_find_vmlinux_btf_id": (ci, [ctypes.c_char_p, ci]),
+        "btf__load_vmlinux_btf": (vp, []),
+        "btf__find_by_name_kind": (ci, [vp, ctypes.c_char_p, cu]),
+        "btf__free": (None, [vp]),
         "bpf_program__fd": (ci, [vp]),
         "bpf_program__attach_iter": (vp, [vp, ctypes.POINTER(_IterAttachOpts)]),
         "bpf_link__fd": (ci, [vp]),
@@ -102,6 +173,36 @@ def _lib() -> ctypes.CDLL:
         f.restype, f.argtypes = res, args
     lib.libbpf_set_print(_capture_print)
     return lib
+
+
+@cache
+def _iter_handler() -> bool:
+    """Whether kpeek's own handler of SEC("iter/...") programs is registered
+    (libbpf 1.0+): once a process, before any object is opened."""
+    opts = _HandlerOpts(sz=ctypes.sizeof(_HandlerOpts), prog_prepare_load_fn=_prepare_iter)
+    lib = _lib()
+    register = getattr(lib, "libbpf_register_prog_handler", None)
+    if register is None:
+        return False
+    register.restype = ctypes.c_int
+    register.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    return register(b"iter+", _BPF_PROG_TYPE_TRACING, _BPF_TRACE_ITER, ctypes.byref(opts)) > 0
+
+
+def vmlinux_iter_ids(targets: Iterable[str]) -> dict[str, int]:
+    """The BTF ids of the kernel's iterator targets (``task_file``: its
+    bpf_iter_task_file function), from one read of its whole BTF; a target
+    it lacks is left out."""
+    lib = _lib()
+    btf = lib.btf__load_vmlinux_btf()
+    if not btf:
+        return {}
+    try:
+        found = {t: lib.btf__find_by_name_kind(btf, (ITER_PREFIX + t).encode(), _BTF_KIND_FUNC)
+                 for t in targets}
+    finally:
+        lib.btf__free(btf)
+    return {t: i for t, i in found.items() if i > 0}
 
 
 def _errno_of(ret: int) -> int:
@@ -153,12 +254,16 @@ class BpfObject(MapAccess):
     """
 
     def __init__(self, data: bytes, name: str, programs: frozenset[str] | None = None,
-                 map_sizes: Mapping[str, int] | None = None, core_btf: str | None = None) -> None:
+                 map_sizes: Mapping[str, int] | None = None, core_btf: str | None = None,
+                 iter_ids: Callable[[frozenset[str]], Mapping[str, int]] | None = None) -> None:
         """``programs``: load (and have the kernel verify) only these, not
         every program in the object; None: all of them. ``map_sizes``: maps
         made with fewer entries than the object declares (the kernel
         allocates a hash map's every entry up front). ``core_btf``:
-        the BTF file to relocate against (coretarget.py), else the kernel's."""
+        the BTF file to relocate against (coretarget.py), else the kernel's.
+        ``iter_ids``: the BTF ids of iterator targets (coretarget.py), given
+        the targets' names; then libbpf need not read the kernel's BTF at all
+        (a load that fails with them is made again without)."""
         lib = _lib()
         self.name = name
         self.only = programs
@@ -179,12 +284,15 @@ class BpfObject(MapAccess):
             opts = ctypes.byref(_OpenOpts(sz=ctypes.sizeof(_OpenOpts),
                                           btf_custom_path=os.fsencode(core_btf)))
         held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        hinted: list[int] = []
         try:
             interrupted = 0
             while True:
                 self.close()
                 _log.clear()
                 ctypes.set_errno(0)
+                if iter_ids is not None and not _iter_handler():
+                    iter_ids = None
                 self._obj = lib.bpf_object__open_mem(self._data, len(data), opts)
                 if not self._obj:
                     raise _fail(f"cannot open BPF object {name}", _errno_of(0))
@@ -194,9 +302,18 @@ class BpfObject(MapAccess):
                     self._load_only(self.only)
                 for m, entries in (map_sizes or {}).items():
                     lib.bpf_map__set_max_entries(self._map(m), entries)
-                ret = lib.bpf_object__load(self._obj)
+                if iter_ids is not None:
+                    hinted = self._hint_iter_targets(iter_ids)
+                try:
+                    ret = lib.bpf_object__load(self._obj)
+                finally:
+                    for prog in hinted:
+                        _iter_btf_ids.pop(prog, None)
                 if ret == -errno.EAGAIN and interrupted < 2:
                     interrupted += 1
+                    continue
+                if ret != 0 and hinted:
+                    iter_ids, hinted = None, []  # as libbpf alone would load it
                     continue
                 refused = self._one_refused(ret)
                 if refused is None:
@@ -208,6 +325,25 @@ class BpfObject(MapAccess):
         if ret != 0:
             self.close()
             raise _fail(f"cannot load BPF program {name}", _errno_of(ret))
+
+    def _hint_iter_targets(self, iter_ids: Callable[[frozenset[str]], Mapping[str, int]]
+                           ) -> list[int]:
+        """Give each iterator program that will load its target's BTF id (see
+        _prepare_iter) and the placeholder that keeps libbpf from reading the
+        kernel's BTF for it; the programs hinted."""
+        lib = _lib()
+        targets: dict[int, str] = {}
+        prog = lib.bpf_object__next_program(self._obj, None)
+        while prog:
+            kind, _, target = (lib.bpf_program__section_name(prog) or b"").decode().partition("/")
+            if kind == "iter" and lib.bpf_program__autoload(prog):
+                targets[prog] = target
+            prog = lib.bpf_object__next_program(self._obj, prog)
+        ids = iter_ids(frozenset(targets.values())) if targets else {}
+        hinted = [p for p, t in targets.items() if t in ids
+                  and lib.bpf_program__set_attach_target(p, _NO_PROG_FD, None) == 0]
+        _iter_btf_ids.update((p, ids[targets[p]]) for p in hinted)
+        return hinted
 
     def _one_refused(self, ret: int) -> str | None:
         """The program whose refusal by the verifier failed this load, when

@@ -84,7 +84,7 @@ def _load(
             "must be built with CONFIG_DEBUG_INFO_BTF=y (use --source procfs)"
         )
     data = shipped_object(name)
-    from kpeek.sources.bpf.coretarget import target_btf
+    from kpeek.sources.bpf.coretarget import iter_btf_ids, target_btf
     from kpeek.sources.bpf.libbpf import BpfObject
 
     sizes = dict(_FEW_ENTRIES.get(name, {})) if few else {}
@@ -93,10 +93,10 @@ def _load(
     core = target_btf(name, data, _object_path(name))
     if core is not None:
         try:
-            return BpfObject(data, name, programs, sizes, core), data
+            return BpfObject(data, name, programs, sizes, core, iter_btf_ids), data
         except NotSupported:
             pass  # relocated against the kernel's own BTF, as without it
-    return BpfObject(data, name, programs, sizes), data
+    return BpfObject(data, name, programs, sizes, iter_ids=iter_btf_ids), data
 
 
 # The kernel allocates an LRU hash map's every entry when it makes the map:
