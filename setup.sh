@@ -29,3 +29,7 @@ python3 -m venv .venv
 # The BPF objects are committed; this rebuilds only those whose program or
 # vmlinux.h changed since (a no-op on a fresh clone).
 .venv/bin/python -m kpeek.sources.bpf.build
+# Byte-compile kpeek now: where PYTHONDONTWRITEBYTECODE is set, an editable
+# install would otherwise compile every module it imports on every run
+# (kpeek ps -p 1: 85-100 ms instead of 50-60).
+.venv/bin/python -m compileall -q src >/dev/null

@@ -18,6 +18,7 @@ import pytest
 
 from capabilities import require, time_scale
 from kpeek.errors import UsageError
+from kpeek.ids import show_pointer
 from kpeek.model import OpenFile, Snapshot
 from scenarios import MUTEX_WAIT, PARENT_OF_THREE, PIPE_FORK_DUP2, children_of, family
 
@@ -167,6 +168,8 @@ def test_pipe_fork_dup2_family_agrees() -> None:
         # Nothing else holds this pipe: the kernel's f_count is exactly our count.
         assert w_file.refcount == 3
         assert w_file.address and w_file.f_mode is not None
+        # Its id is the hash its address is shown as (filemodel.OpenFile).
+        assert all(show_pointer(f.address) == "#" + f.id for f in b.open_files.values())
         # Two open()s of one path: one inode, two open files.
         a, bb = _holders(b, parent, info["a"]), _holders(b, parent, info["b"])
         assert a != bb

@@ -17,6 +17,7 @@ import pytest
 
 from capabilities import require
 from kpeek.errors import UsageError
+from kpeek.ids import show_pointer
 from kpeek.model import Snapshot
 from kpeek.textsafe import decode
 from scenarios import PIPE_FORK_DUP2, children_of, family
@@ -101,8 +102,10 @@ def _agrees_with_bpf(m: Snapshot, tgids: list[int]) -> None:
              for d in m.fds for f in [m.open_files[d.open_file]]}
     assert facts == {(d.tgid, d.fd): (f.address, f.refcount, f.f_mode, b.inodes[f.inode].address)
                      for d in b.fds for f in [b.open_files[d.open_file]]}
-    # One struct file, one id, in both sources (the same keyed hash).
+    # One struct file, one id, in both sources: the keyed hash that
+    # show_pointer shows for its address (filemodel.OpenFile).
     assert set(m.open_files) == set(b.open_files)
+    assert all(show_pointer(f.address) == "#" + f.id for f in m.open_files.values())
 
 
 def test_pipe_fork_dup2_family() -> None:

@@ -33,7 +33,12 @@ class Inode:
 
 @dataclass(slots=True, unsafe_hash=True)  # see _RECORDS
 class OpenFile:
-    """An open file description: the offset and flags that descriptors share."""
+    """An open file description: the offset and flags that descriptors share.
+
+    Where the source knows the struct file's address, ``id`` is the keyed
+    hash that show_pointer shows for it (``"#" + id``): a renderer of a
+    whole system's open files need not hash each address twice.
+    """
 
     id: str  # keyed hash; equal ids <=> one struct file
     inode: str  # Inode.id

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kpeek.errors import UsageError
+from kpeek.lazyre import lazy
 from kpeek.model import Socket, Task
 
 # lsof -i: [46][protocol][@hostname|hostaddr][:service|port[-port]]
-_INET_SPEC = re.compile(
+_INET_SPEC = lazy(  # compiled by the first -i, not by every kpeek files
     r"(?P<v>[46])?(?P<proto>tcp|udp|TCP|UDP)?"
     r"(?:@(?P<host>\[[^\]]+\]|[^:@]+))?(?::(?P<port>[\w.-]+))?"
 )

@@ -166,8 +166,8 @@ class _Pieces:
         holders = self.holders_of[file_id]
         # The cached pieces looked up here, not through a method each: this
         # runs for every open file of the system.
-        raw = file_id.encode()
-        id_b = b'"%s"' % raw if raw.isalnum() else _word(file_id)  # a keyed hash's hex
+        id_raw = file_id.encode()
+        id_b = b'"%s"' % id_raw if id_raw.isalnum() else _word(file_id)  # a keyed hash's hex
         self.inode_ids.add(f.inode)
         # Neither cached: most open files have an inode and a path of their own.
         raw = f.inode.encode()
@@ -185,8 +185,9 @@ class _Pieces:
                 id_b, inode_b, path_b, pos, flags_b,
                 b"null" if refcount is None else b"%d" % refcount,
                 b",".join([b"[%d,%d]" % (h.tgid, h.fd) for h in holders]),
-                # show_pointer's text is "#" or "0x" and hex digits
-                b"null" if address is None else b'"%s"' % self.pointer(address).encode(),
+                # show_pointer's text: "#" and the id (see OpenFile), or "0x" and hex digits
+                b"null" if address is None else b'"#%s"' % id_raw if not self.raw
+                else b'"%s"' % self.pointer(address).encode(),
             )
         )  # fmt: skip
         extras = b""

@@ -160,7 +160,7 @@ def _file_records(
     inodes: dict[str, Inode] = {}
     lock_contexts: set[str] = set()
     file_ids: dict[int, str] = {}
-    ident = address_ids("file")  # keyed_id("file", address), as memwalk's
+    ident = address_ids("ptr")  # keyed_id("ptr", address), as memwalk's (filemodel.OpenFile)
     # file_type depends on the file's format bits and on at most the first 11
     # characters of its path ("anon_inode:"): asked once per pair.
     types: dict[tuple[int, str], str] = {}

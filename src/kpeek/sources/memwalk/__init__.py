@@ -202,7 +202,7 @@ class _Walk:
         facts = self.files.file(address)
         path = self.paths.path(facts.vfsmount, facts.dentry, facts.ino)
         inode_id = f"{facts.s_dev >> 20}:{facts.s_dev & 0xFFFFF}:{facts.ino}"
-        file_id = keyed_id("file", address)  # as the BPF source: one struct file, one id
+        file_id = keyed_id("ptr", address)  # as the BPF source (filemodel.OpenFile)
         self.open_files[file_id] = OpenFile(
             id=file_id, inode=inode_id, path=path, pos=facts.pos,
             flags=facts.flags & ~O_CLOEXEC, mnt_id=self.paths.mnt_id(facts.vfsmount),
