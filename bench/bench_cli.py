@@ -40,6 +40,10 @@ RESULTS = Path(__file__).parent / "results" / "bench_cli.txt"
 # (``python -m kpeek`` adds runpy's imports, ~3 ms of CPU, to every start).
 _SCRIPT = Path(sys.executable).with_name("kpeek")
 KPEEK = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "kpeek"]
+# An older tree's kpeek as its own console script would start it (the one
+# installed here imports what this tree's does: kpeek.cli.entry).
+KPEEK_OF_TREE = [sys.executable, "-c", "import sys; from kpeek import cli; "
+                 "sys.exit(getattr(cli, 'entry', cli.main)())"]
 # The interpreter kpeek runs on: "python3" from PATH may be a version
 # manager's shell shim that costs ten times the interpreter's own start.
 PY = sys.executable
@@ -124,7 +128,8 @@ def kpeek(*args: str) -> list[tuple[str, list[str]]]:
         if src not in CACHES:
             CACHES[src] = tempfile.mkdtemp(prefix="kpeek-bench-cache-")
         rows.append((f"  before{tree}: {' '.join(args)}",
-                     [f"PYTHONPATH={src}", f"XDG_CACHE_HOME={CACHES[src]}", *KPEEK, *args]))
+                     [f"PYTHONPATH={src}", f"XDG_CACHE_HOME={CACHES[src]}", *KPEEK_OF_TREE,
+                      *args]))
     return rows
 
 

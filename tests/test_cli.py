@@ -61,6 +61,35 @@ def test_start_up_imports_neither_locale_nor_typing(argv) -> None:
     assert out.split(None, 1) == ["0", "[]\n"]
 
 
+_ENTRY_PROBE = """
+import atexit, sys, threading, time
+from kpeek import cli
+atexit.register(lambda: print("exit handler ran", flush=True))
+class Late:
+    def __del__(self):
+        print("torn down", flush=True)
+late = Late()  # freed only by a teardown of the interpreter
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread done"))).start()
+sys.argv = ["kpeek", "--version"]
+cli.entry()
+"""
+
+
+@pytest.mark.parametrize("case", ["alone", "thread"])
+def test_the_command_exits_as_python_would(case) -> None:
+    """entry() leaves without tearing the interpreter down, but only once the
+    output is out and the exit handlers have run; with another thread still
+    running it exits as Python does, after the thread."""
+    r = subprocess.run([sys.executable, "-c", _ENTRY_PROBE, case], capture_output=True,
+                       text=True, timeout=30)
+    expected = ["kpeek 0.1.0", "exit handler ran"]
+    if case == "thread":
+        expected[1:1] = ["thread done"]
+        expected.append("torn down")
+    assert (r.returncode, r.stdout.splitlines(), r.stderr) == (0, expected, "")
+
+
 def test_global_option_before_the_verb_and_verb_help() -> None:
     parser = build_parser()
     args = parser.parse_args(["-c", "/nonexistent", "sym", "schedule"])

@@ -1,3 +1,3 @@
-from kpeek.cli import main
+from kpeek.cli import entry
 
-raise SystemExit(main())
+entry()

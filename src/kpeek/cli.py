@@ -9,6 +9,7 @@ verb's module is imported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import gc
 import importlib
@@ -137,6 +138,26 @@ def _defer_inspect() -> None:
     # 3.12+ dataclasses call inspect.get_annotations for every class: no gain there.
     if sys.version_info < (3, 12) and "inspect" not in sys.modules:
         sys.modules["inspect"] = _InspectOnFirstUse("inspect")
+
+
+def entry() -> None:
+    """The ``kpeek`` command: :func:`main`, then out of the process without
+    tearing the interpreter down (freeing every object one by one: 3.5 ms of
+    a ``kpeek files PID``, 15-45 ms after a whole system's snapshot) once
+    nothing is left to do: the output flushed, the exit handlers run, and no
+    other thread to wait for. Otherwise, and in-process, a plain exit."""
+    code = main()
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        sys.exit(code)
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        # gone: main has told what it could, the code still tells
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
