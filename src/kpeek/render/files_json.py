@@ -176,6 +176,12 @@ class _Pieces:
         flags_b = self.flag_words.get(f.flags) or self.flags(f.flags)
         kind_b = self.words.get(kind) or self.word(kind)
         pos, refcount, address = f.pos, f.refcount, f.address
+        if address is None:
+            address_b = b"null"
+        elif self.raw:
+            address_b = b'"%s"' % self.pointer(address).encode()  # "0x" and hex digits
+        else:
+            address_b = b'"#%s"' % id_raw  # show_pointer's text: "#" and the id (see OpenFile)
         part = b'"open_file":%s,"pos":%d,%s,"type":%s,"path":%s,"inode":%s,"sharers":%d' % (
             id_b, pos, flags_b, kind_b, path_b, inode_b, len(holders),
         )  # fmt: skip
@@ -185,9 +191,7 @@ class _Pieces:
                 id_b, inode_b, path_b, pos, flags_b,
                 b"null" if refcount is None else b"%d" % refcount,
                 b",".join([b"[%d,%d]" % (h.tgid, h.fd) for h in holders]),
-                # show_pointer's text: "#" and the id (see OpenFile), or "0x" and hex digits
-                b"null" if address is None else b'"#%s"' % id_raw if not self.raw
-                else b'"%s"' % self.pointer(address).encode(),
+                address_b,
             )
         )  # fmt: skip
         extras = b""

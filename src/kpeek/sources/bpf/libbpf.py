@@ -15,7 +15,7 @@ import ctypes
 import errno
 import os
 import signal
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cache
 
 from kpeek.errors import NotPermitted, NotSupported
@@ -96,7 +96,7 @@ class _HandlerOpts(ctypes.Structure):
 _BPF_PROG_TYPE_TRACING = 26
 _BPF_TRACE_ITER = 28
 _BTF_KIND_FUNC = 12
-ITER_PREFIX = "bpf_iter_"  # an iterator target's BTF function: bpf_iter_task_file
+_ITER_PREFIX = "bpf_iter_"  # an iterator target's BTF function: bpf_iter_task_file
 # A program pointer -> the BTF id of its iterator target, for the load under way.
 _iter_btf_ids: dict[int, int] = {}
 # What an iterator program is given as the program it attaches to, until the
@@ -198,7 +198,7 @@ def vmlinux_iter_ids(targets: Iterable[str]) -> dict[str, int]:
     if not btf:
         return {}
     try:
-        found = {t: lib.btf__find_by_name_kind(btf, (ITER_PREFIX + t).encode(), _BTF_KIND_FUNC)
+        found = {t: lib.btf__find_by_name_kind(btf, (_ITER_PREFIX + t).encode(), _BTF_KIND_FUNC)
                  for t in targets}
     finally:
         lib.btf__free(btf)
@@ -285,14 +285,14 @@ class BpfObject(MapAccess):
                                           btf_custom_path=os.fsencode(core_btf)))
         held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         hinted: list[int] = []
+        if iter_ids is not None and not _iter_handler():
+            iter_ids = None  # libbpf before 1.0: it finds the targets itself
         try:
             interrupted = 0
             while True:
                 self.close()
                 _log.clear()
                 ctypes.set_errno(0)
-                if iter_ids is not None and not _iter_handler():
-                    iter_ids = None
                 self._obj = lib.bpf_object__open_mem(self._data, len(data), opts)
                 if not self._obj:
                     raise _fail(f"cannot open BPF object {name}", _errno_of(0))
@@ -326,6 +326,17 @@ class BpfObject(MapAccess):
             self.close()
             raise _fail(f"cannot load BPF program {name}", _errno_of(ret))
 
+    def _items(self, next_of: Callable[[int | None, int | None], int | None]) -> Iterator[int]:
+        """The object's programs or maps (``next_of``: bpf_object__next_program
+        or bpf_object__next_map), in its order."""
+        item = next_of(self._obj, None)
+        while item:
+            yield item
+            item = next_of(self._obj, item)
+
+    def _programs(self) -> Iterator[int]:
+        return self._items(_lib().bpf_object__next_program)
+
     def _hint_iter_targets(self, iter_ids: Callable[[frozenset[str]], Mapping[str, int]]
                            ) -> list[int]:
         """Give each iterator program that will load its target's BTF id (see
@@ -333,12 +344,10 @@ class BpfObject(MapAccess):
         kernel's BTF for it; the programs hinted."""
         lib = _lib()
         targets: dict[int, str] = {}
-        prog = lib.bpf_object__next_program(self._obj, None)
-        while prog:
+        for prog in self._programs():
             kind, _, target = (lib.bpf_program__section_name(prog) or b"").decode().partition("/")
             if kind == "iter" and lib.bpf_program__autoload(prog):
                 targets[prog] = target
-            prog = lib.bpf_object__next_program(self._obj, prog)
         ids = iter_ids(frozenset(targets.values())) if targets else {}
         hinted = [p for p, t in targets.items() if t in ids
                   and lib.bpf_program__set_attach_target(p, _NO_PROG_FD, None) == 0]
@@ -361,21 +370,14 @@ class BpfObject(MapAccess):
         return None
 
     def _program_names(self) -> frozenset[str]:
-        lib = _lib()
-        names = []
-        prog = lib.bpf_object__next_program(self._obj, None)
-        while prog:
-            names.append(lib.bpf_program__name(prog).decode())
-            prog = lib.bpf_object__next_program(self._obj, prog)
-        return frozenset(names)
+        name = _lib().bpf_program__name
+        return frozenset(name(prog).decode() for prog in self._programs())
 
     def _load_only(self, programs: frozenset[str]) -> None:
         lib = _lib()
-        prog = lib.bpf_object__next_program(self._obj, None)
-        while prog:
+        for prog in self._programs():
             if lib.bpf_program__name(prog).decode() not in programs:
                 lib.bpf_program__set_autoload(prog, False)
-            prog = lib.bpf_object__next_program(self._obj, prog)
 
     def has_programs(self, programs: frozenset[str] | None) -> bool:
         """Whether ``programs`` (None: every one) were loaded, or refused
@@ -401,11 +403,9 @@ class BpfObject(MapAccess):
 
     def _map(self, suffix: str) -> int:
         lib = _lib()
-        m = lib.bpf_object__next_map(self._obj, None)
-        while m:
+        for m in self._items(lib.bpf_object__next_map):
             if (lib.bpf_map__name(m) or b"").decode().endswith(suffix):
                 return m
-            m = lib.bpf_object__next_map(self._obj, m)
         raise NotSupported(f"BPF object {self.name} has no map {suffix}")
 
     def map_fd(self, suffix: str) -> int:
@@ -427,12 +427,7 @@ class BpfObject(MapAccess):
         return self._each(lib.bpf_object__next_map, lib.bpf_map__name, lib.bpf_map__fd)
 
     def _each(self, next_of: Callable, name_of: Callable, fd_of: Callable) -> dict[str, int]:
-        found: dict[str, int] = {}
-        item = next_of(self._obj, None)
-        while item:
-            found[name_of(item).decode()] = fd_of(item)
-            item = next_of(self._obj, item)
-        return found
+        return {name_of(item).decode(): fd_of(item) for item in self._items(next_of)}
 
     def attach_iter(self, program: str, *, tid: int = 0, tgid: int = 0) -> BpfIterator:
         """Attach ``program`` (SEC("iter/...")) as an iterator link.
