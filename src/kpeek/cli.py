@@ -8,7 +8,6 @@ verb's module is imported.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import gc
@@ -18,6 +17,7 @@ import sys
 import types
 
 from kpeek import __version__, streams
+from kpeek.english_argparse import argparse
 from kpeek.errors import EXIT_INTERNAL, EXIT_UNSUPPORTED, EXIT_USAGE, KpeekError, os_reason
 
 # One line per verb: its module (imported only when that verb runs, so start-up
@@ -47,11 +47,6 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
-# argparse has gettext translate each message it makes, and each lookup
-# searches the disk for a catalog (importing locale first): 3.7 ms of every
-# start-up for six messages that no catalog translates. kpeek speaks English.
-argparse._ = str
-argparse.ngettext = lambda singular, plural, n: singular if n == 1 else plural
 
 
 class _LazyVerbs(argparse._SubParsersAction):

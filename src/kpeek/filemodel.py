@@ -8,7 +8,8 @@ these dataclasses; ``from kpeek.model import OpenFile`` still works.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+
+from kpeek.records import record
 
 # _RECORDS: the records a whole-system snapshot makes by the hundred thousand
 # (descriptors, open files, inodes, sockets, cwd/rtd/txt/mem rows) are plain
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 # source made them: derive with dataclasses.replace, as for the frozen rest.
 
 
-@dataclass(slots=True, unsafe_hash=True)  # see _RECORDS
+@record(slots=True, unsafe_hash=True)  # see _RECORDS
 class Inode:
     """An inode (the 'vnode table' entry), keyed by device and inode number."""
 
@@ -31,7 +32,7 @@ class Inode:
     address: int | None = None
 
 
-@dataclass(slots=True, unsafe_hash=True)  # see _RECORDS
+@record(slots=True, unsafe_hash=True)  # see _RECORDS
 class OpenFile:
     """An open file description: the offset and flags that descriptors share.
 
@@ -51,7 +52,7 @@ class OpenFile:
     address: int | None = None
 
 
-@dataclass(slots=True, unsafe_hash=True)  # see _RECORDS
+@record(slots=True, unsafe_hash=True)  # see _RECORDS
 class FileDescriptor:
     """One slot of a process's descriptor table."""
 
@@ -61,7 +62,7 @@ class FileDescriptor:
     open_file: str  # OpenFile.id
 
 
-@dataclass(slots=True, unsafe_hash=True)  # see _RECORDS
+@record(slots=True, unsafe_hash=True)  # see _RECORDS
 class Socket:
     """What a socket inode is: as ss(8) and lsof show it.
 
@@ -83,7 +84,7 @@ class Socket:
     netns: int | None = None  # inode of its network namespace, when known
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class FileLock:
     """A lock from /proc/locks, with the descriptor that owns it when known.
 
@@ -112,7 +113,7 @@ class FileLock:
         return letter.upper() if self.whole_file else letter
 
 
-@dataclass(slots=True, unsafe_hash=True)  # see _RECORDS
+@record(slots=True, unsafe_hash=True)  # see _RECORDS
 class ProcessFile:
     """A file a process holds without a descriptor: lsof's cwd, rtd, txt, mem rows."""
 

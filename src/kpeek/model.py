@@ -14,10 +14,12 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from functools import cached_property
 from itertools import groupby
 from operator import attrgetter
+
+from kpeek.records import record
 
 TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ STATE_NAMES: Mapping[str, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Namespace:
     """A namespace, identified by the inode number of /proc/PID/ns/<kind>."""
 
@@ -66,7 +68,7 @@ class Namespace:
         return f"{self.kind}:[{self.inode}]"
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Usage:
     """What ps shows besides ids: CPU time, memory, command line."""
 
@@ -80,7 +82,7 @@ class Usage:
 # Made by the thousand (a task each): a plain slotted dataclass, as the file
 # records (see kpeek.filemodel): frozen, its __init__ cost 27 ms of 5,000
 # tasks, plain 8 ms. Never changed once made all the same.
-@dataclass(slots=True, unsafe_hash=True)
+@record(slots=True, unsafe_hash=True)
 class Task:
     """A kernel task: a process (pid == tgid) or one of its threads.
 
@@ -127,7 +129,7 @@ class Task:
         return STATE_NAMES.get(self.state, "unknown")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Snapshot:
     """Everything one source saw at one moment.
 

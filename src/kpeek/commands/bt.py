@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 
 from kpeek import jsonout
 from kpeek.commands.common import add_json
 from kpeek.errors import NotPermitted, UsageError
 from kpeek.kernel.prstatus import prstatus_registers
 from kpeek.kernel.unwind import cpu_current_task, kernel_unwinder, task_cpu
+from kpeek.records import record
 from kpeek.render import text
 from kpeek.sources.proc_tasks import Vanished, read_stack
 from kpeek.targets import core_path, open_kernel
@@ -104,7 +104,7 @@ def _cpus_to_show(kernel, count: int) -> list[int]:
     return list(range(count))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Shown:
     """One stack to print: whose, and on which CPU when it came from its registers."""
 

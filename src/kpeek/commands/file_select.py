@@ -11,11 +11,11 @@ import os
 import pwd
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from kpeek.errors import UsageError
 from kpeek.lazyre import lazy
 from kpeek.model import Socket, Task
+from kpeek.records import record
 
 # lsof -i: [46][protocol][@hostname|hostaddr][:service|port[-port]]
 _INET_SPEC = lazy(  # compiled by the first -i, not by every kpeek files
@@ -24,7 +24,7 @@ _INET_SPEC = lazy(  # compiled by the first -i, not by every kpeek files
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Row:
     """A row to select on: a descriptor's or a cwd/rtd/txt/mem file."""
 

@@ -18,18 +18,19 @@ import dataclasses
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from operator import attrgetter
 
 from kpeek.diagnose.fdindex import index_of, socket_inode
 from kpeek.model import FileDescriptor, OpenFile, Snapshot, Socket, Task
+from kpeek.records import record
 from kpeek.sources.fdinfo_details import parse, read_fdinfo
 
 _PTS = re.compile(r"/dev/pts/(\d+)")
 _PTMX = ("/dev/ptmx", "/dev/pts/ptmx")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Wake:
     """The wakers of one wait on one descriptor."""
 

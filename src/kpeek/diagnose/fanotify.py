@@ -14,12 +14,13 @@ or when none covers it, to every group with a permission mark (inferred).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.diagnose.fdindex import index_of
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import syscall_target
 from kpeek.model import Task
+from kpeek.records import record
 from kpeek.sources.fdinfo_details import read_fdinfo
 from kpeek.sources.mounts import deepest_mount, read_mountinfo
 
@@ -29,7 +30,7 @@ PERMISSION_EVENTS = 0x10000 | 0x20000 | 0x40000 | 0x100000
 GROUP_PATH = "anon_inode:[fanotify]"
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Mark:
     mask: int
     ino: int | None = None  # an inode mark
@@ -37,13 +38,13 @@ class Mark:
     mnt_id: int | None = None  # a mount mark
 
 
-@dataclass
+@record
 class Group:
     holders: dict[int, list[int]] = field(default_factory=dict)  # tgid -> fds
     marks: list[Mark] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Target:
     """What is known of the file a waiter is opening or reading."""
 

@@ -11,12 +11,12 @@ inherited flock holders are found there.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from kpeek.diagnose.fdindex import index_of
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import inode_of_target, syscall_target
 from kpeek.model import Snapshot, Task
+from kpeek.records import record
 
 KIND_NAMES = {"FLOCK": "flock", "POSIX": "posix", "OFDLCK": "ofd", "LEASE": "lease",
               "DELEG": "lease"}
@@ -26,7 +26,7 @@ LOCK_WAITS = ("locks_lock_inode_wait", "flock_lock_inode_wait", "posix_lock_inod
               "locks_lock_file_wait", "flock")
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class FileLock:
     """One line of /proc/locks."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.diagnose.children import child_wait_edges
 from kpeek.diagnose.fanotify import fanotify_edges
@@ -31,6 +31,7 @@ from kpeek.diagnose.waits import general_edges, is_kernel_thread
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.sched import RunqueueClock
 from kpeek.model import Snapshot, Task
+from kpeek.records import record
 
 MAX_CYCLES = 200
 PIPE_LIKE = ("pipe", "child", "thread")
@@ -38,7 +39,7 @@ IO_WAITS = ("io_schedule", "folio_wait", "wait_on_page", "__folio_lock", "bit_wa
             "blk_", "submit_bio_wait", "wait_for_completion_io", "jbd2", "nfs_")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Deadlock:
     """A set of tasks that wait on each other in a circle; ``cycles`` are the
     elementary cycles through them (each a list of edges)."""
@@ -47,7 +48,7 @@ class Deadlock:
     cycles: tuple[tuple[WaitEdge, ...], ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HungTask:
     """A task in uninterruptible sleep (or stuck for good) and the chain of
     waits behind it, down to ``root``: what it ultimately waits for."""
@@ -60,7 +61,7 @@ class HungTask:
     fix: str | None = None  # what would release the root
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Culprit:
     tgid: int
     comm: str
@@ -68,7 +69,7 @@ class Culprit:
     relation: str | None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NeverEof:
     """A reader that waits on a pipe whose write end is held only by
     processes that themselves cannot go on."""
@@ -77,14 +78,14 @@ class NeverEof:
     culprits: tuple[Culprit, ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KernelReport:
     title: str
     kind: str
     line: int
 
 
-@dataclass
+@record
 class Diagnosis:
     graph: WaitGraph
     stuck: set[str]

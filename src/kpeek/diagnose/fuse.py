@@ -15,12 +15,13 @@ and are ignored when deciding whether the wait can end.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.diagnose.fdindex import index_of
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import proc_field, syscall_target
 from kpeek.model import Snapshot, Task
+from kpeek.records import record
 from kpeek.sources.mounts import deepest_mount, read_mountinfo
 
 FUSECTL = "/sys/fs/fuse/connections"
@@ -29,7 +30,7 @@ FUSE_WAITS = ("request_wait_answer", "fuse_wait_on_page_writeback", "fuse_wait_o
 IDLE_SERVER_WAITS = ("fuse_dev_do_read", "fuse_dev_read", "fuse_dev_poll", "futex")
 
 
-@dataclass
+@record
 class FuseConnection:
     number: int
     mountpoints: list[str] = field(default_factory=list)

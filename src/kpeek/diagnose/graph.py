@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.model import Snapshot, Task
+from kpeek.records import record
 
 
 def task_node(tid: int) -> str:
@@ -48,7 +49,7 @@ def is_task_or_proc(node: str) -> bool:
     return node.startswith(("task:", "proc:"))
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Root:
     """A node that cannot make progress by itself: a task stopped by a
     signal, stopped by its tracer, in a frozen cgroup, or stuck itself; a
@@ -61,7 +62,7 @@ class Root:
     by: int | None = None  # the tracer's pid, for "traced"
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class WaitEdge:
     """``waiter`` cannot go on until ``holder`` acts on ``resource``.
 
@@ -84,7 +85,7 @@ class WaitEdge:
     relation: str | None = None  # how the holder relates to it ("the write end held by")
 
 
-@dataclass
+@record
 class WaitGraph:
     """Edges over a snapshot's tasks, with what could not be seen."""
 

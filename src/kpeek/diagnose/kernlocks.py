@@ -24,12 +24,12 @@ offsets come from BTF; the flag masks below are #defines in the kernel
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from kpeek.diagnose.fdindex import index_of
 from kpeek.diagnose.graph import WaitEdge, WaitGraph, task_node
 from kpeek.kernel.program import Kernel
 from kpeek.model import Task
+from kpeek.records import record
 
 RWSEM_READER_OWNED = 1 << 0  # kernel/locking/rwsem.c
 RWSEM_OWNER_FLAGS_MASK = 0x3
@@ -59,7 +59,7 @@ INODE_LOCK_CALLERS = ("do_truncate", "fuse_file_write_iter", "generic_file_write
                       "btrfs_do_write_iter", "xfs_ilock", "notify_change")
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class LockWait:
     """What :func:`find_lock_wait` learned about one sleeping task."""
 

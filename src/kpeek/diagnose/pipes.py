@@ -11,12 +11,12 @@ a slow writer is not.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from kpeek.diagnose.fdindex import index_of
 from kpeek.diagnose.graph import Root, WaitEdge, WaitGraph, proc_node, task_node
 from kpeek.diagnose.procinfo import open_file_of, syscall_target
 from kpeek.model import FileDescriptor, Snapshot, Task
+from kpeek.records import record
 
 # Only anonymous pipes: anyone may still open a named FIFO for writing (and
 # daemons open their own FIFO O_RDWR on purpose, to wait for writers), so a
@@ -32,7 +32,7 @@ def is_pipe_reader(task: Task) -> bool:
     return "pipe_read" in top
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class PipeWait:
     """A reader, the pipe it reads and every descriptor holding its write end."""
 

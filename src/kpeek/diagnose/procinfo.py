@@ -12,10 +12,10 @@ import os
 import platform
 import threading
 import time
-from dataclasses import dataclass
 
 from kpeek.diagnose.fdindex import index_of
 from kpeek.model import Snapshot, Task
+from kpeek.records import record
 from kpeek.sources.proc_tasks import Vanished, parse_stat, read_bytes
 from kpeek.textsafe import decode
 
@@ -76,7 +76,7 @@ SYSCALL_NAMES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class SyscallTarget:
     """What a sleeping task's current system call works on."""
 

@@ -21,10 +21,10 @@ phase bits, the word's value); what is found is inferred, never certain.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from kpeek.diagnose.procinfo import read_user
 from kpeek.model import Task
+from kpeek.records import record
 
 MUTEX_LOCKED = (1, 2)  # glibc lowlevellock: locked, locked with waiters
 MUTEX_OWNER_OFFSET = 8  # struct __pthread_mutex_s: __lock, __count, __owner
@@ -37,7 +37,7 @@ _RWLOCK = struct.Struct("<6Ii")
 _RWLOCK_FUTEXES = ((8, 2, "read"), (12, 3, "write"))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UserLock:
     """A lock found around a futex word: its kind ("a pthread mutex"), the
     holder's tid as the lock records it, the field that says so, and

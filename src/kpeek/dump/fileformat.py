@@ -13,10 +13,11 @@ from __future__ import annotations
 import io
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.dump.vmcoreinfo import VmcoreInfo
 from kpeek.errors import NotSupported, UsageError
+from kpeek.records import record
 
 ELF_MAGIC = b"\x7fELF"
 KDUMP_MAGIC = b"KDUMP   "
@@ -31,14 +32,14 @@ _MACHINES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64", 21: "ppc64", 22
              243: "riscv64", 258: "loongarch64"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Note:
     name: str
     type: int
     desc: bytes
 
 
-@dataclass
+@record
 class DumpFile:
     """A dump's format, its notes and its VMCOREINFO (None when it has none)."""
 

@@ -11,10 +11,10 @@ SYMBOL values are run-time addresses (KASLR included); KERNELOFFSET is hex.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from kpeek.records import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VmcoreInfo:
     entries: dict[str, str]
 

@@ -9,17 +9,18 @@ keeps the decoding that lands exactly on the marked byte.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 
 import capstone
+
+from kpeek.records import record
 
 ARCHES = ("x86_64", "arm64", "arm-thumb", "arm")
 # How many leading bytes we may drop to find an instruction boundary.
 _MAX_LEFT_CUT = 8
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Instruction:
     """One decoded instruction. ``valid`` is False for bytes that do not decode."""
 
@@ -87,7 +88,7 @@ def disassemble(code: bytes, address: int,
     return out
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Listing:
     """Instructions around a faulting one; ``fault_index`` points at it."""
 

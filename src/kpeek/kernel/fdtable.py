@@ -8,15 +8,14 @@ became ``f_ref`` in 6.13) are found by name in BTF.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from kpeek.kernel.layout import Layout
 from kpeek.kernel.program import Kernel
+from kpeek.records import record
 
 MAX_FDS = 1 << 22  # a bound on one table's size (NR_OPEN is 1 << 20 by default)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class FileFacts:
     """What a struct file and its inode say (addresses raw)."""
 

@@ -12,10 +12,9 @@ are read once per resolver.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from kpeek.kernel.layout import Layout
 from kpeek.kernel.program import Kernel
+from kpeek.records import record
 from kpeek.textsafe import decode
 
 MAX_DEPTH = 4096  # path components and mount crossings together
@@ -26,7 +25,7 @@ class PathError(ValueError):
     """A dentry or mount chain that makes no sense (a loop, a bad name length)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Dentry:
     parent: int
     name: bytes

@@ -20,9 +20,10 @@ Layouts are the kernel's: ``struct list_head { next; prev; }``,
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.kernel.memory import KernelMemory, MemoryReadError
+from kpeek.records import record
 
 # include/linux/poison.h: 0x100/0x122 + POISON_POINTER_DELTA (0xdead000000000000
 # on x86-64 and arm64, CONFIG_ILLEGAL_POINTER_VALUE).
@@ -44,7 +45,7 @@ MAX_REACHED = "max-reached"
 CORRUPTION_KINDS = (CYCLE, BROKEN_BACKLINK, POISON, SELF_LOOP, UNREADABLE)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ListFinding:
     """Why a walk stopped early.
 
@@ -64,7 +65,7 @@ class ListFinding:
         return self.kind in CORRUPTION_KINDS
 
 
-@dataclass
+@record
 class ListWalk:
     """The result of a walk: nodes in order and, if it stopped early, why.
 

@@ -4,10 +4,10 @@ import nothing of the memory layer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from kpeek.records import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LogRecord:
     """A record: its sequence number, time, level, facility, caller, text
     and the SUBSYSTEM/DEVICE dictionary entries /dev/kmsg gives."""

@@ -11,13 +11,14 @@ answered by BTF; the two fallbacks below are for types BTF may omit.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.kernel.btf import UnknownMember, UnknownType
 from kpeek.kernel.memory import MemoryReadError
 from kpeek.kernel.objects import Object, ObjectError
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.symbols import Kallsyms
+from kpeek.records import record
 
 MODULE_REF_BASE = 1
 # TAINT_* bit -> letter (include/linux/panic.h, taint_flags[] in kernel/panic.c)
@@ -30,7 +31,7 @@ _ELF64_SYM = {"st_name": (0, 4), "st_info": (4, 1), "st_value": (8, 8), "st_size
 MAX_MODULE_SYMBOLS = 1 << 20
 
 
-@dataclass
+@record
 class Module:
     """One loaded module. Ranges are (start, end) address pairs, end exclusive."""
 
@@ -237,7 +238,7 @@ def last_unloaded(kernel: Kernel) -> str | None:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Holder:
     """An open file whose ``f_op->owner`` is a module: who holds it, on which fd."""
 

@@ -11,11 +11,10 @@ UNDEFINED and END_OF_STACK, plus ``signal``): both are handled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from kpeek.kernel.btf import Btf, Type, UnknownType
 from kpeek.kernel.memory import KernelMemory, MemoryReadError
 from kpeek.kernel.objects import Object
+from kpeek.records import record
 
 # ORC_REG_* (arch/x86/include/asm/orc_types.h, unchanged since 4.14)
 REG_UNDEFINED, REG_PREV_SP, REG_DX, REG_DI, REG_BP, REG_SP = 0, 1, 2, 3, 4, 5
@@ -30,7 +29,7 @@ _TYPES_NEW = {0: UNDEFINED, 1: END, 2: CALL, 3: REGS, 4: REGS_PARTIAL}
 _CHUNK = 1 << 14  # bytes of the ip table read at a time
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class OrcEntry:
     """How to find the caller's frame from an address: see unwind_next_frame()."""
 

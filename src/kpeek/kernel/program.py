@@ -12,7 +12,7 @@ Openers for each live in :mod:`kpeek.targets`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Protocol
 
 from kpeek.errors import UsageError
@@ -21,6 +21,7 @@ from kpeek.kernel.lists import DEFAULT_MAX, ListWalk, walk_hlist, walk_list
 from kpeek.kernel.memory import KernelMemory
 from kpeek.kernel.objects import Object, as_type, container_of
 from kpeek.kernel.symbols import Kallsyms
+from kpeek.records import record
 
 
 class TaskIndex(Protocol):
@@ -31,7 +32,7 @@ class TaskIndex(Protocol):
         ...
 
 
-@dataclass
+@record
 class Kernel:
     """A kernel: its BTF ``types``, its ``symbols`` and its ``memory``.
 

@@ -11,13 +11,14 @@ free pointer is ``ptr ^ random ^ swab(address it is stored at)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.errors import NotSupported
 from kpeek.kernel.btf import UnknownMember, UnknownType
 from kpeek.kernel.memory import MemoryReadError
 from kpeek.kernel.objects import Object
 from kpeek.kernel.program import Kernel
+from kpeek.records import record
 
 PAGE_SHIFT = 12  # x86-64
 OO_SHIFT = 16  # kmem_cache_order_objects: order above, objects below
@@ -28,7 +29,7 @@ def swab64(value: int) -> int:
     return int.from_bytes(value.to_bytes(8, "little"), "big")
 
 
-@dataclass
+@record
 class Cache:
     """One slab cache (``struct kmem_cache``)."""
 
@@ -43,7 +44,7 @@ class Cache:
     slabs: int | None = None
 
 
-@dataclass
+@record
 class Where:
     """What an address is: a slab object (``cache`` set) or some other page."""
 

@@ -22,9 +22,9 @@ import itertools
 import operator
 import os
 import re
-from dataclasses import dataclass
 
 from kpeek.errors import NotPermitted, NotSupported
+from kpeek.records import record
 
 KALLSYMS = "/proc/kallsyms"
 # A line whose address is not all zeros (none when the kernel hides them).
@@ -33,7 +33,7 @@ _NONZERO_ADDRESS = re.compile(r"^0*[1-9a-f]", re.M)
 _LINE = re.compile(r"^([0-9a-fA-F]+) (\S) (\S+)(?:\s+\[(\S+)\])?[ \t]*$", re.M)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Symbol:
     """One kernel symbol. ``size`` is 0 when unknown (the last symbol)."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.errors import NotSupported
 from kpeek.kernel.logrecord import LogRecord
@@ -19,12 +19,13 @@ from kpeek.kernel.memory import MemoryReadError
 from kpeek.kernel.modules import taint_letters
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.sched import RunqueueClock
+from kpeek.records import record
 
 # panic()'s own line; its closing "---[ end Kernel panic - ... ]---" is not at a line start
 PANIC_LINE = re.compile(r"^Kernel panic - not syncing: (.*)$", re.M)
 
 
-@dataclass
+@record
 class SysInfo:
     release: str
     version: str
@@ -90,8 +91,8 @@ def sys_info(kernel: Kernel, log: list[LogRecord] | None = None,
         notes.append(f"uptime unknown: {e}")
     panic_cpu = _u(kernel, "panic_cpu", 4, signed=True)
     message = None
-    for record in reversed(log or []):
-        found = PANIC_LINE.search(record.text)
+    for entry in reversed(log or []):
+        found = PANIC_LINE.search(entry.text)
         if found:
             message = found[1].strip()
             break

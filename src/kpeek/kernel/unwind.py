@@ -13,19 +13,20 @@ are marked unreliable (printed with ``?``, as the kernel does).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.kernel import orc
 from kpeek.kernel.memory import MemoryReadError
 from kpeek.kernel.objects import Object
 from kpeek.kernel.program import Kernel
+from kpeek.records import record
 
 THREAD_SIZE = 16 << 10  # x86-64 kernel stacks (KASAN kernels double it)
 MAX_FRAMES = 128
 _MASK = (1 << 64) - 1
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Frame:
     """One return address on a stack; ``reliable`` False for scanned guesses."""
 
@@ -34,14 +35,14 @@ class Frame:
     reliable: bool = True
 
 
-@dataclass
+@record
 class Stack:
     frames: list[Frame] = field(default_factory=list)
     complete: bool = False  # reached the end of the stack (or user mode)
     note: str = ""  # why the unwind stopped early, when it did
 
 
-@dataclass
+@record
 class _State:
     ip: int
     sp: int

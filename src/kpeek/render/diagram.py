@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.errors import UsageError
 from kpeek.model import OpenFile, Snapshot, Task
+from kpeek.records import record
 from kpeek.render import dot
 from kpeek.render.diagram_pipes import PIPE_TYPES, BlockingEnd, blocking_write_ends
 from kpeek.render.fdfacts import lock_text, socket_name, summary
@@ -53,7 +54,7 @@ _TYPE_COLOURS = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Marks:
     """What to emphasise in one drawing (used by trace to show a step's changes).
 

@@ -26,14 +26,14 @@ Precisely, for one pipe (or FIFO) inode P in a snapshot:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from kpeek.model import FileDescriptor, Snapshot
+from kpeek.records import record
 
 PIPE_TYPES = ("pipe", "fifo")
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class BlockingEnd:
     """A write-end descriptor that keeps ``readers`` from end-of-file."""
 

@@ -11,11 +11,11 @@ import os
 import pwd
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 
 from kpeek.ids import show_pointer
 from kpeek.model import Task
+from kpeek.records import record
 
 TYPE_CHECKING = False  # typing itself costs 3 ms of every start-up
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Clock:
     """What the time columns need: now, boot time, total memory."""
 
@@ -119,7 +119,7 @@ def _num(value: float | None, fmt: str = "{:.1f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Column:
     """One ps column: its header, its text for a task, its sort key, its JSON name."""
 

@@ -14,9 +14,9 @@ of its first line, which is how interleaved output is separated.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from kpeek.lazyre import lazy
+from kpeek.records import record
 from kpeek.reports.symbolized import undecoded
 
 # Longer lines are cut: nothing in a report needs more, and it bounds the
@@ -54,7 +54,7 @@ _QUESTIONABLE = lazy(r"(\[<[0-9a-f]+>\])? \? ")
 
 
 # Not frozen: a frozen dataclass's __init__ costs 2.5x, once per log line.
-@dataclass(slots=True, unsafe_hash=True)
+@record(slots=True, unsafe_hash=True)
 class ConsoleLine:
     """One log line reduced to its message.
 

@@ -10,10 +10,10 @@ the work is linear in the report size.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 
 from kpeek.lazyre import lazy
+from kpeek.records import record
 from kpeek.reports.demangle import demangle
 from kpeek.reports.patterns import PARSE_STACK, Format, ReportKind, StackSpec
 from kpeek.reports.table import (
@@ -34,7 +34,7 @@ FORMAT_CORRUPTED = "only a fragment of a report (its header was lost)"
 MAX_TITLE = 120
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Description:
     """What the table says about one report."""
 

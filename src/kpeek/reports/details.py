@@ -8,9 +8,10 @@ flag means) are hints for the reader and say so.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.lazyre import lazy
+from kpeek.records import record
 from kpeek.reports.console import ConsoleLine
 from kpeek.reports.demangle import demangle
 
@@ -174,7 +175,7 @@ _MARKER = lazy(r"^\s*(</?(?:IRQ|TASK|NMI|EOI|SOFTIRQ)>)\s*$")
 
 # Not frozen: a frozen dataclass's __init__ costs 2.5x (a log has thousands
 # of frames); hashable all the same, and never changed after parsing.
-@dataclass(slots=True, unsafe_hash=True)
+@record(slots=True, unsafe_hash=True)
 class Frame:
     """One call-trace entry. ``reliable`` is False for '?' frames (stale stack words)."""
 
@@ -191,7 +192,7 @@ class Frame:
     inline: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CodeBytes:
     """The ``Code:`` bytes around the faulting instruction.
 
@@ -204,7 +205,7 @@ class CodeBytes:
     arch: str
 
 
-@dataclass
+@record
 class Details:
     """Facts from a report's lines (all optional: reports differ)."""
 

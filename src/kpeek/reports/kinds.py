@@ -9,7 +9,7 @@ kept separately as the report's *detector*, the access direction as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from kpeek.records import record
 
 KINDS: dict[str, str] = {
     "use-after-free": "memory used after it was freed",
@@ -36,7 +36,7 @@ KINDS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Classification:
     """Kind, detector and access direction of a report."""
 

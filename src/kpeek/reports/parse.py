@@ -10,9 +10,10 @@ characters per line), so any input finishes in time linear in its size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.lazyre import lazy
+from kpeek.records import record
 from kpeek.reports.console import CONSOLE_CONTEXT, MAX_LINE, ConsoleLine, split_line
 from kpeek.reports.describe import corruption, describe, normalize_title
 from kpeek.reports.details import Details, extract_details
@@ -43,7 +44,7 @@ _CONSOLE_HANGUP = "serialport: VM disconnected."
 _GUILTY_FRAME = lazy(r".* in ((?:<[a-zA-Z0-9_: ]+>)?[a-zA-Z0-9_:]+)")
 
 
-@dataclass
+@record
 class Report:
     """One kernel report found in a log.
 
@@ -74,7 +75,7 @@ class Report:
     resume_offset: int = field(default=0, repr=False, compare=False)
 
 
-@dataclass
+@record
 class ParseResult:
     """Reports of a log, and whether parsing stopped early (``truncated``)."""
 
@@ -250,7 +251,7 @@ def _next_start(log: _Log, scanner: MarkerScanner, pos: int) -> tuple[int, Repor
     return None
 
 
-@dataclass
+@record
 class _Scan:
     """The lines that belong to one report, as found by :func:`_scan`."""
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.lazyre import lazy
+from kpeek.records import record
 
 # Shorthands used inside table patterns.
 _EXPAND = {
@@ -50,7 +51,7 @@ StackPart = re.Pattern[str] | _ParseStack
 FrameChooser = Callable[[list[str]], tuple[str, int]]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StackSpec:
     """How to find the guilty frame of one report format.
 
@@ -67,7 +68,7 @@ class StackSpec:
     chooser: FrameChooser | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Step:
     """One line of a multi-line report pattern: must match a later line."""
 
@@ -75,7 +76,7 @@ class Step:
     same_line: bool = False  # may match on the same line as the previous step
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Format:
     """One title format of a report kind.
 
@@ -96,7 +97,7 @@ class Format:
     corrupted: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ReportKind:
     """All formats that share one start marker (e.g. ``BUG:``)."""
 

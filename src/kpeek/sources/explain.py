@@ -9,12 +9,12 @@ last word), and the kernel's own BTF says which fields and helpers it has
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from kpeek.errors import KpeekError
+from kpeek.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class FactSource:
     """One kind of fact and where kpeek gets it here (``source`` is
     "unavailable" when it cannot, and ``why`` says what is missing)."""
@@ -24,7 +24,7 @@ class FactSource:
     why: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class KernelFeatures:
     """What the running kernel offers kpeek (from loading and from BTF)."""
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
+from kpeek.records import record
 from kpeek.sources.proc_tasks import Vanished, read_bytes
 from kpeek.textsafe import decode
 
@@ -34,7 +34,7 @@ _SERVED_BY_USER_SPACE = ("fuse", "fuseblk")
 _OWN_INODE_NUMBERS = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs", "devtmpfs", "ramfs"})
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class MountEntry:
     """One line of /proc/PID/mountinfo."""
 
@@ -98,7 +98,7 @@ def _unescape(field: bytes) -> str:
     return decode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field))
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Mount:
     """A mounted file system: its device and type (from mountinfo)."""
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
-from dataclasses import dataclass
+
+from kpeek.records import record
 
 AT_FDCWD = -100
 AT_STATX_DONT_SYNC = 0x4000
@@ -29,7 +30,7 @@ _LAYOUT = struct.Struct("=16xI8xH2xQQ88xII")
 _Buffer = ctypes.c_char * 256
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Stat:
     """What kpeek needs of a stat: device, inode number, mode, links, size."""
 

@@ -7,12 +7,13 @@ namespace of the calling thread, and give pids in kpeek's own pid namespace.
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+
+from kpeek.records import record
 
 GETPID, GETVAL = 11, 12
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class MessageQueue:
     """One queue's row of /proc/sysvipc/msg."""
 
@@ -24,7 +25,7 @@ class MessageQueue:
     last_receiver: int
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Semaphore:
     value: int
     last_pid: int  # the process that changed it last (semop, SETVAL, an undo at exit)

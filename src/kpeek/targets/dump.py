@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from kpeek.dump.fileformat import DumpFile, identify
 from kpeek.dump.kallsyms import decode_kallsyms
 from kpeek.dump.memory import DumpMemory
@@ -19,9 +17,10 @@ from kpeek.dump.vmlinux import vmlinux_btf, vmlinux_symbols
 from kpeek.errors import NotSupported
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.tasks import WalkedTaskIndex
+from kpeek.records import record
 
 
-@dataclass
+@record
 class DumpKernel(Kernel):
     """A kernel read from a dump; ``core`` is the file with its notes and VMCOREINFO."""
 

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.model import OpenFile, Snapshot
+from kpeek.records import record
 from kpeek.render.diagram import Marks
 from kpeek.render.diagram_pipes import blocking_write_ends
 from kpeek.textsafe import for_terminal
 from kpeek.trace.tracer import Step
 
 
-@dataclass
+@record
 class StepView:
     """A step with its open files named and its changes spelled out."""
 

@@ -11,9 +11,9 @@ import ctypes
 import ctypes.util
 import errno
 import os
-from dataclasses import dataclass
 
 from kpeek.errors import NotPermitted, NotSupported
+from kpeek.records import record
 
 PTRACE_TRACEME = 0
 PTRACE_CONT = 7
@@ -79,7 +79,7 @@ class _SyscallInfo(ctypes.Structure):
     ]
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class SyscallStop:
     """What PTRACE_GET_SYSCALL_INFO says at a syscall stop."""
 

@@ -17,10 +17,11 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.errors import KpeekError, UsageError
 from kpeek.model import Snapshot
+from kpeek.records import record
 from kpeek.sources import procfs
 from kpeek.sources.proc_tasks import Vanished, parse_status, read_bytes
 from kpeek.trace import ptrace, syscalls
@@ -29,7 +30,7 @@ from kpeek.trace.ptrace import TraceeGone
 DEFAULT_MAX_STEPS = 10000
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Step:
     """One recorded moment: a syscall (or start/exit) and the tables after it."""
 
@@ -56,7 +57,7 @@ class Step:
         return self.result is not None and self.result < 0
 
 
-@dataclass
+@record
 class Trace:
     command: list[str]
     steps: list[Step] = field(default_factory=list)
@@ -69,7 +70,7 @@ class _Timeout(Exception):
     pass
 
 
-@dataclass
+@record
 class _Pending:
     name: str
     raw: tuple[int, ...]

@@ -120,7 +120,7 @@ def _read_ids(dir_fd: int, file: str) -> dict[str, int]:
     fd = cachedir.open_private(dir_fd, file)
     if fd is None:
         return {}
-    with open(fd, encoding="ascii", errors="replace") as f:
+    with open(fd, encoding="utf-8", errors="replace") as f:
         lines = f.read(1 << 16).splitlines()
     known = {}
     for line in lines:
@@ -131,6 +131,6 @@ def _read_ids(dir_fd: int, file: str) -> dict[str, int]:
 
 
 def _write(path: str, text: str) -> bool:
-    with open(path, "w", encoding="ascii") as f:
+    with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return True

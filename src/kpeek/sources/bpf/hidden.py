@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from kpeek.errors import KpeekError, NotPermitted
+from kpeek.records import record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ def hidden_pids(candidates: Iterable[int], seen: set[int]) -> list[int]:
     return sorted(p for p in set(candidates) - seen if os.path.exists(f"/proc/{p}"))
 
 
-@dataclass
+@record
 class Merged:
     """What /proc gave of the processes the iterators did not visit."""
 

@@ -89,7 +89,7 @@ def _may_load_bpf() -> bool:
     CAP_PERFMON, or CAP_SYS_ADMIN). Pins answer to file permissions alone:
     root stripped of them could use kept programs, which kpeek must not do."""
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open("/proc/self/status", encoding="utf-8") as f:
             eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
     except (OSError, StopIteration, ValueError):
         return False
@@ -111,7 +111,7 @@ def _manifest_sha() -> dict[str, str]:
     needs this): build.py writes the file with sorted keys, one per line,
     ``"name": {`` then its ``"object": "<hex>"`` line."""
     try:
-        with open(_MANIFEST, encoding="ascii") as f:
+        with open(_MANIFEST, encoding="utf-8") as f:
             lines = [line.strip() for line in f]
     except (OSError, ValueError):
         return {}
@@ -135,7 +135,7 @@ def _clean(text: str) -> str:
 def key_names() -> dict[str, str]:
     """The key directory name of each shipped object on this kernel and boot."""
     try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+        with open("/proc/sys/kernel/random/boot_id", encoding="utf-8") as f:
             boot = f.read().strip()
     except OSError:
         return {}

@@ -9,7 +9,6 @@ and namespaces.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from kpeek.kernel.layout import Layout
 from kpeek.kernel.memory import MemoryReadError
@@ -17,6 +16,7 @@ from kpeek.kernel.pids import PidReader
 from kpeek.kernel.program import Kernel
 from kpeek.kernel.sched import state_letter
 from kpeek.model import Namespace, Task
+from kpeek.records import record
 from kpeek.textsafe import decode
 
 # /proc/PID/stat counts start_time in USER_HZ ticks.
@@ -36,7 +36,7 @@ PF_KTHREAD = 0x00200000
 TASK_COMM_SHOWN = 63  # /proc's 64-byte buffer for a task's name
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class RawTask:
     """The task_struct fields the walk uses, raw."""
 
