@@ -539,18 +539,31 @@ def test_a_snapshot_without_files_loads_the_task_program_alone(private_loads) ->
         assert loaded._objects["snapshot"].only == {*four, "lock_layout"}
         last = bpf.take_snapshot(pids, files=False)  # that object serves it
         assert loaded._objects["snapshot"].only == {*four, "lock_layout"}
-        # the whole system: loaded again whole, with the maps it declares
+        # the whole system: loaded again whole, its "seen" marks with room
+        # for twice this machine's open files (a power of two, at most as built)
+        before = _open_files()
         whole = bpf.take_snapshot(None)
+        after = _open_files()
         assert loaded._objects["snapshot"].only is None
-        assert _max_entries(loaded._objects["snapshot"]) == {
-            "seen_files": 1 << 18, "seen_mapped": 1 << 16, "wanted": 65536}
+        sized = _max_entries(loaded._objects["snapshot"])
+        for name, built in (("seen_files", 1 << 18), ("seen_mapped", 1 << 16)):
+            room = sized[name]
+            assert room & (room - 1) == 0 and 1 << 12 <= room <= built, sized
+            fewest, most = min(before, after), max(before, after)
+            assert min(built, 2 * fewest) <= room <= max(1 << 12, 4 * most), (sized, fewest)
+        assert sized["wanted"] == 65536
         bpf.take_snapshot(pids)  # and that object serves a few processes too
-        assert _max_entries(loaded._objects["snapshot"])["seen_files"] == 1 << 18
+        assert _max_entries(loaded._objects["snapshot"]) == sized
     assert tasks_only.tasks == again.tasks == with_files.tasks == last.tasks
     assert {t.tgid for t in tasks_only.tasks} == set(pids) and not tasks_only.fds
     assert {d.tgid for d in with_files.fds} == set(pids)
     assert {d.tgid for d in whole.fds} >= set(pids)
     assert not fallback and all(any(r.kind == "cwd" for r in rows[p]) for p in pids)
+
+
+def _open_files() -> int:
+    with open("/proc/sys/fs/file-nr") as f:
+        return int(f.read().split()[0])
 
 
 def _max_entries(obj) -> dict[str, int]:

@@ -155,6 +155,7 @@ def _lib() -> ctypes.CDLL:
         "bpf_map__fd": (ci, [vp]),
         "bpf_map__value_size": (cu, [vp]),
         "bpf_map__set_max_entries": (ci, [vp, cu]),
+        "bpf_map__max_entries": (cu, [vp]),
         "bpf_object__next_program": (vp, [vp, vp]),
         "bpf_program__name": (ctypes.c_char_p, [vp]),
         "bpf_program__set_autoload": (ci, [vp, ctypes.c_bool]),
@@ -261,7 +262,7 @@ class BpfObject(MapAccess):
         """``programs``: load (and have the kernel verify) only these, not
         every program in the object; None: all of them. ``map_sizes``: maps
         made with fewer entries than the object declares (the kernel
-        allocates a hash map's every entry up front). ``core_btf``:
+        allocates an LRU map's every entry up front); never more. ``core_btf``:
         the BTF file to relocate against (coretarget.py), else the kernel's.
         ``iter_ids``: the BTF ids of iterator targets (coretarget.py), given
         the targets' names; then libbpf need not read the kernel's BTF at all
@@ -303,7 +304,8 @@ class BpfObject(MapAccess):
                 if self.only is not None:
                     self._load_only(self.only)
                 for m, entries in (map_sizes or {}).items():
-                    lib.bpf_map__set_max_entries(self._map(m), entries)
+                    made = self._map(m)
+                    lib.bpf_map__set_max_entries(made, min(entries, lib.bpf_map__max_entries(made)))
                 if iter_ids is not None:
                     hinted = self._hint_iter_targets(iter_ids)
                 try:

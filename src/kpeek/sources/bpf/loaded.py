@@ -53,12 +53,13 @@ def bpf_object(name: str, programs: Iterable[str] | None = None, few: bool = Fal
             if obj is not None:
                 _objects[name] = obj
                 return obj
-        if wanted is not None and not kept.will_publish(name):
+        private = not kept.will_publish(name)
+        if wanted is not None and private:
             if obj is not None and obj.only is not None:
                 wanted |= obj.only  # what it ran before, and this
-        else:
+        elif not private:
             wanted, few = None, False  # kept for others: whole, full-sized
-        fresh, data = _load(name, wanted, few)
+        fresh, data = _load(name, wanted, few, private)
         if few:
             _few.add(name)
         else:
@@ -73,11 +74,13 @@ def bpf_object(name: str, programs: Iterable[str] | None = None, few: bool = Fal
 
 
 def _load(
-    name: str, programs: frozenset[str] | None = None, few: bool = False
+    name: str, programs: frozenset[str] | None = None, few: bool = False,
+    private: bool = False,
 ) -> tuple[BpfObject, bytes]:
-    """A private load with libbpf (CO-RE relocation, the verifier) of
-    ``programs`` (None: all), with maps sized for a ``few`` processes or
-    for all, and the object's bytes."""
+    """A load with libbpf (CO-RE relocation, the verifier) of ``programs``
+    (None: all), with maps sized for a ``few`` processes, for this machine's
+    open files (``private``: for this process alone) or for any, and the
+    object's bytes."""
     if not os.path.exists(VMLINUX_BTF):
         raise NotSupported(
             f"the kernel has no BTF ({VMLINUX_BTF}), which BPF CO-RE needs; it "
@@ -87,7 +90,7 @@ def _load(
     from kpeek.sources.bpf.coretarget import iter_btf_ids, target_btf
     from kpeek.sources.bpf.libbpf import BpfObject
 
-    sizes = dict(_FEW_ENTRIES.get(name, {})) if few else {}
+    sizes = dict(_FEW_ENTRIES.get(name, {}) if few else _machine_entries(name) if private else {})
     if programs is not None:
         sizes.update((m, 1) for m, user in _MAP_USERS.get(name, {}).items() if user not in programs)
     core = target_btf(name, data, _object_path(name))
@@ -109,6 +112,22 @@ _MAP_USERS = {
                  "seen_mapped": "snapshot_maps"},
 }
 _FEW_ENTRIES = {"snapshot": {"seen_files": 1 << 12, "seen_mapped": 1 << 12}}
+
+
+def _machine_entries(name: str) -> dict[str, int]:
+    """The "seen" marks of a private whole-system load, sized for this
+    machine: room for twice the struct files it has now (/proc/sys/fs/
+    file-nr), a power of two, at least _FEW_ENTRIES' (never more than
+    built). An object kept for others keeps the built size: 262,144
+    entries of seen_files take the kernel 9 ms to make, where 2,000 open
+    files need 4,096."""
+    try:
+        with open("/proc/sys/fs/file-nr", "rb") as f:
+            files = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return {m: max(few, 1 << (2 * files - 1).bit_length())
+            for m, few in _FEW_ENTRIES.get(name, {}).items()}
 
 
 @contextlib.contextmanager
