@@ -357,6 +357,29 @@ def test_whole_system_snapshot_misses_no_process() -> None:
     assert b.source == "bpf"
 
 
+def test_a_failure_while_decoding_is_the_error_told_not_the_readers(monkeypatch) -> None:
+    """A whole-system snapshot that fails while this thread decodes raises
+    that failure, not one of its reader threads', and leaves none reading."""
+    import threading
+
+    from kpeek.sources.bpf import procfiles
+    from kpeek.sources.bpf import snapshot as bpf
+
+    def rows_fail(*args):
+        raise RuntimeError("the rows thread failed too")
+
+    def decoding_fails(*args):
+        raise ValueError("decoding failed")
+
+    monkeypatch.setattr(procfiles, "read_parts", rows_fail)
+    monkeypatch.setattr(bpf, "_task_records", decoding_fails)
+    with pytest.raises(ValueError, match="decoding failed"):
+        bpf.take_snapshot(None, process_files=True)
+    assert not [t for t in threading.enumerate() if t.name == "kpeek-reader"]
+    monkeypatch.undo()  # and the next snapshot is whole
+    assert bpf.take_snapshot(None, process_files=True).process_files
+
+
 def test_hostile_names_arrive_byte_for_byte(tmp_path) -> None:
     """comm and path bytes (escapes, newline, invalid UTF-8) come through
     the BPF records unchanged, as /proc gives them."""

@@ -268,13 +268,17 @@ class _Readers:
             self._files.join()
             raise
 
+    def join(self) -> None:
+        """Wait for both threads, whatever they raised."""
+        for reader in (self._files, self._rows):
+            if reader is not None:
+                reader.join()
+
     def rows(self) -> Any:
         """procfiles.read_process_parts' answer, once both threads are done;
         None without ``rows`` or where this kernel refused their programs
         (fdfacts then reads the rows from /proc)."""
-        for reader in (self._files, self._rows):
-            if reader is not None:
-                reader.join()
+        self.join()
         self._files.result()
         try:
             return self._rows.result() if self._rows else None
@@ -415,8 +419,11 @@ def take_snapshot(
             tasks.sort(key=lambda t: (t.tgid, t.pid != t.tgid, t.pid))
             if not in_order:
                 fds.sort(key=lambda d: (d.tgid, d.fd))
-        finally:
-            parts = reader.rows() if reader else None  # never left reading
+        except BaseException:
+            if reader:  # never left reading; what went wrong here is the error
+                reader.join()
+            raise
+        parts = reader.rows() if reader else None
     # A process that forked between the task walk and the file walk has
     # descriptors but no task: left out and counted (see consistent.py).
     table: Sequence[ProcessFile] = ()
