@@ -47,8 +47,6 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
-
-
 class _LazyVerbs(argparse._SubParsersAction):
     """Subcommands known by name and help line only until chosen: only then is
     the verb's module imported and its parser built (building a parser for

@@ -57,8 +57,8 @@ def bpf_object(name: str, programs: Iterable[str] | None = None, few: bool = Fal
         if wanted is not None and private:
             if obj is not None and obj.only is not None:
                 wanted |= obj.only  # what it ran before, and this
-        elif not private:
-            wanted, few = None, False  # kept for others: whole, full-sized
+        else:  # kept for others, or asked for whole: whole, not sized for a few
+            wanted, few = None, False
         fresh, data = _load(name, wanted, few, private)
         if few:
             _few.add(name)
@@ -90,7 +90,12 @@ def _load(
     from kpeek.sources.bpf.coretarget import iter_btf_ids, target_btf
     from kpeek.sources.bpf.libbpf import BpfObject
 
-    sizes = dict(_FEW_ENTRIES.get(name, {}) if few else _machine_entries(name) if private else {})
+    if few:
+        sizes = dict(_FEW_ENTRIES.get(name, {}))
+    elif private:
+        sizes = _machine_entries(name)
+    else:
+        sizes = {}
     if programs is not None:
         sizes.update((m, 1) for m, user in _MAP_USERS.get(name, {}).items() if user not in programs)
     core = target_btf(name, data, _object_path(name))

@@ -696,7 +696,7 @@ int snapshot_roots(struct bpf_iter__task *ctx)
  * sent for that process, in this run, as seen_mapped would. */
 struct last_mapped {
 	__u64 file;
-	__u32 generation, tgid;
+	struct mapped_seen seen;
 };
 
 struct {
@@ -731,22 +731,21 @@ int snapshot_maps(struct bpf_iter__task_vma *ctx)
 	if (!file)
 		return 0;
 	now.generation = snap_args.generation;
+	now.tgid = rec.tgid;
 	fresh = BPF_CORE_READ(seq, count) == 0;
 	prev = bpf_map_lookup_elem(&last_vma, &zero);
 	if (!prev)
 		return 0;
 	/* fresh (count == 0): perhaps shown again, see below. */
-	if (!fresh && prev->file == (__u64)file && prev->tgid == rec.tgid &&
-	    prev->generation == now.generation)
+	if (!fresh && prev->file == (__u64)file && prev->seen.tgid == now.tgid &&
+	    prev->seen.generation == now.generation)
 		return 0; /* the vma before was of this file, and sent */
 	if (named_anon_shmem(named))
 		return 0;
 	rec.kind = PF_MEM;
 	rec.file = (__u64)file;
-	now.tgid = rec.tgid;
 	prev->file = rec.file;
-	prev->tgid = rec.tgid;
-	prev->generation = now.generation;
+	prev->seen = now;
 	last = bpf_map_lookup_elem(&seen_mapped, &rec.file);
 	/* count == 0: perhaps a record that did not fit the last buffer and is
 	 * shown again: send it whole (see snapshot_files). */
