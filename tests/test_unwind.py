@@ -4,6 +4,7 @@ the kernel's own unwinder (/proc/PID/stack) for real sleeping tasks here."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -48,14 +49,17 @@ def switches(tid: int) -> tuple[int, int]:
     return int(counts["voluntary_ctxt_switches"]), int(counts["nonvoluntary_ctxt_switches"])
 
 
-def settled(tid: int, unwind, tries: int = 50):
+def settled(tid: int, kernel: Kernel, unwind, tries: int = 50):
     """The kernel's stack and ours for a task that did not run across both
     reads: a thread may still be on its way into its wait, or wake for a
     moment (a signal, a preemption on its way back to user mode) and sleep
-    again in the same place, and its stack changes under us."""
+    again in the same place, and its stack changes under us. Each try rereads
+    kernel memory: the reader caches pages, and a retry that unwound the
+    cached stack of the first try would compare an old stack with a new one."""
     for _ in range(tries):
         ran = switches(tid)
         before = proc_stack(tid)
+        kernel.reread()
         stack = unwind(tid)
         if before and proc_stack(tid) == before and switches(tid) == ran:
             return before, stack
@@ -74,8 +78,6 @@ def addresses(symbols: Kallsyms, frames: list[str]) -> list[int]:
 
 
 def threads(pid: int) -> list[int]:
-    import os
-
     return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
 
 
@@ -101,7 +103,7 @@ def test_orc_unwind_matches_proc_stack(live):
         tids = [*threads(fam.pid), fam.info["child"]]
         checked = 0
         for tid in tids:
-            expected, stack = settled(tid, lambda t: unwinder.task_stack(live.task(t)))
+            expected, stack = settled(tid, live, lambda t: unwinder.task_stack(live.task(t)))
             assert stack.complete, (tid, stack.note)
             assert all(f.reliable for f in stack.frames)
             got = [f.ip for f in visible(stack.frames, live)]
@@ -126,7 +128,8 @@ def test_stack_scan_without_orc_marks_frames_unreliable(live):
     blind = Kernel(live.types, symbols, live.memory, live.tasks)
     with family(SLEEPERS) as fam:
         tid = threads(fam.pid)[1]
-        expected, stack = settled(tid, lambda t: kernel_unwinder(blind).task_stack(blind.task(t)))
+        unwinder = kernel_unwinder(blind)
+        expected, stack = settled(tid, blind, lambda t: unwinder.task_stack(blind.task(t)))
         assert not stack.complete and "no ORC" in stack.note
         assert stack.frames and not any(f.reliable for f in stack.frames)
         scanned = iter(f.ip for f in stack.frames)
@@ -145,3 +148,41 @@ def test_bt_unwind_cli(capsys):
         assert frames[-len(expected):] == expected
         assert main(["bt", "--unwind", str(tid)]) == 0
         assert "#0  __schedule+" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+def test_reread_unwinds_the_stack_the_task_has_now(live):
+    """Pages read are a snapshot of one moment; after ``reread`` the unwinder
+    follows a thread to its new wait (a pipe read, then a nanosleep)."""
+    script = """
+    import threading
+    r, w = os.pipe()
+    def wait():
+        os.read(r, 1)
+        time.sleep(600)
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    report(tid=waiter.native_id, w=w)
+    """
+    unwinder = kernel_unwinder(live)
+
+    def waits_in(tid: int) -> set[str]:
+        frames = unwinder.task_stack(live.task(tid)).frames
+        return {live.symbols.lookup(f.ip).name for f in frames}
+
+    def sleeping_in(tid: int, name: str) -> set[str]:
+        deadline = time.monotonic() + 10
+        while not any(name in line for line in proc_stack(tid)):
+            assert time.monotonic() < deadline, proc_stack(tid)
+            time.sleep(0.05)
+        return settled(tid, live, waits_in)[1]
+
+    with family(script) as fam:
+        tid = fam.info["tid"]
+        pipe_reads = {"pipe_read", "anon_pipe_read"}  # renamed in 6.16
+        assert pipe_reads & sleeping_in(tid, "pipe_read")
+        with open(f"/proc/{fam.pid}/fd/{fam.info['w']}", "wb") as end:
+            end.write(b"x")
+        now = sleeping_in(tid, "nanosleep")
+        assert any("nanosleep" in name for name in now), now
+        assert not pipe_reads & now, now
