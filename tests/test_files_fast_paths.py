@@ -20,6 +20,7 @@ import functools
 import io
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -176,11 +177,16 @@ def _zombies() -> list[str]:
 
 
 def test_a_read_in_a_child_answers_fails_quietly_or_is_ended():
-    from kpeek.sources.forked import InChild
+    from kpeek.forked import InChild
 
     assert InChild(lambda n: {"rows": [(n, "cwd", "/")]}, 7).result() == {"rows": [(7, "cwd", "/")]}
     assert InChild(lambda: 1 / 0).result() is None  # the caller reads it itself
     assert InChild(lambda: object()).result() is None  # not marshal data
+    # Raw bytes, as the child yields them, in pieces of at most 1 MiB
+    big = [b"a" * 3_000_000, b"", b"b" * 5]
+    pieces = list(InChild(lambda: iter(big), raw=True).pieces() or ())
+    assert b"".join(pieces) == b"".join(big) and max(map(len, pieces)) == 1 << 20
+    assert InChild(lambda: [b"x", 1 / 0], raw=True).pieces() is None
     import time
 
     stuck = InChild(time.sleep, 60)
@@ -327,3 +333,108 @@ def test_task_entries_are_task_dicts(scenes, raw):
     assert any(t.kernel_stack for t in tasks) and any(t.is_thread for t in tasks)
     for t in tasks:
         assert pieces.task(t) + b"}" == jsonout.encode(task_dict(t, raw))
+
+
+class _Children:
+    """Counts the children forked (forked.InChild) and tells which failed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from kpeek import forked
+
+        self.made: list[bool] = []
+        self.pids: list[int] = []
+        real, start = forked.InChild.pieces, forked.InChild.__init__
+
+        def init(child, *args, **kwargs):
+            start(child, *args, **kwargs)
+            self.pids.append(child._pid)
+
+        def pieces(child):
+            got = real(child)
+            self.made.append(got is not None)
+            return got
+
+        monkeypatch.setattr(forked.InChild, "pieces", pieces)
+        monkeypatch.setattr(forked.InChild, "__init__", init)
+        monkeypatch.setattr(forked, "MIN_ITEMS", 0)  # split these small families too
+        monkeypatch.delenv("KPEEK_NO_FORK", raising=False)
+
+
+def _fail_in_child(monkeypatch: pytest.MonkeyPatch, module, name: str) -> None:
+    """Make module.name raise in a forked child only."""
+    parent, real = os.getpid(), getattr(module, name)
+
+    def failing(*args, **kwargs):
+        if os.getpid() != parent:
+            raise MemoryError("as a child might")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, failing)
+
+
+@pytest.mark.parametrize("source", ["bpf", "procfs"])
+def test_json_half_made_in_a_child_is_the_reference_document(scenes, source, monkeypatch):
+    """The document's second part made by a forked child: the same bytes as
+    jsonout.encode of files_document; and again when the child fails (its
+    part made here) or is not wanted (the reader stopped: ended and reaped)."""
+    if source == "bpf":
+        require("bpf")
+    from kpeek.render import files_json as fj
+
+    pids = _pids(scenes)
+    snap = fdfacts.enrich(take_snapshot(source, pids=pids, threads=False), pids)
+    procs = sorted(snap.processes(), key=lambda t: t.pid)
+    chosen = {(d.tgid, d.fd) for d in snap.fds if d.fd % 3 == 0}
+    children = _Children(monkeypatch)
+    for shown, pick in ((procs, None), (procs[1:], chosen)):
+        reference = jsonout.encode(
+            {"schema": "kpeek.files/1", **files_document(snap, shown, False, pick)}
+        )
+        assert files_json(snap, shown, False, pick) == reference
+    assert children.made == [True, True]
+    _fail_in_child(monkeypatch, fj, "_process_entries")
+    assert files_json(snap, procs) == jsonout.encode(
+        {"schema": "kpeek.files/1", **files_document(snap, procs)}
+    )
+    assert children.made[2:] == [False]
+    # A reader that stops after the first pieces: the child is ended.
+    chunks = fj.files_json_chunks(snap, procs)
+    next(chunks), next(chunks)
+    chunks.close()
+    assert len(children.pids) == 4 and children.made[3:] == []
+    assert _zombies() == [] and not os.path.exists(f"/proc/{children.pids[-1]}")
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_text_half_written_by_a_child_is_the_same(scenes, monkeypatch, tty):
+    """kpeek files' tables, the second half written by a forked child: the
+    same text as when written here alone (styled for a terminal in both
+    halves or in neither), to a file and to a StringIO; and when the child
+    fails."""
+    from kpeek.commands import files as files_command
+    from kpeek.render import files_text
+
+    pids = _pids(scenes)
+    snap = fdfacts.enrich(take_snapshot("procfs", pids=pids, threads=False), pids)
+    procs = sorted(snap.processes(), key=lambda t: t.pid)
+
+    class Out(io.StringIO):
+        def isatty(self) -> bool:
+            return tty
+
+    def written() -> str:
+        out, real = Out(), sys.stdout
+        sys.stdout = out
+        try:
+            files_command._print_tables(snap, procs)
+        finally:
+            sys.stdout = real
+        return out.getvalue()
+
+    alone = written()  # too small to split
+    assert ("\x1b[1mPID " in alone) == tty
+    children = _Children(monkeypatch)
+    assert written() == alone
+    _fail_in_child(monkeypatch, files_text, "process_table")
+    assert written() == alone
+    assert children.made == [True, False]

@@ -14,13 +14,13 @@ holds the two against each other on real families.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import orjson
 
-from kpeek import jsonout
+from kpeek import forked, jsonout
 from kpeek.ids import pointer_shower
-from kpeek.model import FileDescriptor, Inode, Snapshot, Task
+from kpeek.model import FileDescriptor, Inode, OpenFile, Snapshot, Task
 from kpeek.render.fdfacts import MAX_ENDPOINTS, Ends, FdFacts, lock_dict, socket_dict
 from kpeek.render.fileflags import access_mode, flag_names
 from kpeek.render.tables import snapshot_meta, task_dict
@@ -164,6 +164,25 @@ class _Pieces:
         inode = snap.inodes.get(f.inode)
         kind = inode.type if inode else "unknown"
         holders = self.holders_of[file_id]
+        id_b, inode_b, path_b, flags_b = self._entry(file_id, f, holders)
+        kind_b = self.words.get(kind) or self.word(kind)
+        part = b'"open_file":%s,"pos":%d,%s,"type":%s,"path":%s,"inode":%s,"sharers":%d' % (
+            id_b, f.pos, flags_b, kind_b, path_b, inode_b, len(holders),
+        )  # fmt: skip
+        extras = b""
+        head = others = None
+        if kind == "socket" or file_id in snap.details:
+            extras = self._extras(d, [])
+        # Other ends: of pipes, FIFOs, sockets, ptys and eventfds only (FdFacts)
+        if self.facts.may_have_ends(f, kind) and (others := self.facts.ends(d)) is not None:
+            head = _PER_HOLDER if others.per_holder else others.heads  # an eventfd's: per holder
+        return part, extras, others, head
+
+    def _entry(
+        self, file_id: str, f: OpenFile, holders: list[FileDescriptor]
+    ) -> tuple[bytes, bytes, bytes, bytes]:
+        """Make the open_files entry of ``f``; its id, inode, path and flags
+        pieces for the descriptors' entries."""
         # The cached pieces looked up here, not through a method each: this
         # runs for every open file of the system.
         id_raw = file_id.encode()
@@ -174,34 +193,31 @@ class _Pieces:
         inode_b = b'"%s"' % raw if raw.replace(b":", b"").isdigit() else _word(f.inode)
         path_b = _string(f.path)
         flags_b = self.flag_words.get(f.flags) or self.flags(f.flags)
-        kind_b = self.words.get(kind) or self.word(kind)
-        pos, refcount, address = f.pos, f.refcount, f.address
+        refcount, address = f.refcount, f.address
         if address is None:
             address_b = b"null"
         elif self.raw:
             address_b = b'"%s"' % self.pointer(address).encode()  # "0x" and hex digits
         else:
             address_b = b'"#%s"' % id_raw  # show_pointer's text: "#" and the id (see OpenFile)
-        part = b'"open_file":%s,"pos":%d,%s,"type":%s,"path":%s,"inode":%s,"sharers":%d' % (
-            id_b, pos, flags_b, kind_b, path_b, inode_b, len(holders),
-        )  # fmt: skip
         self.entries[file_id] = (
             b'{"id":%s,"inode":%s,"path":%s,"pos":%d,%s,"refcount":%s,"holders":[%s],"address":%s}'
             % (
-                id_b, inode_b, path_b, pos, flags_b,
+                id_b, inode_b, path_b, f.pos, flags_b,
                 b"null" if refcount is None else b"%d" % refcount,
                 b",".join([b"[%d,%d]" % (h.tgid, h.fd) for h in holders]),
                 address_b,
             )
         )  # fmt: skip
-        extras = b""
-        head = others = None
-        if kind == "socket" or file_id in snap.details:
-            extras = self._extras(d, [])
-        # Other ends: of pipes, FIFOs, sockets, ptys and eventfds only (FdFacts)
-        if self.facts.may_have_ends(f, kind) and (others := self.facts.ends(d)) is not None:
-            head = _PER_HOLDER if others.per_holder else others.heads  # an eventfd's: per holder
-        return part, extras, others, head
+        return id_b, inode_b, path_b, flags_b
+
+    def add_entries(self, fds: Iterable[FileDescriptor]) -> None:
+        """Make the open_files entries of ``fds``' files that have none yet
+        (their descriptors were shown by a forked child)."""
+        entries, open_files = self.entries, self.snap.open_files
+        for d in fds:
+            if d.open_file not in entries:
+                self._entry(d.open_file, open_files[d.open_file], self.holders_of[d.open_file])
 
     def task(self, t: Task) -> bytes:
         """task_dict's entry of ``t`` without its closing brace."""
@@ -263,7 +279,7 @@ class _Pieces:
             text = self.ends_of[id(others)] = self._ends_text(others.shared, others.total)
         return text
 
-    def _entry(self, o: FileDescriptor) -> bytes:
+    def _end_entry(self, o: FileDescriptor) -> bytes:
         key = (o.tgid, o.fd)
         got = self.end_entry.get(key)
         if got is None:
@@ -279,7 +295,7 @@ class _Pieces:
         """fd_extras' endpoints and endpoints_total keys (b"" when none)."""
         if not ends:
             return b""
-        text = b',"endpoints":[' + b",".join([self._entry(o) for o in ends]) + b"]"
+        text = b',"endpoints":[' + b",".join([self._end_entry(o) for o in ends]) + b"]"
         if len(ends) == MAX_ENDPOINTS:
             text += b',"endpoints_total":%d' % total
         return text
@@ -328,11 +344,52 @@ def files_json_chunks(
     pieces = _Pieces(snap, facts, raw_pointers)
     head = _encode({"schema": f"kpeek.files/{jsonout.SCHEMA_VERSION}", **snapshot_meta(snap)})
     yield head[:-1] + b',"processes":['
-    sep = b""
-    for t in processes:
-        fds = snap.fds_of(t.tgid)
-        if chosen is not None:
-            fds = [d for d in fds if (d.tgid, d.fd) in chosen]
+    shown = [_shown_fds(snap, t, chosen) for t in processes]
+    split, rest = _forked_rest(pieces, processes, shown)
+    try:
+        yield from _process_entries(pieces, processes[:split], shown[:split], b"")
+        made, rest = (rest.pieces() if rest else None), None
+    finally:
+        if rest is not None:
+            rest.cancel()
+    yield from made if made is not None else _rest(pieces, processes, shown, split)
+
+
+def _rest(
+    pieces: _Pieces, processes: list[Task], shown: list[list[FileDescriptor]], split: int
+) -> Iterator[bytes]:
+    """The document after the entries of the first ``split`` processes."""
+    yield from _process_entries(pieces, processes[split:], shown[split:], b"," if split else b"")
+    for fds in shown[:split]:  # where a child makes this, their files' entries
+        pieces.add_entries(fds)
+    # The open files of the descriptors shown, each entry made with its first one.
+    entries = pieces.entries
+    file_ids = sorted(entries)
+    yield b'],"open_files":['
+    for start in range(0, len(file_ids), 1000):
+        chunk = b",".join([entries[i] for i in file_ids[start : start + 1000]])
+        yield chunk if start == 0 else b"," + chunk
+    yield b'],"inodes":['
+    inodes = [pieces.snap.inodes[n] for n in sorted(pieces.inode_ids) if n in pieces.snap.inodes]
+    for start in range(0, len(inodes), 1000):
+        chunk = b",".join([pieces.inode(i) for i in inodes[start : start + 1000]])
+        yield chunk if start == 0 else b"," + chunk
+    yield b"]}"
+
+
+def _shown_fds(
+    snap: Snapshot, t: Task, chosen: set[tuple[int, int]] | None
+) -> list[FileDescriptor]:
+    fds = snap.fds_of(t.tgid)
+    return fds if chosen is None else [d for d in fds if (d.tgid, d.fd) in chosen]
+
+
+def _process_entries(
+    pieces: _Pieces, processes: list[Task], shown: list[list[FileDescriptor]], sep: bytes
+) -> Iterator[bytes]:
+    """The "processes" entries of ``processes``: the first after ``sep``
+    (b"" at the start of the list), the others after a comma."""
+    for t, fds in zip(processes, shown, strict=True):
         yield b"".join(
             [
                 sep,
@@ -345,16 +402,22 @@ def files_json_chunks(
             ]
         )
         sep = b","
-    # The open files of the descriptors shown, each entry made with its first one.
-    entries = pieces.entries
-    file_ids = sorted(entries)
-    yield b'],"open_files":['
-    for start in range(0, len(file_ids), 1000):
-        chunk = b",".join([entries[i] for i in file_ids[start : start + 1000]])
-        yield chunk if start == 0 else b"," + chunk
-    yield b'],"inodes":['
-    inodes = [snap.inodes[n] for n in sorted(pieces.inode_ids) if n in snap.inodes]
-    for start in range(0, len(inodes), 1000):
-        chunk = b",".join([pieces.inode(i) for i in inodes[start : start + 1000]])
-        yield chunk if start == 0 else b"," + chunk
-    yield b"]}"
+
+
+def _forked_rest(
+    pieces: _Pieces, processes: list[Task], shown: list[list[FileDescriptor]]
+) -> tuple[int, forked.InChild | None]:
+    """How many processes' entries this process makes, and the child making
+    the rest of the document (None: no child, all is made here). The child
+    also makes every open file's and inode's entry: it takes fewer
+    descriptors, so that the two take about as long."""
+    weights = [len(fds) for fds in shown]
+    if not forked.worth_forking(sum(weights)):
+        return len(processes), None
+    split = forked.split_point(weights, _OWN_SHARE)
+    if split == len(processes):
+        return split, None
+    return split, forked.InChild(_rest, pieces, processes, shown, split, raw=True)
+
+
+_OWN_SHARE = 0.65  # of the descriptors, whose entries this process makes (_forked_rest)

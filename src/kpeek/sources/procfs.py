@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from kpeek.filemodel import Mapped, ProcessFileTable
+    from kpeek.forked import InChild
     from kpeek.model import FileDescriptor, Inode, OpenFile
-    from kpeek.sources.forked import InChild
     from kpeek.sources.proc_files import RawDescriptor
 
 SOURCE = "procfs"
@@ -77,8 +77,8 @@ def _rows_beside(tgids: list[int]) -> InChild:
     """The process rows of ``tgids`` read in a child while this process walks
     the descriptors: most of their cost is the kernel formatting
     /proc/PID/maps (some 80 MB for 5,000 processes)."""
+    from kpeek.forked import InChild
     from kpeek.sources import fdfacts
-    from kpeek.sources.forked import InChild
 
     def read() -> tuple[list[list[Mapped]], dict[int, tuple[list[tuple[str, str, str]], int]]]:
         parsed: dict = {}  # forks of one program share one list (process_parts)
