@@ -434,6 +434,7 @@ def test_text_half_written_by_a_child_is_the_same(scenes, monkeypatch, tty):
     alone = written()  # too small to split
     assert ("\x1b[1mPID " in alone) == tty
     children = _Children(monkeypatch)
+    monkeypatch.setattr("kpeek.forked._BATCH", 3)  # the child's text in several batches
     assert written() == alone
     _fail_in_child(monkeypatch, files_text, "process_table")
     assert written() == alone

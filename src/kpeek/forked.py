@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 # child saves. Tests set it to 0 to split any output.
 MIN_ITEMS = 20_000
 _PIECE = 1 << 20
+_BATCH = 256  # items written by a child at a time (write_in_two)
 
 
 class InChild:
@@ -163,10 +164,11 @@ def write_in_two(
     tty, encoding = out.isatty(), getattr(out, "encoding", None) or "utf-8"
     errors = getattr(out, "errors", None) or "strict"
 
-    def text() -> list[bytes]:
-        buffer = _Text(tty)
-        write(items[split:], buffer)
-        return [buffer.getvalue().encode(encoding, errors)]
+    def text() -> Iterator[bytes]:  # in batches: never the whole text held twice
+        for start in range(split, len(items), _BATCH):
+            buffer = _Text(tty)
+            write(items[start : start + _BATCH], buffer)
+            yield buffer.getvalue().encode(encoding, errors)
 
     child = InChild(text, raw=True)
     try:
