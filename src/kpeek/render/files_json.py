@@ -360,8 +360,6 @@ def _rest(
 ) -> Iterator[bytes]:
     """The document after the entries of the first ``split`` processes."""
     yield from _process_entries(pieces, processes[split:], shown[split:], b"," if split else b"")
-    for fds in shown[:split]:  # where a child makes this, their files' entries
-        pieces.add_entries(fds)
     # The open files of the descriptors shown, each entry made with its first one.
     entries = pieces.entries
     file_ids = sorted(entries)
@@ -417,7 +415,17 @@ def _forked_rest(
     split = forked.split_point(weights, _OWN_SHARE)
     if split == len(processes):
         return split, None
-    return split, forked.InChild(_rest, pieces, processes, shown, split, raw=True)
+    return split, forked.InChild(_rest_in_child, pieces, processes, shown, split, raw=True)
+
+
+def _rest_in_child(
+    pieces: _Pieces, processes: list[Task], shown: list[list[FileDescriptor]], split: int
+) -> Iterator[bytes]:
+    """_rest, made by a child forked before this process made the first
+    ``split`` processes' entries: the open_files entries of their files too."""
+    for fds in shown[:split]:
+        pieces.add_entries(fds)
+    return _rest(pieces, processes, shown, split)
 
 
 _OWN_SHARE = 0.65  # of the descriptors, whose entries this process makes (_forked_rest)
