@@ -67,3 +67,31 @@ def test_shell_errors_are_one_line(tmp_path):
                           input="", capture_output=True, text=True, timeout=60)
     assert done.returncode in (2, 3)
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(180)
+def test_shell_statements_see_the_kernel_as_it_is_now():
+    """The BPF reader caches what it read: each statement must still see the
+    live kernel as it is when it runs, not as the first statement saw it."""
+    require("bpf")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        script = (
+            f"a = find_task(prog, {spinner.pid}).se.sum_exec_runtime.value_()\n"
+            "import subprocess, time; time.sleep(0.5)\n"
+            "late = subprocess.Popen(['sleep', '60'])\n"
+            f"b = find_task(prog, {spinner.pid}).se.sum_exec_runtime.value_()\n"
+            "print('RAN', b - a)\n"
+            "print('LATE', find_task(prog, late.pid).comm.string_().decode())\n"
+            "kpeek_bt(late.pid)\n"
+            "late.kill(); late.wait()\n"
+        )
+        out = run_shell(script)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    lines = dict(re.sub(r"^(>>> |\.\.\. )+", "", line).split(" ", 1)
+                 for line in out.splitlines() if re.search(r"(RAN|LATE) ", line))
+    assert int(lines["RAN"]) > 100_000_000, out  # ns of CPU in 0.5 s of spinning
+    assert lines["LATE"] == "sleep", out
+    assert re.search(r"^#\d+ +.*nanosleep", out, re.M), out

@@ -17,9 +17,14 @@ Commands can be piped in: ``kpeek -c vmcore shell < script``.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from kpeek.errors import NotSupported
 from kpeek.targets import core_path, open_kernel
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kpeek.kernel.program import Kernel
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,14 +63,35 @@ def run(args: argparse.Namespace) -> int:
         names["kpeek_bt"] = lambda pid: _print_stack(kernel, pid)
         return names
 
+    if core is None:
+        # A live Kernel is one moment (its reader caches what it read): each
+        # statement gets a moment of its own, taken when its prompt is shown.
+        sys.ps1 = _Rereading(kernel, getattr(sys, "ps1", ">>> "))
+
     drgn.cli.run_interactive(prog, banner_func=banner, globals_func=add_globals)
     return 0
 
 
-def _print_stack(kernel, pid: int) -> None:
-    """A task's stack unwound with the kernel's ORC tables (kpeek bt's way)."""
+class _Rereading:
+    """The primary prompt: each time the console shows it (str()), the live
+    kernel is read afresh, so a statement never sees the memory an earlier
+    one read (a spinning task's runtime, a new process in the pid hash)."""
+
+    def __init__(self, kernel: Kernel, prompt: object) -> None:
+        self._kernel = kernel
+        self._prompt = prompt
+
+    def __str__(self) -> str:
+        self._kernel.reread()
+        return str(self._prompt)
+
+
+def _print_stack(kernel: Kernel, pid: int) -> None:
+    """A task's stack, as it is now, unwound with the kernel's ORC tables
+    (kpeek bt's way)."""
     from kpeek.kernel.unwind import kernel_unwinder
 
+    kernel.reread()
     stack = kernel_unwinder(kernel).task_stack(kernel.task(pid))
     for i, frame in enumerate(stack.frames):
         mark = "" if frame.reliable else "? "

@@ -98,10 +98,12 @@ class Kernel:
         return walker(self.memory, address, entry_offset=offset, max_entries=max_entries)
 
     def reread(self) -> None:
-        """Forget cached memory, so the next reads see a live kernel as it is now."""
-        clear = getattr(self.memory, "clear_cache", None)
-        if clear is not None:
-            clear()
+        """Forget cached memory and where tasks were, so the next reads see a
+        live kernel as it is now (a pid may have been reused since)."""
+        for forget in (getattr(self.memory, "clear_cache", None),
+                       getattr(self.tasks, "forget", None)):
+            if forget is not None:
+                forget()
 
     def task(self, pid: int) -> Object:
         """The ``struct task_struct`` of thread ``pid`` (UsageError if none)."""

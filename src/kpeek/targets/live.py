@@ -99,6 +99,10 @@ class _LazyTasks:
             self._index = LiveTaskIndex(self._kernel)
         return self._index.address_of(pid)
 
+    def forget(self) -> None:
+        """Run the iterator again when a task is next asked for (Kernel.reread)."""
+        self._index = None
+
 
 def open_live(*, symbols: bool = True) -> Kernel:
     """The running kernel. Raises NotPermitted (not root) or NotSupported
