@@ -17,6 +17,7 @@ families: the same bytes, the same rows, the same open files.
 from __future__ import annotations
 
 import functools
+import gc
 import io
 import os
 import shutil
@@ -194,6 +195,16 @@ def test_a_read_in_a_child_answers_fails_quietly_or_is_ended():
     stuck.cancel()
     assert not os.path.exists(f"/proc/{pid}")
     assert _zombies() == []
+    # Every answer's memfd is closed: read, failed, cancelled or never read.
+    before = set(os.listdir("/proc/self/fd"))
+    InChild(lambda: 1).result()
+    InChild(lambda: 1 / 0).result()
+    InChild(time.sleep, 60).cancel()
+    unread = InChild(lambda: iter([b"x"]), raw=True).pieces()
+    assert unread is not None
+    del unread
+    gc.collect()
+    assert set(os.listdir("/proc/self/fd")) == before
 
 
 @pytest.mark.parametrize("source", ["bpf", "procfs"])

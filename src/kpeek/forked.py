@@ -74,20 +74,17 @@ class InChild:
         if not self._pid or self._reap(kill=False) != 0:
             self._close()
             return None
-        return self._read(os.fstat(self._fd).st_size)
+        # A file object owns the memfd from here: closed when the pieces are
+        # read, or when they are dropped unread (an unstarted generator runs
+        # no finally clause).
+        source, self._fd = open(self._fd, "rb", buffering=0), -1  # noqa: SIM115
+        return _read(source, os.fstat(source.fileno()).st_size)
 
     def cancel(self) -> None:
         """End the child (the parent failed or stopped early) and reap it."""
         if self._pid:
             self._reap(kill=True)
         self._close()
-
-    def _read(self, size: int) -> Iterator[bytes]:
-        try:
-            for offset in range(0, size, _PIECE):
-                yield os.pread(self._fd, min(_PIECE, size - offset), offset)
-        finally:
-            self._close()
 
     def _reap(self, kill: bool) -> int:
         pid, self._pid = self._pid, 0
@@ -103,6 +100,12 @@ class InChild:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
+
+
+def _read(source: io.FileIO, size: int) -> Iterator[bytes]:
+    with source:
+        for offset in range(0, size, _PIECE):
+            yield os.pread(source.fileno(), min(_PIECE, size - offset), offset)
 
 
 def _child(fd: int, fn: Callable[..., Any], args: tuple, raw: bool) -> None:
