@@ -1,4 +1,4 @@
-"""Numbers that are not numbers: one line on stderr and exit 2, for every verb
+"""Numbers that are not numbers, and empty arguments: one line on stderr and exit 2, for every verb
 that takes one, before anything touches the kernel."""
 
 from __future__ import annotations
@@ -25,6 +25,15 @@ BAD = [
     ["serve", "--interval", "nan"],
     ["serve", "--interval", "inf"],
     ["serve", "--interval", "0.01"],
+    # An empty argument ("$PID" of an unset variable) never means "all of them"
+    ["ps", ""],
+    ["ps", "-p", ""],
+    ["ps", "-p", " "],
+    ["files", ""],
+    ["files", "1", " "],
+    ["files", "-p", ""],
+    ["struct", ""],
+    ["struct", " "],
 ]
 
 

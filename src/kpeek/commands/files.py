@@ -191,6 +191,8 @@ def _targets(args: argparse.Namespace) -> tuple[list[int], list[str]]:
     pids: list[int] = []
     paths: list[str] = []
     for item in args.target:
+        if not item.strip():  # "$PID" of an unset variable: never "every process"
+            raise UsageError("an empty PID or PATH")
         (pids.append(int(item)) if item.isdigit() else paths.append(item))  # type: ignore[func-returns-value]
     for listed in args.pid_lists:
         for item in listed.split(","):

@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _pid_list(args: argparse.Namespace) -> list[int] | None:
     pids: list[int] = []
     for item in [*args.pids, *args.pid]:
+        if not str(item).strip():  # "$PID" of an unset variable: never "every process"
+            raise UsageError("an empty pid list")
         for part in str(item).replace(",", " ").split():
             if not part.isdigit():
                 raise UsageError(f"not a pid: {part!r}")

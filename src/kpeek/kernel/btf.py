@@ -773,6 +773,8 @@ class Btf:
 
     def _find_local(self, name: str, kinds: tuple[Kind, ...] | None) -> Type | None:
         name = " ".join(name.split())
+        if not name:
+            return None  # anonymous types have no name to be found by
         tag, _, rest = name.partition(" ")
         if tag in ("struct", "union", "enum") and rest:
             name = rest
