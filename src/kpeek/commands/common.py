@@ -67,7 +67,21 @@ def add_pid_lists(parser: argparse.ArgumentParser, *flags: str, dest: str, help:
 
 def add_users(parser: argparse.ArgumentParser, *flags: str, dest: str, help: str) -> None:
     """A repeatable -u USER[,USER...] (names or uids), kept as given in ``dest``."""
-    parser.add_argument(*flags, dest=dest, action="append", metavar="USER[,USER...]", help=help)
+    parser.add_argument(*flags, dest=dest, action="append", metavar="USER[,USER...]",
+                        type=nonempty("user list", blank=",^ \t"), help=help)
+
+
+def nonempty(what: str, blank: str = " \t") -> Callable[[str], str]:
+    """An argparse type: any text but one made of ``blank`` alone ("$X" of
+    an unset variable), which would select everything or nothing, never
+    what was meant."""
+
+    def parse(text: str) -> str:
+        if not text.strip(blank):
+            raise argparse.ArgumentTypeError(f"an empty {what}")
+        return text
+
+    return parse
 
 
 def raw_pointers_allowed(args: argparse.Namespace) -> bool:

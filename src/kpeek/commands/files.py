@@ -16,6 +16,7 @@ from kpeek.commands.common import (
     add_users,
     cyclic_gc_off,
     is_live,
+    nonempty,
     raw_pointers_allowed,
     snapshot,
 )
@@ -66,10 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "-c",
         dest="comms",
         action="append",
+        type=nonempty("command name"),
         metavar="COMM",
         help="processes whose command starts with COMM (or matches /REGEX/)",
     )
-    p.add_argument("+D", dest="dirs", action="append", metavar="DIR", help="files at or under DIR")
+    p.add_argument("+D", dest="dirs", action="append", type=nonempty("directory"), metavar="DIR",
+                   help="files at or under DIR")
     p.add_argument(
         "-t",
         dest="terse",

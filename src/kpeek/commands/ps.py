@@ -14,6 +14,7 @@ from kpeek.commands.common import (
     add_users,
     is_live,
     namespace_number,
+    nonempty,
     raw_pointers_allowed,
     snapshot,
 )
@@ -31,9 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pids", nargs="*", metavar="PID", help="only these processes (as -p)")
     p.add_argument("-t", "--threads", action="store_true", help="list threads too")
     add_pid_lists(p, "-p", "--pid", dest="pid", help="only these processes")
-    p.add_argument("-c", "--comm", help="only commands matching this glob, e.g. 'sort*'")
+    p.add_argument("-c", "--comm", type=nonempty("command glob"),
+                   help="only commands matching this glob, e.g. 'sort*'")
     add_users(p, "-u", "--user", dest="user", help="only tasks of these users")
-    p.add_argument("-s", "--state", help="only these states, e.g. 'D' or 'DR'")
+    p.add_argument("-s", "--state", type=nonempty("state list"),
+                   help="only these states, e.g. 'D' or 'DR'")
     p.add_argument("--ns", type=namespace_number,
                    help="only tasks in this PID namespace (its inode number, as shown)")
     p.add_argument(
