@@ -62,7 +62,8 @@ def add_pid_lists(parser: argparse.ArgumentParser, *flags: str, dest: str, help:
     """A repeatable -p PID[,PID...] (comma or space lists), kept as given in
     ``dest`` (a list of strings) for the verb to read."""
     parser.add_argument(*flags, dest=dest, action="append", default=[],
-                        metavar="PID[,PID...]", help=help)
+                        type=nonempty("pid list", blank=", \t"), metavar="PID[,PID...]",
+                        help=help)
 
 
 def add_users(parser: argparse.ArgumentParser, *flags: str, dest: str, help: str) -> None:

@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "target",
         nargs="*",
+        type=nonempty("PID or PATH"),
         metavar="PID|PATH",
         help="processes to show (default: all); a path shows who has that file open",
     )
@@ -194,8 +195,6 @@ def _targets(args: argparse.Namespace) -> tuple[list[int], list[str]]:
     pids: list[int] = []
     paths: list[str] = []
     for item in args.target:
-        if not item.strip():  # "$PID" of an unset variable: never "every process"
-            raise UsageError("an empty PID or PATH")
         (pids.append(int(item)) if item.isdigit() else paths.append(item))  # type: ignore[func-returns-value]
     for listed in args.pid_lists:
         for item in listed.split(","):

@@ -29,7 +29,8 @@ COLUMN_HELP = ", ".join(ps_columns.COLUMNS)
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ps", help="processes and threads", description=__doc__)
-    p.add_argument("pids", nargs="*", metavar="PID", help="only these processes (as -p)")
+    p.add_argument("pids", nargs="*", type=nonempty("pid list", blank=", \t"), metavar="PID",
+                   help="only these processes (as -p)")
     p.add_argument("-t", "--threads", action="store_true", help="list threads too")
     add_pid_lists(p, "-p", "--pid", dest="pid", help="only these processes")
     p.add_argument("-c", "--comm", type=nonempty("command glob"),
@@ -62,8 +63,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _pid_list(args: argparse.Namespace) -> list[int] | None:
     pids: list[int] = []
     for item in [*args.pids, *args.pid]:
-        if not str(item).strip():  # "$PID" of an unset variable: never "every process"
-            raise UsageError("an empty pid list")
         for part in str(item).replace(",", " ").split():
             if not part.isdigit():
                 raise UsageError(f"not a pid: {part!r}")
